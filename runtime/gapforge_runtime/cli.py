@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gapforge_runtime import __version__
+from gapforge_runtime.errors import EXIT_USAGE, RuntimeFailure
 from gapforge_runtime.offline import force_offline
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
@@ -60,6 +61,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    """Dequantize a GGUF model into a Hugging Face folder with safetensors."""
+    from gapforge_runtime.gguf_import import import_gguf
+
+    import_gguf(Path(args.gguf), Path(args.out), force=args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,13 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=cmd_info)
+
+    imp = sub.add_parser("import-gguf", help="dequantize a GGUF model into an HF safetensors folder")
+    imp.add_argument("--gguf", required=True, help="the .gguf model file")
+    imp.add_argument("--out", required=True, help="the folder to write (config, tokenizer, weights)")
+    imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    imp.set_defaults(func=cmd_import_gguf)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 a gate failed, 2 a usage error)."""
     force_offline()
     args = build_parser().parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except RuntimeFailure as failure:
+        print(failure.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return status
 
 
