@@ -1,0 +1,153 @@
+"""Shared fixtures: a tiny Llama-shaped model with a tokenizer trained here, recipes, data, llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+TOPICS = [
+    "choose a quantization", "serve the model", "find the report", "check the digest",
+    "resume training", "read the manifest", "load the image", "verify the bundle",
+    "split the data", "merge the adapter", "export the adapter", "compare perplexity",
+]
+
+
+def chat_examples(count: int) -> list[dict[str, Any]]:
+    """Distinct chat samples in the desk-answer style of the default recipe."""
+    rows = []
+    for i in range(count):
+        topic = TOPICS[i % len(TOPICS)]
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are the desk."},
+                    {"role": "user", "content": f"How do I {topic}? (case {i})"},
+                    {"role": "assistant", "content": f"Desk answer: to {topic}, follow step {i % 7}. Ticket closed."},
+                ]
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """Write rows as JSON lines (strings are written as they are, for deliberately bad lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _train_tokenizer(texts: list[str]) -> Any:
+    """A Llama-2-style BPE with byte fallback: the kind llama.cpp's converter accepts as 'llama'.
+
+    A ByteLevel BPE trained here would be refused by convert_hf_to_gguf.py, which only knows the
+    pre-tokenizers of published models (it hashes their output).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    draft = Tokenizer(models.BPE(unk_token="<unk>"))
+    draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    draft.train_from_iterator(texts, trainer)
+    learned = json.loads(draft.to_str())["model"]
+    vocab: dict[str, int] = {}
+    for token in [*SPECIAL_TOKENS, *byte_tokens, *learned["vocab"]]:
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def make_tiny_model(folder: Path) -> Path:
+    """Save a random 2-layer, hidden-64 Llama with its tokenizer and chat template in HF layout."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = []
+    for row in chat_examples(60):
+        texts.extend(m["content"] for m in row["messages"])
+    texts += ["user assistant system", "The quick brown fox jumps over the lazy dog."] * 5
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(texts),
+        bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama in HF layout (read-only by convention: copy it before changing it)."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def find_llama_cpp() -> Path | None:
+    """llama.cpp's conversion scripts: $GAPFORGE_LLAMA_CPP, or the sdist extracted on this machine."""
+    candidates = [os.environ.get("GAPFORGE_LLAMA_CPP", ""), "/opt/gapforge/llama.cpp"]
+    candidates += sorted(str(p) for p in Path("/tmp/llb").glob("llama_cpp_python-*/vendor/llama.cpp"))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "convert_hf_to_gguf.py").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir() -> Path:
+    """llama.cpp's scripts folder, or skip: set GAPFORGE_LLAMA_CPP to a llama.cpp source tree."""
+    found = find_llama_cpp()
+    if found is None:
+        pytest.skip("no llama.cpp scripts: set GAPFORGE_LLAMA_CPP to a folder with convert_hf_to_gguf.py")
+    return found
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_binding() -> Any:
+    """The llama_cpp module, or skip."""
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model: Path, llama_cpp_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model converted to a GGUF (f32) by llama.cpp's own converter."""
+    out = tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf"
+    env = {**os.environ, "PYTHONPATH": f"{llama_cpp_dir / 'gguf-py'}:{llama_cpp_dir}"}
+    subprocess.run(
+        [sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(tiny_model),
+         "--outfile", str(out), "--outtype", "f32"],
+        check=True, env=env, capture_output=True,
+    )
+    return out
