@@ -1,0 +1,233 @@
+"""Deterministic tar writing: the same input tree gives the same bytes, on any machine.
+
+Every entry is sorted by path, has a fixed mtime (SOURCE_DATE_EPOCH), no user or group names and no
+host path. Our own layers get uid/gid 0 and normalized modes (0755 for directories and executables,
+0644 otherwise); a base root filesystem keeps its numeric owners and modes, which the packages set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member of a layer: a directory, a regular file, a symlink or a hard link."""
+
+    path: str
+    """Relative POSIX path inside the image, no leading slash: `opt/gapforge/venv/bin/python`."""
+    kind: str  # "dir" | "file" | "symlink" | "hardlink" | "chardev" | "blockdev" | "fifo"
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    source: Path | None = None
+    """Where a file's bytes come from on disk (staging directory)."""
+    data: bytes | None = None
+    """Or the bytes themselves, for small generated files."""
+    opener: Callable[[], BinaryIO] | None = field(default=None, compare=False)
+    """Or a callable that opens them (a member of another tar)."""
+
+
+_KINDS = {
+    "dir": tarfile.DIRTYPE,
+    "file": tarfile.REGTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "hardlink": tarfile.LNKTYPE,
+    "chardev": tarfile.CHRTYPE,
+    "blockdev": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+def normalize_mode(mode: int, is_dir: bool) -> int:
+    """0755 for directories and anything executable, 0644 for the rest."""
+    if is_dir or mode & 0o111:
+        return 0o755
+    return 0o644
+
+
+def clean_path(path: str) -> str:
+    """Normalize an in-image path: relative, POSIX, no `.` or `..` parts."""
+    parts = [p for p in PurePosixPath(path.lstrip("/")).parts if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(f"path escapes the image root: {path!r}")
+    return "/".join(parts)
+
+
+def entries_from_tree(root: Path, prefix: str = "") -> list[Entry]:
+    """Entries for every path under `root`, placed under `prefix` in the image, modes normalized."""
+    entries: list[Entry] = []
+    base = clean_path(prefix)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        names = sorted(dirnames + filenames)
+        for name in names:
+            full = Path(dirpath) / name
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            path = clean_path(f"{base}/{rel}" if base else rel)
+            st = full.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(Entry(path, "symlink", 0o777, linkname=os.readlink(full)))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(Entry(path, "dir", 0o755))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(
+                    Entry(path, "file", normalize_mode(st.st_mode, False), size=st.st_size, source=full)
+                )
+            else:
+                raise ValueError(f"unsupported file type in staging tree: {full}")
+    return entries
+
+
+def with_parents(entries: Iterable[Entry]) -> list[Entry]:
+    """Add a directory entry for every parent that is missing, so extraction never invents one."""
+    by_path = {e.path: e for e in entries}
+    for path in list(by_path):
+        parent = PurePosixPath(path).parent
+        while str(parent) not in (".", ""):
+            key = str(parent)
+            if key not in by_path:
+                by_path[key] = Entry(key, "dir", 0o755)
+            parent = parent.parent
+    return list(by_path.values())
+
+
+def _ordered(entries: Iterable[Entry]) -> list[Entry]:
+    """Sort by path; a hard link whose target sorts after it swaps roles with that target."""
+    ordered = sorted(entries, key=lambda e: e.path)
+    index = {e.path: i for i, e in enumerate(ordered)}
+    written: set[str] = set()
+    result: list[Entry] = []
+    # hard-link targets that were emitted under another name: old target -> new first name
+    renamed: dict[str, str] = {}
+    for entry in ordered:
+        if entry.kind == "hardlink":
+            target = renamed.get(entry.linkname, entry.linkname)
+            if target in written:
+                result.append(Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=target))
+            else:
+                original = ordered[index[target]]
+                result.append(
+                    Entry(
+                        entry.path, original.kind, original.mode, original.uid, original.gid,
+                        size=original.size, source=original.source, data=original.data, opener=original.opener,
+                    )
+                )
+                renamed[target] = entry.path
+                written.add(entry.path)
+            continue
+        if entry.path in renamed:
+            # this file's bytes were already written under an earlier name: link to that
+            result.append(Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=renamed[entry.path]))
+            continue
+        result.append(entry)
+        written.add(entry.path)
+    return result
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through it."""
+
+    def __init__(self, sink: BinaryIO, progress: Callable[[int], None] | None) -> None:
+        self.sink = sink
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.progress = progress
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.sink.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        if self.progress is not None:
+            self.progress(len(data))
+        return len(data)
+
+
+@dataclass(frozen=True)
+class WrittenTar:
+    digest: str
+    """`sha256:<hex>` of the tar bytes."""
+    size: int
+
+
+def _tarinfo(entry: Entry, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.path + ("/" if entry.kind == "dir" else ""))
+    info.type = _KINDS[entry.kind]
+    info.mode = entry.mode & 0o7777
+    info.uid, info.gid = entry.uid, entry.gid
+    info.uname = info.gname = ""
+    info.mtime = mtime
+    info.linkname = entry.linkname
+    info.devmajor, info.devminor = entry.devmajor, entry.devminor
+    if entry.kind == "file":
+        info.size = len(entry.data) if entry.data is not None else entry.size
+    return info
+
+
+def _open(entry: Entry) -> BinaryIO:
+    if entry.data is not None:
+        return io.BytesIO(entry.data)
+    if entry.opener is not None:
+        return entry.opener()
+    if entry.source is not None:
+        return open(entry.source, "rb")
+    raise ValueError(f"file entry {entry.path} has no content")
+
+
+def iter_ordered(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The entries in the order they are written: for tests and listings."""
+    yield from _ordered(entries)
+
+
+def write_tar(
+    entries: Iterable[Entry],
+    out: BinaryIO,
+    mtime: int,
+    progress: Callable[[int], None] | None = None,
+) -> WrittenTar:
+    """Write `entries` as a deterministic tar to `out`; return its digest and size."""
+    sink = _HashingWriter(out, progress)
+    # PAX keeps long names and large sizes exact; with fixed inputs its headers are fixed too.
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+        for entry in _ordered(entries):
+            info = _tarinfo(entry, mtime)
+            if entry.kind == "file":
+                with _open(entry) as stream:
+                    tar.addfile(info, stream)
+            else:
+                tar.addfile(info)
+    return WrittenTar(digest="sha256:" + sink.digest.hexdigest(), size=sink.size)
+
+
+def write_tar_file(
+    entries: Iterable[Entry], path: Path, mtime: int, progress: Callable[[int], None] | None = None
+) -> WrittenTar:
+    """Write a deterministic tar to `path` atomically (a temporary name, then rename)."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            written = write_tar(entries, handle, mtime, progress)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
