@@ -9,10 +9,14 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gapforge_runtime import __version__
-from gapforge_runtime.errors import EXIT_USAGE, RuntimeFailure
+from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
 from gapforge_runtime.offline import force_offline
+
+if TYPE_CHECKING:
+    from gapforge_runtime.pipeline import RunContext
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
@@ -69,6 +73,90 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+STEP_HELP = {
+    "run": "the whole recipe: validate data, train, merge, quantize, evaluate, report",
+    "data": "validate the data (every bad line listed), dedupe and split it",
+    "train": "train the LoRA adapter (--resume continues after an interruption)",
+    "merge": "merge the adapter into the base model (safetensors)",
+    "quantize": "write GGUF f16 and the recipe's quantizations, the adapter GGUF, Modelfiles",
+    "eval": "score base, merged and GGUF models on the test split; apply the gates",
+}
+
+
+def _context(args: argparse.Namespace) -> RunContext:
+    from gapforge_runtime.config import (
+        DEFAULT_LLAMA_CPP,
+        DEFAULT_MODEL,
+        LLAMA_CPP_ENV,
+        MODEL_ENV,
+        OUT_ENV,
+        load_recipe_settings,
+    )
+    from gapforge_runtime.outputs import Layout
+    from gapforge_runtime.pipeline import RunContext
+
+    recipe = load_recipe_settings(args.recipe)
+    out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
+    llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
+    return RunContext(
+        recipe=recipe,
+        model_dir=Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve(),
+        data_file=Path(args.data).resolve() if args.data else recipe.sample,
+        out=Layout(out),
+        llama_cpp=Path(llama_cpp),
+        validation_file=Path(args.validation).resolve() if args.validation else None,
+        test_file=Path(args.test).resolve() if args.test else None,
+        force=args.force,
+        resume=getattr(args, "resume", False),
+    )
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    """Run one step (or all of them, for `run`), then rewrite the manifest and the report."""
+    from gapforge_runtime import pipeline
+    from gapforge_runtime.manifest import write_manifest_and_report
+
+    ctx = _context(args)
+    pipeline.prepare(ctx)
+    steps = {
+        "data": [pipeline.step_data],
+        "train": [pipeline.step_train],
+        "merge": [pipeline.step_merge],
+        "quantize": [pipeline.step_quantize],
+        "eval": [pipeline.step_eval],
+        "run": [
+            pipeline.step_data, pipeline.step_train, pipeline.step_merge,
+            pipeline.step_quantize, pipeline.step_eval,
+        ],
+    }[args.command]
+    if args.command == "run":
+        # Fail before hours of training, not after: the converter must be there for quantize.
+        from gapforge_runtime.quantize import check_llama_cpp
+
+        check_llama_cpp(ctx.llama_cpp)
+    for step in steps:
+        step(ctx)
+    manifest = write_manifest_and_report(ctx)
+    print(f"outputs in {ctx.out.root} (manifest.json, report.md, report.html)")
+    if args.command in ("run", "eval") and manifest["passed"] is False:
+        print("verdict: FAIL (a gate failed; see report.md)", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    if manifest["passed"]:
+        print("verdict: PASS")
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
+    parser.add_argument("--model", help="base model folder, HF layout (default: $GAPFORGE_MODEL_DIR or /opt/gapforge/model)")
+    parser.add_argument("--data", help="JSONL data (default: the recipe's sample data)")
+    parser.add_argument("--validation", help="your own validation split (JSONL, same format)")
+    parser.add_argument("--test", help="your own test split (JSONL, same format)")
+    parser.add_argument("--out", help="output folder (default: $GAPFORGE_OUT or ./outputs)")
+    parser.add_argument("--llama-cpp", help="llama.cpp scripts folder (default: $GAPFORGE_LLAMA_CPP or /opt/gapforge/llama.cpp)")
+    parser.add_argument("--force", action="store_true", help="redo finished steps; replace another run's outputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="the folder to write (config, tokenizer, weights)")
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     imp.set_defaults(func=cmd_import_gguf)
+
+    for name, text in STEP_HELP.items():
+        step = sub.add_parser(name, help=text, description=text)
+        _add_common(step)
+        if name in ("run", "train"):
+            step.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
+        step.set_defaults(func=cmd_step)
     return parser
 
 

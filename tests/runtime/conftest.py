@@ -151,3 +151,36 @@ def tiny_gguf(tiny_model: Path, llama_cpp_dir: Path, tmp_path_factory: pytest.Te
         check=True, env=env, capture_output=True,
     )
     return out
+
+
+def recipe_dict(data_format: str = "chat", **train: Any) -> dict[str, Any]:
+    """A recipe JSON like the builder's dump, sized for the tiny model (seconds on 2 cores)."""
+    return {
+        "name": "tiny-desk",
+        "version": "0.1.0",
+        "description": "test recipe",
+        "profile": "cpu",
+        "model": {"id": "tiny", "source": {"type": "local", "path": "model"}},
+        "data": {"format": data_format, "sample": "data/sample.jsonl"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {
+            "method": "lora", "epochs": None, "max_steps": 8, "learning_rate": 0.01, "batch_size": 4,
+            "gradient_accumulation": 1, "warmup_steps": 1, "scheduler": "linear", "max_seq_length": 96,
+            "seed": 7, "eval_every": 4, "early_stopping_patience": 0, "gradient_checkpointing": False,
+            **train,
+        },
+        "quantize": ["gguf:q8_0", "gguf:q4_k_m"],
+        "evaluate": {
+            "sample_answers": 2, "max_new_tokens": 12,
+            "gates": {"require_improvement": True, "max_perplexity_delta_pct": {"gguf:q8_0": 5.0, "gguf:q4_k_m": 60.0}},
+        },
+    }
+
+
+def write_recipe(folder: Path, rows: list[Any] | None = None, data_format: str = "chat", **train: Any) -> Path:
+    """recipe.json plus its sample data in `folder`; returns the recipe path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "data" / "sample.jsonl", rows if rows is not None else chat_examples(60))
+    path = folder / "recipe.json"
+    path.write_text(json.dumps(recipe_dict(data_format, **train), indent=2), encoding="utf-8")
+    return path

@@ -1,0 +1,207 @@
+"""Operator data: read JSONL, list every bad line at once, drop exact duplicates, split by seed."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime.errors import RuntimeFailure
+
+FORMATS = ("alpaca", "chat", "completion")
+ROLES = ("system", "user", "assistant")
+SMALL_DATASET = 10_000
+MAX_LISTED = 200
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated example in a canonical shape, and where it came from."""
+
+    line: int
+    record: dict[str, Any]
+    """alpaca: instruction/input/output; chat: messages; completion: text."""
+
+    def key(self) -> str:
+        """The exact-duplicate key: canonical JSON of the record."""
+        return json.dumps(self.record, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass
+class DataSplit:
+    """Train/validation/test examples and what happened on the way."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    duplicates_removed: int = 0
+    source_lines: dict[str, int] = field(default_factory=dict)
+    ratios: tuple[float, float, float] = (0.9, 0.05, 0.05)
+
+
+def _non_empty_str(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _check_alpaca(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    problems = []
+    for key in ("instruction", "output"):
+        if key not in obj:
+            problems.append(f"missing field '{key}'")
+        elif not _non_empty_str(obj[key]):
+            problems.append(f"field '{key}' is empty or not a string (got {obj[key]!r:.40})")
+    if "input" in obj and obj["input"] is not None and not isinstance(obj["input"], str):
+        problems.append(f"field 'input' must be a string (got {obj['input']!r:.40})")
+    if problems:
+        return None, problems
+    return {"instruction": obj["instruction"], "input": obj.get("input") or "", "output": obj["output"]}, []
+
+
+def _check_chat(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    key = "messages" if "messages" in obj else "conversations" if "conversations" in obj else None
+    if key is None:
+        return None, ["missing field 'messages' (or 'conversations')"]
+    messages = obj[key]
+    if not isinstance(messages, list) or not messages:
+        return None, [f"field '{key}' must be a non-empty list of {{role, content}} objects"]
+    problems: list[str] = []
+    clean = []
+    for i, message in enumerate(messages):
+        where = f"{key}[{i}]"
+        if not isinstance(message, dict):
+            problems.append(f"{where} is not an object")
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            problems.append(f"{where} has no 'role'")
+        elif role not in ROLES:
+            problems.append(f"{where} has unknown role {role!r} (use one of {', '.join(ROLES)})")
+        if "content" not in message:
+            problems.append(f"{where} has no 'content'")
+        elif not _non_empty_str(content):
+            problems.append(f"{where} has empty content")
+        clean.append({"role": role, "content": content})
+    if not problems and not any(m["role"] == "assistant" for m in clean):
+        problems.append(f"field '{key}' has no assistant message to learn from")
+    return (None if problems else {"messages": clean}), problems
+
+
+def _check_completion(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    if "text" not in obj:
+        return None, ["missing field 'text'"]
+    if not _non_empty_str(obj["text"]):
+        return None, ["field 'text' is empty or not a string"]
+    return {"text": obj["text"]}, []
+
+
+CHECKS = {"alpaca": _check_alpaca, "chat": _check_chat, "completion": _check_completion}
+
+
+def read_examples(path: Path, data_format: str, *, label: str = "--data") -> list[Example]:
+    """Read and validate a JSONL file; raise one RuntimeFailure listing every bad line."""
+    if data_format not in FORMATS:
+        raise RuntimeFailure(f"recipe data.format {data_format!r} is unknown: use one of {', '.join(FORMATS)}.")
+    if not path.is_file():
+        raise RuntimeFailure(f"{label} {path}: no such file. Pass the path of your JSONL data file.")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise RuntimeFailure(
+            f"{label} {path}: the file is empty. It must hold one JSON object per line "
+            f"in the recipe's '{data_format}' format."
+        )
+    check = CHECKS[data_format]
+    examples: list[Example] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (a trailing newline, say) carry no example
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {number}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        record, found = check(obj)
+        problems.extend(f"line {number}: {p}" for p in found)
+        if record is not None:
+            examples.append(Example(line=number, record=record))
+    if problems:
+        shown = problems[:MAX_LISTED]
+        if len(problems) > MAX_LISTED:
+            shown.append(f"... and {len(problems) - MAX_LISTED} more")
+        raise RuntimeFailure(
+            f"{label} {path}: {len(problems)} problem(s) in the '{data_format}' data; fix these lines "
+            "and run again (nothing was trained):",
+            shown,
+        )
+    if not examples:
+        raise RuntimeFailure(f"{label} {path}: no examples found. Add one JSON object per line.")
+    return examples
+
+
+def deduplicate(examples: list[Example]) -> tuple[list[Example], int]:
+    """Drop exact duplicates (same canonical record), keeping the first; return the count dropped."""
+    seen: set[str] = set()
+    kept = []
+    for example in examples:
+        key = example.key()
+        if key not in seen:
+            seen.add(key)
+            kept.append(example)
+    return kept, len(examples) - len(kept)
+
+
+def split_ratios(count: int) -> tuple[float, float, float]:
+    """80/10/10, or 90/5/5 for small data sets (under 10,000 examples)."""
+    return (0.9, 0.05, 0.05) if count < SMALL_DATASET else (0.8, 0.1, 0.1)
+
+
+def _held_out_count(total: int, fraction: float) -> int:
+    return max(1, round(total * fraction))
+
+
+def split_examples(
+    examples: list[Example],
+    seed: int,
+    validation: list[Example] | None = None,
+    test: list[Example] | None = None,
+) -> DataSplit:
+    """Dedupe, then shuffle with `seed` and carve the held-out sets not given by the operator."""
+    unique, removed = deduplicate(examples)
+    ratios = split_ratios(len(unique))
+    need = (validation is None) + (test is None)
+    if len(unique) < need + 1:
+        raise RuntimeFailure(
+            f"only {len(unique)} distinct example(s): a train/validation/test split needs at least "
+            f"{need + 1}. Add examples, or pass --validation FILE and --test FILE."
+        )
+    shuffled = list(unique)
+    random.Random(seed).shuffle(shuffled)
+    if test is None:
+        n = _held_out_count(len(unique), ratios[2])
+        test, shuffled = shuffled[:n], shuffled[n:]
+    if validation is None:
+        n = _held_out_count(len(unique), ratios[1])
+        validation, shuffled = shuffled[:n], shuffled[n:]
+    return DataSplit(train=shuffled, validation=validation, test=test, duplicates_removed=removed, ratios=ratios)
+
+
+def write_split(split: DataSplit, folder: Path) -> dict[str, Path]:
+    """Write train/validation/test JSONL files (records only) into `folder`; return their paths."""
+    from gapforge_runtime.files import write_text_atomic
+
+    paths = {}
+    for name, rows in (("train", split.train), ("validation", split.validation), ("test", split.test)):
+        path = folder / f"{name}.jsonl"
+        write_text_atomic(path, "".join(json.dumps(e.record, ensure_ascii=False) + "\n" for e in rows))
+        paths[name] = path
+    return paths
+
+
+def read_split_file(path: Path) -> list[dict[str, Any]]:
+    """Read a split file written by `write_split`."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,105 @@
+"""manifest.json: every input and output with sha256 and size, the recipe, versions, timings, lineage."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime import __version__
+from gapforge_runtime.files import describe_path, write_json_atomic
+from gapforge_runtime.outputs import load_record
+from gapforge_runtime.pipeline import RunContext, gguf_targets
+
+SCHEMA = "gapforge-runtime/manifest/v1"
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "llama_cpp_python", "gguf", "numpy")
+STEPS = ("data", "train", "merge", "quantize", "eval")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape the outputs."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _entry(described: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+    path = Path(described["path"])
+    shown = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    entry = {"path": shown, "sha256": described["sha256"], "size": described["size"]}
+    if "files" in described:
+        entry["files"] = described["files"]
+    return entry
+
+
+def build_manifest(ctx: RunContext) -> dict[str, Any]:
+    """The manifest of what the output folder holds now, assembled from the step records."""
+    root = ctx.out.root.resolve()
+    records = {name: load_record(ctx.out, name) for name in STEPS}
+    inputs: dict[str, Any] = {
+        "recipe": _entry(describe_path(ctx.recipe.path)),
+        "model": _entry(ctx.describe("model", ctx.model_dir)),
+        "data": _entry(describe_path(ctx.data_file)),
+    }
+    for label, path in (("validation", ctx.validation_file), ("test", ctx.test_file)):
+        if path is not None:
+            inputs[label] = _entry(describe_path(path))
+    outputs: dict[str, Any] = {}
+    for record in records.values():
+        if record is None:
+            continue
+        for name, described in record.outputs.items():
+            if Path(described["path"]).exists():
+                outputs[f"split:{name}" if record.name == "data" else name] = _entry(described, root)
+    if ctx.out.train_log.is_file():
+        outputs["train_log"] = _entry(describe_path(ctx.out.train_log), root)
+    lineage = [{"id": "base", "parents": [], "sha256": inputs["model"]["sha256"]}]
+    if "adapter" in outputs:
+        lineage.append({"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]})
+    if "merged" in outputs:
+        lineage.append({"id": "merged", "parents": ["base", "adapter"], "sha256": outputs["merged"]["sha256"]})
+    for target in gguf_targets(ctx.recipe):
+        if target in outputs:
+            parent = "merged" if target == "gguf:f16" else "gguf:f16"
+            lineage.append({"id": target, "parents": [parent], "sha256": outputs[target]["sha256"]})
+    if "adapter:gguf" in outputs:
+        lineage.append({"id": "adapter:gguf", "parents": ["adapter"], "sha256": outputs["adapter:gguf"]["sha256"]})
+    evaluation = None
+    if ctx.out.evaluation.is_file():
+        evaluation = json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))
+    return {
+        "schema": SCHEMA,
+        "runtime": {"version": __version__, "python": platform.python_version(), "machine": platform.machine()},
+        "libraries": library_versions(),
+        "recipe": ctx.recipe.raw,
+        "recipe_sha256": ctx.recipe.sha256,
+        "inputs": inputs,
+        "outputs": outputs,
+        "steps": {name: {"seconds": r.seconds, "inputs": r.inputs} for name, r in records.items() if r is not None},
+        "timings": {name: r.seconds for name, r in records.items() if r is not None},
+        "data": records["data"].details if records["data"] else {},
+        "training": records["train"].details if records["train"] else {},
+        "lineage": lineage,
+        "evaluation": evaluation,
+        "passed": None if evaluation is None else evaluation["passed"],
+    }
+
+
+def write_manifest_and_report(ctx: RunContext) -> dict[str, Any]:
+    """Write report.md/.html (and charts), then manifest.json naming them too."""
+    from gapforge_runtime.report import write_report
+
+    manifest = build_manifest(ctx)
+    history_file = ctx.out.root / "train_history.json"
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+    written = write_report(ctx.out.root, manifest, history)
+    for name, path in written.items():
+        manifest["outputs"][name] = _entry(describe_path(path), ctx.out.root.resolve())
+    write_json_atomic(ctx.out.root / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,328 @@
+"""The steps of a run, in order: data → train → merge → quantize → eval → report.
+
+Each step is a function of one `RunContext`; it checks its inputs, is skipped when its recorded
+inputs are unchanged, and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime import data as data_mod
+from gapforge_runtime.config import GGUF_TARGETS, RecipeSettings
+from gapforge_runtime.encoding import encode_split, prompt_text, reference_answer
+from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
+from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
+from gapforge_runtime.preflight import (
+    check_free_space,
+    check_method,
+    check_model_dir,
+    check_targets,
+    estimate_output_bytes,
+)
+
+
+@dataclass
+class RunContext:
+    """Everything a step needs: the recipe, the inputs, the output folder and the options."""
+
+    recipe: RecipeSettings
+    model_dir: Path
+    data_file: Path
+    out: Layout
+    llama_cpp: Path | None = None
+    validation_file: Path | None = None
+    test_file: Path | None = None
+    force: bool = False
+    resume: bool = False
+    _digests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def describe(self, name: str, path: Path, refresh: bool = False) -> dict[str, Any]:
+        """sha256/size of an input or output, cached for the life of this process."""
+        if refresh or name not in self._digests:
+            self._digests[name] = describe_path(path)
+        return self._digests[name]
+
+    def digest(self, name: str, path: Path, refresh: bool = False) -> str:
+        """Just the sha256 of `describe`."""
+        return str(self.describe(name, path, refresh)["sha256"])
+
+
+def _section_digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_identity(ctx: RunContext) -> dict[str, str]:
+    """What makes a run this run: the recipe, the data and the base model."""
+    identity = {"recipe_sha256": ctx.recipe.sha256, "data_sha256": sha256_file(ctx.data_file)}
+    for label, path in (("validation_sha256", ctx.validation_file), ("test_sha256", ctx.test_file)):
+        if path is not None:
+            identity[label] = sha256_file(path)
+    return identity
+
+
+def prepare(ctx: RunContext) -> None:
+    """Checks shared by every step, then claim the output folder."""
+    check_model_dir(ctx.model_dir)
+    if not ctx.data_file.is_file():
+        raise RuntimeFailure(f"--data {ctx.data_file}: no such file. Pass your JSONL data file with --data.")
+    claim_output(ctx.out, data_identity(ctx), ctx.force)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def step_data(ctx: RunContext) -> StepRecord:
+    """Validate the data (every bad line listed), dedupe, split, and measure its encoding."""
+    from gapforge_runtime.modelio import load_tokenizer
+    from gapforge_runtime.train import summarize_encoding
+
+    recipe = ctx.recipe
+    inputs = {
+        "data": sha256_file(ctx.data_file),
+        "settings": _section_digest(recipe.data_format, recipe.train.seed, recipe.train.max_seq_length),
+        "tokenizer": _section_digest(*(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))),
+    }
+    extra = {"validation": ctx.validation_file, "test": ctx.test_file}
+    inputs.update({k: sha256_file(v) for k, v in extra.items() if v is not None})
+
+    def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        fmt = recipe.data_format
+        examples = data_mod.read_examples(ctx.data_file, fmt)
+        given = {
+            k: data_mod.read_examples(v, fmt, label=f"--{k}") if v is not None else None for k, v in extra.items()
+        }
+        split = data_mod.split_examples(examples, recipe.train.seed, given["validation"], given["test"])
+        paths = data_mod.write_split(split, ctx.out.data)
+        tokenizer = load_tokenizer(ctx.model_dir)
+        details: dict[str, Any] = {
+            "format": fmt,
+            "examples_read": len(examples),
+            "duplicates_removed": split.duplicates_removed,
+            "train_examples": len(split.train),
+            "validation_examples": len(split.validation),
+            "test_examples": len(split.test),
+            "split": "operator files" if any(given.values()) else "{:.0%}/{:.0%}/{:.0%}".format(*split.ratios),
+            "seed": recipe.train.seed,
+        }
+        print(f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed", flush=True)
+        for name, path in paths.items():
+            records = data_mod.read_split_file(path)
+            _, stats = encode_split(tokenizer, fmt, records, recipe.train.max_seq_length)
+            print(summarize_encoding(name, stats, recipe.train.max_seq_length), flush=True)
+            details[f"{name}_tokens"] = stats.tokens
+            details[f"{name}_truncated"] = stats.truncated
+            details[f"{name}_dropped_no_target"] = stats.no_target_left
+        outputs = {name: describe_path(path) for name, path in paths.items()}
+        return outputs, details
+
+    record, _ = run_step(ctx.out, "data", inputs, ctx.force, body)
+    return record
+
+
+def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
+    records = data_mod.read_split_file(ctx.out.data / f"{split}.jsonl")
+    items, _ = encode_split(tokenizer, ctx.recipe.data_format, records, ctx.recipe.train.max_seq_length)
+    return items
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def step_train(ctx: RunContext) -> StepRecord:
+    """Train the LoRA adapter (resumable), after checking the method's hardware and the free disk."""
+    from gapforge_runtime.modelio import load_tokenizer
+    from gapforge_runtime.train import train_adapter
+
+    check_method(ctx.recipe.train.method)
+    check_targets(ctx.recipe.quantize)
+    step_data(ctx)
+    inputs = {
+        "model": ctx.digest("model", ctx.model_dir),
+        "train": sha256_file(ctx.out.data / "train.jsonl"),
+        "validation": sha256_file(ctx.out.data / "validation.jsonl"),
+        "settings": _section_digest(ctx.recipe.raw.get("lora"), ctx.recipe.raw.get("train")),
+    }
+
+    def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        check_free_space(ctx.out.root, estimate_output_bytes(ctx.model_dir, ctx.recipe.quantize))
+        if ctx.force and not ctx.resume:
+            shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
+        if not ctx.resume:
+            ctx.out.train_log.unlink(missing_ok=True)
+        tokenizer = load_tokenizer(ctx.model_dir)
+        result = train_adapter(
+            ctx.recipe, ctx.model_dir, tokenizer,
+            _encoded(ctx, tokenizer, "train"), _encoded(ctx, tokenizer, "validation"),
+            ctx.out.checkpoints, ctx.out.adapter, ctx.out.train_log, ctx.resume,
+        )
+        if result.resumed_from_step is not None:
+            print(f"[train] resumed from step {result.resumed_from_step}; finished at step {result.global_step}", flush=True)
+        details = {k: v for k, v in asdict(result).items() if k != "log_history"}
+        return {"adapter": describe_path(ctx.out.adapter)}, details
+
+    record, _ = run_step(ctx.out, "train", inputs, ctx.force, body)
+    return record
+
+
+# --- merge --------------------------------------------------------------------------------------
+
+
+def _require(path: Path, what: str, command: str) -> None:
+    if not path.exists():
+        raise RuntimeFailure(f"{path}: {what} is missing. Run `gapforge-runtime {command}` first (or `gapforge-runtime run`).")
+
+
+def step_merge(ctx: RunContext) -> StepRecord:
+    """Merge the adapter into the base model (full precision) and save safetensors + tokenizer."""
+    from gapforge_runtime.merge import merge_adapter
+
+    _require(ctx.out.adapter / "adapter_config.json", "the trained adapter", "train")
+    inputs = {"model": ctx.digest("model", ctx.model_dir), "adapter": ctx.digest("adapter", ctx.out.adapter, refresh=True)}
+
+    def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        details = merge_adapter(ctx.model_dir, ctx.out.adapter, ctx.out.merged)
+        return {"merged": describe_path(ctx.out.merged)}, details
+
+    record, _ = run_step(ctx.out, "merge", inputs, ctx.force, body)
+    return record
+
+
+# --- quantize -----------------------------------------------------------------------------------
+
+
+def gguf_targets(recipe: RecipeSettings) -> list[str]:
+    """Every GGUF file to write: f16 always (the source of the others), then the recipe's targets."""
+    return ["gguf:f16", *[t for t in recipe.quantize if t in GGUF_TARGETS and t != "gguf:f16"]]
+
+
+def step_quantize(ctx: RunContext) -> StepRecord:
+    """merged → GGUF f16 → each quantization, the adapter as GGUF, and a Modelfile beside each."""
+    from gapforge_runtime.modelio import load_tokenizer
+    from gapforge_runtime.quantize import (
+        check_llama_cpp,
+        convert_adapter,
+        convert_to_f16,
+        ollama_template,
+        quantize_gguf,
+        write_modelfile,
+    )
+
+    check_targets(ctx.recipe.quantize)
+    llama_cpp = check_llama_cpp(ctx.llama_cpp)
+    _require(ctx.out.merged / "config.json", "the merged model", "merge")
+    targets = gguf_targets(ctx.recipe)
+    inputs = {
+        "merged": ctx.digest("merged", ctx.out.merged, refresh=True),
+        "adapter": ctx.digest("adapter", ctx.out.adapter, refresh=True),
+        "targets": _section_digest(targets),
+        "converter": sha256_file(llama_cpp / "convert_hf_to_gguf.py"),
+    }
+    name = ctx.recipe.name
+
+    def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        template, stops = ollama_template(load_tokenizer(ctx.out.merged))
+        outputs: dict[str, Any] = {}
+        f16 = ctx.out.gguf_file(name, "gguf:f16")
+        print(f"[quantize] {ctx.out.merged} → {f16.name}", flush=True)
+        convert_to_f16(llama_cpp, ctx.out.merged, f16)
+        for target in targets:
+            path = ctx.out.gguf_file(name, target)
+            if target != "gguf:f16":
+                print(f"[quantize] {f16.name} → {path.name}", flush=True)
+                quantize_gguf(f16, target, path)
+            outputs[target] = describe_path(path)
+            outputs[f"{target}:Modelfile"] = describe_path(write_modelfile(path, template, stops))
+        adapter_gguf = ctx.out.adapter_gguf(name)
+        print(f"[quantize] adapter → {adapter_gguf.name}", flush=True)
+        convert_adapter(llama_cpp, ctx.out.adapter, ctx.model_dir, adapter_gguf)
+        outputs["adapter:gguf"] = describe_path(adapter_gguf)
+        return outputs, {"targets": targets, "stop": stops}
+
+    record, _ = run_step(ctx.out, "quantize", inputs, ctx.force, body)
+    return record
+
+
+# --- eval ---------------------------------------------------------------------------------------
+
+
+def step_eval(ctx: RunContext) -> StepRecord:
+    """Loss/perplexity of base, merged and every GGUF on the test split; sample answers; gates."""
+    from gapforge_runtime import evaluate as ev
+    from gapforge_runtime.modelio import load_causal_lm, load_tokenizer
+
+    _require(ctx.out.merged / "config.json", "the merged model", "merge")
+    quantize = load_record(ctx.out, "quantize")
+    ggufs = {t: ctx.out.gguf_file(ctx.recipe.name, t) for t in gguf_targets(ctx.recipe)}
+    ggufs = {t: p for t, p in ggufs.items() if p.is_file()}
+    settings = ctx.recipe.evaluate
+    inputs = {
+        "test": sha256_file(ctx.out.data / "test.jsonl"),
+        "model": ctx.digest("model", ctx.model_dir),
+        "merged": ctx.digest("merged", ctx.out.merged, refresh=True),
+        "settings": _section_digest(asdict(settings)),
+        **{t: sha256_file(p) for t, p in ggufs.items()},
+    }
+    if quantize is None:
+        print("[eval] no GGUF files yet: scoring the base and merged models only", flush=True)
+
+    def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        import torch
+
+        tokenizer = load_tokenizer(ctx.model_dir)
+        items = _encoded(ctx, tokenizer, "test")
+        records = data_mod.read_split_file(ctx.out.data / "test.jsonl")[: settings.sample_answers]
+        prompts_text = [prompt_text(tokenizer, ctx.recipe.data_format, r) for r in records]
+        prompts = [tokenizer(p, add_special_tokens=ctx.recipe.data_format == "completion")["input_ids"] for p in prompts_text]
+        stop_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
+        scores: dict[str, ev.ModelScore] = {}
+        answers: dict[str, list[str]] = {}
+        for label, folder in (("base", ctx.model_dir), ("merged", ctx.out.merged)):
+            print(f"[eval] scoring {label} ({len(items)} test examples)", flush=True)
+            model = load_causal_lm(folder, dtype=torch.float32)
+            loss, count = ev.score_transformers(model, items)
+            size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+            scores[label] = ev.ModelScore(label, loss, ev.perplexity(loss), count, size)
+            outs = ev.greedy_transformers(model, prompts, settings.max_new_tokens, stop_ids)
+            answers[label] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+            del model
+            gc.collect()
+        longest = max((len(i.input_ids) for i in items), default=16)
+        n_ctx = max(longest, max((len(p) for p in prompts), default=0) + settings.max_new_tokens) + 8
+        for target, path in ggufs.items():
+            print(f"[eval] scoring {target} ({path.name})", flush=True)
+            llm = ev.open_gguf(path, n_ctx)
+            loss, count = ev.score_gguf(llm, items)
+            scores[target] = ev.ModelScore(target, loss, ev.perplexity(loss), count, path.stat().st_size)
+            outs = ev.greedy_gguf(llm, prompts, settings.max_new_tokens, stop_ids)
+            answers[target] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+            llm.close()
+        gates = ev.decide_gates(scores, settings.require_improvement, settings.max_perplexity_delta_pct)
+        result = ev.as_json(scores, gates)
+        result["samples"] = [
+            {"prompt": p, "reference": reference_answer(ctx.recipe.data_format, r), "answers": {m: a[i] for m, a in answers.items()}}
+            for i, (p, r) in enumerate(zip(prompts_text, records, strict=True))
+        ]
+        for name, score in scores.items():
+            print(f"[eval] {name:<12} loss {score.loss:.4f}  perplexity {score.perplexity:.3f}  {score.size_bytes / 1e6:.1f} MB", flush=True)
+        for gate in gates:
+            print(f"[eval] gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})", flush=True)
+        write_json_atomic(ctx.out.evaluation, result)
+        return {"evaluation": describe_path(ctx.out.evaluation)}, {"passed": result["passed"]}
+
+    record, _ = run_step(ctx.out, "eval", inputs, ctx.force, body)
+    return record
+
+
+def evaluation_passed(ctx: RunContext) -> bool | None:
+    """The recorded verdict of the last evaluation, if any."""
+    if not ctx.out.evaluation.is_file():
+        return None
+    return bool(json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))["passed"])

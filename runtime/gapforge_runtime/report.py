@@ -1,0 +1,151 @@
+"""report.md and report.html (plain string templates) with PNG charts drawn by matplotlib (Agg)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime.files import write_text_atomic
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:.25em .6em;text-align:left}}
+.pass{{color:#060}}.fail{{color:#a00;font-weight:bold}}pre{{white-space:pre-wrap;background:#f4f4f4;padding:.5em}}</style>
+</head><body>
+<h1>{title}</h1>
+<p>Verdict: <span class="{verdict_class}">{verdict}</span></p>
+{body}
+</body></html>
+"""
+
+
+def plot_losses(history: list[dict[str, Any]], out: Path) -> Path | None:
+    """Training and validation loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def plot_quality_vs_size(models: dict[str, Any], out: Path) -> Path | None:
+    """Test perplexity against file size, one point per model artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(name, m["size_bytes"] / 1e6, m["perplexity"]) for name, m in models.items() if m["size_bytes"]]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, size, ppl in points:
+        ax.scatter(size, ppl)
+        ax.annotate(name, (size, ppl), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("size (MB)")
+    ax.set_ylabel("test perplexity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
+    md = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    md += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return "\n".join(md), f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def write_report(out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Path]:
+    """Write the charts, report.md and report.html; return their paths."""
+    evaluation = manifest.get("evaluation") or {}
+    models = evaluation.get("models", {})
+    plots = out_dir / "plots"
+    charts = {
+        "Loss curves": plot_losses(history, plots / "loss.png"),
+        "Quality vs size": plot_quality_vs_size(models, plots / "quality_vs_size.png"),
+    }
+    recipe = manifest["recipe"]
+    title = f"{recipe.get('name')} {recipe.get('version')}: fine-tuning report"
+    passed = evaluation.get("passed")
+    verdict = "not evaluated" if passed is None else "PASS" if passed else "FAIL"
+    md: list[str] = [f"# {title}", "", f"Verdict: **{verdict}**", ""]
+    parts: list[str] = []
+
+    def section(name: str, md_text: str, html_text: str) -> None:
+        md.extend([f"## {name}", "", md_text, ""])
+        parts.append(f"<h2>{html.escape(name)}</h2>{html_text}")
+
+    data = manifest.get("data") or {}
+    if data:
+        rows = [[k, v] for k, v in data.items() if not isinstance(v, dict | list)]
+        section("Data", *_table(["item", "value"], rows))
+    training = manifest.get("training") or {}
+    if training:
+        rows = [[k, v] for k, v in training.items() if not isinstance(v, dict | list)]
+        section("Training", *_table(["item", "value"], rows))
+    deltas = evaluation.get("delta_vs_merged_pct", {})
+    rows = [
+        [name, m["loss"], m["perplexity"], f"{deltas[name]:+.2f}%" if name in deltas else "", f"{m['size_bytes'] / 1e6:.1f} MB"]
+        for name, m in models.items()
+    ]
+    if rows:
+        section("Test split quality", *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows))
+    gates = evaluation.get("gates", [])
+    if gates:
+        g_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["detail"]] for g in gates]
+        section("Gates", *_table(["gate", "result", "detail"], g_rows))
+    for name, chart in charts.items():
+        if chart is not None:
+            encoded = base64.b64encode(chart.read_bytes()).decode()
+            section(name, f"![{name}](plots/{chart.name})", f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">')
+    answers = evaluation.get("samples", [])
+    if answers:
+        md_lines, html_lines = [], []
+        for i, sample in enumerate(answers, start=1):
+            md_lines.append(f"### Prompt {i}\n\n```\n{sample['prompt']}\n```\n\nExpected: {sample['reference']}\n")
+            html_lines.append(f"<h3>Prompt {i}</h3><pre>{html.escape(sample['prompt'])}</pre><p>Expected: {html.escape(sample['reference'])}</p><ul>")
+            for model, answer in sample["answers"].items():
+                md_lines.append(f"- **{model}**: {answer}")
+                html_lines.append(f"<li><b>{html.escape(model)}</b>: {html.escape(answer)}</li>")
+            md_lines.append("")
+            html_lines.append("</ul>")
+        section("Sample answers (greedy)", "\n".join(md_lines), "".join(html_lines))
+    outputs = manifest.get("outputs", {})
+    o_rows = [[name, o.get("path", ""), o.get("size", 0), str(o.get("sha256", ""))[:16]] for name, o in outputs.items()]
+    section("Outputs", *_table(["artifact", "path", "bytes", "sha256 (first 16)"], o_rows))
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    write_text_atomic(md_path, "\n".join(md) + "\n")
+    write_text_atomic(html_path, HTML_PAGE.format(
+        title=html.escape(title), verdict=verdict, verdict_class="pass" if passed else "fail", body="\n".join(parts)
+    ))
+    return {"report.md": md_path, "report.html": html_path, **{f"plots/{p.name}": p for p in charts.values() if p}}

@@ -1,0 +1,229 @@
+"""LoRA (or QLoRA on CUDA) training with peft on transformers' Trainer; resumable from checkpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime.config import RecipeSettings
+from gapforge_runtime.encoding import IGNORE_INDEX, Encoded, EncodingStats
+from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.files import atomic_dir, write_text_atomic
+from gapforge_runtime.modelio import device_and_dtype, load_causal_lm
+
+
+@dataclass
+class TrainResult:
+    """What training did, for the step record and the report."""
+
+    global_step: int
+    resumed_from_step: int | None
+    best_eval_loss: float | None
+    stopped_early: bool
+    train_seconds: float
+    tokens_seen: int
+    tokens_per_second: float
+    device: str
+    log_history: list[dict[str, Any]]
+
+
+class ListDataset:
+    """A map-style dataset over encoded examples (what Trainer needs, without `datasets`)."""
+
+    def __init__(self, items: list[Encoded]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        item = self.items[index]
+        return {"input_ids": item.input_ids, "labels": item.labels}
+
+
+def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch; padding gets attention 0 and label -100."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    ids, labels, mask = [], [], []
+    for f in features:
+        gap = width - len(f["input_ids"])
+        ids.append(f["input_ids"] + [pad_id] * gap)
+        labels.append(f["labels"] + [IGNORE_INDEX] * gap)
+        mask.append([1] * len(f["input_ids"]) + [0] * gap)
+    return {
+        "input_ids": torch.tensor(ids),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(mask),
+    }
+
+
+def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = recipe.lora
+    if recipe.train.method == "qlora":
+        import torch
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = load_causal_lm(model_dir, dtype=dtype, quantization_config=quant, device_map={"": 0})
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
+        )
+    else:
+        model = load_causal_lm(model_dir, dtype=dtype)
+        if device == "cuda":
+            model = model.to("cuda")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not folder.is_dir():
+        return None
+    found = get_last_checkpoint(str(folder))
+    return Path(found) if found else None
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
+def train_adapter(
+    recipe: RecipeSettings,
+    model_dir: Path,
+    tokenizer: Any,
+    train_set: list[Encoded],
+    validation_set: list[Encoded],
+    checkpoints: Path,
+    adapter_dir: Path,
+    log_file: Path,
+    resume: bool,
+) -> TrainResult:
+    """Train a LoRA adapter and save it (with the tokenizer) to `adapter_dir`."""
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    settings = recipe.train
+    device, dtype = device_and_dtype()
+    previous = last_checkpoint(checkpoints)
+    if previous is not None and not resume:
+        raise RuntimeFailure(
+            f"{checkpoints}: checkpoints of an interrupted training exist (last: {previous.name}). "
+            "Pass --resume to continue from it, or --force to start training over."
+        )
+    resumed_from = _checkpoint_step(previous) if previous is not None else None
+    if resume and previous is None:
+        print("[train] --resume: no checkpoint found, starting from step 0", flush=True)
+    elif resumed_from is not None:
+        print(f"[train] resuming from {previous} (step {resumed_from})", flush=True)
+
+    model = _lora_model(recipe, model_dir, device, dtype)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.print_trainable_parameters()
+
+    early = settings.early_stopping_patience > 0
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.scheduler,
+        warmup_steps=settings.warmup_steps,
+        num_train_epochs=settings.epochs or 1.0,
+        max_steps=settings.max_steps or -1,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        eval_strategy="steps",
+        eval_steps=settings.eval_every,
+        save_strategy="steps",
+        save_steps=settings.eval_every,
+        save_total_limit=2,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+
+    class LogToFile(TrainerCallback):  # type: ignore[misc]
+        """Append every log entry to the training log as one JSON line."""
+
+        def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
+            entry = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
+            with log_file.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+    callbacks: list[Any] = [LogToFile()]
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(train_set),
+        eval_dataset=ListDataset(validation_set),
+        data_collator=lambda features: pad_batch(features, tokenizer.pad_token_id),
+        callbacks=callbacks,
+    )
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
+    seconds = time.monotonic() - started
+    state = trainer.state
+    planned = state.max_steps
+    stopped_early = early and state.global_step < planned
+
+    with atomic_dir(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_text_atomic(adapter_dir.parent / "train_history.json", json.dumps(state.log_history, indent=1) + "\n")
+    tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+    runtime = float(output.metrics.get("train_runtime", seconds)) or seconds
+    return TrainResult(
+        global_step=state.global_step,
+        resumed_from_step=resumed_from,
+        best_eval_loss=state.best_metric,
+        stopped_early=stopped_early,
+        train_seconds=round(seconds, 3),
+        tokens_seen=tokens,
+        tokens_per_second=round(tokens / runtime, 1) if runtime else 0.0,
+        device=device,
+        log_history=list(state.log_history),
+    )
+
+
+def summarize_encoding(name: str, stats: EncodingStats, max_length: int) -> str:
+    """One line about a split's encoding, with truncation counts the operator must know about."""
+    line = f"[data] {name}: {stats.examples} examples, {stats.tokens} tokens ({stats.trained_tokens} trained)"
+    if stats.truncated:
+        line += f"; {stats.truncated} longer than max_seq_length {max_length} were truncated"
+    if stats.no_target_left:
+        line += f"; {stats.no_target_left} dropped (their answer lies beyond max_seq_length)"
+    return line
