@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ class ModelScore:
     perplexity: float
     tokens: int
     size_bytes: int
-    answers: list[str] = field(default_factory=list)
 
 
 @dataclass
