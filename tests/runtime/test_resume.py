@@ -1,0 +1,44 @@
+"""Kill `train` after a checkpoint exists; `train --resume` finishes and says where it resumed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_recipe
+
+
+def _train(recipe: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "gapforge_runtime.cli", "train", "--recipe", str(recipe), "--model", str(model), "--out", str(out), *extra]
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_model: Path) -> None:
+    # Enough steps that the kill lands mid-way; a checkpoint every 4 steps.
+    recipe = write_recipe(tmp_path / "r", max_steps=60, eval_every=4)
+    out = tmp_path / "out"
+    process = subprocess.Popen(_train(recipe, tiny_model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not list(out.glob("checkpoints/checkpoint-*/trainer_state.json")):
+            assert process.poll() is None, "training ended before writing a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (out / "adapter").exists() and not (out / "steps" / "train.json").exists()
+
+    again = subprocess.run(_train(recipe, tiny_model, out), capture_output=True, text=True, check=False)
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+
+    resumed = subprocess.run(_train(recipe, tiny_model, out, "--resume"), capture_output=True, text=True, check=False, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    line = next(li for li in resumed.stdout.splitlines() if "resumed from step" in li)
+    step = int(line.split("resumed from step ")[1].split(";")[0])
+    assert step >= 4 and step % 4 == 0
+    assert "finished at step 60" in line
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
