@@ -124,10 +124,8 @@ def cmd_step(args: argparse.Namespace) -> int:
         "merge": [pipeline.step_merge],
         "quantize": [pipeline.step_quantize],
         "eval": [pipeline.step_eval],
-        "run": [
-            pipeline.step_data, pipeline.step_train, pipeline.step_merge,
-            pipeline.step_quantize, pipeline.step_eval,
-        ],
+        # train runs (or confirms) the data step itself.
+        "run": [pipeline.step_train, pipeline.step_merge, pipeline.step_quantize, pipeline.step_eval],
     }[args.command]
     if args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
