@@ -116,23 +116,25 @@ def fetch_locked_files(
 # --- sdist -> wheel --------------------------------------------------------------------------------
 
 
-def _build_venv(cache: Cache, build_lock: PythonLock, tools: dict[str, Path]) -> Path:
-    """A venv holding the locked build toolchain, made once per build lock."""
-    venv = cache.root / "venvs" / f"build-{build_lock.sha256[:16]}"
+def make_venv(cache: Cache, name: str, wheels: list[Path]) -> Path:
+    """A venv in the cache holding exactly `wheels` (already hash-checked), made once per name."""
+    venv = cache.root / "venvs" / name
     marker = venv / ".complete"
     if marker.is_file():
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
+    note(f"making the venv {venv} from {len(wheels)} cached wheels")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     result = subprocess.run(
         [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-         *(str(p) for p in sorted(tools.values()))],
+         "--disable-pip-version-check", *(str(p) for p in sorted(wheels))],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        raise FetchError(f"could not install the build toolchain into {venv}:\n{result.stderr[-2000:]}")
-    marker.write_text(build_lock.sha256)
+        shutil.rmtree(venv, ignore_errors=True)
+        raise FetchError(f"could not install the locked wheels into {venv}:\n{result.stderr[-2000:]}")
+    marker.write_text("\n".join(p.name for p in sorted(wheels)))
     return venv
 
 
@@ -159,7 +161,7 @@ def build_sdist(
     if shutil.which("unshare") is None:
         raise EnvironmentProblem("unshare (util-linux) is needed to build sdists with the network cut")
     tools = fetch_locked_files(cache, build_lock, None, binary=True)
-    venv = _build_venv(cache, build_lock, tools)
+    venv = make_venv(cache, f"build-{build_lock.sha256[:16]}", list(tools.values()))
 
     source_root = BUILD_ROOT / f"{requirement.key}-{requirement.version}"
     shutil.rmtree(source_root, ignore_errors=True)

@@ -154,13 +154,14 @@ def compile_python_lock(requirements_in: Path, output: Path, header: str) -> Pyt
         sys.executable, "-m", "piptools", "compile",
         "--quiet", "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
         "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",
-        "--resolver=backtracking", "--output-file", str(tmp), str(requirements_in),
+        "--resolver=backtracking", "--output-file", str(tmp.resolve()), requirements_in.name,
     ]  # fmt: skip
     if output.is_file():
         # Start from the current pins so a re-lock moves only what it must.
         tmp.write_bytes(output.read_bytes())
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        # relative to its folder, so no host path ends up in the lock's comments
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=requirements_in.parent)
         if result.returncode != 0:
             raise LockError(
                 f"pip-compile failed for {requirements_in}:\n{result.stderr.strip()[-3000:]}\n"

@@ -1,0 +1,317 @@
+"""`gapforge build`: check locks → fetch → assemble → load → smoke-run, each a stage on one plan.
+
+Only `fetch` touches the network. `assemble` reads the cache alone; `load` and `smoke` use the local
+Docker engine, and the smoke run has no network at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gapforge import __version__
+from gapforge.cache import Cache, default_cache_dir, sha256_file
+from gapforge.errors import LockError
+from gapforge.fetch.model import ModelFile, fetch_model
+from gapforge.fetch.rootfs import run_mmdebstrap
+from gapforge.fetch.wheels import build_sdist, fetch_locked_files, make_venv
+from gapforge.image import (
+    WrittenLayers,
+    image_env,
+    plan_base,
+    plan_model,
+    plan_recipe,
+    plan_runtime,
+    plan_wheel_layers,
+    write_layers,
+)
+from gapforge.lock.debian import compare_packages, debian_inputs_sha256, read_debian_lock
+from gapforge.lock.model import ModelLock, read_model_lock
+from gapforge.lock.python import PythonLock, check_fresh, inputs_sha256, parse_python_lock
+from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
+from gapforge.profile import REPO_ROOT, Profile, load_profile
+from gapforge.progress import byte_progress, note, step
+from gapforge.recipe import LoadedRecipe, load_recipe, recipe_json
+
+RUNTIME_DIR = REPO_ROOT / "runtime"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    recipe: Path
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    lock_dir: Path = REPO_ROOT / "lockfiles"
+    images_dir: Path = REPO_ROOT / "images"
+    out_dir: Path = REPO_ROOT / "build"
+    load: bool = True
+    smoke: bool = True
+
+
+@dataclass
+class Locks:
+    python: PythonLock
+    build: PythonLock
+    debian_path: Path
+    debian_sha256: str
+    model: ModelLock
+
+
+@dataclass
+class BuildPlan:
+    options: BuildOptions
+    loaded: LoadedRecipe
+    profile: Profile
+    cache: Cache
+    locks: Locks | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.loaded.recipe.name}-{self.loaded.recipe.version}"
+
+    @property
+    def ref(self) -> str:
+        return f"gapforge/{self.loaded.recipe.name}:{self.loaded.recipe.version}"
+
+
+@dataclass
+class Inputs:
+    rootfs_tar: Path
+    wheels: dict[str, Path]
+    llama_sdist: Path
+    runtime_wheel: Path
+    model_files: list[ModelFile]
+
+
+@dataclass
+class BuiltImage:
+    tar_path: Path
+    manifest: ImageManifest
+    layers: WrittenLayers
+    report_path: Path
+    smoke_output: str = ""
+
+
+def lock_paths(lock_dir: Path, profile: str) -> tuple[Path, Path, Path]:
+    return lock_dir / f"{profile}.txt", lock_dir / f"{profile}.build.txt", lock_dir / f"{profile}.debian.lock"
+
+
+# --- stages ----------------------------------------------------------------------------------------------
+
+
+def check_locks(plan: BuildPlan) -> Locks:
+    """Every lock exists and was made from the inputs on disk now."""
+    step("checking locks")
+    profile = plan.profile
+    python_path, build_path, debian_path = lock_paths(plan.options.lock_dir, profile.name)
+    python = parse_python_lock(python_path)
+    check_fresh(python, inputs_sha256(profile.requirements_in), str(profile.requirements_in))
+    build = parse_python_lock(build_path)
+    check_fresh(build, inputs_sha256(profile.build_requirements_in), str(profile.build_requirements_in))
+    debian_inputs, _ = read_debian_lock(debian_path)
+    if debian_inputs != debian_inputs_sha256(profile):
+        raise LockError(
+            f"{debian_path} is stale: the [debian] section of images/{profile.name}/profile.toml "
+            "changed since it was locked: run 'nox -s lock' and commit the new lockfile"
+        )
+    model = read_model_lock(plan.options.lock_dir, plan.loaded.recipe.model)
+    missing_builds = [k for k in profile.sdist_builds if k not in python.by_name()]
+    if missing_builds:
+        raise LockError(f"{python_path} does not pin {', '.join(missing_builds)}, which the profile builds from sdist: run 'nox -s lock'")
+    note(f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}")
+    return Locks(python, build, debian_path, sha256_file(debian_path), model)
+
+
+def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
+    """The runtime package as a wheel, built deterministically (flit, SOURCE_DATE_EPOCH)."""
+    from flit_core.wheel import make_wheel_in
+
+    previous = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        with cache.tempdir("runtime-wheel-") as work:
+            info = make_wheel_in(RUNTIME_DIR / "pyproject.toml", work)
+            return cache.put_file(Path(info.file), move=True)
+    finally:
+        if previous is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = previous
+
+
+def runtime_toolchain(cache: Cache, locks: Locks, wheels: dict[str, Path]) -> tuple[str, Path]:
+    """A venv of the image's locked wheels (no sdist builds), for build steps that need ML libraries."""
+    name = f"runtime-{locks.python.sha256[:16]}"
+    return name, make_venv(cache, name, list(wheels.values()))
+
+
+def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
+    """Everything the image needs, in the cache, checked against the locks (network used here only)."""
+    step(f"fetching into the cache {plan.cache.root}")
+    cache, profile = plan.cache, plan.profile
+    plan.cache.clear_stale_tmp()
+    sdist_names = set(profile.sdist_builds)
+    all_names = {r.key for r in locks.python.requirements}
+    wheels = fetch_locked_files(cache, locks.python, profile, binary=True, only=all_names - sdist_names)
+    sdists = fetch_locked_files(cache, locks.python, profile, binary=False, only=sdist_names)
+    built = {
+        name: build_sdist(cache, profile, locks.python.by_name()[name], sdists[name], locks.build)
+        for name in sorted(sdist_names)
+    }
+    rootfs_key = locks.debian_sha256
+    known = cache.index_get("rootfs", rootfs_key)
+    if known is not None and cache.has_blob(known["digest"]):
+        rootfs_tar = cache.blob_path(known["digest"])
+        note(f"Debian base rootfs is cached ({known['digest'][:19]})")
+    else:
+        note("Debian base rootfs: running mmdebstrap")
+        _, locked = read_debian_lock(locks.debian_path)
+        with cache.tempdir("rootfs-") as work:
+            rootfs = run_mmdebstrap(profile, work)
+            compare_packages(locks.debian_path, locked, rootfs.packages)
+            digest = cache.put_blob(rootfs.tar_path, move=True)
+        cache.index_put("rootfs", rootfs_key, {"digest": digest})
+        rootfs_tar = cache.blob_path(digest)
+    toolchain = None
+    if plan.loaded.recipe.model.source.type == "gguf":
+        toolchain = runtime_toolchain(cache, locks, wheels)
+    model_files = fetch_model(cache, plan.loaded.recipe.model, locks.model, plan.loaded.local_model_path(), toolchain)
+    runtime_wheel = build_runtime_wheel(cache, profile.source_date_epoch)
+    llama_key = "llama-cpp-python"
+    return Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files)
+
+
+def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
+    loaded = plan.loaded
+    normalized = json.dumps(recipe_json(loaded), indent=2, sort_keys=True).encode() + b"\n"
+    return {
+        "recipe.yaml": loaded.path.read_bytes(),
+        "recipe.json": normalized,
+        loaded.recipe.data.sample: loaded.sample_data.read_bytes(),
+        f"locks/{locks.python.path.name}": locks.python.path.read_bytes(),
+        f"locks/{locks.debian_path.name}": locks.debian_path.read_bytes(),
+        f"locks/models/{locks.model.path.name}": locks.model.path.read_bytes(),
+    }
+
+
+def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict[str, str]:
+    recipe = plan.loaded.recipe
+    import hashlib
+    import time as _time
+
+    return {
+        "org.opencontainers.image.title": recipe.name,
+        "org.opencontainers.image.version": recipe.version,
+        "org.opencontainers.image.description": recipe.description or f"gapforge sealed image for {recipe.name}",
+        "org.opencontainers.image.created": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(plan.profile.source_date_epoch)),
+        "org.opencontainers.image.vendor": "gapforge",
+        "io.gapforge.builder.version": __version__,
+        "io.gapforge.profile": plan.profile.name,
+        "io.gapforge.recipe.sha256": hashlib.sha256(files["recipe.json"]).hexdigest(),
+        "io.gapforge.lock.python.sha256": locks.python.sha256,
+        "io.gapforge.lock.debian.sha256": locks.debian_sha256,
+        "io.gapforge.lock.model.sha256": locks.model.sha256,
+        "io.gapforge.model.id": recipe.model.id,
+    }
+
+
+def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
+    """Write the layers and the image archive from the cache alone (no network)."""
+    step("assembling the image (deterministic layers, no network)")
+    profile = plan.profile
+    files = recipe_files(plan, locks)
+    plans = [
+        plan_base(profile, inputs.rootfs_tar, locks.debian_sha256),
+        *plan_wheel_layers(profile, inputs.wheels),
+        plan_model(plan.loaded.recipe.model.id, inputs.model_files),
+        plan_runtime(inputs.runtime_wheel, inputs.llama_sdist, profile),
+        plan_recipe(files),
+    ]
+    written = write_layers(plan.cache, plans, profile.source_date_epoch)
+    spec = ImageSpec(
+        entrypoint=["/opt/gapforge/venv/bin/gapforge-runtime"],
+        cmd=["info"],
+        env=image_env(profile),
+        user="1000:1000",
+        working_dir="/home/gapforge",
+        labels=image_labels(plan, locks, files),
+        architecture=profile.architecture,
+        source_date_epoch=profile.source_date_epoch,
+    )
+    manifest = build_manifest(spec, written.layers, plan.ref)
+    out = plan.options.out_dir / plan.name
+    out.mkdir(parents=True, exist_ok=True)
+    tar_path = out / "image.tar"
+    total = sum(layer.size for layer in written.layers)
+    with byte_progress("image archive", total) as advance:
+        archive = write_archive(manifest, written.layers, tar_path, profile.source_date_epoch, advance)
+    note(f"image archive {tar_path} ({archive.size / 1e6:.1f} MB, {archive.digest[:19]})")
+    return BuiltImage(tar_path, manifest, written, out / "build.json")
+
+
+def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "recipe": {"name": plan.loaded.recipe.name, "version": plan.loaded.recipe.version, "path": str(plan.loaded.path)},
+        "profile": plan.profile.name,
+        "image": {
+            "ref": plan.ref,
+            "tar": str(image.tar_path),
+            "tar_sha256": sha256_file(image.tar_path),
+            "manifest_digest": image.manifest.manifest_digest,
+            "config_digest": image.manifest.config_digest,
+        },
+        "layers": [{"name": layer.name, "digest": layer.digest, "size": layer.size} for layer in image.layers.layers],
+        "layers_reused": image.layers.reused,
+        "layers_written": image.layers.written,
+        "locks": {
+            locks.python.path.name: locks.python.sha256,
+            locks.build.path.name: locks.build.sha256,
+            locks.debian_path.name: locks.debian_sha256,
+            f"models/{locks.model.path.name}": locks.model.sha256,
+        },
+        "timings_s": {k: round(v, 2) for k, v in plan.timings.items()},
+        "smoke": image.smoke_output,
+        "builder": __version__,
+        "cache": str(plan.cache.root),
+    }
+    tmp = image.report_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, image.report_path)
+    return report
+
+
+def _timed(plan: BuildPlan, name: str, func: Callable[[], Any]) -> Any:
+    start = time.monotonic()
+    try:
+        return func()
+    finally:
+        plan.timings[name] = time.monotonic() - start
+
+
+def make_plan(options: BuildOptions) -> BuildPlan:
+    loaded = load_recipe(options.recipe)
+    profile = load_profile(loaded.recipe.profile, options.images_dir)
+    return BuildPlan(options=options, loaded=loaded, profile=profile, cache=Cache(options.cache_dir))
+
+
+def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
+    """Run every stage in order; return the image and the build report."""
+    from gapforge import engine
+
+    plan = make_plan(options)
+    step(f"building {plan.ref} from {plan.loaded.path.name} (profile {plan.profile.name})")
+    locks = _timed(plan, "check_locks", lambda: check_locks(plan))
+    client = engine.connect() if options.load else None
+    inputs = _timed(plan, "fetch", lambda: fetch(plan, locks))
+    image = _timed(plan, "assemble", lambda: assemble(plan, locks, inputs))
+    if client is not None:
+        _timed(plan, "load", lambda: engine.load(client, image.tar_path, image.manifest.config_digest))
+        if options.smoke:
+            image.smoke_output = _timed(plan, "smoke", lambda: engine.smoke_run(client, plan.ref))
+    report = write_report(plan, locks, image)
+    return image, report

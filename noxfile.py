@@ -1,0 +1,76 @@
+"""gapforge's sessions: `nox -l` lists them. Slow or special sessions are not run by default."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.sessions = ["lint", "typecheck", "test"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+DEFAULT_RECIPE = "recipes/smollm2/lora-q8-q4.yaml"
+
+
+def _install_builder(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session(default=False)
+def lock(session: nox.Session) -> None:
+    """Rewrite lockfiles/ from images/*/ and the recipes' model sources (needs the network)."""
+    _install_builder(session)
+    session.run("gapforge", "lock", *session.posargs)
+
+
+@nox.session(default=False)
+def build(session: nox.Session) -> None:
+    """Build a recipe into a sealed image, load it and smoke-run it: nox -s build -- recipes/….yaml."""
+    _install_builder(session)
+    session.run("gapforge", "build", *(session.posargs or [DEFAULT_RECIPE]))
+
+
+@nox.session
+def test(session: nox.Session) -> None:
+    """Run the test suite: unit, runtime and Docker integration tests (pytest args pass through)."""
+    _install_builder(session, "test")
+    session.install("-e", "runtime", "--no-deps")
+    # The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline).
+    session.run("gapforge", "runtime-env", "--profile", "cpu", "--python", session.virtualenv.location + "/bin/python")
+    session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
+    session.run("ruff", "format", "--check", "gapforge", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the builder."""
+    _install_builder(session, "lint")
+    session.run("mypy")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Print build and layer-writing figures against docker save, measured in the same run."""
+    _install_builder(session)
+    session.run("python", "benchmarks/bench_build.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session(default=False)
+def repro(session: nox.Session) -> None:
+    """Build the default recipe twice with two empty caches and compare the archives byte for byte."""
+    _install_builder(session)
+    tmp = session.create_tmp()
+    for name in ("a", "b"):
+        session.run("gapforge", "build", DEFAULT_RECIPE, "--no-load", "--cache-dir", os.path.join(tmp, f"cache-{name}"),
+                    "--out", os.path.join(tmp, f"out-{name}"))  # fmt: skip
+    session.run("cmp", os.path.join(tmp, "out-a/smollm2-135m-desk-0.1.0/image.tar"),
+                os.path.join(tmp, "out-b/smollm2-135m-desk-0.1.0/image.tar"), external=True)  # fmt: skip
