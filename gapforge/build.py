@@ -98,7 +98,11 @@ class BuiltImage:
 
 
 def lock_paths(lock_dir: Path, profile: str) -> tuple[Path, Path, Path]:
-    return lock_dir / f"{profile}.txt", lock_dir / f"{profile}.build.txt", lock_dir / f"{profile}.debian.lock"
+    return (
+        lock_dir / f"{profile}.txt",
+        lock_dir / f"{profile}.build.txt",
+        lock_dir / f"{profile}.debian.lock",
+    )
 
 
 # --- stages ----------------------------------------------------------------------------------------------
@@ -112,7 +116,9 @@ def check_locks(plan: BuildPlan) -> Locks:
     python = parse_python_lock(python_path)
     check_fresh(python, inputs_sha256(profile.requirements_in), str(profile.requirements_in))
     build = parse_python_lock(build_path)
-    check_fresh(build, inputs_sha256(profile.build_requirements_in), str(profile.build_requirements_in))
+    check_fresh(
+        build, inputs_sha256(profile.build_requirements_in), str(profile.build_requirements_in)
+    )
     debian_inputs, _ = read_debian_lock(debian_path)
     if debian_inputs != debian_inputs_sha256(profile):
         raise LockError(
@@ -122,8 +128,12 @@ def check_locks(plan: BuildPlan) -> Locks:
     model = read_model_lock(plan.options.lock_dir, plan.loaded.recipe.model)
     missing_builds = [k for k in profile.sdist_builds if k not in python.by_name()]
     if missing_builds:
-        raise LockError(f"{python_path} does not pin {', '.join(missing_builds)}, which the profile builds from sdist: run 'nox -s lock'")
-    note(f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}")
+        raise LockError(
+            f"{python_path} does not pin {', '.join(missing_builds)}, which the profile builds from sdist: run 'nox -s lock'"
+        )
+    note(
+        f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}"
+    )
     return Locks(python, build, debian_path, sha256_file(debian_path), model)
 
 
@@ -157,7 +167,9 @@ def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
     plan.cache.clear_stale_tmp()
     sdist_names = set(profile.sdist_builds)
     all_names = {r.key for r in locks.python.requirements}
-    wheels = fetch_locked_files(cache, locks.python, profile, binary=True, only=all_names - sdist_names)
+    wheels = fetch_locked_files(
+        cache, locks.python, profile, binary=True, only=all_names - sdist_names
+    )
     sdists = fetch_locked_files(cache, locks.python, profile, binary=False, only=sdist_names)
     built = {
         name: build_sdist(cache, profile, locks.python.by_name()[name], sdists[name], locks.build)
@@ -180,7 +192,9 @@ def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
     toolchain = None
     if plan.loaded.recipe.model.source.type == "gguf":
         toolchain = runtime_toolchain(cache, locks, wheels)
-    model_files = fetch_model(cache, plan.loaded.recipe.model, locks.model, plan.loaded.local_model_path(), toolchain)
+    model_files = fetch_model(
+        cache, plan.loaded.recipe.model, locks.model, plan.loaded.local_model_path(), toolchain
+    )
     runtime_wheel = build_runtime_wheel(cache, profile.source_date_epoch)
     llama_key = "llama-cpp-python"
     return Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files)
@@ -207,8 +221,11 @@ def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict
     return {
         "org.opencontainers.image.title": recipe.name,
         "org.opencontainers.image.version": recipe.version,
-        "org.opencontainers.image.description": recipe.description or f"gapforge sealed image for {recipe.name}",
-        "org.opencontainers.image.created": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(plan.profile.source_date_epoch)),
+        "org.opencontainers.image.description": recipe.description
+        or f"gapforge sealed image for {recipe.name}",
+        "org.opencontainers.image.created": _time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", _time.gmtime(plan.profile.source_date_epoch)
+        ),
         "org.opencontainers.image.vendor": "gapforge",
         "io.gapforge.builder.version": __version__,
         "io.gapforge.profile": plan.profile.name,
@@ -249,14 +266,20 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     tar_path = out / "image.tar"
     total = sum(layer.size for layer in written.layers)
     with byte_progress("image archive", total) as advance:
-        archive = write_archive(manifest, written.layers, tar_path, profile.source_date_epoch, advance)
+        archive = write_archive(
+            manifest, written.layers, tar_path, profile.source_date_epoch, advance
+        )
     note(f"image archive {tar_path} ({archive.size / 1e6:.1f} MB, {archive.digest[:19]})")
     return BuiltImage(tar_path, manifest, written, out / "build.json")
 
 
 def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "recipe": {"name": plan.loaded.recipe.name, "version": plan.loaded.recipe.version, "path": str(plan.loaded.path)},
+        "recipe": {
+            "name": plan.loaded.recipe.name,
+            "version": plan.loaded.recipe.version,
+            "path": str(plan.loaded.path),
+        },
         "profile": plan.profile.name,
         "image": {
             "ref": plan.ref,
@@ -265,7 +288,10 @@ def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, 
             "manifest_digest": image.manifest.manifest_digest,
             "config_digest": image.manifest.config_digest,
         },
-        "layers": [{"name": layer.name, "digest": layer.digest, "size": layer.size} for layer in image.layers.layers],
+        "layers": [
+            {"name": layer.name, "digest": layer.digest, "size": layer.size}
+            for layer in image.layers.layers
+        ],
         "layers_reused": image.layers.reused,
         "layers_written": image.layers.written,
         "locks": {
@@ -296,7 +322,9 @@ def _timed(plan: BuildPlan, name: str, func: Callable[[], Any]) -> Any:
 def make_plan(options: BuildOptions) -> BuildPlan:
     loaded = load_recipe(options.recipe)
     profile = load_profile(loaded.recipe.profile, options.images_dir)
-    return BuildPlan(options=options, loaded=loaded, profile=profile, cache=Cache(options.cache_dir))
+    return BuildPlan(
+        options=options, loaded=loaded, profile=profile, cache=Cache(options.cache_dir)
+    )
 
 
 def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
@@ -310,7 +338,9 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     inputs = _timed(plan, "fetch", lambda: fetch(plan, locks))
     image = _timed(plan, "assemble", lambda: assemble(plan, locks, inputs))
     if client is not None:
-        _timed(plan, "load", lambda: engine.load(client, image.tar_path, image.manifest.config_digest))
+        _timed(
+            plan, "load", lambda: engine.load(client, image.tar_path, image.manifest.config_digest)
+        )
         if options.smoke:
             image.smoke_output = _timed(plan, "smoke", lambda: engine.smoke_run(client, plan.ref))
     report = write_report(plan, locks, image)

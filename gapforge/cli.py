@@ -18,9 +18,24 @@ DEFAULT_RECIPE = REPO_ROOT / "recipes" / "smollm2" / "lora-q8-q4.yaml"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", type=Path, default=None, help="content-addressed cache (default: $GAPFORGE_CACHE or ~/.cache/gapforge)")
-    parser.add_argument("--lock-dir", type=Path, default=REPO_ROOT / "lockfiles", help="lockfiles folder (default: lockfiles/)")
-    parser.add_argument("--images-dir", type=Path, default=REPO_ROOT / "images", help="profiles folder (default: images/)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="content-addressed cache (default: $GAPFORGE_CACHE or ~/.cache/gapforge)",
+    )
+    parser.add_argument(
+        "--lock-dir",
+        type=Path,
+        default=REPO_ROOT / "lockfiles",
+        help="lockfiles folder (default: lockfiles/)",
+    )
+    parser.add_argument(
+        "--images-dir",
+        type=Path,
+        default=REPO_ROOT / "images",
+        help="profiles folder (default: images/)",
+    )
 
 
 def _cache(args: argparse.Namespace) -> Cache:
@@ -68,7 +83,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     for path in args.recipes:
         loaded = load_recipe(path)
-        console.print(f"[green]ok[/] {path}: {loaded.recipe.name} {loaded.recipe.version} ({loaded.recipe.profile})")
+        console.print(
+            f"[green]ok[/] {path}: {loaded.recipe.name} {loaded.recipe.version} ({loaded.recipe.profile})"
+        )
     return 0
 
 
@@ -81,22 +98,33 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
 
     cache = _cache(args)
     profile = load_profile(args.profile, args.images_dir)
-    options = BuildOptions(recipe=DEFAULT_RECIPE, cache_dir=cache.root, lock_dir=args.lock_dir, images_dir=args.images_dir)
-    plan = BuildPlan(options=options, loaded=load_recipe(DEFAULT_RECIPE), profile=profile, cache=cache)
+    options = BuildOptions(
+        recipe=DEFAULT_RECIPE,
+        cache_dir=cache.root,
+        lock_dir=args.lock_dir,
+        images_dir=args.images_dir,
+    )
+    plan = BuildPlan(
+        options=options, loaded=load_recipe(DEFAULT_RECIPE), profile=profile, cache=cache
+    )
     locks = check_locks(plan)
     sdist_names = set(profile.sdist_builds)
     names = {r.key for r in locks.python.requirements}
     files = fetch_locked_files(cache, locks.python, None, binary=True, only=names - sdist_names)
     sdists = fetch_locked_files(cache, locks.python, profile, binary=False, only=sdist_names)
     for name in sorted(sdist_names):
-        files[name] = build_sdist(cache, profile, locks.python.by_name()[name], sdists[name], locks.build)
+        files[name] = build_sdist(
+            cache, profile, locks.python.by_name()[name], sdists[name], locks.build
+        )
     python = args.python or sys.executable
     result = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check",
          *(str(p) for p in sorted(files.values()))], check=False,
     )  # fmt: skip
     if result.returncode != 0:
-        raise GapforgeError(f"installing the locked runtime wheels into {python} failed (output above)")
+        raise GapforgeError(
+            f"installing the locked runtime wheels into {python} failed (output above)"
+        )
     if args.print_llama_cpp:
         print(json.dumps({"llama_cpp_sdist": str(sdists["llama-cpp-python"])}))
     return 0
@@ -107,18 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gapforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    lock = sub.add_parser("lock", help="rewrite the lockfiles from their inputs (needs the network)")
-    lock.add_argument("recipes", nargs="*", help="recipes whose model to lock (default: every shipped recipe)")
-    lock.add_argument("--profile", action="append", help="profile to lock (repeatable; default: cpu)")
+    lock = sub.add_parser(
+        "lock", help="rewrite the lockfiles from their inputs (needs the network)"
+    )
+    lock.add_argument(
+        "recipes", nargs="*", help="recipes whose model to lock (default: every shipped recipe)"
+    )
+    lock.add_argument(
+        "--profile", action="append", help="profile to lock (repeatable; default: cpu)"
+    )
     lock.add_argument("--no-debian", action="store_true", help="leave the Debian lock as it is")
     lock.add_argument("--models-only", action="store_true", help="lock only the recipes' models")
     _add_common(lock)
     lock.set_defaults(func=cmd_lock)
 
-    build = sub.add_parser("build", help="build a recipe into a sealed image, load it and smoke-run it")
-    build.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: the SmolLM2 recipe)")
-    build.add_argument("--out", type=Path, default=REPO_ROOT / "build", help="where the image archive goes (default: build/)")
-    build.add_argument("--no-load", action="store_true", help="write the archive only; no Docker engine needed")
+    build = sub.add_parser(
+        "build", help="build a recipe into a sealed image, load it and smoke-run it"
+    )
+    build.add_argument(
+        "recipe",
+        nargs="?",
+        default=str(DEFAULT_RECIPE),
+        help="recipe YAML (default: the SmolLM2 recipe)",
+    )
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "build",
+        help="where the image archive goes (default: build/)",
+    )
+    build.add_argument(
+        "--no-load", action="store_true", help="write the archive only; no Docker engine needed"
+    )
     build.add_argument("--no-smoke", action="store_true", help="load but do not run the image")
     _add_common(build)
     build.set_defaults(func=cmd_build)
@@ -127,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("recipes", nargs="+")
     validate.set_defaults(func=cmd_validate)
 
-    env = sub.add_parser("runtime-env", help="install a profile's locked runtime wheels into a Python (tests)")
+    env = sub.add_parser(
+        "runtime-env", help="install a profile's locked runtime wheels into a Python (tests)"
+    )
     env.add_argument("--profile", default="cpu")
     env.add_argument("--python", help="the interpreter to install into (default: this one)")
     env.add_argument("--print-llama-cpp", action="store_true", help=argparse.SUPPRESS)

@@ -61,8 +61,14 @@ def smoke_run(client: Any, ref: str) -> str:
             tmpfs={"/tmp": "rw,size=64m"}, stdout=True, stderr=True,
         )  # fmt: skip
     except ContainerError as exc:
-        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
-        raise BuildError(f"the image's `info` failed with status {exc.exit_status}:\n{stderr[-2000:]}") from None
+        stderr = (
+            exc.stderr.decode(errors="replace")
+            if isinstance(exc.stderr, bytes)
+            else str(exc.stderr)
+        )
+        raise BuildError(
+            f"the image's `info` failed with status {exc.exit_status}:\n{stderr[-2000:]}"
+        ) from None
     text: str = output.decode(errors="replace")
     for line in text.strip().splitlines():
         note(line)

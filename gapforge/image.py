@@ -93,7 +93,10 @@ def install_wheels(wheels: list[Path], profile: Profile, stage: Path) -> list[En
         "data": str(venv),
     }
     destination = SchemeDictionaryDestination(
-        scheme, interpreter=f"/{VENV}/bin/python", script_kind="posix", bytecode_optimization_levels=[]
+        scheme,
+        interpreter=f"/{VENV}/bin/python",
+        script_kind="posix",
+        bytecode_optimization_levels=[],
     )
     for wheel in sorted(wheels, key=lambda p: p.name):
         with WheelFile.open(wheel) as source:
@@ -137,9 +140,12 @@ def plan_base(profile: Profile, rootfs_tar: Path, debian_lock_sha: str) -> Layer
 
 def plan_wheel_layers(profile: Profile, wheels: dict[str, Path]) -> list[LayerPlan]:
     """Big wheels one layer each (they change rarely and are huge), the rest together."""
-    big, rest = [], []
+    big: list[tuple[str, Path]] = []
+    rest: list[tuple[str, Path]] = []
     for name, path in sorted(wheels.items()):
-        (big if wheel_installed_size(path) >= profile.own_layer_min_bytes else rest).append((name, path))
+        (big if wheel_installed_size(path) >= profile.own_layer_min_bytes else rest).append(
+            (name, path)
+        )
     plans = []
     for name, path in big:
         plans.append(LayerPlan(
@@ -168,7 +174,9 @@ def plan_model(model_id: str, files: list[ModelFile]) -> LayerPlan:
 
 def plan_runtime(runtime_wheel: Path, llama_sdist: Path, profile: Profile) -> LayerPlan:
     def entries(stage: Path) -> list[Entry]:
-        return install_wheels([runtime_wheel], profile, stage / "rt") + llama_cpp_entries(llama_sdist, stage)
+        return install_wheels([runtime_wheel], profile, stage / "rt") + llama_cpp_entries(
+            llama_sdist, stage
+        )
 
     return LayerPlan("runtime", [runtime_wheel.parent.name, llama_sdist.parent.name, profile.python], entries,
                      created_by="gapforge: runtime and llama.cpp conversion scripts")  # fmt: skip
@@ -179,7 +187,9 @@ def plan_recipe(files: dict[str, bytes]) -> LayerPlan:
     parts = [f"{k}={hashlib.sha256(v).hexdigest()}" for k, v in sorted(files.items())]
 
     def entries(_stage: Path) -> list[Entry]:
-        return with_parents(Entry(f"{RECIPE_DIR}/{k}", "file", 0o644, data=v) for k, v in files.items())
+        return with_parents(
+            Entry(f"{RECIPE_DIR}/{k}", "file", 0o644, data=v) for k, v in files.items()
+        )
 
     return LayerPlan("recipe", parts, entries, created_by="gapforge: recipe, sample data and locks")
 
@@ -193,18 +203,34 @@ def write_layers(cache: Cache, plans: list[LayerPlan], mtime: int) -> WrittenLay
     for plan in plans:
         known = cache.index_get("layers", plan.key)
         if known is not None and cache.has_blob(known["digest"], verify=True):
-            result.layers.append(Layer(plan.name, known["digest"], known["size"], cache.blob_path(known["digest"]), plan.created_by))
+            result.layers.append(
+                Layer(
+                    plan.name,
+                    known["digest"],
+                    known["size"],
+                    cache.blob_path(known["digest"]),
+                    plan.created_by,
+                )
+            )
             result.reused.append(plan.name)
-            note(f"layer {plan.name:<22} cached   {known['digest'][:19]}  {known['size'] / 1e6:9.1f} MB")
+            note(
+                f"layer {plan.name:<22} cached   {known['digest'][:19]}  {known['size'] / 1e6:9.1f} MB"
+            )
             continue
         with cache.tempdir("layer-") as stage:
             entries = plan.entries(stage)
-            total = sum(e.size if e.data is None else len(e.data) for e in entries if e.kind == "file")
+            total = sum(
+                e.size if e.data is None else len(e.data) for e in entries if e.kind == "file"
+            )
             with byte_progress(f"layer {plan.name}", total) as advance:
                 written = write_tar_file(entries, stage / "layer.tar", mtime, progress=advance)
             digest = cache.put_blob(stage / "layer.tar", expected=written.digest, move=True)
-        cache.index_put("layers", plan.key, {"digest": digest, "size": written.size, "name": plan.name})
-        result.layers.append(Layer(plan.name, digest, written.size, cache.blob_path(digest), plan.created_by))
+        cache.index_put(
+            "layers", plan.key, {"digest": digest, "size": written.size, "name": plan.name}
+        )
+        result.layers.append(
+            Layer(plan.name, digest, written.size, cache.blob_path(digest), plan.created_by)
+        )
         result.written.append(plan.name)
         note(f"layer {plan.name:<22} written  {digest[:19]}  {written.size / 1e6:9.1f} MB")
     return result

@@ -94,8 +94,12 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             source_date_epoch=int(raw["source_date_epoch"]),
             debian=debian,
             sdist_builds=builds,
-            own_layer_min_bytes=int(raw.get("layers", {}).get("own_layer_min_mb", 150)) * 1024 * 1024,
+            own_layer_min_bytes=int(raw.get("layers", {}).get("own_layer_min_mb", 150))
+            * 1024
+            * 1024,
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise GapforgeError(f"{path}: missing or bad field {exc}: compare with images/cpu/profile.toml") from None
+        raise GapforgeError(
+            f"{path}: missing or bad field {exc}: compare with images/cpu/profile.toml"
+        ) from None

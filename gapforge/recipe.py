@@ -6,7 +6,6 @@ reported as `file:line: dotted.path: message (got value)` so the user can go str
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -214,14 +213,18 @@ class _Problems:
         self.lines = _line_index(text)
         self.items: list[tuple[int, str]] = []
 
-    def add(self, path: tuple[str | int, ...], message: str, value: Any = None, show: bool = True) -> None:
+    def add(
+        self, path: tuple[str | int, ...], message: str, value: Any = None, show: bool = True
+    ) -> None:
         keys = tuple(str(p) for p in path)
         line = 0
         for depth in range(len(keys), -1, -1):
             if keys[:depth] in self.lines:
                 line = self.lines[keys[:depth]]
                 break
-        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(".[", "[")
+        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(
+            ".[", "["
+        )
         text = f"line {line}: {dotted or '(top level)'}: {message}"
         if show:
             text += f" (got {_show(value)})"
@@ -273,12 +276,16 @@ def _semantic_problems(problems: _Problems, loaded: LoadedRecipe) -> None:
             )
     sample = loaded.sample_data
     if not sample.is_file():
-        problems.add(("data", "sample"), f"no such file {sample}: ship the sample beside the recipe", recipe.data.sample)
+        problems.add(
+            ("data", "sample"),
+            f"no such file {sample}: ship the sample beside the recipe",
+            recipe.data.sample,
+        )
     elif sample.stat().st_size == 0:
         problems.add(("data", "sample"), "the sample data file is empty", recipe.data.sample)
     local = loaded.local_model_path()
     if local is not None and not local.is_dir():
-        problems.add(("model", "source", "path"), f"no such directory {local}", str(recipe.model.source.path))  # type: ignore[union-attr]
+        problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
 
 
 def display_path(path: Path) -> str:
@@ -296,7 +303,10 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RecipeError(shown, ["no such recipe file: check the path (recipes live in recipes/<model>/<name>.yaml)"]) from None
+        raise RecipeError(
+            shown,
+            ["no such recipe file: check the path (recipes live in recipes/<model>/<name>.yaml)"],
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(shown, [f"cannot read the file: {exc}"]) from None
     try:
@@ -304,7 +314,9 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise RecipeError(shown, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise RecipeError(
+            shown, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]
+        ) from None
     if not isinstance(raw, dict):
         raise RecipeError(shown, [f"a recipe must be a YAML mapping (got {type(raw).__name__})"])
 

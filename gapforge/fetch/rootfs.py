@@ -67,7 +67,7 @@ def mmdebstrap_command(profile: Profile, out_tar: Path, record_dir: Path) -> lis
     """The mmdebstrap call for `profile`; hooks write the package list and .deb hashes."""
     deb = profile.debian
     record = (
-        'chroot "$1" dpkg-query -W -f=\'${Package} ${Version} ${Architecture}\\n\' '
+        "chroot \"$1\" dpkg-query -W -f='${Package} ${Version} ${Architecture}\\n' "
         f"> {record_dir}/packages.txt && "
         f'(cd "$1"/var/cache/apt/archives && sha256sum -- *.deb) > {record_dir}/debs.sha256'
     )
@@ -89,19 +89,23 @@ def _parse_records(record_dir: Path) -> tuple[DebianPackage, ...]:
     for line in (record_dir / "debs.sha256").read_text().splitlines():
         digest, filename = line.split(maxsplit=1)
         # apt names .debs <name>_<version with ':' as %3a>_<arch>.deb
-        name, version, _ = filename.strip().removesuffix(".deb").split("_")
+        name, version, _arch = filename.strip().removesuffix(".deb").split("_")
         deb_hashes[(name, version.replace("%3a", ":"))] = digest
     packages = []
     for line in (record_dir / "packages.txt").read_text().splitlines():
         name, version, arch = line.split()
-        digest = deb_hashes.get((name, version))
-        if digest is None:
-            raise FetchError(f"mmdebstrap installed {name} {version} but no .deb was recorded for it")
-        packages.append(DebianPackage(name, version, arch, digest))
+        found = deb_hashes.get((name, version))
+        if found is None:
+            raise FetchError(
+                f"mmdebstrap installed {name} {version} but no .deb was recorded for it"
+            )
+        packages.append(DebianPackage(name, version, arch, found))
     return tuple(sorted(packages, key=lambda p: p.name))
 
 
-def run_mmdebstrap(profile: Profile, workdir: Path, log: Callable[[str], None] | None = None) -> Rootfs:
+def run_mmdebstrap(
+    profile: Profile, workdir: Path, log: Callable[[str], None] | None = None
+) -> Rootfs:
     """Create the base root filesystem tar for `profile` in `workdir` (needs the network)."""
     if shutil.which("mmdebstrap") is None:
         raise EnvironmentProblem(
@@ -112,7 +116,11 @@ def run_mmdebstrap(profile: Profile, workdir: Path, log: Callable[[str], None] |
     record.mkdir()
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(profile.source_date_epoch), LC_ALL="C.UTF-8")
     result = subprocess.run(
-        mmdebstrap_command(profile, out, record), env=env, capture_output=True, text=True, check=False
+        mmdebstrap_command(profile, out, record),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise FetchError(
@@ -129,7 +137,9 @@ def run_mmdebstrap(profile: Profile, workdir: Path, log: Callable[[str], None] |
 def _excluded(path: str) -> bool:
     if _EXCLUDE_FILES.match(path):
         return True
-    return any(path.startswith(prefix) and path != prefix.rstrip("/") for prefix in _EXCLUDE_CONTENT_OF)
+    return any(
+        path.startswith(prefix) and path != prefix.rstrip("/") for prefix in _EXCLUDE_CONTENT_OF
+    )
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -153,7 +163,10 @@ def _kind(member: tarfile.TarInfo) -> str:
 def _user_additions(path: str, data: bytes) -> bytes:
     """Append the image's non-root user to /etc/passwd and /etc/group."""
     if path == "etc/passwd":
-        return data + f"{USER_NAME}:x:{USER_ID}:{USER_ID}:gapforge runtime:{HOME}:/usr/sbin/nologin\n".encode()
+        return (
+            data
+            + f"{USER_NAME}:x:{USER_ID}:{USER_ID}:gapforge runtime:{HOME}:/usr/sbin/nologin\n".encode()
+        )
     if path == "etc/group":
         return data + f"{USER_NAME}:x:{USER_ID}:\n".encode()
     return data
@@ -162,27 +175,47 @@ def _user_additions(path: str, data: bytes) -> bytes:
 def rootfs_entries(tar_path: Path) -> list[Entry]:
     """Layer entries for the base rootfs: host-dependent files dropped, the non-root user added."""
     entries: list[Entry] = []
-    archive = tarfile.open(tar_path, "r:")  # kept open: openers read from it while writing
+    # kept open: the openers read from it while the layer is written
+    archive = tarfile.open(tar_path, "r:")  # noqa: SIM115
     for member in archive.getmembers():
         path = member.name.removeprefix("./").rstrip("/")
         if path in ("", ".") or _excluded(path):
             continue
         kind = _kind(member)
-        common = {"mode": member.mode, "uid": member.uid, "gid": member.gid}
+        mode, uid, gid = member.mode, member.uid, member.gid
         if kind == "file":
             if path in ("etc/passwd", "etc/group"):
                 handle = archive.extractfile(member)
                 assert handle is not None
-                entries.append(Entry(path, "file", data=_user_additions(path, handle.read()), **common))
+                entries.append(
+                    Entry(
+                        path,
+                        "file",
+                        data=_user_additions(path, handle.read()),
+                        mode=mode,
+                        uid=uid,
+                        gid=gid,
+                    )
+                )
                 continue
-            entries.append(Entry(path, "file", size=member.size, opener=_member_opener(archive, member), **common))
+            entries.append(
+                Entry(
+                    path,
+                    "file",
+                    size=member.size,
+                    opener=_member_opener(archive, member),
+                    mode=mode,
+                    uid=uid,
+                    gid=gid,
+                )
+            )
         elif kind == "hardlink":
             target = member.linkname.removeprefix("./")
-            entries.append(Entry(path, "hardlink", linkname=target, **common))
+            entries.append(Entry(path, "hardlink", linkname=target, mode=mode, uid=uid, gid=gid))
         elif kind in ("chardev", "blockdev"):
             continue  # the engine provides /dev
         else:
-            entries.append(Entry(path, kind, linkname=member.linkname, **common))
+            entries.append(Entry(path, kind, linkname=member.linkname, mode=mode, uid=uid, gid=gid))
     entries.append(Entry(HOME.lstrip("/"), "dir", 0o755, uid=USER_ID, gid=USER_ID))
     return entries
 

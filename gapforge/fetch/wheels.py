@@ -59,19 +59,29 @@ def _pip_download(
         "--disable-pip-version-check", "--progress-bar", "on" if sys.stderr.isatty() else "off",
         *kind, "-d", str(dest / "files"), "-r", str(req_file),
     ]  # fmt: skip
-    result = subprocess.run(command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(
+        command, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if result.returncode != 0:
-        tail = "\n".join(line for line in result.stdout.splitlines() if "is ignored" not in line)[-3000:]
+        tail = "\n".join(line for line in result.stdout.splitlines() if "is ignored" not in line)[
+            -3000:
+        ]
         hint = (
             "the index serves other bytes than the lock pins: check the index, then run 'nox -s lock'"
             if "HASHES" in result.stdout.upper()
             else "check that the package index is reachable, or run 'nox -s lock' if a pin no longer exists"
         )
-        raise FetchError(f"pip download failed for {len(requirements)} locked files:\n{tail}\nFix: {hint}.")
+        raise FetchError(
+            f"pip download failed for {len(requirements)} locked files:\n{tail}\nFix: {hint}."
+        )
 
 
 def fetch_locked_files(
-    cache: Cache, lock: PythonLock, profile: Profile | None, binary: bool, only: set[str] | None = None
+    cache: Cache,
+    lock: PythonLock,
+    profile: Profile | None,
+    binary: bool,
+    only: set[str] | None = None,
 ) -> dict[str, Path]:
     """Make sure every selected locked requirement is in the cache; return name -> cached file.
 
@@ -98,18 +108,22 @@ def fetch_locked_files(
             _pip_download(missing, work, binary, platform_args)
             by_name = {r.key: r for r in missing}
             for file in sorted((work / "files").iterdir()):
-                requirement = by_name.get(_project_of(file.name))
-                if requirement is None:
-                    raise FetchError(f"pip downloaded {file.name}, which no missing lock entry names")
+                matched = by_name.get(_project_of(file.name))
+                if matched is None:
+                    raise FetchError(
+                        f"pip downloaded {file.name}, which no missing lock entry names"
+                    )
                 try:
-                    found[requirement.key] = cache.put_file(file, allowed=set(requirement.hashes))
+                    found[matched.key] = cache.put_file(file, allowed=set(matched.hashes))
                 except ValueError as exc:
                     raise FetchError(f"{exc}: run 'nox -s lock' if the index changed") from None
         absent = [r.pin for r in missing if r.key not in found]
         if absent:
             raise FetchError(f"pip did not download {', '.join(absent)}: run 'nox -s lock'")
     else:
-        note(f"all {len(selected)} locked {'wheels' if binary else 'sdists'} of {lock.path.name} are cached")
+        note(
+            f"all {len(selected)} locked {'wheels' if binary else 'sdists'} of {lock.path.name} are cached"
+        )
     return found
 
 
@@ -133,7 +147,9 @@ def make_venv(cache: Cache, name: str, wheels: list[Path]) -> Path:
     )  # fmt: skip
     if result.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
-        raise FetchError(f"could not install the locked wheels into {venv}:\n{result.stderr[-2000:]}")
+        raise FetchError(
+            f"could not install the locked wheels into {venv}:\n{result.stderr[-2000:]}"
+        )
     marker.write_text("\n".join(p.name for p in sorted(wheels)))
     return venv
 
@@ -145,7 +161,11 @@ def build_key(sdist_sha256: str, build_lock: PythonLock, cmake_args: tuple[str, 
 
 
 def build_sdist(
-    cache: Cache, profile: Profile, requirement: LockedRequirement, sdist: Path, build_lock: PythonLock
+    cache: Cache,
+    profile: Profile,
+    requirement: LockedRequirement,
+    sdist: Path,
+    build_lock: PythonLock,
 ) -> Path:
     """Build `sdist` into a wheel offline (cached by the sdist's hash and the build settings)."""
     settings = profile.sdist_builds.get(requirement.key)
@@ -159,7 +179,9 @@ def build_sdist(
             note(f"{requirement.pin}: wheel built from its sdist is cached ({wheel.name})")
             return wheel
     if shutil.which("unshare") is None:
-        raise EnvironmentProblem("unshare (util-linux) is needed to build sdists with the network cut")
+        raise EnvironmentProblem(
+            "unshare (util-linux) is needed to build sdists with the network cut"
+        )
     tools = fetch_locked_files(cache, build_lock, None, binary=True)
     venv = make_venv(cache, f"build-{build_lock.sha256[:16]}", list(tools.values()))
 
@@ -173,7 +195,9 @@ def build_sdist(
     env = dict(
         os.environ,
         SOURCE_DATE_EPOCH=str(profile.source_date_epoch),
-        CMAKE_ARGS=" ".join([*cmake_args, f"-DCMAKE_C_FLAGS={prefix_map}", f"-DCMAKE_CXX_FLAGS={prefix_map}"]),
+        CMAKE_ARGS=" ".join(
+            [*cmake_args, f"-DCMAKE_C_FLAGS={prefix_map}", f"-DCMAKE_CXX_FLAGS={prefix_map}"]
+        ),
         CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 1),
         PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
         PIP_NO_INDEX="1",
@@ -186,7 +210,9 @@ def build_sdist(
         "--no-build-isolation", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
         f"--config-settings=build-dir={source_root / 'build'}", "-w", str(out), str(top),
     ]  # fmt: skip
-    note(f"{requirement.pin}: building a wheel from the sdist, offline (several minutes on 2 cores)")
+    note(
+        f"{requirement.pin}: building a wheel from the sdist, offline (several minutes on 2 cores)"
+    )
     log_path = cache.root / "logs" / f"sdist-build-{requirement.key}-{key[:12]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:

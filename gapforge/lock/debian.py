@@ -47,14 +47,18 @@ def read_debian_lock(path: Path) -> tuple[str, tuple[DebianPackage, ...]]:
             continue
         parts = line.split()
         if len(parts) != 4 or len(parts[3]) != 64:
-            raise LockError(f"{path}:{number}: expected 'name version arch sha256' (got {line!r}): run '{LOCK_COMMAND}'")
+            raise LockError(
+                f"{path}:{number}: expected 'name version arch sha256' (got {line!r}): run '{LOCK_COMMAND}'"
+            )
         packages.append(DebianPackage(*parts))
     if not inputs:
         raise LockError(f"{path}: no inputs header: run '{LOCK_COMMAND}' to regenerate it")
     return inputs, tuple(packages)
 
 
-def compare_packages(lock_path: Path, locked: tuple[DebianPackage, ...], got: tuple[DebianPackage, ...]) -> None:
+def compare_packages(
+    lock_path: Path, locked: tuple[DebianPackage, ...], got: tuple[DebianPackage, ...]
+) -> None:
     """Raise if the freshly installed base differs from the lock, naming each difference."""
     want = {p.name: p for p in locked}
     have = {p.name: p for p in got}
@@ -68,12 +72,17 @@ def compare_packages(lock_path: Path, locked: tuple[DebianPackage, ...], got: tu
         elif b is None:
             problems.append(f"  {name} {a.version}: locked but no longer installed")
         elif a.version != b.version:
-            problems.append(f"  {name}: the mirror now serves {b.version}, the lock pins {a.version}")
+            problems.append(
+                f"  {name}: the mirror now serves {b.version}, the lock pins {a.version}"
+            )
         else:
-            problems.append(f"  {name} {a.version}: the .deb's sha256 is {b.sha256}, the lock says {a.sha256}")
+            problems.append(
+                f"  {name} {a.version}: the .deb's sha256 is {b.sha256}, the lock says {a.sha256}"
+            )
     if problems:
         raise FetchError(
-            f"the Debian base no longer matches {lock_path}:\n" + "\n".join(problems[:30])
+            f"the Debian base no longer matches {lock_path}:\n"
+            + "\n".join(problems[:30])
             + f"\nRun '{LOCK_COMMAND}' to take the mirror's current packages (a security update, usually), "
             "review the diff and commit it."
         )

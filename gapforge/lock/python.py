@@ -161,7 +161,9 @@ def compile_python_lock(requirements_in: Path, output: Path, header: str) -> Pyt
         tmp.write_bytes(output.read_bytes())
     try:
         # relative to its folder, so no host path ends up in the lock's comments
-        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=requirements_in.parent)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, cwd=requirements_in.parent
+        )
         if result.returncode != 0:
             raise LockError(
                 f"pip-compile failed for {requirements_in}:\n{result.stderr.strip()[-3000:]}\n"

