@@ -37,9 +37,13 @@ def test(session: nox.Session) -> None:
     """Run the test suite: unit, runtime and Docker integration tests (pytest args pass through)."""
     _install_builder(session, "test")
     session.install("-e", "runtime", "--no-deps")
-    # The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline).
-    session.run("gapforge", "runtime-env", "--profile", "cpu", "--python", session.virtualenv.location + "/bin/python")
-    session.run("pytest", *(session.posargs or ["tests"]), env={"PYTHONUNBUFFERED": "1"})
+    # The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline),
+    # and llama.cpp's conversion scripts from the same locked sdist.
+    llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
+    python = os.path.join(session.virtualenv.location, "bin", "python")
+    session.run("gapforge", "runtime-env", "--python", python, "--llama-cpp-dir", llama_cpp)
+    env = {"PYTHONUNBUFFERED": "1", "GAPFORGE_LLAMA_CPP": llama_cpp}
+    session.run("pytest", *(session.posargs or ["tests"]), env=env)
 
 
 @nox.session
@@ -60,8 +64,11 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Print build and layer-writing figures against docker save, measured in the same run."""
-    _install_builder(session)
-    session.run("python", "benchmarks/bench_build.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"})
+    _install_builder(session, "test")
+    session.install("numpy", "safetensors", "tokenizers")
+    session.run(
+        "python", "benchmarks/bench_build.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"}
+    )
 
 
 @nox.session(default=False)

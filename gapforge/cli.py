@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,8 +125,11 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
         raise GapforgeError(
             f"installing the locked runtime wheels into {python} failed (output above)"
         )
-    if args.print_llama_cpp:
-        print(json.dumps({"llama_cpp_sdist": str(sdists["llama-cpp-python"])}))
+    if args.llama_cpp_dir:
+        from gapforge.image import extract_llama_cpp
+
+        shutil.rmtree(args.llama_cpp_dir, ignore_errors=True)
+        extract_llama_cpp(sdists["llama-cpp-python"], args.llama_cpp_dir)
     return 0
 
 
@@ -180,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.add_argument("--profile", default="cpu")
     env.add_argument("--python", help="the interpreter to install into (default: this one)")
-    env.add_argument("--print-llama-cpp", action="store_true", help=argparse.SUPPRESS)
+    env.add_argument(
+        "--llama-cpp-dir", type=Path, help="also extract llama.cpp's conversion scripts here"
+    )
     _add_common(env)
     env.set_defaults(func=cmd_runtime_env)
     return parser

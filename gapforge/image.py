@@ -109,9 +109,8 @@ def wheel_installed_size(wheel: Path) -> int:
         return sum(info.file_size for info in archive.infolist())
 
 
-def llama_cpp_entries(sdist: Path, stage: Path) -> list[Entry]:
-    """llama.cpp's conversion scripts, taken from the locked llama-cpp-python sdist."""
-    out = stage / "llama"
+def extract_llama_cpp(sdist: Path, out: Path) -> Path:
+    """Extract llama.cpp's conversion scripts from the locked llama-cpp-python sdist into `out`."""
     with tarfile.open(sdist) as archive:
         members = []
         for member in archive.getmembers():
@@ -123,7 +122,12 @@ def llama_cpp_entries(sdist: Path, stage: Path) -> list[Entry]:
                 member.name = rel
                 members.append(member)
         archive.extractall(out, members=members, filter="data")
-    return entries_from_tree(out, LLAMA_CPP_DIR)
+    return out
+
+
+def llama_cpp_entries(sdist: Path, stage: Path) -> list[Entry]:
+    """llama.cpp's conversion scripts, taken from the locked llama-cpp-python sdist."""
+    return entries_from_tree(extract_llama_cpp(sdist, stage / "llama"), LLAMA_CPP_DIR)
 
 
 # --- planning -----------------------------------------------------------------------------------------

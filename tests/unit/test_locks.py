@@ -66,7 +66,7 @@ def test_stale_lock_is_detected(tmp_path: Path) -> None:
     lock = parse_python_lock(_lock(tmp_path, f"six==1.16.0 --hash=sha256:{H1}\n", inputs_sha256(source)))
     check_fresh(lock, inputs_sha256(source), str(source))
     source.write_text("six\nrequests\n")
-    with pytest.raises(LockError, match="is stale: .*requirements.in changed.*nox -s lock"):
+    with pytest.raises(LockError, match=r"is stale: .*requirements.in changed.*nox -s lock"):
         check_fresh(lock, inputs_sha256(source), str(source))
 
 
@@ -89,7 +89,7 @@ def test_debian_lock_round_trip_and_compare(tmp_path: Path) -> None:
     assert read == packages
     compare_packages(path, packages, packages)
     moved = (DebianPackage("base-files", "12.5", "amd64", H1), packages[1])
-    with pytest.raises(FetchError, match="(?s)the mirror now serves 12.5, the lock pins 12.4.*nox -s lock"):
+    with pytest.raises(FetchError, match=r"(?s)the mirror now serves 12.5, the lock pins 12.4.*nox -s lock"):
         compare_packages(path, packages, moved)
 
 
