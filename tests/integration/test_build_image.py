@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def test_recipe_only_change_rewrites_only_the_top_layer(
     recipe_path = project / "recipes/tiny/tiny.yaml"
     text = recipe_path.read_text()
     data = yaml.safe_load(text)
-    data["train"]["learning_rate"] = 5e-4
+    # A learning rate no earlier run used, so a warm shared cache cannot already hold this layer.
+    data["train"]["learning_rate"] = 5e-4 + (time.time_ns() % 10**6) * 1e-12
     recipe_path.write_text(text.splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
     second = _build(project, tmp_path / "out", "--no-smoke")
     before = [(layer["name"], layer["digest"]) for layer in first_build["layers"]]
