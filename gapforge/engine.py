@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,83 @@ def smoke_run(client: Any, ref: str) -> str:
     for line in text.strip().splitlines():
         note(line)
     return text
+
+
+# --- sealed runs (pretest, and `gapforge run` inside the gap) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedRun:
+    """`docker run --network none --read-only` as a non-root user, with tmpfs scratch and explicit
+    mounts only, no capabilities and no privilege gain: how a sealed image is always run."""
+
+    image: str
+    command: list[str]
+    mounts: dict[str, str] = field(default_factory=dict)
+    """host path → container path (read-write)."""
+    read_only_mounts: dict[str, str] = field(default_factory=dict)
+    """host path → container path (read-only)."""
+    user: str = "1000:1000"
+    home: str = "/home/gapforge"
+    gpus: bool = False
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tmpfs(self) -> dict[str, str]:
+        uid, _, gid = self.user.partition(":")
+        return {
+            "/tmp": "rw,nosuid,nodev,exec,mode=1777",
+            self.home: f"rw,nosuid,nodev,mode=0700,uid={uid},gid={gid or uid}",
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The sandbox, as evidence: what the image could and could not touch."""
+        return {
+            "network": "none",
+            "read_only_rootfs": True,
+            "user": self.user,
+            "tmpfs": sorted(self.tmpfs),
+            "mounts": sorted(self.mounts.values()),
+            "read_only_mounts": sorted(self.read_only_mounts.values()),
+            "cap_drop": ["ALL"],
+            "no_new_privileges": True,
+            "gpus": "all" if self.gpus else "none",
+        }
+
+
+def run_sealed(
+    client: Any, run: SealedRun, on_output: Callable[[bytes], None], timeout: float | None = None
+) -> int:
+    """Run the image to the end, streaming its output; return its exit status. The container is
+    removed afterwards, also when interrupted; after `timeout` seconds it is killed (status 137)."""
+    import docker.types
+
+    volumes = {host: {"bind": inside, "mode": "rw"} for host, inside in run.mounts.items()}
+    volumes |= {
+        host: {"bind": inside, "mode": "ro"} for host, inside in run.read_only_mounts.items()
+    }
+    requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if run.gpus else []
+    container = client.containers.run(
+        run.image, run.command, detach=True, network_mode="none", read_only=True, user=run.user,
+        tmpfs=run.tmpfs, volumes=volumes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+        device_requests=requests, environment=run.environment,
+    )  # fmt: skip
+    timer = threading.Timer(timeout, container.kill) if timeout else None
+    try:
+        if timer is not None:
+            timer.start()
+        for chunk in container.logs(stream=True, follow=True):
+            on_output(chunk)
+        status: int = container.wait()["StatusCode"]
+        return status
+    finally:
+        if timer is not None:
+            timer.cancel()
+        container.remove(force=True)
+
+
+def engine_version(client: Any) -> str:
+    try:
+        return str(client.version().get("Version", "unknown"))
+    except Exception:  # evidence only: never fail a run over it
+        return "unknown"

@@ -49,3 +49,7 @@ class BuildError(GapforgeError):
 
 class EnvironmentProblem(GapforgeError):
     """A tool the build needs (docker, mmdebstrap, unshare) is missing or not answering."""
+
+
+class BundleError(GapforgeError):
+    """A bundle, a key or an operator command's input is unusable (not a failed check: see verify)."""

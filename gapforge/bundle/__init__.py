@@ -1,0 +1,37 @@
+"""The air-gap bundle: what `gapforge build` writes into `dist/<recipe>-<version>/`, and the operator
+side that checks, loads and runs it with no network (`verify`, `load`, `run`, `inspect`).
+
+Layout of a bundle (every file but the two signature files is listed in SHA256SUMS):
+
+    image.tar               the sealed image: OCI layout + docker manifest.json, one file
+    bundle.json             what the bundle holds: names, digests, sizes, the signing key's fingerprint
+    sbom.cdx.json           CycloneDX 1.6: Python and Debian packages, the model, the runtime
+    provenance.json         in-toto Statement v1, SLSA provenance v1; the image digest is the subject
+    pretest/evidence.json   the sealed pretest's result, bound to the image digest (+ log.txt, report.md)
+    recipe/                 the recipe, its normalized JSON, its sample data and its locks
+    wheels/                 the gapforge wheel and its dependencies, to install the operator CLI offline
+    RUNBOOK.md              the exact commands for this bundle
+    signing-key.pub.pem     the public half of the key that signed SHA256SUMS (pin your own copy)
+    SHA256SUMS              `sha256sum -c` format
+    SHA256SUMS.sig          Ed25519 signature over SHA256SUMS (raw, 64 bytes; `openssl pkeyutl -rawin`)
+"""
+
+from __future__ import annotations
+
+IMAGE_TAR = "image.tar"
+INDEX = "bundle.json"
+SBOM = "sbom.cdx.json"
+PROVENANCE = "provenance.json"
+PRETEST = "pretest/evidence.json"
+PRETEST_LOG = "pretest/log.txt"
+PRETEST_REPORT = "pretest/report.md"
+RUNBOOK = "RUNBOOK.md"
+PUBLIC_KEY = "signing-key.pub.pem"
+SUMS = "SHA256SUMS"
+SIGNATURE = "SHA256SUMS.sig"
+RECIPE_DIR = "recipe"
+WHEELS_DIR = "wheels"
+UNSIGNED = frozenset({SUMS, SIGNATURE})
+"""The only files SHA256SUMS does not list: itself and its signature."""
+BUNDLE_SCHEMA = "gapforge/bundle/v1"
+PRETEST_SCHEMA = "gapforge/pretest/v1"

@@ -1,0 +1,128 @@
+"""`gapforge inspect`: what a bundle holds (recipe, model, packages, digests, pretest), as a table or
+JSON. It reads the bundle's documents only; `gapforge verify` is what checks them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from gapforge.bundle import INDEX, PRETEST, SBOM, SIGNATURE, SUMS
+from gapforge.bundle.runbook import human_size
+from gapforge.bundle.sbom import summary
+from gapforge.errors import BundleError
+
+
+def _read(bundle: Path, name: str) -> dict[str, Any]:
+    path = bundle / name
+    try:
+        value: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return value
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise BundleError(
+            f"{path}: not valid JSON ({exc}): run 'gapforge verify {bundle}'"
+        ) from None
+
+
+def describe_bundle(bundle: Path) -> dict[str, Any]:
+    """The facts `inspect` shows, as one JSON-able dict."""
+    if not (bundle / INDEX).is_file():
+        raise BundleError(
+            f"{bundle}: not a bundle (no {INDEX}): pass a folder that 'gapforge build' wrote in dist/"
+        )
+    index = _read(bundle, INDEX)
+    evidence = _read(bundle, PRETEST)
+    recipe = _read(bundle, "recipe/recipe.json")
+    return {
+        "bundle": str(bundle),
+        "name": index.get("name"),
+        "version": index.get("version"),
+        "description": index.get("description"),
+        "created": index.get("created"),
+        "image": index.get("image", {}),
+        "model": index.get("model", {}),
+        "recipe": {
+            "method": recipe.get("train", {}).get("method"),
+            "data_format": recipe.get("data", {}).get("format"),
+            "quantize": recipe.get("quantize", []),
+            "gates": recipe.get("evaluate", {}).get("gates", {}),
+        },
+        "packages": summary(_read(bundle, SBOM)),
+        "locks": index.get("locks", {}),
+        "pretest": {
+            "verdict": evidence.get("verdict"),
+            "passed": evidence.get("passed"),
+            "seconds": evidence.get("seconds"),
+            "steps": evidence.get("steps", {}),
+            "gates": evidence.get("gates", []),
+            "deltas_vs_merged_pct": evidence.get("deltas_vs_merged_pct", {}),
+        },
+        "signed": (bundle / SIGNATURE).is_file() and (bundle / SUMS).is_file(),
+        "signing_key": index.get("signing_key", {}),
+        "builder": index.get("builder", {}),
+    }
+
+
+def bundle_table(facts: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{facts['name']} {facts['version']}", show_header=False, title_justify="left"
+    )
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    image, model, recipe, pretest = (
+        facts["image"],
+        facts["model"],
+        facts["recipe"],
+        facts["pretest"],
+    )
+    packages = facts["packages"]
+    rows = [
+        ("description", facts.get("description") or ""),
+        ("image", image.get("ref", "")),
+        ("image digest", image.get("manifest_digest", "")),
+        ("image ID", image.get("config_digest", "")),
+        (
+            "archive",
+            f"{image.get('file')} {human_size(int(image.get('size', 0)))} sha256:{image.get('sha256', '')}",
+        ),
+        ("profile", image.get("profile", "")),
+        (
+            "layers",
+            ", ".join(f"{x['name']} ({human_size(x['size'])})" for x in image.get("layers", [])),
+        ),
+        (
+            "model",
+            f"{model.get('id')} ({model.get('source', {}).get('type')}, {model.get('revision')})",
+        ),
+        (
+            "recipe",
+            f"{recipe['method']} on {recipe['data_format']} data → {', '.join(recipe['quantize'])}",
+        ),
+        ("packages", ", ".join(f"{v} {k}" for k, v in sorted(packages.items()))),
+        ("locks", "\n".join(f"{k} {v[:16]}…" for k, v in sorted(facts["locks"].items()))),
+        ("pretest", f"{pretest['verdict']} in {pretest['seconds']} s (network cut, sample data)"),
+        *(
+            (
+                f"  gate {g['name']}",
+                f"{'pass' if g.get('passed') else 'FAIL'}: {g.get('detail', '')}",
+            )
+            for g in pretest["gates"]
+        ),
+        (
+            "signed",
+            f"{'yes' if facts['signed'] else 'NO'}, key {facts['signing_key'].get('fingerprint', '?')}",
+        ),
+        (
+            "built",
+            f"{facts.get('created')} by gapforge {facts['builder'].get('version')}"
+            f"{' at ' + facts['builder']['commit'][:12] if facts['builder'].get('commit') else ''}",
+        ),
+    ]
+    for key, value in rows:
+        table.add_row(escape(key), escape(str(value)))
+    return table

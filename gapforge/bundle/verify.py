@@ -1,0 +1,378 @@
+"""`gapforge verify`: check a bundle offline and name every bad file.
+
+In order: the signature over SHA256SUMS (with the operator's pinned key, or the bundle's own copy,
+which proves integrity but not origin); every file against SHA256SUMS (none missing, none extra);
+inside the image archive, the index → manifest → config chain; then that bundle.json, the SBOM, the
+provenance and the pretest evidence all name the image digest and image ID the archive really
+holds, and that the pretest passed.
+
+The archive's bytes are authenticated by its line in the signed SHA256SUMS. When that line does not
+match (or with `deep=True`), every blob inside the archive is hashed too, to say which layer or
+config was altered, and the SBOM is validated against the CycloneDX 1.6 schema again (the build
+validated it before signing). Hashing runs on a thread pool: hashlib releases the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gapforge.bundle import (
+    IMAGE_TAR,
+    INDEX,
+    PRETEST,
+    PROVENANCE,
+    PUBLIC_KEY,
+    SBOM,
+    SIGNATURE,
+    SUMS,
+    UNSIGNED,
+)
+from gapforge.bundle.imagetar import ImageArchive, read_archive
+from gapforge.bundle.provenance import shape_problems, subject_digest
+from gapforge.bundle.sbom import image_digests, validate_sbom
+from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, load_public_key, signature_valid
+from gapforge.bundle.sums import (
+    HashJob,
+    HashResult,
+    SumsLine,
+    bundle_files,
+    default_workers,
+    hash_jobs,
+    job_bytes,
+    parse_sums,
+)
+from gapforge.errors import BundleError
+from gapforge.progress import byte_progress
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    message: str
+
+
+@dataclass
+class VerifyReport:
+    bundle: Path
+    problems: list[Problem] = field(default_factory=list)
+    files_checked: int = 0
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    key_fingerprint: str = ""
+    key_source: str = ""
+    key_pinned: bool = False
+    signature_ok: bool = False
+    index: dict[str, Any] = field(default_factory=dict)
+    archive: ImageArchive | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_files(self) -> list[str]:
+        return sorted({p.file for p in self.problems})
+
+    def add(self, file: str, message: str) -> None:
+        self.problems.append(Problem(file, message))
+
+    def as_json(self) -> dict[str, Any]:
+        archive = self.archive
+        return {
+            "bundle": str(self.bundle),
+            "ok": self.ok,
+            "problems": [{"file": p.file, "message": p.message} for p in self.problems],
+            "bad_files": self.bad_files,
+            "files_checked": self.files_checked,
+            "bytes_hashed": self.bytes_hashed,
+            "seconds": round(self.seconds, 3),
+            "workers": self.workers,
+            "signature": {
+                "ok": self.signature_ok,
+                "key_fingerprint": self.key_fingerprint,
+                "key_source": self.key_source,
+                "key_pinned": self.key_pinned,
+            },
+            "image": None
+            if archive is None
+            else {
+                "ref": (archive.repo_tags or [""])[0],
+                "manifest_digest": archive.manifest_digest,
+                "config_digest": archive.config_digest,
+            },
+        }
+
+
+def _check_folder(bundle: Path) -> None:
+    if not bundle.is_dir():
+        raise BundleError(
+            f"{bundle}: no such folder: pass the bundle folder that 'gapforge build' wrote "
+            "(dist/<recipe>-<version>/), copied whole"
+        )
+    if ".partial-" in bundle.name:
+        raise BundleError(
+            f"{bundle}: a half-written bundle left by an interrupted build: delete it and use the "
+            "complete one beside it, or build again"
+        )
+
+
+def _public_key(report: VerifyReport, key: Path | None) -> Ed25519PublicKey | None:
+    if key is not None:
+        public = load_public_key(key)  # a bad --key file is the operator's to fix: exit 2
+        report.key_source, report.key_pinned = f"--key {key}", True
+    else:
+        bundled = report.bundle / PUBLIC_KEY
+        if not bundled.is_file():
+            report.add(
+                PUBLIC_KEY, "missing, and no --key was given: pass --key with the release key"
+            )
+            return None
+        try:
+            public = load_public_key(bundled)
+        except BundleError as exc:
+            report.add(PUBLIC_KEY, f"unusable: {exc.message}")
+            return None
+        report.key_source = f"{PUBLIC_KEY} inside the bundle (not pinned: pass --key)"
+    report.key_fingerprint = fingerprint(public)
+    return public
+
+
+def _signature(
+    report: VerifyReport, public: Ed25519PublicKey | None, sums: bytes | None
+) -> bool | None:
+    """True/False: the signature verifies or not; None: it could not be checked (already reported)."""
+    path = report.bundle / SIGNATURE
+    if not path.is_file():
+        report.add(SIGNATURE, "missing: the bundle is unsigned; ask for a signed bundle")
+        return None
+    if public is None or sums is None:
+        return None
+    signature = path.read_bytes()
+    if len(signature) != SIGNATURE_SIZE:
+        report.add(
+            SIGNATURE,
+            f"{len(signature)} bytes: not an Ed25519 signature ({SIGNATURE_SIZE} raw bytes)",
+        )
+        return None
+    return signature_valid(public, sums, signature)
+
+
+def _blame_signature(report: VerifyReport, sums_bad: list[str]) -> None:
+    """The signature failed: if SHA256SUMS also disagrees with the files, SHA256SUMS was altered;
+    if every line matches, the signature was altered or made with another key."""
+    if sums_bad:
+        report.add(
+            SUMS,
+            f"altered: its signature does not verify and it disagrees with {', '.join(sums_bad[:5])}",
+        )
+    else:
+        report.add(
+            SIGNATURE,
+            f"does not verify over {SUMS} with key {report.key_fingerprint} ({report.key_source}): "
+            "the bundle was signed with another key, or the signature was altered",
+        )
+
+
+def _blob_names(index: dict[str, Any], archive: ImageArchive) -> dict[str, str]:
+    """digest → what the blob is, for messages: `layer 'model'`, `config`, `manifest`."""
+    names = {
+        archive.config_digest: "the image config",
+        archive.manifest_digest: "the image manifest",
+    }
+    for layer in index.get("image", {}).get("layers", []):
+        names.setdefault(layer.get("digest", ""), f"layer '{layer.get('name')}'")
+    for number, digest in enumerate(archive.layer_digests):
+        names.setdefault(digest, f"layer {number}")
+    return names
+
+
+def _compare_files(
+    report: VerifyReport, lines: list[SumsLine], results: dict[str, HashResult]
+) -> list[str]:
+    bad = []
+    for line in lines:
+        result = results.get(line.name)
+        if result is None:
+            continue
+        if result.sha256 is None:
+            report.add(line.name, f"unreadable: {result.error}")
+            bad.append(line.name)
+        elif result.sha256 != line.sha256:
+            report.add(
+                line.name,
+                f"sha256 is {result.sha256}, {SUMS} line {line.number} says {line.sha256}",
+            )
+            bad.append(line.name)
+    return bad
+
+
+def _compare_blobs(
+    report: VerifyReport, archive: ImageArchive, results: dict[str, HashResult]
+) -> None:
+    names = _blob_names(report.index, archive)
+    for label, result in sorted(results.items()):
+        if not label.startswith(f"{IMAGE_TAR}:"):
+            continue
+        digest = label.removeprefix(f"{IMAGE_TAR}:")
+        what = names.get(digest, "an unreferenced blob")
+        if result.sha256 is None:
+            report.add(IMAGE_TAR, f"blob {digest} ({what}) is unreadable: {result.error}")
+        elif "sha256:" + result.sha256 != digest:
+            report.add(
+                IMAGE_TAR,
+                f"blob {digest} ({what}) hashes to sha256:{result.sha256}: {what} was altered",
+            )
+
+
+def _load_json(report: VerifyReport, name: str) -> dict[str, Any]:
+    path = report.bundle / name
+    if not path.is_file():
+        return {}  # already reported as missing
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        report.add(name, f"not valid JSON ({exc})")
+        return {}
+    if not isinstance(value, dict):
+        report.add(name, "not a JSON object")
+        return {}
+    return value
+
+
+def _cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLine]) -> None:
+    """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
+    manifest, config = archive.manifest_digest, archive.config_digest
+    index = report.index
+    sbom = _load_json(report, SBOM)
+    provenance = _load_json(report, PROVENANCE)
+    evidence = _load_json(report, PRETEST)
+    claims: list[tuple[str, str, str, str]] = []
+    if index:
+        image = index.get("image", {})
+        claims += [(INDEX, "image.manifest_digest", image.get("manifest_digest", ""), manifest),
+                   (INDEX, "image.config_digest", image.get("config_digest", ""), config)]  # fmt: skip
+        tar_line = next((line for line in lines if line.name == IMAGE_TAR), None)
+        if tar_line is not None:
+            claims.append((INDEX, "image.sha256", image.get("sha256", ""), tar_line.sha256))
+    if sbom:
+        sbom_manifest, sbom_config = image_digests(sbom)
+        claims += [(SBOM, "metadata.component (manifest digest)", sbom_manifest, manifest),
+                   (SBOM, "metadata.component (config digest)", sbom_config, config)]  # fmt: skip
+    if provenance:
+        for problem in shape_problems(provenance):
+            report.add(PROVENANCE, problem)
+        claims.append((PROVENANCE, "subject (image digest)", subject_digest(provenance), manifest))
+    if evidence:
+        pretested = evidence.get("image", {})
+        claims += [(PRETEST, "image.manifest_digest", pretested.get("manifest_digest", ""), manifest),
+                   (PRETEST, "image.config_digest", pretested.get("config_digest", ""), config)]  # fmt: skip
+        if evidence.get("passed") is not True:
+            report.add(
+                PRETEST,
+                f"the sealed pretest did not pass (verdict {evidence.get('verdict')}): do not run this image",
+            )
+    for name, field_name, claimed, actual in claims:
+        if claimed != actual:
+            report.add(
+                name, f"{field_name} is {claimed or '(none)'}, but {IMAGE_TAR} holds {actual}"
+            )
+
+
+def _sbom_schema(report: VerifyReport) -> Callable[[], None]:
+    """Validate the SBOM against CycloneDX 1.6 on a thread (importing the validator alone takes a
+    second or two); returns a function that waits for it and reports the result."""
+    path = report.bundle / SBOM
+    outcome: list[str] = []
+
+    def validate() -> None:
+        try:
+            outcome.append(validate_sbom(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=validate, daemon=True)
+    if path.is_file():
+        thread.start()
+
+    def finish() -> None:
+        if not path.is_file():
+            return
+        thread.join()
+        if outcome and outcome[0]:
+            report.add(SBOM, f"not valid CycloneDX 1.6: {outcome[0]}")
+
+    return finish
+
+
+def _hash(report: VerifyReport, jobs: list[HashJob], label: str) -> dict[str, HashResult]:
+    total = job_bytes(jobs)
+    report.bytes_hashed += total
+    with byte_progress(label, total) as advance:
+        return hash_jobs(jobs, advance, report.workers)
+
+
+def verify_bundle(
+    bundle: Path, key: Path | None = None, workers: int | None = None, deep: bool = False
+) -> VerifyReport:
+    """Check everything; never stop at the first problem. Raises BundleError only for bad input."""
+    _check_folder(bundle)
+    start = time.monotonic()
+    report = VerifyReport(bundle, workers=workers or default_workers())
+    # The SBOM was validated when it was written; its signed checksum says these are those bytes.
+    sbom_schema = _sbom_schema(report) if deep else (lambda: None)
+    public = _public_key(report, key)
+    sums_path = bundle / SUMS
+    sums = sums_path.read_bytes() if sums_path.is_file() else None
+    lines: list[SumsLine] = []
+    if sums is None:
+        report.add(
+            SUMS,
+            "missing: not a complete bundle (or it was deleted); nothing can be checked against it",
+        )
+    else:
+        lines, syntax = parse_sums(sums.decode(errors="replace"))
+        for problem in syntax:
+            report.add(SUMS, problem)
+    signature_ok = _signature(report, public, sums)
+    present = {name for name in bundle_files(bundle) if name not in UNSIGNED}
+    listed = {line.name for line in lines}
+    for name in sorted(listed - present):
+        report.add(name, f"listed in {SUMS} but missing from the bundle")
+    if sums is not None:
+        for name in sorted(present - listed):
+            report.add(name, f"not listed in {SUMS}: not part of the signed release; remove it")
+    for name in sorted(present):
+        if (bundle / name).is_symlink():
+            report.add(name, "a symbolic link: a bundle holds regular files only")
+    report.index = _load_json(report, INDEX)
+    archive = read_archive(bundle / IMAGE_TAR) if (bundle / IMAGE_TAR).is_file() else None
+    report.archive = archive
+    if archive is not None:
+        for problem in archive.problems:
+            report.add(IMAGE_TAR, problem)
+    jobs = [HashJob(line.name, bundle / line.name) for line in lines if line.name in present]
+    results = _hash(report, jobs, "hashing")
+    report.files_checked = len(lines)
+    sums_bad = _compare_files(report, lines, results)
+    if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):
+        # Say which layer or config was altered, not just that the archive was.
+        _compare_blobs(
+            report, archive, _hash(report, archive.blob_jobs(IMAGE_TAR), "hashing every blob")
+        )
+    if archive is not None and not archive.problems:
+        _cross_check(report, archive, lines)
+    sbom_schema()
+    if signature_ok is False:
+        _blame_signature(report, sums_bad + [p for p in (listed - present)])
+    report.signature_ok = signature_ok is True
+    report.seconds = time.monotonic() - start
+    return report
