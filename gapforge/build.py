@@ -1,13 +1,16 @@
-"""`gapforge build`: check locks → fetch → assemble → load → smoke-run, each a stage on one plan.
+"""`gapforge build`: check locks → fetch → assemble → load → smoke → pretest → bundle, each a stage
+on one plan.
 
-Only `fetch` touches the network. `assemble` reads the cache alone; `load` and `smoke` use the local
-Docker engine, and the smoke run has no network at all.
+Only `fetch` touches the network. `assemble` reads the cache alone; `load`, `smoke` and `pretest` use
+the local Docker engine, and the image runs with no network at all. A bundle is written only for an
+image whose sealed pretest passed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from gapforge import __version__
+from gapforge.bundle.sign import SigningKey, public_path, resolve_signing_key
+from gapforge.bundle.source import BundleSource, FileDigest, ImageInfo, ModelInfo, PythonPackage
+from gapforge.bundle.source import DebianPackage as BundleDebianPackage
+from gapforge.bundle.source import Layer as BundleLayer
+from gapforge.bundle.wheels import fetch_operator_wheels
+from gapforge.bundle.write import write_bundle
 from gapforge.cache import Cache, default_cache_dir, sha256_file
 from gapforge.errors import LockError
 from gapforge.fetch.model import ModelFile, fetch_model
@@ -34,6 +43,7 @@ from gapforge.lock.debian import compare_packages, debian_inputs_sha256, read_de
 from gapforge.lock.model import ModelLock, read_model_lock
 from gapforge.lock.python import PythonLock, check_fresh, inputs_sha256, parse_python_lock
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
+from gapforge.pretest import PretestResult, run_pretest
 from gapforge.profile import REPO_ROOT, Profile, load_profile
 from gapforge.progress import byte_progress, note, step
 from gapforge.recipe import LoadedRecipe, load_recipe, recipe_json
@@ -50,6 +60,21 @@ class BuildOptions:
     out_dir: Path = REPO_ROOT / "build"
     load: bool = True
     smoke: bool = True
+    pretest: bool = True
+    pretest_timeout: float = 3600.0
+    dist_dir: Path | None = None
+    """Where bundles go; None: `dist/` beside `out_dir` (the repo's dist/ by default)."""
+    signing_key: Path | None = None
+    """None: $GAPFORGE_SIGNING_KEY, else the cache's own key (made on first use)."""
+
+    @property
+    def bundle(self) -> bool:
+        """A bundle is made only from an image that was loaded and pretested."""
+        return self.load and self.smoke and self.pretest
+
+    @property
+    def dist(self) -> Path:
+        return self.dist_dir or self.out_dir.parent / "dist"
 
 
 @dataclass
@@ -69,6 +94,9 @@ class BuildPlan:
     cache: Cache
     locks: Locks | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    report_extra: dict[str, Any] = field(default_factory=dict)
+    """Results of the pretest and bundle stages, for build.json."""
+    started: float = field(default_factory=time.time)
 
     @property
     def name(self) -> str:
@@ -86,6 +114,9 @@ class Inputs:
     llama_sdist: Path
     runtime_wheel: Path
     model_files: list[ModelFile]
+    sdists: dict[str, Path] = field(default_factory=dict)
+    operator_wheels: list[Path] = field(default_factory=list)
+    """gapforge and its locked dependencies as wheels, for the bundle's wheels/."""
 
 
 @dataclass
@@ -197,7 +228,9 @@ def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
     )
     runtime_wheel = build_runtime_wheel(cache, profile.source_date_epoch)
     llama_key = "llama-cpp-python"
-    return Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files)
+    operator_wheels = fetch_operator_wheels(cache, profile) if plan.options.bundle else []
+    return Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files,
+                  sdists, operator_wheels)  # fmt: skip
 
 
 def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
@@ -304,6 +337,7 @@ def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, 
         "smoke": image.smoke_output,
         "builder": __version__,
         "cache": str(plan.cache.root),
+        **plan.report_extra,
     }
     tmp = image.report_path.with_suffix(".json.partial")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -327,6 +361,134 @@ def make_plan(options: BuildOptions) -> BuildPlan:
     )
 
 
+def _file_digest(path: Path) -> FileDigest:
+    """A cached file's digest is its folder's name (files/sha256/<hex>/<name>); others are hashed."""
+    digest = path.parent.name
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        digest = sha256_file(path)
+    return FileDigest(path.name, digest, path.stat().st_size)
+
+
+def _git_state() -> dict[str, str]:
+    """The builder checkout's commit and whether it had local changes (empty outside git)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                                text=True, check=False)  # fmt: skip
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    return {
+        "commit": commit,
+        "dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
+    }
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def bundle_source(
+    plan: BuildPlan, locks: Locks, inputs: Inputs, image: BuiltImage, result: PretestResult
+) -> BundleSource:
+    """Everything the bundle writer needs, as plain data."""
+    recipe = plan.loaded.recipe
+    sdists = {name: _file_digest(path) for name, path in inputs.sdists.items()}
+    python = tuple(
+        PythonPackage(r.name, r.version, _file_digest(inputs.wheels[r.key]), sdists.get(r.key))
+        for r in locks.python.requirements
+        if r.key in inputs.wheels
+    )
+    _, debian = read_debian_lock(locks.debian_path)
+    runtime_file = _file_digest(inputs.runtime_wheel)
+    runtime_version = inputs.runtime_wheel.name.split("-")[1]
+    labels = json.loads(image.manifest.config_bytes)["config"].get("Labels", {})
+    files = recipe_files(plan, locks)
+    return BundleSource(
+        name=recipe.name,
+        version=recipe.version,
+        description=recipe.description or f"gapforge sealed image for {recipe.name}",
+        image=ImageInfo(
+            ref=plan.ref,
+            tar=image.tar_path,
+            manifest_digest=image.manifest.manifest_digest,
+            config_digest=image.manifest.config_digest,
+            layers=tuple(BundleLayer(x.name, x.digest, x.size) for x in image.layers.layers),
+            labels=labels,
+            profile=plan.profile.name,
+            tar_sha256=sha256_file(image.tar_path),
+        ),
+        recipe_path=str(plan.loaded.path),
+        recipe_files=files,
+        locks={
+            locks.python.path.name: locks.python.sha256,
+            locks.debian_path.name: locks.debian_sha256,
+            f"models/{locks.model.path.name}": locks.model.sha256,
+        },
+        python_packages=python,
+        debian_suite=plan.profile.debian.suite,
+        debian_packages=tuple(
+            BundleDebianPackage(p.name, p.version, p.architecture, p.sha256) for p in debian
+        ),
+        model=ModelInfo(
+            id=recipe.model.id,
+            source=locks.model.source,
+            files=tuple(FileDigest(f.path, f.sha256, f.size) for f in inputs.model_files),
+            locked=tuple(FileDigest(f.path, f.sha256, f.size) for f in locks.model.files),
+        ),
+        runtime=PythonPackage("gapforge-runtime", runtime_version, runtime_file),
+        llama_cpp=_file_digest(inputs.llama_sdist),
+        builder_version=__version__,
+        source_date_epoch=plan.profile.source_date_epoch,
+        pretest_dir=result.folder,
+        operator_wheels=tuple(inputs.operator_wheels),
+        git=_git_state(),
+        started=_iso(plan.started),
+        finished=_iso(time.time()),
+    )
+
+
+def pretest(plan: BuildPlan, client: Any, image: BuiltImage) -> PretestResult:
+    """Run the recipe in the sealed image on its sample data; evidence beside the archive."""
+    result = run_pretest(
+        client, plan.ref, image.manifest.manifest_digest, image.manifest.config_digest,
+        image.tar_path.parent / "pretest", plan.options.pretest_timeout,
+    )  # fmt: skip
+    plan.report_extra["pretest"] = {
+        "passed": result.passed,
+        "seconds": round(result.seconds, 2),
+        "evidence": str(result.folder / "evidence.json"),
+    }
+    return result
+
+
+def bundle(
+    plan: BuildPlan, locks: Locks, inputs: Inputs, image: BuiltImage, result: PretestResult,
+    key: SigningKey,
+) -> Path:  # fmt: skip
+    """The signed bundle in dist/, written atomically."""
+    source = bundle_source(plan, locks, inputs, image, result)
+    path = write_bundle(source, key, plan.options.dist)
+    plan.report_extra["bundle"] = {"path": str(path), "signing_key": key.fingerprint}
+    return path
+
+
+def signing_key(plan: BuildPlan) -> SigningKey:
+    """The key that signs the bundle; a generated one is announced loudly, with its fingerprint."""
+    key = resolve_signing_key(plan.options.signing_key, plan.cache.root)
+    if key.generated:
+        step("[bold yellow]no signing key given[/]: made a new Ed25519 key for this cache")
+        note(f"private key  {key.path}  (keep it; every bundle from this cache is signed with it)")
+        note(f"public key   {public_path(key.path)}  (give operators this file, out of band)")
+        note(f"fingerprint  {key.fingerprint}")
+        note(
+            "use your release key with --key PATH or $GAPFORGE_SIGNING_KEY ('gapforge keygen' makes one)"
+        )
+    return key
+
+
 def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     """Run every stage in order; return the image and the build report."""
     from gapforge import engine
@@ -334,14 +496,24 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     plan = make_plan(options)
     step(f"building {plan.ref} from {plan.loaded.path.name} (profile {plan.profile.name})")
     locks = _timed(plan, "check_locks", lambda: check_locks(plan))
+    key = signing_key(plan) if options.bundle else None
     client = engine.connect() if options.load else None
     inputs = _timed(plan, "fetch", lambda: fetch(plan, locks))
     image = _timed(plan, "assemble", lambda: assemble(plan, locks, inputs))
+    result: PretestResult | None = None
     if client is not None:
         _timed(
             plan, "load", lambda: engine.load(client, image.tar_path, image.manifest.config_digest)
         )
         if options.smoke:
             image.smoke_output = _timed(plan, "smoke", lambda: engine.smoke_run(client, plan.ref))
+            if options.pretest:
+                result = _timed(plan, "pretest", lambda: pretest(plan, client, image))
+    if result is not None and key is not None:
+        _timed(plan, "bundle", lambda: bundle(plan, locks, inputs, image, result, key))
+    else:
+        skipped = [f for f, on in (("--no-load", options.load), ("--no-smoke", options.smoke),
+                                   ("--no-pretest", options.pretest)) if not on]  # fmt: skip
+        note(f"no bundle: {', '.join(skipped)} given, and only a pretested image is bundled")
     report = write_report(plan, locks, image)
     return image, report

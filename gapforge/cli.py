@@ -1,18 +1,21 @@
-"""The gapforge command line: lock, build, and the helpers the tests and benchmarks use."""
+"""The gapforge command line: lock, build and keygen on the connected side; verify, load, preflight,
+run and inspect inside the gap; and the helpers the tests and benchmarks use."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from gapforge import __version__
 from gapforge.cache import Cache, default_cache_dir
 from gapforge.errors import GapforgeError
 from gapforge.profile import REPO_ROOT
-from gapforge.progress import console
+from gapforge.progress import console, step
 
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "smollm2" / "lora-q8-q4.yaml"
 
@@ -50,6 +53,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if not args.models_only:
         for profile in args.profile or ["cpu"]:
             lock_profile(profile, args.lock_dir, args.images_dir, cache, debian=not args.no_debian)
+        from gapforge.bundle.wheels import OPERATOR_LOCK, lock_operator
+
+        lock = lock_operator(cache)
+        console.print(
+            f"    {OPERATOR_LOCK.name}: {len(lock.requirements)} packages pinned with hashes"
+        )
     lock_recipe_models(recipes, args.lock_dir, cache)
     return 0
 
@@ -65,6 +74,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         out_dir=args.out.resolve(),
         load=not args.no_load,
         smoke=not args.no_smoke,
+        pretest=not args.no_pretest,
+        pretest_timeout=args.pretest_timeout,
+        dist_dir=args.dist.resolve() if args.dist else None,
+        signing_key=args.key,
     )
     image, report = build(options)
     console.print()
@@ -75,6 +88,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     console.print(f"  report        {image.report_path}")
     written = ", ".join(report["layers_written"]) or "none"
     console.print(f"  layers        {len(report['layers'])} ({written} written, the rest cached)")
+    if "pretest" in report:
+        console.print(f"  pretest       PASS in {report['pretest']['seconds']} s (network cut)")
+    if "bundle" in report:
+        console.print(f"  bundle        {report['bundle']['path']}")
+        console.print(f"  signed by     {report['bundle']['signing_key']}")
     return 0
 
 
@@ -133,6 +151,123 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- the offline side -----------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gapforge.bundle.sign import public_path, write_key_pair
+
+    key = write_key_pair(args.out.resolve(), overwrite=args.force)
+    console.print("[bold green]made[/] an Ed25519 signing key pair")
+    console.print(f"  private key   {key.path}  (mode 0600; keep it on the connected side)")
+    console.print(
+        f"  public key    {public_path(key.path)}  (give operators this file, out of band)"
+    )
+    console.print(f"  fingerprint   {key.fingerprint}")
+    console.print(
+        f"  build with    gapforge build RECIPE --key {key.path}   (or GAPFORGE_SIGNING_KEY)"
+    )
+    return 0
+
+
+def _print_verify(report: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    mb = report.bytes_hashed / 1e6
+    speed = mb / report.seconds if report.seconds else 0.0
+    console.print(
+        f"    {report.files_checked} files: {mb:.0f} MB hashed in "
+        f"{report.seconds:.1f} s ({speed:.0f} MB/s, {report.workers} threads)"
+    )
+    if report.key_fingerprint:
+        colour = "" if report.key_pinned else "[yellow]"
+        console.print(f"    key {report.key_fingerprint} from {colour}{report.key_source}")
+    if report.ok:
+        archive = report.archive
+        console.print(f"[bold green]verified[/] {report.bundle}")
+        console.print("  signature     ok")
+        console.print(f"  image digest  {archive.manifest_digest}")
+        console.print(f"  image ID      {archive.config_digest}")
+        console.print("  pretest       PASS")
+        return
+    table = Table("file", "problem", title=f"{len(report.problems)} problems", title_justify="left")
+    for problem in report.problems:
+        table.add_row(escape(problem.file), escape(problem.message), style="red")
+    console.print(table)
+    console.print(
+        f"[bold red]FAILED[/] {report.bundle}: bad files: {', '.join(report.bad_files)}. Do not load "
+        "this bundle; get an intact copy from the release manager."
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gapforge.bundle.verify import verify_bundle
+
+    step(f"verifying {args.bundle}")
+    report = verify_bundle(args.bundle, args.key, args.workers, args.deep)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        _print_verify(report)
+    return 0 if report.ok else 1
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from gapforge.bundle.load import load_bundle
+
+    loaded = load_bundle(
+        args.bundle, args.key, args.to, args.insecure, args.tls_verify, on_verified=_print_verify
+    )
+    console.print(f"[bold green]loaded[/] into {loaded.where}")
+    console.print(f"  image digest  {loaded.manifest_digest}")
+    console.print(f"  image ID      {loaded.config_digest}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gapforge.bundle.run import run_image
+
+    extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
+                       extra, args.timeout)  # fmt: skip
+    verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
+    console.print(
+        f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
+    )
+    return status
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gapforge.bundle.run import preflight
+
+    step(f"preflight: {args.target} on {args.data} → {args.out}")
+    checks = preflight(args.target, args.data, args.out)
+    table = Table("check", "", "detail")
+    for check in checks:
+        verdict = "[green]go[/]" if check.ok else "[bold red]NO-GO[/]"
+        table.add_row(check.name, verdict, escape(check.detail))
+    console.print(table)
+    go = all(check.ok for check in checks)
+    console.print("[bold green]GO[/]" if go else "[bold red]NO-GO[/]: fix the rows marked above")
+    return 0 if go else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from gapforge.bundle.inspect import bundle_table, describe_bundle
+
+    facts = describe_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(facts, indent=2, sort_keys=True))
+    else:
+        console.print(bundle_table(facts))
+        console.print("(what the bundle says about itself; 'gapforge verify' checks it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gapforge {__version__}")
@@ -170,9 +305,114 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--no-load", action="store_true", help="write the archive only; no Docker engine needed"
     )
-    build.add_argument("--no-smoke", action="store_true", help="load but do not run the image")
+    build.add_argument(
+        "--no-smoke",
+        action="store_true",
+        help="load but do not run the image (no pretest, no bundle)",
+    )
+    build.add_argument(
+        "--no-pretest",
+        action="store_true",
+        help="skip the sealed pretest (fast dev builds): no bundle",
+    )
+    build.add_argument(
+        "--pretest-timeout", type=float, default=3600.0, help="seconds before the pretest is killed"
+    )
+    build.add_argument(
+        "--dist",
+        type=Path,
+        default=None,
+        help="where the bundle goes (default: dist/ beside --out)",
+    )
+    build.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key that signs the bundle (default: $GAPFORGE_SIGNING_KEY, else a key "
+        "made once in the cache)",
+    )
     _add_common(build)
     build.set_defaults(func=cmd_build)
+
+    keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signing bundles")
+    keygen.add_argument(
+        "--out", type=Path, default=Path("gapforge-signing.key"),
+        help="private key path; the public key goes beside it as .pub.pem (default: ./gapforge-signing.key)",
+    )  # fmt: skip
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.set_defaults(func=cmd_keygen)
+
+    key_help = "the release manager's public key (.pub.pem), received out of band"
+    verify = sub.add_parser("verify", help="check a bundle offline: signature, checksums, digests")
+    verify.add_argument("bundle", type=Path, help="the bundle folder (dist/<recipe>-<version>)")
+    verify.add_argument("--key", type=Path, help=key_help + " (default: the bundle's own copy)")
+    verify.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    verify.add_argument(
+        "--deep", action="store_true",
+        help="also hash every blob inside the archive (done anyway when the archive's checksum "
+        "fails) and validate the SBOM against the CycloneDX 1.6 schema",
+    )  # fmt: skip
+    verify.add_argument(
+        "--workers", type=int, default=None, help="hashing threads (default: every core)"
+    )
+    verify.set_defaults(func=cmd_verify)
+
+    load = sub.add_parser(
+        "load", help="verify a bundle, then load its image into Docker or a registry"
+    )
+    load.add_argument("bundle", type=Path)
+    load.add_argument("--key", type=Path, help=key_help)
+    load.add_argument(
+        "--to",
+        metavar="HOST/REPO",
+        help="push into this registry with skopeo instead of docker load",
+    )
+    load.add_argument(
+        "--insecure",
+        action="store_true",
+        help="load even if verification fails (not for production)",
+    )
+    load.add_argument(
+        "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
+        help="talk plain HTTP to the registry (default: only for 127.0.0.0/8 and localhost)",
+    )  # fmt: skip
+    load.set_defaults(func=cmd_load)
+
+    run = sub.add_parser("run", help="run the sealed image on your data, network cut")
+    run.add_argument("target", help="a bundle folder, or an image reference already loaded")
+    run.add_argument(
+        "--data", type=Path, required=True, help="your data, JSON lines in the recipe's format"
+    )
+    run.add_argument(
+        "--out", type=Path, required=True, help="the output folder (created if missing)"
+    )
+    run.add_argument("--validation", type=Path, help="your own validation split (JSON lines)")
+    run.add_argument("--test", type=Path, help="your own test split (JSON lines)")
+    run.add_argument("--gpus", choices=("auto", "all", "none"), default="auto",
+                     help="auto: all GPUs for a cuda image when one is present")  # fmt: skip
+    run.add_argument("--timeout", type=float, default=None, help="seconds before the run is killed")
+    run.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
+    run.add_argument(
+        "--force", action="store_true", help="redo finished steps; replace another run's outputs"
+    )
+    run.set_defaults(func=cmd_run)
+
+    pre = sub.add_parser(
+        "preflight", help="go/no-go before a run: image, offline start, data, disk, GPU"
+    )
+    pre.add_argument("target", help="a bundle folder, or an image reference already loaded")
+    pre.add_argument("--data", type=Path, required=True)
+    pre.add_argument("--out", type=Path, required=True)
+    pre.set_defaults(func=cmd_preflight)
+
+    inspect = sub.add_parser(
+        "inspect", help="what a bundle holds: recipe, model, packages, digests, pretest"
+    )
+    inspect.add_argument("bundle", type=Path)
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_inspect)
 
     validate = sub.add_parser("validate", help="validate recipes and report every problem")
     validate.add_argument("recipes", nargs="+")
