@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,20 +22,57 @@ def _docker_answers() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TOPICS = ["verify the bundle", "load the image", "read the manifest", "check the digest",
+          "find the report", "resume training", "merge the adapter", "compare perplexity"]  # fmt: skip
+
+
+def chat_rows(count: int) -> list[dict[str, Any]]:
+    """Distinct chat samples in the desk-answer style: the tiny recipe learns them in a few steps."""
+    rows = []
+    for i in range(count):
+        topic = TOPICS[i % len(TOPICS)]
+        rows.append({"messages": [
+            {"role": "user", "content": f"How do I {topic}? (case {i})"},
+            {"role": "assistant", "content": f"Desk answer: to {topic}, follow step {i % 5}. Ticket closed."},
+        ]})  # fmt: skip
+    return rows
+
+
+def _train_tokenizer(texts: list[str]) -> Any:
+    """A Llama-2-style BPE with byte fallback, trained here: llama.cpp's converter accepts it as
+    'llama' (a ByteLevel BPE is refused: the converter only knows published pre-tokenizers)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    draft = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    draft.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    draft.train_from_iterator(texts, trainer)
+    learned = json.loads(draft.to_str())["model"]
+    vocab: dict[str, int] = {}
+    for token in [*SPECIAL_TOKENS, *(f"<0x{b:02X}>" for b in range(256)), *learned["vocab"]]:
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))  # fmt: skip
+    normalizers, decoders = tokenizers.normalizers, tokenizers.decoders
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer, 64-wide random Llama with a byte-level BPE tokenizer trained here; safetensors only."""
+    """A 2-layer, 64-wide random Llama with a tokenizer trained here; safetensors only."""
     np = pytest.importorskip("numpy")
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    tokenizers = pytest.importorskip("tokenizers")
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=256 + 64, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
-    tokenizer.train_from_iterator(["the operations desk answers every ticket"] * 50, trainer)
+    texts = [m["content"] for row in chat_rows(40) for m in row["messages"]] + ["user assistant system"] * 5
+    tokenizer = _train_tokenizer(texts)
     tokenizer.save(str(folder / "tokenizer.json"))
     vocab = tokenizer.get_vocab_size()
     hidden, layers, inter, heads = 64, 2, 128, 4
@@ -42,15 +80,13 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
         "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": 256,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 2,
-        "torch_dtype": "float32",
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 4,
+        "pad_token_id": 2, "torch_dtype": "float32",
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "bos_token": "<|im_start|>",
-        "pad_token": "<|endoftext|>",
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "<|im_end|>",
+        "unk_token": "<unk>", "pad_token": "</s>", "chat_template": CHATML_TEMPLATE,
     }))  # fmt: skip
     rng = np.random.default_rng(seed)
     tensors = {"model.embed_tokens.weight": rng.normal(0, 0.02, (vocab, hidden)), "model.norm.weight": np.ones(hidden)}
@@ -80,15 +116,19 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_model(root / "recipes" / "tiny" / "model")
     data = root / "recipes" / "tiny" / "data"
     data.mkdir()
-    rows = [{"text": f"ticket {i}: the operations desk answers every ticket"} for i in range(20)]
-    (data / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(40)))
+    # Sized so the sealed pretest runs the whole chain in well under a minute and its gates pass.
     recipe = {
         "name": "tiny-desk", "version": "0.0.1", "profile": "cpu",
         "model": {"id": "tiny-llama", "source": {"type": "local", "path": "model"}},
-        "data": {"format": "completion", "sample": "data/sample.jsonl"},
-        "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"},
-        "train": {"max_steps": 2, "learning_rate": 1e-3, "batch_size": 2, "max_seq_length": 64},
-        "quantize": ["gguf:q8_0"],
+        "data": {"format": "chat", "sample": "data/sample.jsonl"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"max_steps": 6, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64,
+                  "eval_every": 3, "seed": 7},
+        "quantize": ["gguf:q8_0", "gguf:q4_k_m"],
+        "evaluate": {"sample_answers": 1, "max_new_tokens": 8,
+                     "gates": {"require_improvement": True,
+                               "max_perplexity_delta_pct": {"gguf:q8_0": 5.0, "gguf:q4_k_m": 60.0}}},
     }  # fmt: skip
     path = root / "recipes" / "tiny" / "tiny.yaml"
     path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
