@@ -1,0 +1,259 @@
+"""The bundle's documents and writer on a small synthetic image: SBOM (CycloneDX 1.6 schema),
+provenance shape, the RUNBOOK against its golden file, atomic writing, and verify's checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+
+from gapforge.bundle import PRETEST, SBOM, SIGNATURE, SUMS
+from gapforge.bundle.provenance import (
+    PREDICATE_TYPE,
+    build_statement,
+    shape_problems,
+    subject_digest,
+)
+from gapforge.bundle.runbook import render_runbook, runbook_context
+from gapforge.bundle.sbom import image_digests, render_sbom
+from gapforge.bundle.sign import SigningKey, sign
+from gapforge.bundle.source import (
+    BundleSource,
+    DebianPackage,
+    FileDigest,
+    ImageInfo,
+    Layer,
+    ModelInfo,
+    PythonPackage,
+)
+from gapforge.bundle.sums import bundle_files, render_sums
+from gapforge.bundle.verify import verify_bundle
+from gapforge.bundle.write import write_bundle
+from gapforge.errors import BundleError
+from gapforge.oci.image import ImageSpec, build_manifest, write_archive
+from gapforge.oci.image import Layer as OciLayer
+from gapforge.oci.tar import Entry, write_tar_file
+
+EPOCH = 1735689600
+GOLDEN = Path(__file__).parent / "golden" / "RUNBOOK.md"
+REF = "gapforge/unit-desk:1.2.3"
+
+
+def _key(tmp_path: Path, seed: int = 1) -> SigningKey:
+    """A fixed key, so the golden RUNBOOK's fingerprint never changes."""
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32), tmp_path / f"k{seed}.key")
+
+
+def _image(tmp_path: Path) -> ImageInfo:
+    layers = []
+    for name, data in (("base", b"debian" * 5000), ("model", b"weights" * 7000)):
+        path = tmp_path / f"{name}.layer.tar"
+        written = write_tar_file([Entry(f"{name}.bin", "file", data=data)], path, EPOCH)
+        layers.append(OciLayer(name, written.digest, written.size, path))
+    labels = {"org.opencontainers.image.title": "unit-desk", "io.gapforge.profile": "cpu"}
+    spec = ImageSpec(entrypoint=["/bin/runtime"], user="1000:1000", labels=labels, source_date_epoch=EPOCH)
+    manifest = build_manifest(spec, layers, REF)
+    tar = tmp_path / "image.tar"
+    write_archive(manifest, layers, tar, EPOCH)
+    return ImageInfo(REF, tar, manifest.manifest_digest, manifest.config_digest,
+                     tuple(Layer(x.name, x.digest, x.size) for x in layers), labels, "cpu",
+                     hashlib.sha256(tar.read_bytes()).hexdigest())  # fmt: skip
+
+
+def _evidence(image: ImageInfo) -> dict[str, object]:
+    return {
+        "schema": "gapforge/pretest/v1", "passed": True, "verdict": "PASS", "exit_status": 0, "seconds": 12.5,
+        "image": {"ref": image.ref, "manifest_digest": image.manifest_digest, "config_digest": image.config_digest},
+        "steps": {"data": 1.0, "train": 4.5, "merge": 0.5, "quantize": 5.0, "eval": 1.5},
+        "gates": [{"name": "require_improvement", "passed": True, "detail": "merged test loss 5.9 must be below base 6.2"},
+                  {"name": "max_perplexity_delta_pct[gguf:q8_0]", "passed": True, "detail": "q8_0 +0.1% (limit 1.0%)"}],
+        "outputs": {"gguf:q8_0": {"sha256": "e" * 64, "size": 1000}},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> BundleSource:
+    image = _image(tmp_path)
+    pretest = tmp_path / "pretest"
+    pretest.mkdir()
+    (pretest / "evidence.json").write_text(json.dumps(_evidence(image), indent=2))
+    (pretest / "log.txt").write_text("[data] starting\nverdict: PASS\n")
+    (pretest / "report.md").write_text("# report\n")
+    wheel = tmp_path / "gapforge-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK fake wheel")
+    recipe = {"name": "unit-desk", "version": "1.2.3", "data": {"format": "chat", "sample": "data/sample.jsonl"},
+              "quantize": ["gguf:q8_0", "gguf:q4_k_m"]}  # fmt: skip
+    return BundleSource(
+        name="unit-desk", version="1.2.3", description="A unit-test desk model.", image=image,
+        recipe_path="recipes/unit/desk.yaml",
+        recipe_files={"recipe.yaml": b"name: unit-desk\n", "recipe.json": json.dumps(recipe).encode(),
+                      "data/sample.jsonl": b'{"messages": []}\n', "locks/cpu.txt": b"torch==2.13.0\n"},
+        locks={"cpu.txt": "1" * 64, "cpu.debian.lock": "2" * 64, "models/unit-model.json": "3" * 64},
+        python_packages=(
+            PythonPackage("torch", "2.13.0+cpu", FileDigest("torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", "4" * 64, 10)),
+            PythonPackage("llama-cpp-python", "0.3.36", FileDigest("llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl", "5" * 64, 9),
+                          FileDigest("llama_cpp_python-0.3.36.tar.gz", "6" * 64, 8)),
+        ),
+        debian_suite="bookworm",
+        debian_packages=(DebianPackage("bash", "5.2.15-2+b13", "amd64", "7" * 64),
+                         DebianPackage("python3.11-minimal", "3.11.2-6+deb12u6", "amd64", "8" * 64)),
+        model=ModelInfo("unit-model", {"type": "hf", "repo": "org/unit-model", "revision": "9" * 40},
+                        files=(FileDigest("config.json", "a" * 64, 400), FileDigest("model.safetensors", "b" * 64, 9000)),
+                        locked=(FileDigest("model.safetensors", "b" * 64, 9000),)),
+        runtime=PythonPackage("gapforge-runtime", "0.1.0", FileDigest("gapforge_runtime-0.1.0-py3-none-any.whl", "c" * 64, 7)),
+        llama_cpp=FileDigest("llama_cpp_python-0.3.36.tar.gz", "6" * 64, 8),
+        builder_version="0.1.0", source_date_epoch=EPOCH, pretest_dir=pretest, operator_wheels=(wheel,),
+        git={"commit": "d" * 40, "dirty": "false"}, started="2026-01-01T00:00:00Z", finished="2026-01-01T00:05:00Z",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def bundle(source: BundleSource, tmp_path: Path) -> Path:
+    return write_bundle(source, _key(tmp_path), tmp_path / "dist")
+
+
+# --- documents -------------------------------------------------------------------------------------------
+
+
+def test_sbom_validates_against_cyclonedx_1_6(source: BundleSource) -> None:
+    text = render_sbom(source).decode()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    assert json.loads(text)["specVersion"] == "1.6"
+
+
+def test_sbom_lists_packages_model_and_runtime_with_hashes(source: BundleSource) -> None:
+    sbom = json.loads(render_sbom(source))
+    assert sbom == json.loads(render_sbom(source)), "same inputs, same SBOM"
+    subject = sbom["metadata"]["component"]
+    assert subject["type"] == "container"
+    assert image_digests(sbom) == (source.image.manifest_digest, source.image.config_digest)
+    by_ref = {c["bom-ref"]: c for c in sbom["components"]}
+    torch = by_ref["pypi:torch@2.13.0+cpu"]
+    assert torch["purl"] == "pkg:pypi/torch@2.13.0%2Bcpu"
+    assert torch["hashes"] == [{"alg": "SHA-256", "content": "4" * 64}]
+    llama = by_ref["pypi:llama-cpp-python@0.3.36"]
+    assert {"name": "gapforge:sdist_sha256", "value": "6" * 64} in llama["properties"]
+    bash = by_ref["deb:bash@5.2.15-2+b13"]
+    assert bash["purl"] == "pkg:deb/debian/bash@5.2.15-2%2Bb13?arch=amd64&distro=bookworm"
+    assert bash["hashes"][0]["content"] == "7" * 64
+    model = by_ref["model:unit-model"]
+    assert model["type"] == "machine-learning-model" and model["version"] == "9" * 40
+    assert {c["name"]: c["hashes"][0]["content"] for c in model["components"]} == {
+        "config.json": "a" * 64, "model.safetensors": "b" * 64}  # fmt: skip
+    assert by_ref["runtime:gapforge-runtime@0.1.0"]["hashes"][0]["content"] == "c" * 64
+    image_deps = next(d for d in sbom["dependencies"] if d["ref"] == "image")
+    assert len(image_deps["dependsOn"]) == len(sbom["components"])
+
+
+def test_provenance_is_an_in_toto_statement_with_slsa_v1(source: BundleSource) -> None:
+    statement = build_statement(source)
+    assert shape_problems(statement) == []
+    assert statement["predicateType"] == PREDICATE_TYPE
+    assert subject_digest(statement, REF) == source.image.manifest_digest
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["externalParameters"]["recipe"]["path"] == "recipes/unit/desk.yaml"
+    deps = {d["name"]: d["digest"] for d in definition["resolvedDependencies"]}
+    assert deps["cpu.txt"] == {"sha256": "1" * 64}
+    assert deps["model:unit-model/model.safetensors"] == {"sha256": "b" * 64}
+    assert deps["gapforge builder checkout"] == {"gitCommit": "d" * 40}
+    assert statement["predicate"]["runDetails"]["builder"]["version"] == {"gapforge": "0.1.0"}
+    broken = {**statement, "_type": "x", "subject": [{"name": "i", "digest": {}}]}
+    assert len(shape_problems(broken)) == 2
+
+
+def test_runbook_matches_its_golden_file(source: BundleSource, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    # A fixed archive size and digests, so the golden text does not depend on tar internals.
+    image = replace(source.image, tar_sha256="f" * 64, manifest_digest="sha256:" + "e" * 64,
+                    config_digest="sha256:" + "d" * 64)  # fmt: skip
+    source = replace(source, image=image)
+    os.truncate(source.image.tar, 123_456_789)
+    text = render_runbook(runbook_context(source, _key(tmp_path).fingerprint, wheel_count=67))
+    if os.environ.get("GAPFORGE_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "set GAPFORGE_UPDATE_GOLDEN=1 to accept a deliberate change"
+
+
+# --- writing and verifying -------------------------------------------------------------------------
+
+
+def test_written_bundle_checks_with_sha256sum_openssl_and_gapforge(bundle: Path, tmp_path: Path) -> None:
+    names = set(bundle_files(bundle))
+    assert {"image.tar", "bundle.json", "sbom.cdx.json", "provenance.json", "RUNBOOK.md", "SHA256SUMS",
+            "SHA256SUMS.sig", "signing-key.pub.pem", "pretest/evidence.json", "pretest/log.txt",
+            "recipe/recipe.yaml", "recipe/locks/cpu.txt", "wheels/gapforge-0.1.0-py3-none-any.whl"} <= names  # fmt: skip
+    listed = {line.split("  ", 1)[1] for line in (bundle / SUMS).read_text().splitlines()}
+    assert listed == names - {SUMS, SIGNATURE}
+    check = subprocess.run(["sha256sum", "-c", "--strict", SUMS], cwd=bundle, capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout
+    openssl = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "signing-key.pub.pem", "-rawin",
+                              "-in", SUMS, "-sigfile", SIGNATURE], cwd=bundle, capture_output=True, check=False)  # fmt: skip
+    assert openssl.returncode == 0, openssl.stdout
+    report = verify_bundle(bundle, deep=True)
+    assert report.ok, report.problems
+    assert report.signature_ok and not report.key_pinned
+    assert report.archive is not None and report.archive.manifest_digest == json.loads(
+        (bundle / "bundle.json").read_text())["image"]["manifest_digest"]  # fmt: skip
+
+
+def test_bundle_is_written_atomically(source: BundleSource, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    first = write_bundle(source, _key(tmp_path), dist)
+    second = write_bundle(source, _key(tmp_path, seed=2), dist)
+    assert first == second and sorted(p.name for p in dist.iterdir()) == ["unit-desk-1.2.3"]
+    (source.pretest_dir / "evidence.json").unlink()  # the writer fails half-way
+    with pytest.raises(FileNotFoundError):
+        write_bundle(source, _key(tmp_path, seed=3), dist)
+    assert sorted(p.name for p in dist.iterdir()) == ["unit-desk-1.2.3"], "no partial folder left"
+    assert verify_bundle(second).ok, "the complete bundle is untouched"
+
+
+def _resign(bundle: Path, tmp_path: Path) -> None:
+    names = [n for n in bundle_files(bundle) if n not in (SUMS, SIGNATURE)]
+    digests = {n: hashlib.sha256((bundle / n).read_bytes()).hexdigest() for n in names}
+    (bundle / SUMS).write_bytes(render_sums(digests))
+    (bundle / SIGNATURE).write_bytes(sign(_key(tmp_path), (bundle / SUMS).read_bytes()))
+
+
+def test_documents_must_agree_with_the_archive_even_when_signed(bundle: Path, tmp_path: Path) -> None:
+    """A consistently re-signed bundle whose evidence names another image, or a failed pretest."""
+    evidence = json.loads((bundle / PRETEST).read_text())
+    evidence["image"]["manifest_digest"] = "sha256:" + "0" * 64
+    evidence["passed"], evidence["verdict"] = False, "FAIL"
+    (bundle / PRETEST).write_text(json.dumps(evidence))
+    sbom = json.loads((bundle / SBOM).read_text())
+    sbom["metadata"]["component"]["properties"][1]["value"] = "sha256:" + "1" * 64
+    (bundle / SBOM).write_text(json.dumps(sbom))
+    _resign(bundle, tmp_path)
+    report = verify_bundle(bundle)
+    assert report.signature_ok and not report.ok
+    messages = {(p.file, p.message.split(" ")[0]) for p in report.problems}
+    assert (PRETEST, "image.manifest_digest") in messages
+    assert (PRETEST, "the") in messages  # "the sealed pretest did not pass"
+    assert (SBOM, "metadata.component") in messages
+
+
+def test_extra_and_missing_files_are_named(bundle: Path) -> None:
+    (bundle / "notes.txt").write_text("added after signing\n")
+    (bundle / "RUNBOOK.md").unlink()
+    report = verify_bundle(bundle)
+    assert report.bad_files == ["RUNBOOK.md", "notes.txt"]
+
+
+def test_verify_refuses_what_is_not_a_bundle(tmp_path: Path, bundle: Path) -> None:
+    with pytest.raises(BundleError, match="no such folder"):
+        verify_bundle(tmp_path / "nope")
+    partial = bundle.with_name(".unit-desk-1.2.3.partial-99")
+    shutil.copytree(bundle, partial)
+    with pytest.raises(BundleError, match="half-written"):
+        verify_bundle(partial)
