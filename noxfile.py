@@ -35,15 +35,22 @@ def build(session: nox.Session) -> None:
 @nox.session
 def test(session: nox.Session) -> None:
     """Run the test suite: unit, runtime and Docker integration tests (pytest args pass through)."""
+    env = _runtime_env(session)
+    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+
+
+def _runtime_env(session: nox.Session) -> dict[str, str]:
+    """Builder + runtime in the session's venv, on the image's locked wheels; returns the env to use.
+
+    The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline),
+    and llama.cpp's conversion scripts from the same locked sdist.
+    """
     _install_builder(session, "test")
     session.install("-e", "runtime", "--no-deps")
-    # The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline),
-    # and llama.cpp's conversion scripts from the same locked sdist.
     llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
     python = os.path.join(session.virtualenv.location, "bin", "python")
     session.run("gapforge", "runtime-env", "--python", python, "--llama-cpp-dir", llama_cpp)
-    env = {"PYTHONUNBUFFERED": "1", "GAPFORGE_LLAMA_CPP": llama_cpp}
-    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+    return {"PYTHONUNBUFFERED": "1", "GAPFORGE_LLAMA_CPP": llama_cpp}
 
 
 @nox.session
@@ -63,12 +70,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Print build and layer-writing figures against docker save, measured in the same run."""
-    _install_builder(session, "test")
-    session.install("numpy", "safetensors", "tokenizers")
-    session.run(
-        "python", "benchmarks/bench_build.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"}
-    )
+    """Print build, layer-writing (vs docker save) and runtime figures, measured in the same run.
+
+    `nox -s bench -- --skip-cold` skips the cold build (it rebuilds llama.cpp: ~10 min on 2 cores).
+    """
+    env = _runtime_env(session)
+    session.run("python", "benchmarks/bench_build.py", *session.posargs, env=env)
+    session.run("python", "benchmarks/bench_runtime.py", env=env)
 
 
 @nox.session(default=False)

@@ -6,6 +6,7 @@ Run with `nox -s bench` (add `-- --skip-cold` to skip the cold build, which rebu
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TAR = Path("bench-tiny-0.0.1/image.tar")
 sys.path.insert(0, str(REPO))
 
 from gapforge.cache import Cache, default_cache_dir  # noqa: E402
@@ -74,6 +76,9 @@ def main() -> None:
         _build(recipe, root, cache, root / "out-prime", load=True)  # fill the shared cache
         warm, report = _build(recipe, root, cache, root / "out-warm", load=True)
         figures["warm build (cached, with load + smoke)"] = f"{warm:8.1f} s"
+        if not args.skip_cold:
+            same = filecmp.cmp(root / "out-cold" / TAR, root / "out-warm" / TAR, shallow=False)
+            figures["cold (empty cache) vs warm archive"] = "byte-identical" if same else "DIFFERENT"
 
         # Layer writing: rewrite every layer's tar from its cached blob's members, timed.
         store = Cache(cache)
