@@ -25,8 +25,6 @@ from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
-from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from gapforge.bundle.source import BundleSource, FileDigest, ModelInfo, PythonPackage
@@ -202,6 +200,10 @@ def render_sbom(source: BundleSource) -> bytes:
 
 def validate_sbom(text: str) -> str:
     """'' if `text` is valid CycloneDX 1.6 JSON, else the validator's message."""
+    # Imported here: the validator's format checkers take a second or two to import.
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     return "" if error is None else str(error)[:500]
 

@@ -248,6 +248,22 @@ def _load_json(report: VerifyReport, name: str) -> dict[str, Any]:
     return value
 
 
+def _check_archive_size(report: VerifyReport) -> None:
+    """A shorter or longer archive than the build wrote: say so plainly (a copy cut short, usually)."""
+    path = report.bundle / IMAGE_TAR
+    expected = report.index.get("image", {}).get("size")
+    if not path.is_file() or not isinstance(expected, int):
+        return
+    size = path.stat().st_size
+    if size < expected:
+        report.add(
+            IMAGE_TAR,
+            f"truncated: {size} of {expected} bytes (an interrupted copy?): copy it again",
+        )
+    elif size > expected:
+        report.add(IMAGE_TAR, f"{size - expected} bytes longer than the {expected} the build wrote")
+
+
 def _cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLine]) -> None:
     """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
     manifest, config = archive.manifest_digest, archive.config_digest
@@ -354,6 +370,7 @@ def verify_bundle(
         if (bundle / name).is_symlink():
             report.add(name, "a symbolic link: a bundle holds regular files only")
     report.index = _load_json(report, INDEX)
+    _check_archive_size(report)
     archive = read_archive(bundle / IMAGE_TAR) if (bundle / IMAGE_TAR).is_file() else None
     report.archive = archive
     if archive is not None:
