@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +143,39 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     loaded = load_recipe(path)
     lock_local(loaded.recipe.model, locks, loaded.local_model_path() or Path())
     return root
+
+
+@pytest.fixture(scope="session")
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry (a local registry v2, plain HTTP) on a free loopback port: HOST:PORT."""
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not Path(binary).is_file():
+        pytest.skip("no docker-registry: apt-get install docker-registry (or run 'bash scripts/setup.sh')")
+    root = tmp_path_factory.mktemp("registry")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+    }  # fmt: skip
+    (root / "config.yml").write_text(yaml.safe_dump(config))
+    with open(root / "registry.log", "wb") as log:
+        process = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with direct.open(f"http://127.0.0.1:{port}/v2/", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
