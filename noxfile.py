@@ -70,13 +70,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Print build, layer-writing (vs docker save) and runtime figures, measured in the same run.
+    """Print build, layer-writing (vs docker save), runtime and verify (vs sha256sum -c) figures.
 
     `nox -s bench -- --skip-cold` skips the cold build (it rebuilds llama.cpp: ~10 min on 2 cores).
     """
     env = _runtime_env(session)
     session.run("python", "benchmarks/bench_build.py", *session.posargs, env=env)
     session.run("python", "benchmarks/bench_runtime.py", env=env)
+    session.run("python", "benchmarks/bench_verify.py", env=env)
 
 
 @nox.session(default=False)
