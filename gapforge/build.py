@@ -418,7 +418,7 @@ def bundle_source(
             layers=tuple(BundleLayer(x.name, x.digest, x.size) for x in image.layers.layers),
             labels=labels,
             profile=plan.profile.name,
-            tar_sha256=sha256_file(image.tar_path),
+            # tar_sha256 is left to the bundle writer, which hashes every file it places anyway
         ),
         recipe_path=str(plan.loaded.path),
         recipe_files=files,

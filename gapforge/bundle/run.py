@@ -56,6 +56,10 @@ def resolve_target(client: Any, target: str) -> Target:
         index = json.loads((path / INDEX).read_text(encoding="utf-8"))
         image = index["image"]
         wanted = Target(image["ref"], image["config_digest"], image.get("profile", ""), path)
+    elif target.startswith(("/", "./", "../")) or target.endswith("/"):
+        raise BundleError(
+            f"{path}: no such bundle folder: pass the folder that 'gapforge build' wrote in dist/"
+        )
     else:
         wanted = Target(target, "", "")
     try:
@@ -67,6 +71,11 @@ def resolve_target(client: Any, target: str) -> Target:
             else "load it first ('gapforge load BUNDLE')"
         )
         raise BundleError(f"the Docker engine has no image {wanted.ref}: {fix}") from None
+    except docker.errors.APIError:
+        raise BundleError(
+            f"{target}: neither a bundle folder nor an image reference: pass dist/<recipe>-<version> "
+            "or an image such as gapforge/<recipe>:<version>"
+        ) from None
     if wanted.config_digest and found.id != wanted.config_digest:
         raise BundleError(
             f"the engine's {wanted.ref} is image {found.id}, not this bundle's {wanted.config_digest}: "
