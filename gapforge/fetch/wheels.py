@@ -8,6 +8,8 @@ set and no native CPU flags, so the same sdist gives the same wheel on another m
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from gapforge import __version__
@@ -24,12 +27,11 @@ from gapforge.lock.python import LockedRequirement, PythonLock, canonical_name
 from gapforge.profile import Profile
 from gapforge.progress import note
 
-# Platform tags of the image (Debian 12, glibc 2.36, x86_64).
+# Platform tags of the image (Debian 12, glibc 2.36, x86_64): every manylinux_2_N it satisfies, newest
+# first (pip matches N exactly, and the CUDA wheels use many: 2_12, 2_18, 2_25, 2_27, 2_28…).
 IMAGE_PLATFORMS = (
-    "manylinux_2_36_x86_64", "manylinux_2_35_x86_64", "manylinux_2_34_x86_64",
-    "manylinux_2_31_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
-    "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-    "manylinux_2_5_x86_64", "manylinux1_x86_64", "linux_x86_64",
+    *(f"manylinux_2_{n}_x86_64" for n in range(36, 4, -1)),
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64",
 )  # fmt: skip
 BUILD_ROOT = Path("/tmp/gapforge-sdist-build")
 """Fixed, so paths compiled into a binary are the same on every machine and with every cache."""
@@ -184,7 +186,43 @@ def build_sdist(
         )
     tools = fetch_locked_files(cache, build_lock, None, binary=True)
     venv = make_venv(cache, f"build-{build_lock.sha256[:16]}", list(tools.values()))
+    with _exclusive_build_root():
+        known = cache.index_get("sdist-builds", key)  # built by another process while we waited?
+        wheel = cache.find_file(known["sha256"]) if known is not None else None
+        if wheel is not None:
+            note(f"{requirement.pin}: wheel built from its sdist is cached ({wheel.name})")
+            return wheel
+        return _build_in_root(cache, profile, requirement, sdist, venv, key, cmake_args)
 
+
+@contextlib.contextmanager
+def _exclusive_build_root() -> Iterator[None]:
+    """One sdist build at a time on this machine: the fixed build path (for reproducible
+    binaries) is shared by every build and cache directory."""
+    BUILD_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_ROOT / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            note(f"waiting for another sdist build to finish with {BUILD_ROOT}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_in_root(
+    cache: Cache,
+    profile: Profile,
+    requirement: LockedRequirement,
+    sdist: Path,
+    venv: Path,
+    key: str,
+    cmake_args: tuple[str, ...],
+) -> Path:
+    """Unpack the sdist under BUILD_ROOT and build its wheel with the network cut."""
+    sdist_sha = sdist.parent.name
     source_root = BUILD_ROOT / f"{requirement.key}-{requirement.version}"
     shutil.rmtree(source_root, ignore_errors=True)
     source_root.mkdir(parents=True)
