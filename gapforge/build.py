@@ -37,6 +37,8 @@ from gapforge.image import (
     plan_recipe,
     plan_runtime,
     plan_wheel_layers,
+    profile_env,
+    profile_labels,
     write_layers,
 )
 from gapforge.lock.debian import compare_packages, debian_inputs_sha256, read_debian_lock
@@ -286,10 +288,10 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     spec = ImageSpec(
         entrypoint=["/opt/gapforge/venv/bin/gapforge-runtime"],
         cmd=["info"],
-        env=image_env(profile),
+        env={**image_env(profile), **profile_env(profile, locks.python)},
         user="1000:1000",
         working_dir="/home/gapforge",
-        labels=image_labels(plan, locks, files),
+        labels={**image_labels(plan, locks, files), **profile_labels(profile, locks.python)},
         architecture=profile.architecture,
         source_date_epoch=profile.source_date_epoch,
     )

@@ -46,12 +46,12 @@ def _cache(args: argparse.Namespace) -> Cache:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from gapforge.lock.update import lock_profile, lock_recipe_models
+    from gapforge.lock.update import all_profiles, lock_profile, lock_recipe_models
 
     cache = _cache(args)
     recipes = [Path(r) for r in args.recipes] or sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
     if not args.models_only:
-        for profile in args.profile or ["cpu"]:
+        for profile in args.profile or all_profiles(args.images_dir):
             lock_profile(profile, args.lock_dir, args.images_dir, cache, debian=not args.no_debian)
         from gapforge.bundle.wheels import OPERATOR_LOCK, lock_operator
 
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recipes", nargs="*", help="recipes whose model to lock (default: every shipped recipe)"
     )
     lock.add_argument(
-        "--profile", action="append", help="profile to lock (repeatable; default: cpu)"
+        "--profile", action="append", help="profile to lock (repeatable; default: every images/*/)"
     )
     lock.add_argument("--no-debian", action="store_true", help="leave the Debian lock as it is")
     lock.add_argument("--models-only", action="store_true", help="lock only the recipes' models")

@@ -22,8 +22,10 @@ from installer.sources import WheelFile
 
 from gapforge import __version__
 from gapforge.cache import Cache
+from gapforge.errors import LockError
 from gapforge.fetch.model import ModelFile
 from gapforge.fetch.rootfs import HOME, USER_ID, rootfs_entries
+from gapforge.lock.python import PythonLock
 from gapforge.oci.image import Layer
 from gapforge.oci.tar import Entry, entries_from_tree, with_parents, write_tar_file
 from gapforge.profile import Profile
@@ -257,4 +259,59 @@ def image_env(profile: Profile) -> dict[str, str]:
         "GAPFORGE_LLAMA_CPP": f"/{LLAMA_CPP_DIR}",
         "GAPFORGE_OUT": "/outputs",
         "GAPFORGE_PROFILE": profile.name,
+    }
+
+
+# --- CUDA profile: what the host's driver must offer --------------------------------------------------
+
+# Minimum Linux driver of each CUDA toolkit release (NVIDIA's CUDA release notes, "CUDA Toolkit and
+# Corresponding Driver Versions"). The image runs on this driver or newer.
+CUDA_MIN_DRIVER = {
+    "11.8": "520.61.05", "12.0": "525.60.13", "12.1": "530.30.02", "12.2": "535.54.03",
+    "12.3": "545.23.06", "12.4": "550.54.14", "12.5": "555.42.02", "12.6": "560.28.03",
+    "12.8": "570.26", "12.9": "575.51.03", "13.0": "580.65.06",
+}  # fmt: skip
+# The lock entry that names the CUDA release torch's wheels were built against, most telling first.
+CUDA_VERSION_SOURCES = ("cuda-toolkit", "nvidia-cuda-runtime", "nvidia-cuda-runtime-cu12")
+
+
+def cuda_version(lock: PythonLock) -> str:
+    """`major.minor` of the CUDA release the locked torch wheels use (from cuda-toolkit or the runtime)."""
+    pins = lock.by_name()
+    for name in CUDA_VERSION_SOURCES:
+        if name in pins:
+            return ".".join(pins[name].version.split(".")[:2])
+    raise LockError(
+        f"{lock.path}: no {' / '.join(CUDA_VERSION_SOURCES)} pin, so the image's CUDA release is unknown: "
+        "the cuda profile needs PyPI's CUDA build of torch; check its requirements.in and run 'nox -s lock'"
+    )
+
+
+def cuda_min_driver(version: str) -> str:
+    """The oldest NVIDIA driver that runs a CUDA `version` (major.minor) application."""
+    if version in CUDA_MIN_DRIVER:
+        return CUDA_MIN_DRIVER[version]
+    raise LockError(
+        f"CUDA {version}: its minimum driver is not in gapforge/image.py CUDA_MIN_DRIVER: add it from "
+        "NVIDIA's CUDA release notes"
+    )
+
+
+def profile_env(profile: Profile, lock: PythonLock) -> dict[str, str]:
+    """The profile's own variables; for CUDA also NVIDIA_REQUIRE_CUDA, which the container toolkit checks."""
+    env = dict(profile.env)
+    if profile.is_cuda:
+        env["NVIDIA_REQUIRE_CUDA"] = f"cuda>={cuda_version(lock)}"
+    return env
+
+
+def profile_labels(profile: Profile, lock: PythonLock) -> dict[str, str]:
+    """Labels that say what the image needs of its host (CUDA release, minimum NVIDIA driver)."""
+    if not profile.is_cuda:
+        return {"io.gapforge.accelerator": "none"}
+    version = cuda_version(lock)
+    return {
+        "io.gapforge.accelerator": "cuda",
+        "io.gapforge.cuda.version": version,
+        "io.gapforge.cuda.min_driver": cuda_min_driver(version),
     }

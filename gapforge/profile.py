@@ -38,7 +38,15 @@ class Profile:
     debian: DebianBase
     sdist_builds: dict[str, SdistBuild] = field(default_factory=dict)
     own_layer_min_bytes: int = 150 * 1024 * 1024
+    lock_isolated: bool = False
+    """Resolve the lock against the package index alone, ignoring this machine's pip config."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of every image of this profile (`[env]`)."""
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.name == "cuda" or bool(self.raw.get("cuda", False))
 
     @property
     def requirements_in(self) -> Path:
@@ -97,6 +105,8 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             own_layer_min_bytes=int(raw.get("layers", {}).get("own_layer_min_mb", 150))
             * 1024
             * 1024,
+            lock_isolated=bool(raw.get("lock", {}).get("isolated", False)),
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()},
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -146,8 +146,25 @@ def check_fresh(lock: PythonLock, expected_inputs: str, inputs_shown: str) -> No
         )
 
 
-def compile_python_lock(requirements_in: Path, output: Path, header: str) -> PythonLock:
-    """Run pip-compile --generate-hashes on `requirements_in`, then write `output` atomically."""
+# pip settings of a machine that must not shape an isolated lock: extra indexes, find-links (a local
+# CPU torch, say) and constraint files. The index itself (PIP_INDEX_URL, a PyPI mirror) is kept.
+_MACHINE_PIP_SETTINGS = ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX")
+
+
+def isolated_pip_env() -> dict[str, str]:
+    """This environment without the machine's pip config files and package-source settings."""
+    env = {k: v for k, v in os.environ.items() if k not in _MACHINE_PIP_SETTINGS}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def compile_python_lock(
+    requirements_in: Path, output: Path, header: str, isolated: bool = False
+) -> PythonLock:
+    """Run pip-compile --generate-hashes on `requirements_in`, then write `output` atomically.
+
+    `isolated` resolves against the package index alone (see `isolated_pip_env`).
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
     command = [
@@ -162,7 +179,12 @@ def compile_python_lock(requirements_in: Path, output: Path, header: str) -> Pyt
     try:
         # relative to its folder, so no host path ends up in the lock's comments
         result = subprocess.run(
-            command, capture_output=True, text=True, check=False, cwd=requirements_in.parent
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=requirements_in.parent,
+            env=isolated_pip_env() if isolated else None,
         )
         if result.returncode != 0:
             raise LockError(

@@ -19,6 +19,11 @@ HEADER = (
 )
 
 
+def all_profiles(images_dir: Path) -> list[str]:
+    """Every profile folder under images/ (one with a profile.toml), in name order."""
+    return sorted(p.name for p in images_dir.iterdir() if (p / "profile.toml").is_file())
+
+
 def lock_profile(
     name: str, lock_dir: Path, images_dir: Path, cache: Cache, debian: bool = True
 ) -> None:
@@ -30,7 +35,10 @@ def lock_profile(
         (profile.build_requirements_in, f"{name}.build.txt"),
     ):
         lock = compile_python_lock(
-            source, lock_dir / target, HEADER.format(profile=name, source=source.name)
+            source,
+            lock_dir / target,
+            HEADER.format(profile=name, source=source.name),
+            isolated=profile.lock_isolated,
         )
         note(f"{target}: {len(lock.requirements)} packages pinned with hashes")
     debian_lock = lock_dir / f"{name}.debian.lock"
