@@ -99,6 +99,24 @@ class TrainSpec(_Strict):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 0
     """Stop after this many evaluations without improvement; 0 turns early stopping off."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower); QLoRA always uses it."""
+    nproc: Annotated[int, Field(ge=1, le=64)] = 1
+    """Processes (one per GPU) for data-parallel training through torchrun; `--nproc` overrides it."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
+    fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
+
+
+class GptqSpec(_Strict):
+    """GPTQ INT4 settings (the `gptq:int4` target), calibrated on the recipe's own training data."""
+
+    group_size: Literal[-1, 32, 64, 128, 256] = 128
+    """Columns sharing one scale; -1 means one group per row (smallest, least accurate)."""
+    desc_act: bool = False
+    """Quantize columns in order of decreasing activation (act-order): more accurate, slower kernels."""
+    calibration_samples: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Training examples used for calibration (never a downloaded data set)."""
+    damp_percent: Annotated[float, Field(gt=0, lt=1)] = 0.05
 
 
 class GatesSpec(_Strict):
@@ -128,6 +146,7 @@ class Recipe(_Strict):
     lora: LoraSpec
     train: TrainSpec
     quantize: Annotated[list[QuantTarget], Field(min_length=1)]
+    gptq: GptqSpec = Field(default_factory=GptqSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
 
@@ -255,6 +274,18 @@ def _semantic_problems(problems: _Problems, loaded: LoadedRecipe) -> None:
             ("train", "method"),
             "QLoRA needs a CUDA GPU: use profile 'cuda', or method 'lora' on 'cpu'",
             train.method,
+        )
+    if recipe.profile == "cpu" and train.distributed == "fsdp":
+        problems.add(
+            ("train", "distributed"),
+            "FSDP is for sharding a model over several GPUs: use profile 'cuda', or 'ddp' on 'cpu'",
+            train.distributed,
+        )
+    if "gptq" in loaded.raw and "gptq:int4" not in recipe.quantize:
+        problems.add(
+            ("gptq",),
+            "GPTQ settings for a recipe that does not build gptq:int4: add it to quantize or drop gptq",
+            show=False,
         )
     seen: set[str] = set()
     for index, target in enumerate(recipe.quantize):

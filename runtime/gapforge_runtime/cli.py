@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
-REPORTED_PACKAGES = ("torch", "transformers", "peft", "accelerate", "llama_cpp_python", "gguf")
+REPORTED_PACKAGES = (
+    "torch", "transformers", "peft", "accelerate", "llama_cpp_python", "gguf", "bitsandbytes", "gptqmodel",
+)  # fmt: skip
 
 
 def _package_version(name: str) -> str:
@@ -108,6 +110,7 @@ def _context(args: argparse.Namespace) -> RunContext:
         test_file=Path(args.test).resolve() if args.test else None,
         force=args.force,
         resume=getattr(args, "resume", False),
+        nproc=getattr(args, "nproc", None) or recipe.train.nproc,
     )
 
 
@@ -115,8 +118,13 @@ def cmd_step(args: argparse.Namespace) -> int:
     """Run one step (or all of them, for `run`), then rewrite the manifest and the report."""
     from gapforge_runtime import pipeline
     from gapforge_runtime.manifest import write_manifest_and_report
+    from gapforge_runtime.preflight import check_hardware
 
     ctx = _context(args)
+    # Before any work: a GPU-only method or target on a machine without a GPU stops here.
+    # `train` checks the quantize targets too: better refused now than after hours of training.
+    steps = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(args.command, (args.command,))
+    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, steps, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],
@@ -144,6 +152,42 @@ def cmd_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Estimate peak GPU memory of training before any weight is loaded, and whether it fits."""
+    from gapforge_runtime import memplan
+    from gapforge_runtime.config import DEFAULT_MODEL, MODEL_ENV, load_recipe_settings
+
+    recipe = load_recipe_settings(args.recipe) if (args.recipe or os.environ.get("GAPFORGE_RECIPE")) else None
+    source = Path(args.config or args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+    try:
+        shape = memplan.ModelShape.from_config(memplan.read_config(source))
+    except (OSError, KeyError, ValueError) as exc:
+        raise RuntimeFailure(
+            f"--model/--config {source}: cannot read the model's shape from config.json ({exc}). Pass a "
+            "model folder or a config.json with vocab_size, hidden_size, num_hidden_layers, num_attention_heads."
+        ) from None
+    train = recipe.train if recipe else None
+    training = memplan.TrainingShape(
+        method=args.method or (train.method if train else "lora"),
+        batch=args.batch or (train.batch_size if train else 1),
+        seq=args.seq or (train.max_seq_length if train else 2048),
+        rank=args.rank or (recipe.lora.r if recipe else 16),
+        targets=recipe.lora.target_modules if recipe else "all-linear",
+        gradient_checkpointing=args.gradient_checkpointing or bool(train and train.gradient_checkpointing),
+        nproc=args.nproc or (train.nproc if train else 1),
+        distributed=args.distributed or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
+    )
+    memory = int(args.gpu_memory_gib * memplan.GiB) if args.gpu_memory_gib else memplan.gpu_memory_bytes()
+    plan = memplan.estimate(shape, training, memory)
+    if args.json:
+        print(json.dumps(plan.as_json(), indent=2, sort_keys=True))
+    else:
+        print(memplan.describe(plan))
+        if memory is None:
+            print("[plan] no GPU visible: pass --gpu-memory-gib to check the fit for a given GPU")
+    return 0 if plan.fits is not False else EXIT_GATE_FAILED
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
     parser.add_argument("--model", help="base model folder, HF layout (default: $GAPFORGE_MODEL_DIR or /opt/gapforge/model)")
@@ -169,11 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     imp.set_defaults(func=cmd_import_gguf)
 
+    plan = sub.add_parser("plan", help="estimate peak GPU memory of training and whether it fits")
+    plan.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE)")
+    plan.add_argument("--model", help="model folder with config.json (default: $GAPFORGE_MODEL_DIR)")
+    plan.add_argument("--config", help="a config.json instead of a model folder")
+    plan.add_argument("--method", choices=["full", "lora", "qlora"], help="override the recipe's train.method")
+    plan.add_argument("--batch", type=int, help="micro-batch size per GPU")
+    plan.add_argument("--seq", type=int, help="sequence length")
+    plan.add_argument("--rank", type=int, help="LoRA rank")
+    plan.add_argument("--gradient-checkpointing", action="store_true", help="assume activation recomputation")
+    plan.add_argument("--nproc", type=int, help="GPUs the run is spread over")
+    plan.add_argument("--distributed", choices=["ddp", "fsdp"], help="how the GPUs share the model")
+    plan.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=cmd_plan)
+
     for name, text in STEP_HELP.items():
         step = sub.add_parser(name, help=text, description=text)
         _add_common(step)
         if name in ("run", "train"):
             step.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
+            step.add_argument("--nproc", type=int, help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)")
         step.set_defaults(func=cmd_step)
     return parser
 

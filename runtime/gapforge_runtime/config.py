@@ -23,6 +23,8 @@ OUT_ENV = "GAPFORGE_OUT"
 LLAMA_CPP_ENV = "GAPFORGE_LLAMA_CPP"
 DEFAULT_LLAMA_CPP = "/opt/gapforge/llama.cpp"
 GGUF_TARGETS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m")
+HF_TARGETS = ("gptq:int4", "bnb:nf4", "bnb:int8")
+"""Quantized transformers checkpoints: they need CUDA (GPTQModel's and bitsandbytes' kernels)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,26 @@ class TrainSettings:
     eval_every: int = 10
     early_stopping_patience: int = 0
     gradient_checkpointing: bool = False
+    nproc: int = 1
+    """Processes (one per GPU) for data-parallel training; the CLI's --nproc overrides it."""
+    distributed: str = "auto"
+    """auto | ddp | fsdp (with nproc > 1)."""
+
+    @property
+    def uses_gradient_checkpointing(self) -> bool:
+        """QLoRA always recomputes activations: it is what makes 4-bit training fit."""
+        return self.gradient_checkpointing or self.method == "qlora"
+
+
+@dataclass(frozen=True)
+class GptqSettings:
+    """GPTQ INT4 settings; calibration samples come from the recipe's own training split."""
+
+    group_size: int = 128
+    desc_act: bool = False
+    calibration_samples: int = 128
+    damp_percent: float = 0.05
+    bits: int = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +101,8 @@ class RecipeSettings:
     quantize: list[str]
     evaluate: EvaluateSettings
     raw: dict[str, Any]
+    gptq: GptqSettings = field(default_factory=GptqSettings)
+    profile: str = "cpu"
 
     @property
     def sha256(self) -> str:
@@ -128,4 +152,6 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             max_perplexity_delta_pct=dict(gates.get("max_perplexity_delta_pct") or {}),
         ),
         raw=raw,
+        gptq=_section(raw, "gptq", GptqSettings, path),
+        profile=str(raw.get("profile", "cpu")),
     )

@@ -185,7 +185,7 @@ def as_json(scores: dict[str, ModelScore], gates: list[Gate]) -> dict[str, Any]:
     return {
         "models": {k: asdict(v) for k, v in scores.items()},
         "delta_vs_merged_pct": {
-            k: delta_pct(v.perplexity, merged.perplexity) for k, v in scores.items() if merged and k.startswith("gguf:")
+            k: delta_pct(v.perplexity, merged.perplexity) for k, v in scores.items() if merged and k not in ("base", "merged")
         },
         "gates": [asdict(g) for g in gates],
         "passed": all(g.passed for g in gates),

@@ -19,8 +19,12 @@ def _stored_dtype(model_dir: Path) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[str, str]:
-    """Merge in float32, save in the base model's stored dtype; return what was done."""
+def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path, method: str = "lora") -> dict[str, str]:
+    """Merge into full-precision base weights, save in the base model's stored dtype.
+
+    LoRA merges in float32. A QLoRA adapter was trained against the 4-bit base, but it is merged into
+    the base reloaded in bf16, never into the 4-bit weights (that would quantize the merge itself).
+    """
     import torch
     from peft import PeftModel
 
@@ -29,7 +33,8 @@ def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[
             f"{adapter_dir}: no trained adapter (adapter_config.json is missing). Run "
             "`gapforge-runtime train` first (or `gapforge-runtime run`)."
         )
-    base = load_causal_lm(model_dir, dtype=torch.float32)
+    merge_dtype = torch.bfloat16 if method == "qlora" else torch.float32
+    base = load_causal_lm(model_dir, dtype=merge_dtype)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
     merged = model.merge_and_unload()
     stored = _stored_dtype(model_dir)
@@ -42,4 +47,4 @@ def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path) -> dict[
         for name in COPIED_FILES:
             if (model_dir / name).is_file() and not (tmp / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-    return {"dtype": str(target).removeprefix("torch."), "merged_in": "float32"}
+    return {"dtype": str(target).removeprefix("torch."), "merged_in": str(merge_dtype).removeprefix("torch.")}

@@ -62,6 +62,14 @@ class Layout:
     def evaluation(self) -> Path:
         return self.root / "evaluation.json"
 
+    @property
+    def quantized(self) -> Path:
+        return self.root / "quantized"
+
+    def quantized_dir(self, target: str) -> Path:
+        """The folder of a quantized transformers checkpoint (gptq:int4, bnb:nf4, bnb:int8)."""
+        return self.quantized / target.replace(":", "-")
+
     def gguf_file(self, name: str, target: str) -> Path:
         """The GGUF file of a quantization target."""
         return self.gguf / f"{name}-{GGUF_SUFFIX[target]}.gguf"

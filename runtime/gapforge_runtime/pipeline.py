@@ -9,13 +9,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gapforge_runtime import data as data_mod
-from gapforge_runtime.config import GGUF_TARGETS, RecipeSettings
+from gapforge_runtime.config import GGUF_TARGETS, HF_TARGETS, RecipeSettings
 from gapforge_runtime.encoding import encode_split, prompt_text, reference_answer
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
@@ -42,6 +43,8 @@ class RunContext:
     test_file: Path | None = None
     force: bool = False
     resume: bool = False
+    nproc: int = 1
+    """Training processes (torchrun); 1 trains in this process."""
     _digests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self, name: str, path: Path, refresh: bool = False) -> dict[str, Any]:
@@ -127,10 +130,15 @@ def step_data(ctx: RunContext) -> StepRecord:
     return record
 
 
-def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
-    records = data_mod.read_split_file(ctx.out.data / f"{split}.jsonl")
-    items, _ = encode_split(tokenizer, ctx.recipe.data_format, records, ctx.recipe.train.max_seq_length)
+def encoded_split(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
+    """One split written by the data step, encoded for training or scoring."""
+    records = data_mod.read_split_file(data_dir / f"{split}.jsonl")
+    items, _ = encode_split(tokenizer, recipe.data_format, records, recipe.train.max_seq_length)
     return items
+
+
+def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
+    return encoded_split(ctx.recipe, tokenizer, ctx.out.data, split)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -139,11 +147,12 @@ def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
 def step_train(ctx: RunContext) -> StepRecord:
     """Train the LoRA adapter (resumable), after checking the method's hardware and the free disk."""
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import train_adapter
+    from gapforge_runtime.train import TrainResult, train_adapter
 
     check_method(ctx.recipe.train.method)
     check_targets(ctx.recipe.quantize)
     step_data(ctx)
+    check_memory(ctx)
     inputs = {
         "model": ctx.digest("model", ctx.model_dir),
         "train": sha256_file(ctx.out.data / "train.jsonl"),
@@ -157,12 +166,22 @@ def step_train(ctx: RunContext) -> StepRecord:
             shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
         if not ctx.resume:
             ctx.out.train_log.unlink(missing_ok=True)
-        tokenizer = load_tokenizer(ctx.model_dir)
-        result = train_adapter(
-            ctx.recipe, ctx.model_dir, tokenizer,
-            _encoded(ctx, tokenizer, "train"), _encoded(ctx, tokenizer, "validation"),
-            ctx.out.checkpoints, ctx.out.adapter, ctx.out.train_log, ctx.resume,
-        )
+        if ctx.nproc > 1:
+            from gapforge_runtime.distributed import launch_training
+
+            spec = {
+                "recipe": str(ctx.recipe.path), "model_dir": str(ctx.model_dir), "data_dir": str(ctx.out.data),
+                "checkpoints": str(ctx.out.checkpoints), "adapter": str(ctx.out.adapter),
+                "log_file": str(ctx.out.train_log), "resume": ctx.resume,
+            }  # fmt: skip
+            result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps))
+        else:
+            tokenizer = load_tokenizer(ctx.model_dir)
+            result = train_adapter(
+                ctx.recipe, ctx.model_dir, tokenizer,
+                _encoded(ctx, tokenizer, "train"), _encoded(ctx, tokenizer, "validation"),
+                ctx.out.checkpoints, ctx.out.adapter, ctx.out.train_log, ctx.resume,
+            )
         if result.resumed_from_step is not None:
             print(f"[train] resumed from step {result.resumed_from_step}; finished at step {result.global_step}", flush=True)
         details = {k: v for k, v in asdict(result).items() if k != "log_history"}
@@ -170,6 +189,18 @@ def step_train(ctx: RunContext) -> StepRecord:
 
     record, _ = run_step(ctx.out, "train", inputs, ctx.force, body)
     return record
+
+
+def check_memory(ctx: RunContext) -> None:
+    """Say before training what the memory planner expects, and stop if it cannot fit the GPUs."""
+    from gapforge_runtime import memplan
+
+    plan = memplan.plan_for_run(ctx.model_dir, ctx.recipe, ctx.nproc)
+    if plan is None:
+        return
+    print(memplan.describe(plan), flush=True)
+    if not plan.fits and os.environ.get("GAPFORGE_SKIP_MEMORY_CHECK") != "1":
+        raise RuntimeFailure(memplan.refusal(plan))
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -188,7 +219,7 @@ def step_merge(ctx: RunContext) -> StepRecord:
     inputs = {"model": ctx.digest("model", ctx.model_dir), "adapter": ctx.digest("adapter", ctx.out.adapter, refresh=True)}
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
-        details = merge_adapter(ctx.model_dir, ctx.out.adapter, ctx.out.merged)
+        details = merge_adapter(ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.method)
         return {"merged": describe_path(ctx.out.merged)}, details
 
     record, _ = run_step(ctx.out, "merge", inputs, ctx.force, body)
@@ -201,6 +232,41 @@ def step_merge(ctx: RunContext) -> StepRecord:
 def gguf_targets(recipe: RecipeSettings) -> list[str]:
     """Every GGUF file to write: f16 always (the source of the others), then the recipe's targets."""
     return ["gguf:f16", *[t for t in recipe.quantize if t in GGUF_TARGETS and t != "gguf:f16"]]
+
+
+def hf_targets(recipe: RecipeSettings) -> list[str]:
+    """The recipe's quantized transformers checkpoints (GPU only), in the recipe's order."""
+    return [t for t in recipe.quantize if t in HF_TARGETS]
+
+
+def _quantize_hf(ctx: RunContext, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One GPTQ / bitsandbytes checkpoint from the merged model; calibration from the train split."""
+    from gapforge_runtime import quantize_hf
+    from gapforge_runtime.modelio import load_tokenizer
+
+    folder = ctx.out.quantized_dir(target)
+    if target == "gptq:int4":
+        settings = ctx.recipe.gptq
+        calibration = quantize_hf.calibration_examples(
+            _encoded(ctx, load_tokenizer(ctx.out.merged), "train"), settings.calibration_samples
+        )
+        print(f"[quantize] merged → {folder.name} (GPTQModel, group size {settings.group_size}, "
+              f"desc_act {settings.desc_act}, {len(calibration)} calibration samples)", flush=True)  # fmt: skip
+        details = quantize_hf.quantize_gptq(ctx.out.merged, folder, settings, calibration)
+    else:
+        print(f"[quantize] merged → {folder.name} (bitsandbytes)", flush=True)
+        details = quantize_hf.quantize_bnb(ctx.out.merged, folder, target)
+    _free_gpu()
+    print(f"[quantize] {target} done in {details['quantize_seconds']:.1f}s", flush=True)
+    return describe_path(folder), details
+
+
+def _free_gpu() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def step_quantize(ctx: RunContext) -> StepRecord:
@@ -225,6 +291,9 @@ def step_quantize(ctx: RunContext) -> StepRecord:
         "targets": _section_digest(targets),
         "converter": sha256_file(llama_cpp / "convert_hf_to_gguf.py"),
     }
+    if hf_targets(ctx.recipe):
+        inputs["hf_targets"] = _section_digest(hf_targets(ctx.recipe), asdict(ctx.recipe.gptq))
+        inputs["train"] = sha256_file(ctx.out.data / "train.jsonl")
     name = ctx.recipe.name
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -244,7 +313,10 @@ def step_quantize(ctx: RunContext) -> StepRecord:
         print(f"[quantize] adapter → {adapter_gguf.name}", flush=True)
         convert_adapter(llama_cpp, ctx.out.adapter, ctx.model_dir, adapter_gguf)
         outputs["adapter:gguf"] = describe_path(adapter_gguf)
-        return outputs, {"targets": targets, "stop": stops}
+        details: dict[str, Any] = {"targets": targets, "stop": stops}
+        for target in hf_targets(ctx.recipe):  # GPTQ / bitsandbytes checkpoints (GPU)
+            outputs[target], details[target] = _quantize_hf(ctx, target)
+        return outputs, details
 
     record, _ = run_step(ctx.out, "quantize", inputs, ctx.force, body)
     return record
@@ -262,6 +334,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
     quantize = load_record(ctx.out, "quantize")
     ggufs = {t: ctx.out.gguf_file(ctx.recipe.name, t) for t in gguf_targets(ctx.recipe)}
     ggufs = {t: p for t, p in ggufs.items() if p.is_file()}
+    quantized = {t: ctx.out.quantized_dir(t) for t in hf_targets(ctx.recipe)}
+    quantized = {t: p for t, p in quantized.items() if (p / "config.json").is_file()}
     settings = ctx.recipe.evaluate
     inputs = {
         "test": sha256_file(ctx.out.data / "test.jsonl"),
@@ -269,6 +343,7 @@ def step_eval(ctx: RunContext) -> StepRecord:
         "merged": ctx.digest("merged", ctx.out.merged, refresh=True),
         "settings": _section_digest(asdict(settings)),
         **{t: sha256_file(p) for t, p in ggufs.items()},
+        **{t: ctx.digest(t, p, refresh=True) for t, p in quantized.items()},
     }
     if quantize is None:
         print("[eval] no GGUF files yet: scoring the base and merged models only", flush=True)
@@ -284,16 +359,24 @@ def step_eval(ctx: RunContext) -> StepRecord:
         stop_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
         scores: dict[str, ev.ModelScore] = {}
         answers: dict[str, list[str]] = {}
-        for label, folder in (("base", ctx.model_dir), ("merged", ctx.out.merged)):
+        # On a GPU the full-precision models are scored in bf16 there (a 7B in float32 on CPU is hours).
+        on_gpu = torch.cuda.is_available()
+        full = {"dtype": torch.bfloat16, "device_map": {"": 0}} if on_gpu else {"dtype": torch.float32}
+        for label, folder in (("base", ctx.model_dir), ("merged", ctx.out.merged), *quantized.items()):
             print(f"[eval] scoring {label} ({len(items)} test examples)", flush=True)
-            model = load_causal_lm(folder, dtype=torch.float32)
+            if label in quantized:
+                from gapforge_runtime.quantize_hf import load_quantized
+
+                model = load_quantized(folder, label)
+            else:
+                model = load_causal_lm(folder, **full)
             loss, count = ev.score_transformers(model, items)
             size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
             scores[label] = ev.ModelScore(label, loss, ev.perplexity(loss), count, size)
             outs = ev.greedy_transformers(model, prompts, settings.max_new_tokens, stop_ids)
             answers[label] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
             del model
-            gc.collect()
+            _free_gpu()
         longest = max((len(i.input_ids) for i in items), default=16)
         n_ctx = max(longest, max((len(p) for p in prompts), default=0) + settings.max_new_tokens) + 8
         for target, path in ggufs.items():

@@ -87,26 +87,76 @@ def check_free_space(out_dir: Path, needed: int) -> None:
         )
 
 
-def check_method(method: str) -> None:
-    """QLoRA needs CUDA (bitsandbytes 4-bit); say so before loading anything."""
-    if method != "qlora":
-        return
+GPU_TARGETS = {
+    "gptq:int4": "GPTQ INT4 (GPTQModel)",
+    "bnb:nf4": "bitsandbytes NF4",
+    "bnb:int8": "bitsandbytes INT8",
+}
+HF_QUANT_LIBRARIES = {"gptq:int4": ("gptqmodel", "optimum")}
+
+
+def gpu_needs(method: str, targets: list[str], steps: tuple[str, ...]) -> list[str]:
+    """What in this run needs a CUDA GPU: QLoRA when training, GPU-only targets when quantizing."""
+    needs = []
+    if method == "qlora" and "train" in steps:
+        needs.append("train.method 'qlora' (4-bit NF4 base through bitsandbytes)")
+    if "quantize" in steps:
+        needs += [f"quantize target {t} ({GPU_TARGETS[t]})" for t in targets if t in GPU_TARGETS]
+    return needs
+
+
+def cuda_devices() -> int:
+    """How many CUDA GPUs torch sees (0 without a GPU or without a CUDA build of torch)."""
     import torch
 
-    if not torch.cuda.is_available():
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_hardware(method: str, targets: list[str], steps: tuple[str, ...], nproc: int = 1) -> None:
+    """Fail before any work when the run needs a GPU (or a library) this machine does not have."""
+    import importlib.util
+
+    needs = gpu_needs(method, targets, steps)
+    gpus = cuda_devices() if needs or nproc > 1 else 0
+    if needs and gpus == 0:
         raise RuntimeFailure(
-            "recipe train.method is 'qlora', which needs a CUDA GPU (4-bit bitsandbytes), but no GPU is "
-            "visible. Run this image on a GPU machine (docker run --gpus all), or use a recipe with "
-            "train.method 'lora'."
+            f"this run needs a CUDA GPU for {'; '.join(needs)}, but no GPU is visible. Run the image "
+            "on a GPU machine (`gapforge run … --gpus`, or `docker run --gpus all`), or use a recipe "
+            "with train.method 'lora' and only gguf:* quantize targets."
+        )
+    wanted = []
+    if "train" in steps and method == "qlora":
+        wanted.append(("bitsandbytes", "train.method 'qlora'"))
+    if "quantize" in steps:
+        for target in targets:
+            if target.startswith("bnb:"):
+                wanted.append(("bitsandbytes", f"quantize target {target}"))
+            for module in HF_QUANT_LIBRARIES.get(target, ()):
+                wanted.append((module, f"quantize target {target}"))
+    missing = sorted({(m, why) for m, why in wanted if importlib.util.find_spec(m) is None})
+    if missing:
+        raise RuntimeFailure(
+            f"{', '.join(why + ' needs the Python package ' + m for m, why in missing)}, which is not "
+            "installed. Use an image of the 'cuda' profile (its lock has them), or drop those targets."
+        )
+    if nproc > 1 and gpus and nproc > gpus:
+        raise RuntimeFailure(
+            f"--nproc {nproc}: only {gpus} GPU(s) are visible. Pass --nproc {gpus} or fewer, or run on "
+            f"a machine with {nproc} GPUs (`gapforge run … --gpus all`)."
         )
 
 
+def check_method(method: str) -> None:
+    """QLoRA needs CUDA (bitsandbytes 4-bit); say so before loading anything."""
+    check_hardware(method, [], ("train",))
+
+
 def check_targets(targets: list[str]) -> None:
-    """GPTQ and bitsandbytes targets are not built by this runtime yet (they need CUDA)."""
-    unsupported = [t for t in targets if not t.startswith("gguf:")]
-    if unsupported:
+    """Every quantize target is one this runtime builds; GPU-only ones need a GPU (checked by check_hardware)."""
+    known = {"gguf:f16", "gguf:q8_0", "gguf:q4_k_m", *GPU_TARGETS}
+    unknown = [t for t in targets if t not in known]
+    if unknown:
         raise RuntimeFailure(
-            f"recipe quantize lists {', '.join(unsupported)}: these targets need CUDA and a GPU build "
-            "of this runtime, which this version does not have yet. Remove them from quantize, or keep "
-            "the gguf:* targets only."
+            f"recipe quantize lists {', '.join(unknown)}, which this runtime does not build. Use "
+            f"{', '.join(sorted(known))}."
         )

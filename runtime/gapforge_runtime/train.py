@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ class TrainResult:
     tokens_per_second: float
     device: str
     log_history: list[dict[str, Any]]
+    world_size: int = 1
+    peak_gpu_memory_bytes: int | None = None
+    """torch.cuda.max_memory_allocated() of this process (rank 0) over the training."""
 
 
 class ListDataset:
@@ -62,29 +66,48 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     }
 
 
+def world() -> tuple[int, int]:
+    """(local rank, world size) of this process: (0, 1) unless started by torchrun."""
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def uses_fsdp(recipe: RecipeSettings) -> bool:
+    """FSDP shards the model over the processes: asked for, or QLoRA of a model too big for one GPU."""
+    _, size = world()
+    return size > 1 and recipe.train.distributed == "fsdp"
+
+
 def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lora = recipe.lora
+    rank, _ = world()
+    checkpointing = {"use_reentrant": False}
     if recipe.train.method == "qlora":
         import torch
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
+        fsdp = uses_fsdp(recipe)
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # FSDP shards flat parameters of one dtype: store the 4-bit blocks as bf16 (QLoRA + FSDP).
+            bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
         )
-        model = load_causal_lm(model_dir, dtype=dtype, quantization_config=quant, device_map={"": 0})
+        placement: dict[str, Any] = {} if fsdp else {"device_map": {"": rank}}
+        model = load_causal_lm(model_dir, dtype=torch.bfloat16, quantization_config=quant, **placement)
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
         )
     else:
+        # Trainer puts the model on this process's device (cuda:LOCAL_RANK under torchrun).
         model = load_causal_lm(model_dir, dtype=dtype)
-        if device == "cuda":
-            model = model.to("cuda")
+        if recipe.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+            model.enable_input_require_grads()
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -93,6 +116,28 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _distributed_args(recipe: RecipeSettings, device: str) -> dict[str, Any]:
+    """TrainingArguments for torchrun: DDP (gloo on CPU, NCCL on GPUs), or FSDP for QLoRA/big models."""
+    _, size = world()
+    if size == 1:
+        return {}
+    args: dict[str, Any] = {
+        "ddp_backend": "nccl" if device == "cuda" else "gloo",
+        "ddp_find_unused_parameters": False,
+    }
+    if uses_fsdp(recipe):
+        args["fsdp"] = "full_shard auto_wrap"
+        args["fsdp_config"] = {
+            "backward_prefetch": "backward_pre",
+            "forward_prefetch": False,
+            "use_orig_params": True,
+            "cpu_ram_efficient_loading": True,
+            "sync_module_states": True,
+            "activation_checkpointing": False,
+        }
+    return args
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -139,10 +184,13 @@ def train_adapter(
         print(f"[train] resuming from {previous} (step {resumed_from})", flush=True)
 
     model = _lora_model(recipe, model_dir, device, dtype)
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    model.print_trainable_parameters()
+    rank, size = world()
+    if rank == 0:
+        model.print_trainable_parameters()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
 
     early = settings.early_stopping_patience > 0
     args = TrainingArguments(
@@ -172,12 +220,15 @@ def train_adapter(
         dataloader_pin_memory=False,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        **_distributed_args(recipe, device),
     )
 
     class LogToFile(TrainerCallback):  # type: ignore[misc]
         """Append every log entry to the training log as one JSON line."""
 
         def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
+            if not state.is_world_process_zero:
+                return
             entry = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
             with log_file.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
@@ -200,10 +251,25 @@ def train_adapter(
     planned = state.max_steps
     stopped_early = early and state.global_step < planned
 
-    with atomic_dir(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    write_text_atomic(adapter_dir.parent / "train_history.json", json.dumps(state.log_history, indent=1) + "\n")
+    if trainer.is_fsdp_enabled:
+        # gather the sharded adapter weights into a full state dict on rank 0
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    if size > 1:
+        trainer.save_model(str(checkpoints / "final"))
+    if trainer.is_world_process_zero():
+        with atomic_dir(adapter_dir) as tmp:
+            if size > 1:
+                for item in (checkpoints / "final").glob("adapter_*"):
+                    os.replace(item, tmp / item.name)
+            else:
+                trainer.model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_text_atomic(adapter_dir.parent / "train_history.json", json.dumps(state.log_history, indent=1) + "\n")
+    peak = None
+    if device == "cuda":
+        import torch
+
+        peak = int(torch.cuda.max_memory_allocated())
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
     runtime = float(output.metrics.get("train_runtime", seconds)) or seconds
     return TrainResult(
@@ -216,6 +282,8 @@ def train_adapter(
         tokens_per_second=round(tokens / runtime, 1) if runtime else 0.0,
         device=device,
         log_history=list(state.log_history),
+        world_size=size,
+        peak_gpu_memory_bytes=peak,
     )
 
 

@@ -1,0 +1,81 @@
+"""Multi-process training through torchrun: `--nproc N` relaunches the training part of the train step.
+
+The parent process keeps everything else (data step, step records, merge, quantize, eval). It writes a
+small JSON spec, runs `python -m torch.distributed.run --standalone --nproc_per_node N -m
+gapforge_runtime.distributed SPEC`, and reads the result that rank 0 writes. Every rank trains through
+transformers' Trainer, which sets up DDP (NCCL on GPUs, gloo on CPU) or FSDP from the torchrun
+environment; checkpoints and --resume are the same as in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.files import write_json_atomic
+
+# Variables every rank must see (the offline guarantee, and NVLink multicast off on shared hosts).
+CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(nproc: int, spec: Path) -> list[str]:
+    """The torchrun command line that starts `nproc` training ranks on this machine."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "gapforge_runtime.distributed", str(spec),
+    ]  # fmt: skip
+
+
+def launch_training(spec: dict[str, Any], nproc: int, work: Path) -> dict[str, Any]:
+    """Run the training on `nproc` ranks; return rank 0's TrainResult as a dict."""
+    spec_path = work / "train-launch.json"
+    result_path = work / "train-result.json"
+    result_path.unlink(missing_ok=True)
+    write_json_atomic(spec_path, {**spec, "result": str(result_path)})
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in CHILD_ENV.items()}}
+    print(f"[train] starting {nproc} processes through torchrun", flush=True)
+    status = subprocess.run(torchrun_command(nproc, spec_path), env=env, check=False).returncode
+    if status != 0 or not result_path.is_file():
+        raise RuntimeFailure(
+            f"distributed training with --nproc {nproc} failed (torchrun exited with status {status}; "
+            "the ranks' output is above). Checkpoints written so far are kept: fix the cause and run "
+            "again with --resume, or use --nproc 1."
+        )
+    result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
+    return result
+
+
+def worker(spec_path: Path) -> int:
+    """One rank: read the spec, train, and (rank 0) write the result."""
+    from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.modelio import load_tokenizer
+    from gapforge_runtime.offline import force_offline
+    from gapforge_runtime.pipeline import encoded_split
+    from gapforge_runtime.train import train_adapter, world
+
+    force_offline()
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    recipe = load_recipe_settings(spec["recipe"])
+    model_dir = Path(spec["model_dir"])
+    data_dir = Path(spec["data_dir"])
+    tokenizer = load_tokenizer(model_dir)
+    result = train_adapter(
+        recipe, model_dir, tokenizer,
+        encoded_split(recipe, tokenizer, data_dir, "train"),
+        encoded_split(recipe, tokenizer, data_dir, "validation"),
+        Path(spec["checkpoints"]), Path(spec["adapter"]), Path(spec["log_file"]), bool(spec["resume"]),
+    )  # fmt: skip
+    rank, _ = world()
+    if rank == 0:
+        write_json_atomic(Path(spec["result"]), asdict(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker(Path(sys.argv[1])))
