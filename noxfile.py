@@ -90,3 +90,29 @@ def repro(session: nox.Session) -> None:
                     "--out", os.path.join(tmp, f"out-{name}"))  # fmt: skip
     session.run("cmp", os.path.join(tmp, "out-a/smollm2-135m-desk-0.1.0/image.tar"),
                 os.path.join(tmp, "out-b/smollm2-135m-desk-0.1.0/image.tar"), external=True)  # fmt: skip
+
+
+def _gpu_env() -> dict[str, str]:
+    """The running Python's environment with the runtime importable (GPU sessions use no venv)."""
+    runtime = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime")
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [runtime, os.environ.get("PYTHONPATH")])),
+    }
+
+
+@nox.session(name="bench-gpu", default=False, venv_backend="none")
+def bench_gpu(session: nox.Session) -> None:
+    """GPU figures on an 8B-shaped model: LoRA/QLoRA tokens/s, MFU, peak memory vs planner, GPTQ time."""
+    # Runs in the current environment: the cuda image, or a venv from lockfiles/cuda.txt, on a GPU.
+    session.run(
+        "python", "benchmarks/bench_gpu.py", *session.posargs, env=_gpu_env(), external=True
+    )
+
+
+@nox.session(name="gpu-e2e", default=False, venv_backend="none")
+def gpu_e2e(session: nox.Session) -> None:
+    """QLoRA → merge → GGUF + GPTQ + NF4 on a random 1B Llama, each reloaded and scored (needs a GPU)."""
+    llama_cpp = os.environ.get("GAPFORGE_LLAMA_CPP", "/opt/gapforge/llama.cpp")
+    session.run("python", "benchmarks/gpu_e2e.py", "--llama-cpp", llama_cpp, *session.posargs,
+                env=_gpu_env(), external=True)  # fmt: skip

@@ -1,0 +1,132 @@
+"""The cuda profile on a machine without a GPU: a tiny recipe's cuda image assembles and loads, carries
+what the host needs to know (profile, CUDA release, minimum driver), and its CPU-only checks pass in the
+real engine with the network cut: `info`, and the build's own sealed pretest (a tiny LoRA run, merge,
+GGUF, eval on the CPU through PyPI's CUDA build of torch).
+
+Gated: the first build downloads ~3 GB of CUDA wheels, builds llama-cpp-python with the cuda
+profile's toolchain (~8 min on 2 cores) and writes ~7 GB of layers; set GAPFORGE_TEST_CUDA_IMAGE=1.
+The cache (~/.cache/gapforge) keeps all of it, so later runs only assemble, load and pretest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gapforge.lock.model import lock_local
+from gapforge.profile import REPO_ROOT
+from gapforge.recipe import load_recipe
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(5400),
+    pytest.mark.skipif(
+        os.environ.get("GAPFORGE_TEST_CUDA_IMAGE") != "1",
+        reason="builds the multi-GB cuda image (first run ~25 min on 2 cores): set GAPFORGE_TEST_CUDA_IMAGE=1",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def cuda_project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny project with profile cuda and the cuda locks."""
+    root = tmp_path_factory.mktemp("cuda-project")
+    shutil.copytree(tiny_project, root, dirs_exist_ok=True)
+    path = root / "recipes/tiny/tiny.yaml"
+    text = path.read_text()
+    data = yaml.safe_load(text)
+    data["name"], data["profile"] = "tiny-cuda", "cuda"
+    path.write_text(text.splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    for name in ("cuda.txt", "cuda.build.txt", "cuda.debian.lock"):
+        shutil.copy(REPO_ROOT / "lockfiles" / name, root / "lockfiles" / name)
+    loaded = load_recipe(path)
+    lock_local(loaded.recipe.model, root / "lockfiles", loaded.local_model_path() or Path())
+    return root
+
+
+@pytest.fixture(scope="module")
+def cuda_build(docker_engine: None, cuda_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("cuda-out")
+    command = [
+        sys.executable, "-m", "gapforge.cli", "build", str(cuda_project / "recipes/tiny/tiny.yaml"),
+        "--lock-dir", str(cuda_project / "lockfiles"), "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    report: dict[str, Any] = json.loads((out / "tiny-cuda-0.0.1" / "build.json").read_text())
+    return report
+
+
+def test_cuda_image_loads_and_records_what_the_host_needs(cuda_build: dict[str, Any]) -> None:
+    ref = cuda_build["image"]["ref"]
+    inspect = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, text=True, check=True)
+    config = json.loads(inspect.stdout)[0]["Config"]
+    labels = config["Labels"]
+    assert labels["io.gapforge.profile"] == "cuda"
+    assert labels["io.gapforge.cuda.version"] == "13.0"
+    assert labels["io.gapforge.cuda.min_driver"] == "580.65.06"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    assert env["GPTQMODEL_DISABLE_GPTQ_CUDA"] == env["GPTQMODEL_DISABLE_PACK_EXT"] == "1"
+
+
+def test_big_cuda_wheels_sit_in_their_own_layers_below_the_rest(cuda_build: dict[str, Any]) -> None:
+    names = [layer["name"] for layer in cuda_build["layers"]]
+    assert names[0] == "base" and names[-4:] == ["wheels", "model", "runtime", "recipe"]
+    own = [n.removeprefix("wheels:") for n in names if n.startswith("wheels:")]
+    assert {"torch", "nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-nccl-cu13", "triton"} <= set(own)
+
+
+def test_info_in_the_cuda_image_with_the_network_cut(cuda_build: dict[str, Any]) -> None:
+    run = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", cuda_build["image"]["ref"], "info", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["packages"]["torch"].startswith("2.14.1") and "+cpu" not in info["packages"]["torch"]
+    for package in ("bitsandbytes", "gptqmodel", "transformers", "peft", "llama_cpp_python"):
+        assert info["packages"][package] != "not installed", package
+
+
+def test_gpu_libraries_import_and_torch_sees_no_gpu_here(cuda_build: dict[str, Any]) -> None:
+    probe = (
+        "import torch, bitsandbytes, gptqmodel, optimum, llama_cpp; "
+        "print(torch.version.cuda, torch.cuda.is_available())"
+    )
+    run = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", "--entrypoint", "/opt/gapforge/venv/bin/python",
+         cuda_build["image"]["ref"], "-c", probe],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-2:] == ["13.0", "False"]
+
+
+def test_sealed_pretest_ran_a_tiny_lora_on_the_cpu(cuda_build: dict[str, Any]) -> None:
+    pretest = cuda_build["pretest"]
+    assert pretest["passed"] is True, pretest
+
+
+def test_qlora_in_the_cuda_image_without_a_gpu_stops_at_once(cuda_build: dict[str, Any]) -> None:
+    code = (
+        "import json, sys; r = json.load(open('/opt/gapforge/recipe/recipe.json')); "
+        "r['train']['method'] = 'qlora'; json.dump(r, open('/tmp/q.json', 'w')); "
+        "from gapforge_runtime.cli import main; "
+        "sys.exit(main(['train', '--recipe', '/tmp/q.json', '--out', '/tmp/out']))"
+    )
+    run = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+         "--entrypoint", "/opt/gapforge/venv/bin/python", cuda_build["image"]["ref"], "-c", code],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "needs a CUDA GPU" in run.stderr and "Traceback" not in run.stderr
