@@ -55,7 +55,11 @@ def _pip_download(
 ) -> None:
     req_file = dest / "requirements.txt"
     req_file.write_text("\n".join(r.line() for r in requirements) + "\n", encoding="utf-8")
-    kind = ["--only-binary", ":all:", *platform_args] if binary else ["--no-binary", ":all:"]
+    # Sdists: only the locked packages themselves. pip prepares an sdist's metadata in an isolated
+    # build environment; `--no-binary :all:` would force that environment's own tools (cmake, …) to
+    # be compiled from source too.
+    names = ",".join(sorted(r.key for r in requirements))
+    kind = ["--only-binary", ":all:", *platform_args] if binary else ["--no-binary", names]
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
         "--disable-pip-version-check", "--progress-bar", "on" if sys.stderr.isatty() else "off",
