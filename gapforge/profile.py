@@ -18,6 +18,8 @@ class SdistBuild:
 
     name: str
     cmake_args: tuple[str, ...] = ()
+    wheel_exclude: tuple[str, ...] = ()
+    """Paths left out of the built wheel (scikit-build-core's wheel.exclude)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,11 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             mirrors=tuple(m.format(suite=suite) for m in deb.get("mirrors", DEFAULT_MIRRORS)),
         )
         builds = {
-            pkg: SdistBuild(name=pkg, cmake_args=tuple(conf.get("cmake_args", ())))
+            pkg: SdistBuild(
+                name=pkg,
+                cmake_args=tuple(conf.get("cmake_args", ())),
+                wheel_exclude=tuple(conf.get("wheel_exclude", ())),
+            )
             for pkg, conf in raw.get("sdist_builds", {}).items()
         }
         return Profile(

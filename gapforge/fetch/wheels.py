@@ -160,9 +160,15 @@ def make_venv(cache: Cache, name: str, wheels: list[Path]) -> Path:
     return venv
 
 
-def build_key(sdist_sha256: str, build_lock: PythonLock, cmake_args: tuple[str, ...]) -> str:
+def build_key(
+    sdist_sha256: str,
+    build_lock: PythonLock,
+    cmake_args: tuple[str, ...],
+    wheel_exclude: tuple[str, ...] = (),
+) -> str:
     """What a built wheel depends on: the sdist, the toolchain lock, the settings, the builder."""
-    blob = json.dumps([sdist_sha256, build_lock.sha256, list(cmake_args), __version__, "v1"])
+    settings = [list(cmake_args), list(wheel_exclude)]
+    blob = json.dumps([sdist_sha256, build_lock.sha256, settings, __version__, "v2"])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -176,8 +182,9 @@ def build_sdist(
     """Build `sdist` into a wheel offline (cached by the sdist's hash and the build settings)."""
     settings = profile.sdist_builds.get(requirement.key)
     cmake_args = settings.cmake_args if settings else ()
+    wheel_exclude = settings.wheel_exclude if settings else ()
     sdist_sha = sdist.parent.name
-    key = build_key(sdist_sha, build_lock, cmake_args)
+    key = build_key(sdist_sha, build_lock, cmake_args, wheel_exclude)
     known = cache.index_get("sdist-builds", key)
     if known is not None:
         wheel = cache.find_file(known["sha256"])
@@ -196,7 +203,9 @@ def build_sdist(
         if wheel is not None:
             note(f"{requirement.pin}: wheel built from its sdist is cached ({wheel.name})")
             return wheel
-        return _build_in_root(cache, profile, requirement, sdist, venv, key, cmake_args)
+        return _build_in_root(
+            cache, profile, requirement, sdist, venv, key, cmake_args, wheel_exclude
+        )
 
 
 @contextlib.contextmanager
@@ -224,6 +233,7 @@ def _build_in_root(
     venv: Path,
     key: str,
     cmake_args: tuple[str, ...],
+    wheel_exclude: tuple[str, ...],
 ) -> Path:
     """Unpack the sdist under BUILD_ROOT and build its wheel with the network cut."""
     sdist_sha = sdist.parent.name
@@ -250,7 +260,9 @@ def _build_in_root(
     command = [
         "unshare", "-n", str(venv / "bin/python"), "-m", "pip", "wheel", "--no-deps",
         "--no-build-isolation", "--no-index", "--no-cache-dir", "--disable-pip-version-check",
-        f"--config-settings=build-dir={source_root / 'build'}", "-w", str(out), str(top),
+        f"--config-settings=build-dir={source_root / 'build'}",
+        *(f"--config-settings=wheel.exclude={pattern}" for pattern in wheel_exclude),
+        "-w", str(out), str(top),
     ]  # fmt: skip
     note(
         f"{requirement.pin}: building a wheel from the sdist, offline (several minutes on 2 cores)"

@@ -32,7 +32,7 @@ def _build(project: Path, out: Path, *extra: str, cache: Path | None = None) -> 
 
 @pytest.fixture(scope="module")
 def first_build(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _build(tiny_project, tmp_path_factory.mktemp("out-first"))
+    return _build(tiny_project, tmp_path_factory.mktemp("out-first"), "--no-pretest")  # test_bundle pretests
 
 
 def test_image_loads_and_info_runs_with_the_network_cut(first_build: dict[str, Any]) -> None:
