@@ -193,11 +193,10 @@ def runtime_toolchain(cache: Cache, locks: Locks, wheels: dict[str, Path]) -> tu
     return name, make_venv(cache, name, list(wheels.values()))
 
 
-def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
-    """Everything the image needs, in the cache, checked against the locks (network used here only)."""
-    step(f"fetching into the cache {plan.cache.root}")
-    cache, profile = plan.cache, plan.profile
-    plan.cache.clear_stale_tmp()
+def fetch_python(
+    cache: Cache, profile: Profile, locks: Locks
+) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+    """The locked Python packages: binary wheels, wheels built offline from sdists, and the sdists."""
     sdist_names = set(profile.sdist_builds)
     all_names = {r.key for r in locks.python.requirements}
     wheels = fetch_locked_files(
@@ -208,6 +207,15 @@ def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
         name: build_sdist(cache, profile, locks.python.by_name()[name], sdists[name], locks.build)
         for name in sorted(sdist_names)
     }
+    return wheels, built, sdists
+
+
+def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
+    """Everything the image needs, in the cache, checked against the locks (network used here only)."""
+    step(f"fetching into the cache {plan.cache.root}")
+    cache, profile = plan.cache, plan.profile
+    plan.cache.clear_stale_tmp()
+    wheels, built, sdists = fetch_python(cache, profile, locks)
     rootfs_key = locks.debian_sha256
     known = cache.index_get("rootfs", rootfs_key)
     if known is not None and cache.has_blob(known["digest"]):

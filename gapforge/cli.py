@@ -109,8 +109,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_runtime_env(args: argparse.Namespace) -> int:
     """Install the profile's locked runtime wheels (sdists built) into the Python running nox/pytest."""
-    from gapforge.build import BuildOptions, BuildPlan, check_locks
-    from gapforge.fetch.wheels import build_sdist, fetch_locked_files
+    from gapforge.build import BuildOptions, BuildPlan, check_locks, fetch_python
     from gapforge.profile import load_profile
     from gapforge.recipe import load_recipe
 
@@ -126,14 +125,8 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
         options=options, loaded=load_recipe(DEFAULT_RECIPE), profile=profile, cache=cache
     )
     locks = check_locks(plan)
-    sdist_names = set(profile.sdist_builds)
-    names = {r.key for r in locks.python.requirements}
-    files = fetch_locked_files(cache, locks.python, None, binary=True, only=names - sdist_names)
-    sdists = fetch_locked_files(cache, locks.python, profile, binary=False, only=sdist_names)
-    for name in sorted(sdist_names):
-        files[name] = build_sdist(
-            cache, profile, locks.python.by_name()[name], sdists[name], locks.build
-        )
+    wheels, built, sdists = fetch_python(cache, profile, locks)
+    files = {**wheels, **built}
     python = args.python or sys.executable
     result = subprocess.run(
         [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check",

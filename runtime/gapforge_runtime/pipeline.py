@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
 from gapforge_runtime.preflight import (
+    check_cpu_features,
     check_free_space,
     check_method,
     check_model_dir,
@@ -151,6 +153,8 @@ def step_train(ctx: RunContext) -> StepRecord:
 
     check_method(ctx.recipe.train.method)
     check_targets(ctx.recipe.quantize)
+    if gguf_targets(ctx.recipe):
+        check_cpu_features()  # before hours of training, not at the first quantization
     step_data(ctx)
     check_memory(ctx)
     inputs = {
@@ -282,6 +286,7 @@ def step_quantize(ctx: RunContext) -> StepRecord:
     )
 
     check_targets(ctx.recipe.quantize)
+    check_cpu_features()
     llama_cpp = check_llama_cpp(ctx.llama_cpp)
     _require(ctx.out.merged / "config.json", "the merged model", "merge")
     targets = gguf_targets(ctx.recipe)
@@ -299,23 +304,31 @@ def step_quantize(ctx: RunContext) -> StepRecord:
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
         template, stops = ollama_template(load_tokenizer(ctx.out.merged))
         outputs: dict[str, Any] = {}
+        seconds: dict[str, float] = {}
         f16 = ctx.out.gguf_file(name, "gguf:f16")
         print(f"[quantize] {ctx.out.merged} → {f16.name}", flush=True)
+        started = time.monotonic()
         convert_to_f16(llama_cpp, ctx.out.merged, f16)
+        seconds["gguf:f16"] = round(time.monotonic() - started, 3)
         for target in targets:
             path = ctx.out.gguf_file(name, target)
             if target != "gguf:f16":
                 print(f"[quantize] {f16.name} → {path.name}", flush=True)
+                started = time.monotonic()
                 quantize_gguf(f16, target, path)
+                seconds[target] = round(time.monotonic() - started, 3)
             outputs[target] = describe_path(path)
             outputs[f"{target}:Modelfile"] = describe_path(write_modelfile(path, template, stops))
         adapter_gguf = ctx.out.adapter_gguf(name)
         print(f"[quantize] adapter → {adapter_gguf.name}", flush=True)
+        started = time.monotonic()
         convert_adapter(llama_cpp, ctx.out.adapter, ctx.model_dir, adapter_gguf)
+        seconds["adapter:gguf"] = round(time.monotonic() - started, 3)
         outputs["adapter:gguf"] = describe_path(adapter_gguf)
-        details: dict[str, Any] = {"targets": targets, "stop": stops}
+        details: dict[str, Any] = {"targets": targets, "stop": stops, "seconds": seconds}
         for target in hf_targets(ctx.recipe):  # GPTQ / bitsandbytes checkpoints (GPU)
             outputs[target], details[target] = _quantize_hf(ctx, target)
+            seconds[target] = details[target]["quantize_seconds"]
         return outputs, details
 
     record, _ = run_step(ctx.out, "quantize", inputs, ctx.force, body)

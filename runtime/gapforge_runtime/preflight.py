@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -159,4 +160,48 @@ def check_targets(targets: list[str]) -> None:
         raise RuntimeFailure(
             f"recipe quantize lists {', '.join(unknown)}, which this runtime does not build. Use "
             f"{', '.join(sorted(known))}."
+        )
+
+
+# ggml's names for the x86 features it was compiled with → /proc/cpuinfo's flag names.
+_CPUINFO_FLAG = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c",
+                 "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f"}  # fmt: skip
+
+
+def llama_cpp_cpu_features() -> set[str]:
+    """The x86 features llama.cpp was compiled to use (ggml reports its build flags)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return {name for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", info) if value == "1" and name in _CPUINFO_FLAG}
+
+
+def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The host CPU's feature flags, or None where /proc/cpuinfo has none (not x86 Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else None
+
+
+def check_cpu_features(built: set[str] | None = None, host: set[str] | None = None) -> None:
+    """Stop with a clear message, instead of a crash on an illegal instruction, on an older CPU.
+
+    The image's llama.cpp is built for a fixed baseline (images/<profile>/profile.toml), so a CPU
+    older than that baseline would die with SIGILL at the first quantization or evaluation.
+    """
+    built = llama_cpp_cpu_features() if built is None else built
+    host = host_cpu_flags() if host is None else host
+    if host is None:
+        return
+    missing = sorted(name for name in built if _CPUINFO_FLAG[name] not in host)
+    if missing:
+        raise RuntimeFailure(
+            f"this CPU lacks {', '.join(missing)}, which the image's llama.cpp was built to use "
+            f"(it needs {', '.join(sorted(built))}; /proc/cpuinfo has no "
+            f"{', '.join(_CPUINFO_FLAG[name] for name in missing)} flag). "
+            "Run the image on an x86-64-v3 CPU (Intel Haswell / AMD Zen or newer), or rebuild the "
+            "image with a profile whose llama-cpp-python cmake_args target this CPU."
         )
