@@ -20,7 +20,6 @@ from typing import Any
 from gapforge import __version__
 from gapforge.bundle.sign import SigningKey, public_path, resolve_signing_key
 from gapforge.bundle.source import BundleSource, FileDigest, ImageInfo, ModelInfo, PythonPackage
-from gapforge.bundle.source import DebianPackage as BundleDebianPackage
 from gapforge.bundle.source import Layer as BundleLayer
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.bundle.write import write_bundle
@@ -28,7 +27,7 @@ from gapforge.cache import Cache, default_cache_dir, sha256_file
 from gapforge.errors import LockError
 from gapforge.fetch.model import ModelFile, fetch_model
 from gapforge.fetch.rootfs import run_mmdebstrap
-from gapforge.fetch.wheels import build_sdist, fetch_locked_files, make_venv
+from gapforge.fetch.wheels import build_flit_wheel, build_sdist, fetch_locked_files, make_venv
 from gapforge.image import (
     WrittenLayers,
     image_env,
@@ -172,19 +171,7 @@ def check_locks(plan: BuildPlan) -> Locks:
 
 def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
     """The runtime package as a wheel, built deterministically (flit, SOURCE_DATE_EPOCH)."""
-    from flit_core.wheel import make_wheel_in
-
-    previous = os.environ.get("SOURCE_DATE_EPOCH")
-    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
-    try:
-        with cache.tempdir("runtime-wheel-") as work:
-            info = make_wheel_in(RUNTIME_DIR / "pyproject.toml", work)
-            return cache.put_file(Path(info.file), move=True)
-    finally:
-        if previous is None:
-            os.environ.pop("SOURCE_DATE_EPOCH", None)
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = previous
+    return build_flit_wheel(cache, RUNTIME_DIR / "pyproject.toml", epoch)
 
 
 def runtime_toolchain(cache: Cache, locks: Locks, wheels: dict[str, Path]) -> tuple[str, Path]:
@@ -439,9 +426,7 @@ def bundle_source(
         },
         python_packages=python,
         debian_suite=plan.profile.debian.suite,
-        debian_packages=tuple(
-            BundleDebianPackage(p.name, p.version, p.architecture, p.sha256) for p in debian
-        ),
+        debian_packages=tuple(debian),
         model=ModelInfo(
             id=recipe.model.id,
             source=locks.model.source,

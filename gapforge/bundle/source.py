@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# One record of a Debian package for the rootfs, the lock and the bundle (re-exported here).
+from gapforge.fetch.rootfs import DebianPackage as DebianPackage
+
 
 @dataclass(frozen=True)
 class FileDigest:
@@ -25,15 +28,6 @@ class PythonPackage:
     """The wheel installed into the image (for an sdist, the wheel built from it)."""
     sdist: FileDigest | None = None
     """The locked sdist the wheel was built from, if any."""
-
-
-@dataclass(frozen=True)
-class DebianPackage:
-    name: str
-    version: str
-    architecture: str
-    sha256: str
-    """sha256 of the .deb."""
 
 
 @dataclass(frozen=True)

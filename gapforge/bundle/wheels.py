@@ -8,12 +8,11 @@ for the image's platform (Linux x86_64, the profile's Python), never resolved at
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
 from gapforge.cache import Cache
-from gapforge.fetch.wheels import fetch_locked_files
+from gapforge.fetch.wheels import build_flit_wheel, fetch_locked_files
 from gapforge.lock.python import (
     PythonLock,
     check_fresh,
@@ -54,19 +53,7 @@ def read_operator_lock(path: Path = OPERATOR_LOCK) -> PythonLock:
 
 def build_gapforge_wheel(cache: Cache, epoch: int) -> Path:
     """gapforge's own wheel (flit, SOURCE_DATE_EPOCH), in the cache."""
-    from flit_core.wheel import make_wheel_in
-
-    previous = os.environ.get("SOURCE_DATE_EPOCH")
-    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
-    try:
-        with cache.tempdir("gapforge-wheel-") as work:
-            info = make_wheel_in(REPO_ROOT / "pyproject.toml", work)
-            return cache.put_file(Path(info.file), move=True)
-    finally:
-        if previous is None:
-            os.environ.pop("SOURCE_DATE_EPOCH", None)
-        else:
-            os.environ["SOURCE_DATE_EPOCH"] = previous
+    return build_flit_wheel(cache, REPO_ROOT / "pyproject.toml", epoch)
 
 
 def fetch_operator_wheels(cache: Cache, profile: Profile) -> list[Path]:

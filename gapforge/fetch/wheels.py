@@ -285,3 +285,20 @@ def _build_in_root(
     shutil.rmtree(source_root, ignore_errors=True)
     note(f"{requirement.pin}: built {cached.name} (log: {log_path})")
     return cached
+
+
+def build_flit_wheel(cache: Cache, pyproject: Path, epoch: int) -> Path:
+    """A flit project's wheel, built deterministically (SOURCE_DATE_EPOCH), in the cache."""
+    from flit_core.wheel import make_wheel_in
+
+    previous = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        with cache.tempdir("flit-wheel-") as work:
+            info = make_wheel_in(pyproject, work)
+            return cache.put_file(Path(info.file), move=True)
+    finally:
+        if previous is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = previous
