@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gapforge.cache import Cache
+from gapforge.errors import GapforgeError, LockError
 from gapforge.fetch.rootfs import run_mmdebstrap
 from gapforge.lock.debian import debian_inputs_sha256, read_debian_lock, write_debian_lock
 from gapforge.lock.model import lock_model
@@ -53,11 +54,28 @@ def lock_profile(
 
 
 def lock_recipe_models(recipes: list[Path], lock_dir: Path, cache: Cache) -> None:
-    """The model lock of each recipe (one per model id)."""
+    """The model lock of each recipe (one per model id).
+
+    A model that cannot be locked here (a Hub source without the Hub) does not stop the others:
+    every failure is reported at the end, and its lock is left as it was.
+    """
+    failures: list[str] = []
     for path in recipes:
         loaded = load_recipe(path)
         step(
             f"locking model {loaded.recipe.model.id} ({loaded.recipe.model.source.type}) for {path}"
         )
-        lock = lock_model(loaded.recipe.model, lock_dir, cache, loaded.local_model_path())
+        try:
+            lock = lock_model(loaded.recipe.model, lock_dir, cache, loaded.local_model_path())
+        except GapforgeError as error:
+            note(f"not locked: {error}")
+            failures.append(f"{path}: {error}")
+            continue
         note(f"models/{lock.path.name}: {len(lock.files)} files pinned")
+    if failures:
+        raise LockError(
+            f"{len(failures)} of {len(recipes)} model locks could not be made (the others were "
+            "written): " + "; ".join(failures) + ". Lock these where their source is reachable "
+            "(an hf source needs the Hub), or name only the recipes to lock: "
+            "nox -s lock -- recipes/<model>/<name>.yaml"
+        )

@@ -192,3 +192,27 @@ def test_interrupted_writes_leave_nothing_trusted(tmp_path: Path) -> None:
     cache.clear_stale_tmp()
     assert list((cache.root / "tmp").iterdir()) == []
     assert not cache.has_blob("sha256:" + H1)
+
+
+def test_one_unlockable_model_does_not_stop_the_others(tmp_path: Path) -> None:
+    from gapforge.lock.update import lock_recipe_models
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    _hf_folder(good / "model")
+    (bad / "model").mkdir(parents=True)  # pickle weights only: refused when locked
+    (bad / "model/config.json").write_text("{}")
+    (bad / "model/pytorch_model.bin").write_bytes(b"pickle")
+    for folder, model_id in ((good, "good-model"), (bad, "bad-model")):
+        (folder / "r.yaml").write_text(
+            "# Build: nox -s build -- r.yaml\n"
+            f"name: r-{model_id}\nversion: 0.0.1\nprofile: cpu\n"
+            f"model: {{id: {model_id}, source: {{type: local, path: model}}}}\n"
+            "data: {format: completion, sample: data.jsonl}\nlora: {r: 4, alpha: 8}\n"
+            "train: {max_steps: 1, learning_rate: 0.001}\nquantize: [gguf:q8_0]\n"
+        )
+        (folder / "data.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(LockError) as caught:
+        lock_recipe_models([bad / "r.yaml", good / "r.yaml"], tmp_path / "locks", Cache(tmp_path / "cache"))
+    assert "1 of 2 model locks" in str(caught.value) and str(bad / "r.yaml") in str(caught.value)
+    assert (tmp_path / "locks/models/good-model.json").is_file()
+    assert not (tmp_path / "locks/models/bad-model.json").exists()
