@@ -126,16 +126,21 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
     )
     locks = check_locks(plan)
     wheels, built, sdists = fetch_python(cache, profile, locks)
-    files = {**wheels, **built}
     python = args.python or sys.executable
-    result = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--disable-pip-version-check",
-         *(str(p) for p in sorted(files.values()))], check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise GapforgeError(
-            f"installing the locked runtime wheels into {python} failed (output above)"
+    install = [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+               "--disable-pip-version-check"]  # fmt: skip
+    # A wheel built from an sdist can change (other build settings) at the same version, which
+    # pip would take as already installed: those are always reinstalled.
+    for extra, files in (([], wheels), (["--force-reinstall"], built)):
+        if not files:
+            continue
+        result = subprocess.run(
+            [*install, *extra, *(str(p) for p in sorted(files.values()))], check=False
         )
+        if result.returncode != 0:
+            raise GapforgeError(
+                f"installing the locked runtime wheels into {python} failed (output above)"
+            )
     if args.llama_cpp_dir:
         from gapforge.image import extract_llama_cpp
 
