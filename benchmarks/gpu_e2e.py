@@ -22,34 +22,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "recipes" / "llama3.1-8b" / "data" / "sample.jsonl"
-SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+sys.path.insert(0, str(REPO))
 
-
-def train_tokenizer(texts: list[str], vocab: int) -> Any:
-    """A Llama-2-style BPE with byte fallback (the kind llama.cpp's converter knows as 'llama')."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False)
-    draft = Tokenizer(models.BPE(unk_token="<unk>"))
-    draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    draft.train_from_iterator(texts, trainer)
-    learned = json.loads(draft.to_str())["model"]
-    table: dict[str, int] = {}
-    for token in [*SPECIALS, *(f"<0x{b:02X}>" for b in range(256)), *learned["vocab"]]:
-        table.setdefault(token, len(table))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = Tokenizer(models.BPE(vocab=table, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    tok.add_special_tokens(SPECIALS)
-    return tok
+from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer  # noqa: E402
 
 
 def make_model(folder: Path, hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int) -> int:
@@ -60,10 +35,10 @@ def make_model(folder: Path, hidden: int, layers: int, intermediate: int, heads:
     rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [m["content"] for row in rows for m in row["messages"]]
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tokenizer(texts, 2000),
+        tokenizer_object=train_llama_tokenizer(texts, 2000),
         bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
     )  # fmt: skip
-    tokenizer.chat_template = CHATML
+    tokenizer.chat_template = CHATML_TEMPLATE
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,

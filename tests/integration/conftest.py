@@ -18,6 +18,7 @@ import yaml
 from gapforge.lock.model import lock_local
 from gapforge.profile import REPO_ROOT
 from gapforge.recipe import load_recipe
+from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
 
 
 def _docker_answers() -> bool:
@@ -26,11 +27,6 @@ def _docker_answers() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
 
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-CHATML_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 TOPICS = ["verify the bundle", "load the image", "read the manifest", "check the digest",
           "find the report", "resume training", "merge the adapter", "compare perplexity"]  # fmt: skip
 
@@ -47,36 +43,14 @@ def chat_rows(count: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _train_tokenizer(texts: list[str]) -> Any:
-    """A Llama-2-style BPE with byte fallback, trained here: llama.cpp's converter accepts it as
-    'llama' (a ByteLevel BPE is refused: the converter only knows published pre-tokenizers)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    draft = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-    draft.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    draft.train_from_iterator(texts, trainer)
-    learned = json.loads(draft.to_str())["model"]
-    vocab: dict[str, int] = {}
-    for token in [*SPECIAL_TOKENS, *(f"<0x{b:02X}>" for b in range(256)), *learned["vocab"]]:
-        vocab.setdefault(token, len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(
-        vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))  # fmt: skip
-    normalizers, decoders = tokenizers.normalizers, tokenizers.decoders
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])  # fmt: skip
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    return tok
-
-
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A 2-layer, 64-wide random Llama with a tokenizer trained here; safetensors only."""
     np = pytest.importorskip("numpy")
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     folder.mkdir(parents=True, exist_ok=True)
     texts = [m["content"] for row in chat_rows(40) for m in row["messages"]] + ["user assistant system"] * 5
-    tokenizer = _train_tokenizer(texts)
+    pytest.importorskip("tokenizers")
+    tokenizer = train_llama_tokenizer(texts, 400)
     tokenizer.save(str(folder / "tokenizer.json"))
     vocab = tokenizer.get_vocab_size()
     hidden, layers, inter, heads = 64, 2, 128, 4

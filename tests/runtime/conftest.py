@@ -11,15 +11,9 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
+from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+pytest.importorskip("torch")
 
 TOPICS = [
     "choose a quantization", "serve the model", "find the report", "check the digest",
@@ -53,34 +47,6 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-def _train_tokenizer(texts: list[str]) -> Any:
-    """A Llama-2-style BPE with byte fallback: the kind llama.cpp's converter accepts as 'llama'.
-
-    A ByteLevel BPE trained here would be refused by convert_hf_to_gguf.py, which only knows the
-    pre-tokenizers of published models (it hashes their output).
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    draft = Tokenizer(models.BPE(unk_token="<unk>"))
-    draft.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    draft.train_from_iterator(texts, trainer)
-    learned = json.loads(draft.to_str())["model"]
-    vocab: dict[str, int] = {}
-    for token in [*SPECIAL_TOKENS, *byte_tokens, *learned["vocab"]]:
-        vocab.setdefault(token, len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = None
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    return tok
-
-
 def make_tiny_model(folder: Path) -> Path:
     """Save a random 2-layer, hidden-64 Llama with its tokenizer and chat template in HF layout."""
     import torch
@@ -91,7 +57,7 @@ def make_tiny_model(folder: Path) -> Path:
         texts.extend(m["content"] for m in row["messages"])
     texts += ["user assistant system", "The quick brown fox jumps over the lazy dog."] * 5
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(texts),
+        tokenizer_object=train_llama_tokenizer(texts, 700),
         bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>", pad_token="</s>",
     )
     tokenizer.chat_template = CHATML_TEMPLATE
