@@ -5,10 +5,12 @@ Layout under the cache root (default `~/.cache/gapforge`, or `$GAPFORGE_CACHE`):
     blobs/sha256/<hex>          any file known by its digest (layers, model files, GGUF sources)
     files/sha256/<hex>/<name>   a file whose name matters (wheels, sdists), known by its digest
     index/<kind>/<key>.json     a derived result (a built wheel, a layer) keyed by its inputs' digest
+    venvs/<name>/               tool venvs made from cached wheels (rebuilt when missing)
     tmp/                        partial writes; never trusted, cleared on start
 
 Nothing is trusted by its name alone: every read rehashes the bytes, and a mismatch deletes the entry
-so the next fetch writes it again.
+so the next fetch writes it again. Every hit sets the entry's mtime, so `prune` can drop what no build
+has used for a while (least recently used first); an index entry whose blob is gone is a miss.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +96,7 @@ class Cache:
         if verify and sha256_file(path) != _hex(digest):
             self._discard(path)
             return False
+        _touch(path)
         return True
 
     def put_blob(self, source: Path, expected: str | None = None, move: bool = False) -> str:
@@ -118,6 +123,7 @@ class Cache:
             if verify and sha256_file(candidate) != _hex(digest):
                 self._discard(candidate)
                 continue
+            _touch(candidate)
             return candidate
         return None
 
@@ -146,6 +152,56 @@ class Cache:
         tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
         os.replace(tmp, folder / f"{key}.json")
 
+    # -- size and pruning -------------------------------------------------------------------------------
+    def entries(self) -> list[CacheEntry]:
+        """Every prunable entry: blobs, named files and venvs, with size and last use."""
+        found: list[CacheEntry] = []
+        for path in sorted((self.root / "blobs" / "sha256").iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                stat = path.stat()
+                found.append(CacheEntry("blobs", path, stat.st_size, stat.st_mtime))
+        for folder in sorted((self.root / "files" / "sha256").iterdir()):
+            files = [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+            if files:
+                size = sum(f.stat().st_size for f in files)
+                found.append(
+                    CacheEntry("files", folder, size, max(f.stat().st_mtime for f in files))
+                )
+        venvs = self.root / "venvs"
+        if venvs.is_dir():
+            for venv in sorted(venvs.iterdir()):
+                marker = venv / ".complete"
+                used = marker.stat().st_mtime if marker.is_file() else 0.0
+                found.append(CacheEntry("venvs", venv, _tree_size(venv), used))
+        return found
+
+    def prune(
+        self,
+        older_than_s: float | None = None,
+        max_bytes: int | None = None,
+        dry_run: bool = False,
+        now: float | None = None,
+    ) -> PruneResult:
+        """Remove entries unused for longer than `older_than_s`, then the least recently used ones
+        until the cache holds at most `max_bytes`. Index entries pointing at removed blobs stay: they
+        are misses, and cost bytes, not correctness."""
+        now = time.time() if now is None else now
+        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        result = PruneResult(kept_bytes=sum(e.size for e in entries))
+        for entry in entries:
+            stale = older_than_s is not None and now - entry.last_used > older_than_s
+            over = max_bytes is not None and result.kept_bytes > max_bytes
+            if not (stale or over):
+                continue
+            result.removed.append(entry)
+            result.kept_bytes -= entry.size
+            if not dry_run:
+                if entry.path.is_dir():
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    entry.path.unlink(missing_ok=True)
+        return result
+
     # -- internals ----------------------------------------------------------------------------------
     def _place(self, source: Path, target: Path, move: bool) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,3 +223,38 @@ class Cache:
     def _discard(self, path: Path) -> None:
         self.corrupt.append(path)
         path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    area: str
+    path: Path
+    size: int
+    last_used: float
+
+
+@dataclass
+class PruneResult:
+    kept_bytes: int
+    removed: list[CacheEntry] = field(default_factory=list)
+
+    @property
+    def removed_bytes(self) -> int:
+        return sum(e.size for e in self.removed)
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache hit (last use) for `prune`; a read-only cache simply keeps its old times."""
+    with suppress(OSError):
+        os.utime(path)
+
+
+def _tree_size(folder: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -4,6 +4,7 @@ run and inspect inside the gap; and the helpers the tests and benchmarks use."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
 import subprocess
@@ -266,6 +267,84 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """'20G', '500M', '1.5T' or plain bytes (decimal units, as df -H and docker print them)."""
+    value = text.strip().upper().removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: write bytes or a number with K, M, G or T (e.g. 20G)"
+        ) from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(number * _UNITS[unit])
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Show what the cache and the engine hold for gapforge; prune what no build used lately."""
+    from rich.table import Table
+
+    cache = _cache(args)
+    entries = cache.entries()
+    if args.action == "info":
+        table = Table(title=f"gapforge cache {cache.root}")
+        for column in ("area", "entries", "size", "oldest last use (days)"):
+            table.add_column(column, justify="left" if column == "area" else "right")
+        now = __import__("time").time()
+        for area in ("blobs", "files", "venvs"):
+            mine = [e for e in entries if e.area == area]
+            oldest = max((now - e.last_used) / 86400 for e in mine) if mine else 0.0
+            table.add_row(area, str(len(mine)), _gb(sum(e.size for e in mine)), f"{oldest:.1f}")
+        table.add_row("total", str(len(entries)), _gb(sum(e.size for e in entries)), "")
+        console.print(table)
+        free = shutil.disk_usage(cache.root).free
+        console.print(f"free on the cache's filesystem: {_gb(free)}")
+        if args.images:
+            from gapforge.engine import connect, stale_images
+
+            stale = stale_images(connect())
+            console.print(
+                f"Docker engine: {len(stale)} untagged gapforge image(s) left by rebuilds, "
+                f"{_gb(sum(size for _, size in stale))} before sharing"
+            )
+        return 0
+    if args.older_than is None and args.max_size is None and not args.images:
+        raise GapforgeError(
+            "gapforge cache prune: nothing to prune by: give --older-than DAYS (entries no build "
+            "used for that long), --max-size SIZE (least recently used first) and/or --images "
+            "(untagged sealed images in the Docker engine)"
+        )
+    older = args.older_than * 86400 if args.older_than is not None else None
+    result = cache.prune(older_than_s=older, max_bytes=args.max_size, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in result.removed:
+        console.print(f"    {verb} {entry.area}/{entry.path.name[:24]}  {_gb(entry.size)}")
+    console.print(
+        f"cache: {verb} {len(result.removed)} entries ({_gb(result.removed_bytes)}); "
+        f"{_gb(result.kept_bytes)} kept"
+    )
+    if args.images:
+        from gapforge.engine import connect, remove_images, stale_images
+
+        client = connect()
+        stale = stale_images(client)
+        kept = [] if args.dry_run else remove_images(client, [image_id for image_id, _ in stale])
+        console.print(
+            f"Docker engine: {verb} {len(stale) - len(kept)} untagged gapforge image(s)"
+            + (f"; kept, in use: {', '.join(kept)}" if kept else "")
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gapforge {__version__}")
@@ -412,6 +491,31 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=cmd_inspect)
 
+    cache = sub.add_parser(
+        "cache", help="what the build cache holds (info), and removing what no build used (prune)"
+    )
+    cache.add_argument("action", choices=["info", "prune"])
+    cache.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="prune entries that no build has used for this many days",
+    )
+    cache.add_argument(
+        "--max-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="then prune least recently used entries until the cache holds at most SIZE (e.g. 20G)",
+    )
+    cache.add_argument(
+        "--images",
+        action="store_true",
+        help="also untagged sealed images in the Docker engine (left when a rebuild took the tag)",
+    )
+    cache.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    cache.add_argument("--cache-dir", type=Path, default=None, help="the cache (default as build)")
+    cache.set_defaults(func=cmd_cache)
+
     validate = sub.add_parser("validate", help="validate recipes and report every problem")
     validate.add_argument("recipes", nargs="+")
     validate.set_defaults(func=cmd_validate)
@@ -441,6 +545,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: nothing half-written is trusted; run the command again")
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        console.print("[bold red]error:[/] ", end="")
+        console.print(_no_space_message(exc, args), markup=False, highlight=False, soft_wrap=True)
+        return 2
+
+
+def _no_space_message(exc: OSError, args: argparse.Namespace) -> str:
+    """ENOSPC: where, how much is free where it matters, and what to do; partial files are never
+    renamed into place, so nothing written so far is trusted."""
+    where = exc.filename or "a file"
+    places = {"cache": getattr(args, "cache_dir", None) or default_cache_dir()}
+    if getattr(args, "out", None) is not None:
+        places["out"] = args.out
+    free = []
+    for name, path in places.items():
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free.append(f"{name} {path}: {_gb(shutil.disk_usage(probe).free)} free")
+    return (
+        f"no space left on the device while writing {where} ({'; '.join(free)}). Nothing "
+        "half-written was kept. Free space and run the command again: 'gapforge cache info' shows "
+        "what the cache holds, 'gapforge cache prune --older-than 30 --images' removes what no "
+        "build used for 30 days and the untagged images older builds left in the engine, and "
+        "--cache-dir/--out can point at a bigger disk."
+    )
 
 
 if __name__ == "__main__":

@@ -155,3 +155,25 @@ def engine_version(client: Any) -> str:
         return str(client.version().get("Version", "unknown"))
     except Exception:  # evidence only: never fail a run over it
         return "unknown"
+
+
+GAPFORGE_LABEL = "io.gapforge.profile"
+
+
+def stale_images(client: Any) -> list[tuple[str, int]]:
+    """Sealed images that lost their tag to a newer build of the same name: (image ID, size)."""
+    images = client.images.list(filters={"dangling": True, "label": GAPFORGE_LABEL})
+    return [(image.id, int(image.attrs.get("Size", 0))) for image in images]
+
+
+def remove_images(client: Any, ids: list[str]) -> list[str]:
+    """Remove these images; one a container still uses is kept and named in the result."""
+    from docker.errors import APIError
+
+    kept = []
+    for image_id in ids:
+        try:
+            client.images.remove(image_id)
+        except APIError as exc:
+            kept.append(f"{image_id[:19]} ({exc.explanation or exc})")
+    return kept

@@ -141,6 +141,7 @@ def make_venv(cache: Cache, name: str, wheels: list[Path]) -> Path:
     venv = cache.root / "venvs" / name
     marker = venv / ".complete"
     if marker.is_file():
+        os.utime(marker)  # last use, for 'gapforge cache prune'
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)

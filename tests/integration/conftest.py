@@ -82,9 +82,17 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def docker_engine() -> None:
+def docker_engine() -> Iterator[None]:
+    """The engine; at the end, the images the tests loaded go again, so runs do not pile up
+    gigabytes of sealed test images (and untagged ones left by rebuilds) on the disk."""
     if not _docker_answers():
         pytest.skip("no Docker engine answers: run 'bash scripts/setup.sh'")
+    yield
+    from gapforge.engine import connect, remove_images, stale_images
+
+    client = connect()
+    ours = [image.id for image in client.images.list(name="gapforge/tiny-*")]
+    remove_images(client, ours + [image_id for image_id, _ in stale_images(client)])
 
 
 @pytest.fixture(scope="session")
