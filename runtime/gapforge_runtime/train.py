@@ -183,6 +183,11 @@ def train_adapter(
     elif resumed_from is not None:
         print(f"[train] resuming from {previous} (step {resumed_from})", flush=True)
 
+    # Seed before the adapter exists: LoRA's A matrices are drawn at random when peft wraps the
+    # model, before Trainer would seed, so without this two runs of one recipe differ.
+    from transformers import set_seed
+
+    set_seed(settings.seed)
     model = _lora_model(recipe, model_dir, device, dtype)
     rank, size = world()
     if rank == 0:

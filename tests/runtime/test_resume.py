@@ -1,4 +1,4 @@
-"""Kill `train` after a checkpoint exists; `train --resume` finishes and says where it resumed."""
+"""Kill `train` after a checkpoint exists; `train --resume` finishes and says where it resumed. One seed, one adapter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from conftest import write_recipe
+from safetensors.torch import load_file
 
 
 def _train(recipe: Path, model: Path, out: Path, *extra: str) -> list[str]:
@@ -42,3 +44,17 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     assert step >= 4 and step % 4 == 0
     assert "finished at step 60" in line
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_same_recipe_and_seed_train_the_same_adapter(tmp_path: Path, tiny_model: Path) -> None:
+    """An operator re-running a recipe on the same data gets the same adapter, bit for bit."""
+    recipe = write_recipe(tmp_path / "r", max_steps=4, eval_every=2)
+    adapters = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        done = subprocess.run(_train(recipe, tiny_model, out), capture_output=True, text=True, check=False, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        adapters.append(load_file(out / "adapter" / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    for key, tensor in adapters[0].items():
+        assert torch.equal(tensor, adapters[1][key]), f"{key} differs between two runs of one seed"
