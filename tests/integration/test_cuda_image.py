@@ -3,7 +3,10 @@ what the host needs to know (profile, CUDA release, minimum driver), and its CPU
 real engine with the network cut: `info`, and the build's own sealed pretest (a tiny LoRA run, merge,
 GGUF, eval on the CPU through PyPI's CUDA build of torch).
 
-Gated: set GAPFORGE_TEST_CUDA_IMAGE=1. Measured here (2 cores): with a cold cuda cache, 14 min 12 s
+Runs by default (the issue asks it of CI); GAPFORGE_TEST_SKIP_CUDA_IMAGE=1 skips it while developing,
+and it skips itself, saying so, where the disk has less than 30 GB free: the image archive and the
+loaded image take about 13 GB more while it runs (both go again at the end), the cache about 7 GB for
+good. Measured here (2 cores): with a cold cuda cache, 14 min 12 s
 (fetch 665 s: ~3 GB of CUDA wheels and the sdist builds, llama-cpp-python with the cuda profile's
 toolchain among them; assemble 78 s for a 6.4 GB image; docker load 51 s; sealed pretest 44 s);
 with the cache warm (~/.cache/gapforge keeps wheels, built wheels and layers), 2 min 38 s. The
@@ -31,10 +34,11 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(5400),
     pytest.mark.skipif(
-        os.environ.get("GAPFORGE_TEST_CUDA_IMAGE") != "1",
-        reason="builds the multi-GB cuda image (first run ~25 min on 2 cores): set GAPFORGE_TEST_CUDA_IMAGE=1",
+        os.environ.get("GAPFORGE_TEST_SKIP_CUDA_IMAGE") == "1",
+        reason="GAPFORGE_TEST_SKIP_CUDA_IMAGE=1: the multi-GB cuda image is not built in this run",
     ),
 ]
+NEEDS_FREE = 30 * 10**9
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +61,9 @@ def cuda_project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def cuda_build(docker_engine: None, cuda_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("cuda-out")
+    free = min(shutil.disk_usage(out).free, shutil.disk_usage("/var/lib").free)
+    if free < NEEDS_FREE:
+        pytest.skip(f"only {free / 1e9:.1f} GB free; the cuda image test needs {NEEDS_FREE / 1e9:.0f} GB")
     command = [
         sys.executable, "-m", "gapforge.cli", "build", str(cuda_project / "recipes/tiny/tiny.yaml"),
         "--lock-dir", str(cuda_project / "lockfiles"), "--out", str(out),
