@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gapforge_runtime import __version__
 from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
+from gapforge_runtime.gguf_import import DTYPES
 from gapforge_runtime.offline import force_offline
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
     """Dequantize a GGUF model into a Hugging Face folder with safetensors."""
     from gapforge_runtime.gguf_import import import_gguf
 
-    import_gguf(Path(args.gguf), Path(args.out), force=args.force)
+    import_gguf(Path(args.gguf), Path(args.out), force=args.force, dtype=args.dtype)
     return 0
 
 
@@ -211,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--gguf", required=True, help="the .gguf model file")
     imp.add_argument("--out", required=True, help="the folder to write (config, tokenizer, weights)")
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    imp.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="stored dtype (auto: float32 for F32 GGUFs, bfloat16 for BF16, else float16)",
+    )
     imp.set_defaults(func=cmd_import_gguf)
 
     plan = sub.add_parser("plan", help="estimate peak GPU memory of training and whether it fits")

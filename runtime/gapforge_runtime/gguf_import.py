@@ -5,6 +5,11 @@ refuses `save_pretrained` on such a model, because its config carries a `quantiz
 So the model is rebuilt from a clean copy of that config, the dequantized state dict is loaded
 into it, and the plain model is saved. The output is byte-for-byte deterministic: same GGUF and
 same library versions give the same files.
+
+The stored dtype follows the GGUF (`--dtype auto`): F32 matrices stay float32 (exact); BF16 ones
+bfloat16; quantized (Q4_1, Q8_0, K-quants…) and F16 ones float16, whose 11-bit mantissa holds a
+dequantized 4- or 8-bit value to within 2^-11 of itself (the runtime converts to GGUF f16 before
+quantizing anyway). That halves the model against float32, in the image and in memory.
 """
 
 from __future__ import annotations
@@ -31,7 +36,26 @@ def _progress(message: str) -> None:
     print(f"[import-gguf] {message}", flush=True)
 
 
-def import_gguf(gguf_file: Path, out_dir: Path, *, force: bool = False) -> ImportResult:
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+F16_MAX = 65504.0
+
+
+def gguf_storage_dtype(gguf_file: Path) -> tuple[str, str]:
+    """The dtype that holds this GGUF's weight matrices without losing what they carry, and why."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    reader = GGUFReader(gguf_file)
+    types = sorted({t.tensor_type.name for t in reader.tensors if len(t.shape) > 1})
+    if GGMLQuantizationType.F32.name in types:
+        return "float32", "its weight matrices include F32 ones"
+    if types == [GGMLQuantizationType.BF16.name]:
+        return "bfloat16", "its weight matrices are BF16"
+    return "float16", f"its weight matrices are {', '.join(types)}"
+
+
+def import_gguf(
+    gguf_file: Path, out_dir: Path, *, force: bool = False, dtype: str = "auto"
+) -> ImportResult:
     """Dequantize `gguf_file` into `out_dir` (config.json, tokenizer files, model.safetensors)."""
     if not gguf_file.is_file():
         raise RuntimeFailure(
@@ -67,11 +91,22 @@ def import_gguf(gguf_file: Path, out_dir: Path, *, force: bool = False) -> Impor
     del loaded
     _progress(f"dequantized {len(state)} tensors in {time.monotonic() - started:.1f}s")
 
+    if dtype == "auto":
+        dtype, why = gguf_storage_dtype(gguf_file)
+        _progress(f"storing {dtype}: {why}")
+    if dtype == "float16":
+        too_big = [k for k, v in state.items() if v.is_floating_point() and v.abs().max() > F16_MAX]
+        if too_big:
+            _progress(f"{too_big[0]} holds values beyond float16's range: storing float32 instead")
+            dtype = "float32"
+    target = getattr(torch, dtype)
+    state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+
     # A config without quantization_config describes a plain model that save_pretrained accepts.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, dtype=torch.float32)
+    config.dtype = target
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False, dtype=target)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output embeddings are legitimately absent from the state dict.
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]

@@ -51,3 +51,32 @@ def test_import_gguf_refuses_a_non_empty_out(tiny_gguf: Path, tmp_path: Path, ca
     (out / "keep.txt").write_text("x")
     assert main(["import-gguf", "--gguf", str(tiny_gguf), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_quantized_gguf_is_stored_in_float16(tiny_model: Path, llama_cpp_dir: Path, tmp_path: Path) -> None:
+    """Q8_0 matrices come back as float16 (half of float32), within Q8_0's own error of the original."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    q8 = tmp_path / "tiny-q8_0.gguf"
+    env = {**os.environ, "PYTHONPATH": f"{llama_cpp_dir / 'gguf-py'}:{llama_cpp_dir}"}
+    subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(tiny_model),
+                    "--outfile", str(q8), "--outtype", "q8_0"], check=True, env=env, capture_output=True)  # fmt: skip
+    out = tmp_path / "imported"
+    assert main(["import-gguf", "--gguf", str(q8), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    imported = load_file(out / "model.safetensors")
+    original = load_file(tiny_model / "model.safetensors")
+    for name, tensor in original.items():
+        got = imported[name]
+        assert got.dtype == torch.float16, name
+        if tensor.dim() > 1:  # quantized in the GGUF: Q8_0 keeps each block to ~1/127 of its largest value
+            assert (got.float() - tensor).abs().max() <= tensor.abs().max() / 100, name
+    forced = tmp_path / "forced"
+    assert main(["import-gguf", "--gguf", str(q8), "--out", str(forced), "--dtype", "float32"]) == 0
+    assert load_file(forced / "model.safetensors")["model.embed_tokens.weight"].dtype == torch.float32
