@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from gapforge.bundle.source import Layer as BundleLayer
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.bundle.write import write_bundle
 from gapforge.cache import Cache, default_cache_dir, sha256_file
-from gapforge.errors import LockError
+from gapforge.errors import BuildError, LockError
 from gapforge.fetch.model import ModelFile, fetch_model
 from gapforge.fetch.rootfs import run_mmdebstrap
 from gapforge.fetch.wheels import build_flit_wheel, build_sdist, fetch_locked_files, make_venv
@@ -267,6 +268,21 @@ def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict
     }
 
 
+MARGIN = 64 * 10**6
+
+
+def ensure_free(folder: Path, need: int, what: str, option: str) -> None:
+    """Stop before writing `need` bytes into `folder` if its filesystem cannot hold them."""
+    free = shutil.disk_usage(folder).free
+    if free < need + MARGIN:
+        raise BuildError(
+            f"{what} needs {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free on the "
+            f"filesystem of {folder}. Nothing was written. Free space ('gapforge cache prune "
+            f"--older-than 30 --images' removes what no build used lately) or point {option} at a "
+            "bigger disk, and build again."
+        )
+
+
 def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     """Write the layers and the image archive from the cache alone (no network)."""
     step("assembling the image (deterministic layers, no network)")
@@ -295,6 +311,7 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     out.mkdir(parents=True, exist_ok=True)
     tar_path = out / "image.tar"
     total = sum(layer.size for layer in written.layers)
+    ensure_free(out, total, f"the image archive {tar_path}", "--out")
     with byte_progress("image archive", total) as advance:
         archive = write_archive(
             manifest, written.layers, tar_path, profile.source_date_epoch, advance
@@ -497,6 +514,11 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     image = _timed(plan, "assemble", lambda: assemble(plan, locks, inputs))
     result: PretestResult | None = None
     if client is not None:
+        root = Path(client.info().get("DockerRootDir") or "/nonexistent")
+        if root.is_dir():  # a local engine: its image store must hold the unpacked layers
+            ensure_free(
+                root, image.tar_path.stat().st_size, "loading the image", "Docker's data-root"
+            )
         _timed(
             plan, "load", lambda: engine.load(client, image.tar_path, image.manifest.config_digest)
         )

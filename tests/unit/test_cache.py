@@ -104,3 +104,23 @@ def test_a_full_disk_is_one_paragraph_and_exit_2(
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "image.tar.partial" in err
     assert "gapforge cache prune" in err and "Traceback" not in err
+
+
+def test_a_build_stops_before_writing_what_the_disk_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from gapforge.build import ensure_free
+    from gapforge.errors import BuildError
+
+    ensure_free(tmp_path, 1000, "the image archive", "--out")  # plenty free here
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**10, 10**10 - 5 * 10**8, 5 * 10**8))
+    with pytest.raises(BuildError) as caught:
+        ensure_free(tmp_path, 2 * 10**9, f"the image archive {tmp_path / 'image.tar'}", "--out")
+    message = caught.value.message
+    assert "needs 2.00 GB but only 0.50 GB is free" in message and "--out" in message
+    assert "image.tar" in message and "gapforge cache prune" in message
+    assert not list(tmp_path.iterdir())
