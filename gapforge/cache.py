@@ -15,6 +15,7 @@ has used for a while (least recently used first); an index entry whose blob is g
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +27,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gapforge.errors import GapforgeError
 
 CHUNK = 4 * 1024 * 1024
 
@@ -152,6 +155,18 @@ class Cache:
         tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
         os.replace(tmp, folder / f"{key}.json")
 
+    # -- in use ----------------------------------------------------------------------------------------
+    @contextmanager
+    def using(self) -> Iterator[None]:
+        """A shared lock for a command that reads and writes the cache (build, lock, runtime-env):
+        any number at once, but `prune` refuses to run while one holds it."""
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
     # -- size and pruning -------------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
         """Every prunable entry: blobs, named files and venvs, with size and last use."""
@@ -186,6 +201,23 @@ class Cache:
         until the cache holds at most `max_bytes`. Index entries pointing at removed blobs stay: they
         are misses, and cost bytes, not correctness."""
         now = time.time() if now is None else now
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise GapforgeError(
+                    f"{self.root}: a build, lock or runtime-env is using this cache now, and pruning "
+                    "could remove what it is about to read. Run 'gapforge cache prune' again when "
+                    "it has finished."
+                ) from None
+            return self._prune(now, older_than_s, max_bytes, dry_run)
+        finally:
+            os.close(fd)
+
+    def _prune(
+        self, now: float, older_than_s: float | None, max_bytes: int | None, dry_run: bool
+    ) -> PruneResult:
         entries = sorted(self.entries(), key=lambda e: e.last_used)
         result = PruneResult(kept_bytes=sum(e.size for e in entries))
         for entry in entries:

@@ -533,10 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CACHE_USERS = ("lock", "build", "runtime-env")
+"""Commands that read and write the cache, holding its shared lock against 'cache prune'."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        status: int = args.func(args)
+        if args.command in CACHE_USERS:  # held for the whole command: 'cache prune' waits for none
+            with _cache(args).using():
+                status: int = args.func(args)
+        else:
+            status = args.func(args)
         return status
     except GapforgeError as exc:
         console.print("[bold red]error:[/] ", end="")

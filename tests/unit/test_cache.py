@@ -124,3 +124,18 @@ def test_a_build_stops_before_writing_what_the_disk_cannot_hold(
     assert "needs 2.00 GB but only 0.50 GB is free" in message and "--out" in message
     assert "image.tar" in message and "gapforge cache prune" in message
     assert not list(tmp_path.iterdir())
+
+
+def test_prune_refuses_while_a_build_uses_the_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gapforge.errors import GapforgeError
+
+    cache = Cache(tmp_path / "cache")
+    now = time.time()
+    stale = _blob(cache, tmp_path, b"z" * 100, used_days_ago=90, now=now)
+    with cache.using(), Cache(cache.root).using():  # two builds at once share the cache
+        with pytest.raises(GapforgeError, match="is using this cache now"):
+            cache.prune(older_than_s=30 * DAY)
+        assert cli.main(["cache", "prune", "--older-than", "30", "--cache-dir", str(cache.root)]) == 2
+        assert "when it has finished" in capsys.readouterr().err
+        assert cache.blob_path(stale).is_file()
+    assert cache.prune(older_than_s=30 * DAY).removed_bytes == 100
