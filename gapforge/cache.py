@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,15 +157,19 @@ class Cache:
 
     # -- in use ----------------------------------------------------------------------------------------
     @contextmanager
-    def using(self) -> Iterator[None]:
-        """A shared lock for a command that reads and writes the cache (build, lock, runtime-env):
-        any number at once, but `prune` refuses to run while one holds it."""
+    def _locked(self, operation: int) -> Iterator[None]:
+        """Hold `flock(operation)` on the cache's lock file for the block."""
         fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, operation)
             yield
         finally:
             os.close(fd)
+
+    def using(self) -> AbstractContextManager[None]:
+        """A shared lock for a command that reads and writes the cache (build, lock, runtime-env):
+        any number at once, but `prune` refuses to run while one holds it."""
+        return self._locked(fcntl.LOCK_SH)
 
     # -- size and pruning -------------------------------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
@@ -201,19 +205,15 @@ class Cache:
         until the cache holds at most `max_bytes`. Index entries pointing at removed blobs stay: they
         are misses, and cost bytes, not correctness."""
         now = time.time() if now is None else now
-        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise GapforgeError(
-                    f"{self.root}: a build, lock or runtime-env is using this cache now, and pruning "
-                    "could remove what it is about to read. Run 'gapforge cache prune' again when "
-                    "it has finished."
-                ) from None
-            return self._prune(now, older_than_s, max_bytes, dry_run)
-        finally:
-            os.close(fd)
+            with self._locked(fcntl.LOCK_EX | fcntl.LOCK_NB):
+                return self._prune(now, older_than_s, max_bytes, dry_run)
+        except BlockingIOError:
+            raise GapforgeError(
+                f"{self.root}: a build, lock or runtime-env is using this cache now, and pruning "
+                "could remove what it is about to read. Run 'gapforge cache prune' again when "
+                "it has finished."
+            ) from None
 
     def _prune(
         self, now: float, older_than_s: float | None, max_bytes: int | None, dry_run: bool

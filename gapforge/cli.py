@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,17 @@ from gapforge.progress import console, step
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "smollm2" / "lora-q8-q4.yaml"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
         help="content-addressed cache (default: $GAPFORGE_CACHE or ~/.cache/gapforge)",
     )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_cache_dir(parser)
     parser.add_argument(
         "--lock-dir",
         type=Path,
@@ -273,7 +278,7 @@ _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 def parse_size(text: str) -> int:
     """'20G', '500M', '1.5T' or plain bytes (decimal units, as df -H and docker print them)."""
     value = text.strip().upper().removesuffix("B")
-    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    unit = value[-1] if value and value[-1] in "KMGT" else ""
     try:
         number = float(value[: len(value) - len(unit)])
     except ValueError:
@@ -294,12 +299,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     cache = _cache(args)
-    entries = cache.entries()
     if args.action == "info":
+        entries = cache.entries()
         table = Table(title=f"gapforge cache {cache.root}")
         for column in ("area", "entries", "size", "oldest last use (days)"):
             table.add_column(column, justify="left" if column == "area" else "right")
-        now = __import__("time").time()
+        now = time.time()
         for area in ("blobs", "files", "venvs"):
             mine = [e for e in entries if e.area == area]
             oldest = max((now - e.last_used) / 86400 for e in mine) if mine else 0.0
@@ -513,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also untagged sealed images in the Docker engine (left when a rebuild took the tag)",
     )
     cache.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
-    cache.add_argument("--cache-dir", type=Path, default=None, help="the cache (default as build)")
+    _add_cache_dir(cache)
     cache.set_defaults(func=cmd_cache)
 
     validate = sub.add_parser("validate", help="validate recipes and report every problem")
@@ -540,12 +545,7 @@ CACHE_USERS = ("lock", "build", "runtime-env")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in CACHE_USERS:  # held for the whole command: 'cache prune' waits for none
-            with _cache(args).using():
-                status: int = args.func(args)
-        else:
-            status = args.func(args)
-        return status
+        return _run(args)
     except GapforgeError as exc:
         console.print("[bold red]error:[/] ", end="")
         console.print(exc.message, markup=False, highlight=False, soft_wrap=True)
@@ -553,12 +553,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: nothing half-written is trusted; run the command again")
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, holding the cache's shared lock if it uses the cache; a full disk becomes an
+    error the user can act on."""
+    try:
+        if args.command in CACHE_USERS:  # held for the whole command: 'cache prune' waits for none
+            with _cache(args).using():
+                return int(args.func(args))
+        return int(args.func(args))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        console.print("[bold red]error:[/] ", end="")
-        console.print(_no_space_message(exc, args), markup=False, highlight=False, soft_wrap=True)
-        return 2
+        raise GapforgeError(_no_space_message(exc, args)) from None
 
 
 def _no_space_message(exc: OSError, args: argparse.Namespace) -> str:
