@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,14 +141,38 @@ def _distributed_args(recipe: RecipeSettings, device: str) -> dict[str, Any]:
     return args
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint in `folder`."""
-    from transformers.trainer_utils import get_last_checkpoint
+COMPLETE_MARKER = ".complete"
+"""Written into a checkpoint folder once Trainer has saved all of it. A process killed while saving
+leaves a folder without it (model saved, optimizer or trainer_state.json missing or cut short)."""
 
+
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """checkpoint-N folders in `folder`, oldest step first."""
     if not folder.is_dir():
-        return None
-    found = get_last_checkpoint(str(folder))
-    return Path(found) if found else None
+        return []
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder` (one whose save finished)."""
+    complete = [p for p in _checkpoint_folders(folder) if (p / COMPLETE_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
+def unfinished_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint folders whose save was cut short: resuming must neither use nor keep them."""
+    return [p for p in _checkpoint_folders(folder) if not (p / COMPLETE_MARKER).is_file()]
+
+
+def _mark_checkpoint_complete(checkpoints: Path, step: int) -> None:
+    """Called on every process after Trainer saved checkpoint-`step`; rank 0 writes the marker."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank's shards are on disk before the checkpoint is called complete
+    if world()[0] == 0:
+        write_text_atomic(checkpoints / f"checkpoint-{step}" / COMPLETE_MARKER, f"{step}\n")
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
@@ -172,11 +197,18 @@ def train_adapter(
     settings = recipe.train
     device, dtype = device_and_dtype()
     previous = last_checkpoint(checkpoints)
-    if previous is not None and not resume:
+    unfinished = unfinished_checkpoints(checkpoints)
+    if (previous is not None or unfinished) and not resume:
+        last = f"last complete: {previous.name}" if previous else "none complete"
         raise RuntimeFailure(
-            f"{checkpoints}: checkpoints of an interrupted training exist (last: {previous.name}). "
-            "Pass --resume to continue from it, or --force to start training over."
+            f"{checkpoints}: checkpoints of an interrupted training exist ({last}). "
+            "Pass --resume to continue from the last complete one, or --force to start training over."
         )
+    rank, size = world()
+    if resume and unfinished and rank == 0:
+        for partial in unfinished:  # killed while saving: its files are a mix of two steps or cut short
+            print(f"[train] --resume: removing {partial.name}, whose save did not finish", flush=True)
+            shutil.rmtree(partial)
     resumed_from = _checkpoint_step(previous) if previous is not None else None
     if resume and previous is None:
         print("[train] --resume: no checkpoint found, starting from step 0", flush=True)
@@ -189,7 +221,6 @@ def train_adapter(
 
     set_seed(settings.seed)
     model = _lora_model(recipe, model_dir, device, dtype)
-    rank, size = world()
     if rank == 0:
         model.print_trainable_parameters()
     if device == "cuda":
@@ -238,7 +269,13 @@ def train_adapter(
             with log_file.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
 
-    callbacks: list[Any] = [LogToFile()]
+    class MarkComplete(TrainerCallback):  # type: ignore[misc]
+        """Mark each checkpoint complete once saved, so --resume never picks a half-written one."""
+
+        def on_save(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
+            _mark_checkpoint_complete(checkpoints, state.global_step)
+
+    callbacks: list[Any] = [LogToFile(), MarkComplete()]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     trainer = Trainer(

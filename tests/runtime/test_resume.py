@@ -24,7 +24,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     process = subprocess.Popen(_train(recipe, tiny_model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
-        while not list(out.glob("checkpoints/checkpoint-*/trainer_state.json")):
+        while not list(out.glob("checkpoints/checkpoint-*/.complete")):
             assert process.poll() is None, "training ended before writing a checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.05)
@@ -37,8 +37,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_m
     again = subprocess.run(_train(recipe, tiny_model, out), capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
 
+    # A kill can also land while Trainer writes a checkpoint: make sure one such is there, newer
+    # than every complete one, with its state cut short (what CI once hit by chance).
+    partial = out / "checkpoints" / "checkpoint-56"
+    partial.mkdir(exist_ok=True)
+    (partial / "trainer_state.json").write_text('{"global_step": 5', encoding="utf-8")
+
     resumed = subprocess.run(_train(recipe, tiny_model, out, "--resume"), capture_output=True, text=True, check=False, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "removing checkpoint-56, whose save did not finish" in resumed.stdout
     line = next(li for li in resumed.stdout.splitlines() if "resumed from step" in li)
     step = int(line.split("resumed from step ")[1].split(";")[0])
     assert step >= 4 and step % 4 == 0
