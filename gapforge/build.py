@@ -25,6 +25,7 @@ from gapforge.bundle.source import Layer as BundleLayer
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.bundle.write import write_bundle
 from gapforge.cache import Cache, default_cache_dir, sha256_file
+from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError, LockError
 from gapforge.fetch.model import ModelFile, fetch_model
 from gapforge.fetch.rootfs import run_mmdebstrap
@@ -259,7 +260,7 @@ def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict
         ),
         "org.opencontainers.image.vendor": "gapforge",
         "io.gapforge.builder.version": __version__,
-        "io.gapforge.profile": plan.profile.name,
+        PROFILE_LABEL: plan.profile.name,
         "io.gapforge.recipe.sha256": hashlib.sha256(files["recipe.json"]).hexdigest(),
         "io.gapforge.lock.python.sha256": locks.python.sha256,
         "io.gapforge.lock.debian.sha256": locks.debian_sha256,

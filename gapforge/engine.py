@@ -157,12 +157,13 @@ def engine_version(client: Any) -> str:
         return "unknown"
 
 
-GAPFORGE_LABEL = "io.gapforge.profile"
+PROFILE_LABEL = "io.gapforge.profile"
+"""Every sealed image carries it (its profile's name): how gapforge finds its own images."""
 
 
 def stale_images(client: Any) -> list[tuple[str, int]]:
     """Sealed images that lost their tag to a newer build of the same name: (image ID, size)."""
-    images = client.images.list(filters={"dangling": True, "label": GAPFORGE_LABEL})
+    images = client.images.list(filters={"dangling": True, "label": PROFILE_LABEL})
     return [(image.id, int(image.attrs.get("Size", 0))) for image in images]
 
 

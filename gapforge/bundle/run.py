@@ -20,7 +20,7 @@ from typing import Any
 
 from gapforge.bundle import INDEX, PRETEST
 from gapforge.bundle.runbook import human_size
-from gapforge.engine import SealedRun, run_sealed
+from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 
 IMAGE_USER = "1000:1000"
@@ -83,7 +83,7 @@ def resolve_target(client: Any, target: str) -> Target:
         )
     labels = found.labels or {}
     return Target(
-        wanted.ref, found.id, wanted.profile or labels.get("io.gapforge.profile", ""), wanted.bundle
+        wanted.ref, found.id, wanted.profile or labels.get(PROFILE_LABEL, ""), wanted.bundle
     )
 
 
