@@ -74,7 +74,22 @@ def worker(spec_path: Path) -> int:
     rank, _ = world()
     if rank == 0:
         write_json_atomic(Path(spec["result"]), asdict(result))
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank, then destroy the process group while the interpreter is whole.
+
+    Left to interpreter exit, gloo's worker threads can outlive Python and abort the process
+    (SIGABRT, "terminate called without an active exception"), failing a run that had finished:
+    CI met it once on the resume test (pytorch/pytorch#179291 describes the cause).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
