@@ -154,15 +154,13 @@ def _checkpoint_folders(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint in `folder` (one whose save finished)."""
-    complete = [p for p in _checkpoint_folders(folder) if (p / COMPLETE_MARKER).is_file()]
-    return complete[-1] if complete else None
-
-
-def unfinished_checkpoints(folder: Path) -> list[Path]:
-    """Checkpoint folders whose save was cut short: resuming must neither use nor keep them."""
-    return [p for p in _checkpoint_folders(folder) if not (p / COMPLETE_MARKER).is_file()]
+def checkpoints_found(folder: Path) -> tuple[Path | None, list[Path]]:
+    """The newest complete checkpoint in `folder` (one whose save finished), and the folders whose
+    save was cut short: resuming must neither use nor keep those."""
+    complete, unfinished = [], []
+    for checkpoint in _checkpoint_folders(folder):
+        (complete if (checkpoint / COMPLETE_MARKER).is_file() else unfinished).append(checkpoint)
+    return (complete[-1] if complete else None), unfinished
 
 
 def _mark_checkpoint_complete(checkpoints: Path, step: int) -> None:
@@ -196,8 +194,7 @@ def train_adapter(
 
     settings = recipe.train
     device, dtype = device_and_dtype()
-    previous = last_checkpoint(checkpoints)
-    unfinished = unfinished_checkpoints(checkpoints)
+    previous, unfinished = checkpoints_found(checkpoints)
     if (previous is not None or unfinished) and not resume:
         last = f"last complete: {previous.name}" if previous else "none complete"
         raise RuntimeFailure(

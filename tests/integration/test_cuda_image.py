@@ -106,16 +106,21 @@ def test_info_in_the_cuda_image_with_the_network_cut(cuda_build: dict[str, Any])
         assert info["packages"][package] != "not installed", package
 
 
+def _python_in_image(image: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -c code` with the image's venv, network cut, root file system read-only."""
+    return subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+         "--entrypoint", "/opt/gapforge/venv/bin/python", image, "-c", code],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
 def test_gpu_libraries_import_and_torch_sees_no_gpu_here(cuda_build: dict[str, Any]) -> None:
     probe = (
         "import torch, bitsandbytes, gptqmodel, optimum, llama_cpp; "
         "print(torch.version.cuda, torch.cuda.is_available())"
     )
-    run = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
-         "--entrypoint", "/opt/gapforge/venv/bin/python", cuda_build["image"]["ref"], "-c", probe],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    run = _python_in_image(cuda_build["image"]["ref"], probe)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-2:] == ["13.0", "False"]
 
@@ -132,10 +137,6 @@ def test_qlora_in_the_cuda_image_without_a_gpu_stops_at_once(cuda_build: dict[st
         "from gapforge_runtime.cli import main; "
         "sys.exit(main(['train', '--recipe', '/tmp/q.json', '--out', '/tmp/out']))"
     )
-    run = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
-         "--entrypoint", "/opt/gapforge/venv/bin/python", cuda_build["image"]["ref"], "-c", code],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    run = _python_in_image(cuda_build["image"]["ref"], code)
     assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
     assert "needs a CUDA GPU" in run.stderr and "Traceback" not in run.stderr
