@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,14 @@ def _free_gpu() -> None:
         torch.cuda.empty_cache()
 
 
+@contextmanager
+def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Record in `seconds[key]` how long the block took."""
+    started = time.monotonic()
+    yield
+    seconds[key] = round(time.monotonic() - started, 3)
+
+
 def step_quantize(ctx: RunContext) -> StepRecord:
     """merged → GGUF f16 → each quantization, the adapter as GGUF, and a Modelfile beside each."""
     from gapforge_runtime.modelio import load_tokenizer
@@ -307,23 +317,20 @@ def step_quantize(ctx: RunContext) -> StepRecord:
         seconds: dict[str, float] = {}
         f16 = ctx.out.gguf_file(name, "gguf:f16")
         print(f"[quantize] {ctx.out.merged} → {f16.name}", flush=True)
-        started = time.monotonic()
-        convert_to_f16(llama_cpp, ctx.out.merged, f16)
-        seconds["gguf:f16"] = round(time.monotonic() - started, 3)
+        with _timed(seconds, "gguf:f16"):
+            convert_to_f16(llama_cpp, ctx.out.merged, f16)
         for target in targets:
             path = ctx.out.gguf_file(name, target)
             if target != "gguf:f16":
                 print(f"[quantize] {f16.name} → {path.name}", flush=True)
-                started = time.monotonic()
-                quantize_gguf(f16, target, path)
-                seconds[target] = round(time.monotonic() - started, 3)
+                with _timed(seconds, target):
+                    quantize_gguf(f16, target, path)
             outputs[target] = describe_path(path)
             outputs[f"{target}:Modelfile"] = describe_path(write_modelfile(path, template, stops))
         adapter_gguf = ctx.out.adapter_gguf(name)
         print(f"[quantize] adapter → {adapter_gguf.name}", flush=True)
-        started = time.monotonic()
-        convert_adapter(llama_cpp, ctx.out.adapter, ctx.model_dir, adapter_gguf)
-        seconds["adapter:gguf"] = round(time.monotonic() - started, 3)
+        with _timed(seconds, "adapter:gguf"):
+            convert_adapter(llama_cpp, ctx.out.adapter, ctx.model_dir, adapter_gguf)
         outputs["adapter:gguf"] = describe_path(adapter_gguf)
         details: dict[str, Any] = {"targets": targets, "stop": stops, "seconds": seconds}
         for target in hf_targets(ctx.recipe):  # GPTQ / bitsandbytes checkpoints (GPU)
