@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,9 @@ from gapforge.bundle.write import write_bundle
 from gapforge.cache import Cache, default_cache_dir, sha256_file
 from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError, LockError
+from gapforge.fetch.debian import DebianInputs, DebianRefresh
 from gapforge.fetch.model import ModelFile, fetch_model
-from gapforge.fetch.rootfs import run_mmdebstrap
-from gapforge.fetch.wheels import build_flit_wheel, build_sdist, fetch_locked_files, make_venv
+from gapforge.fetch.wheels import SdistBuilder, build_flit_wheel, fetch_locked_files, make_venv
 from gapforge.image import (
     WrittenLayers,
     image_env,
@@ -42,7 +42,7 @@ from gapforge.image import (
     profile_labels,
     write_layers,
 )
-from gapforge.lock.debian import compare_packages, debian_inputs_sha256, read_debian_lock
+from gapforge.lock.debian import debian_inputs_sha256, debian_lock_path, read_debian_lock
 from gapforge.lock.model import ModelLock, read_model_lock
 from gapforge.lock.python import PythonLock, check_fresh, inputs_sha256, parse_python_lock
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
@@ -69,6 +69,8 @@ class BuildOptions:
     """Where bundles go; None: `dist/` beside `out_dir` (the repo's dist/ by default)."""
     signing_key: Path | None = None
     """None: $GAPFORGE_SIGNING_KEY, else the cache's own key (made on first use)."""
+    frozen: bool = False
+    """Never change a lock: stop, naming each package, when a locked .deb can no longer be had."""
 
     @property
     def bundle(self) -> bool:
@@ -80,13 +82,27 @@ class BuildOptions:
         return self.dist_dir or self.out_dir.parent / "dist"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Locks:
     python: PythonLock
     build: PythonLock
     debian_path: Path
     debian_sha256: str
     model: ModelLock
+    build_debian_path: Path | None = None
+    """The sdist build root's Debian lock (profiles that build sdists)."""
+
+    def digests(self) -> dict[str, str]:
+        """Every lock this build used: file name → sha256."""
+        found = {
+            self.python.path.name: self.python.sha256,
+            self.build.path.name: self.build.sha256,
+            self.debian_path.name: self.debian_sha256,
+            f"models/{self.model.path.name}": self.model.sha256,
+        }
+        if self.build_debian_path is not None:
+            found[self.build_debian_path.name] = sha256_file(self.build_debian_path)
+        return found
 
 
 @dataclass
@@ -120,6 +136,9 @@ class Inputs:
     sdists: dict[str, Path] = field(default_factory=dict)
     operator_wheels: list[Path] = field(default_factory=list)
     """gapforge and its locked dependencies as wheels, for the bundle's wheels/."""
+    debian_refreshes: list[DebianRefresh] = field(default_factory=list)
+    """Debian locks rewritten because the archive no longer had their .debs."""
+    sdist_build_seconds: float = 0.0
 
 
 @dataclass
@@ -135,30 +154,45 @@ def lock_paths(lock_dir: Path, profile: str) -> tuple[Path, Path, Path]:
     return (
         lock_dir / f"{profile}.txt",
         lock_dir / f"{profile}.build.txt",
-        lock_dir / f"{profile}.debian.lock",
+        debian_lock_path(lock_dir, profile),
     )
+
+
+def _check_debian_fresh(path: Path, profile: Profile, kind: str) -> None:
+    section = "[debian]" if kind == "base" else "[build_root]"
+    if read_debian_lock(path).inputs_sha256 != debian_inputs_sha256(profile, kind):
+        raise LockError(
+            f"{path} is stale: the {section} section of images/{profile.name}/profile.toml "
+            "changed since it was locked: run 'nox -s lock' and commit the new lockfile"
+        )
 
 
 # --- stages ----------------------------------------------------------------------------------------------
 
 
-def check_locks(plan: BuildPlan) -> Locks:
-    """Every lock exists and was made from the inputs on disk now."""
-    step("checking locks")
-    profile = plan.profile
-    python_path, build_path, debian_path = lock_paths(plan.options.lock_dir, profile.name)
+def python_locks(profile: Profile, lock_dir: Path) -> tuple[PythonLock, PythonLock]:
+    """The profile's runtime and sdist-toolchain locks, checked fresh against their inputs."""
+    python_path, build_path, _ = lock_paths(lock_dir, profile.name)
     python = parse_python_lock(python_path)
     check_fresh(python, inputs_sha256(profile.requirements_in), str(profile.requirements_in))
     build = parse_python_lock(build_path)
     check_fresh(
         build, inputs_sha256(profile.build_requirements_in), str(profile.build_requirements_in)
     )
-    debian_inputs, _ = read_debian_lock(debian_path)
-    if debian_inputs != debian_inputs_sha256(profile):
-        raise LockError(
-            f"{debian_path} is stale: the [debian] section of images/{profile.name}/profile.toml "
-            "changed since it was locked: run 'nox -s lock' and commit the new lockfile"
-        )
+    return python, build
+
+
+def check_locks(plan: BuildPlan) -> Locks:
+    """Every lock exists and was made from the inputs on disk now."""
+    step("checking locks")
+    profile = plan.profile
+    python_path, _, debian_path = lock_paths(plan.options.lock_dir, profile.name)
+    python, build = python_locks(profile, plan.options.lock_dir)
+    _check_debian_fresh(debian_path, profile, "base")
+    build_debian = None
+    if profile.sdist_builds:
+        build_debian = debian_lock_path(plan.options.lock_dir, profile.name, "build")
+        _check_debian_fresh(build_debian, profile, "build")
     model = read_model_lock(plan.options.lock_dir, plan.loaded.recipe.model)
     missing_builds = [k for k in profile.sdist_builds if k not in python.by_name()]
     if missing_builds:
@@ -168,7 +202,7 @@ def check_locks(plan: BuildPlan) -> Locks:
     note(
         f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}"
     )
-    return Locks(python, build, debian_path, sha256_file(debian_path), model)
+    return Locks(python, build, debian_path, sha256_file(debian_path), model, build_debian)
 
 
 def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
@@ -176,49 +210,53 @@ def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
     return build_flit_wheel(cache, RUNTIME_DIR / "pyproject.toml", epoch)
 
 
-def runtime_toolchain(cache: Cache, locks: Locks, wheels: dict[str, Path]) -> tuple[str, Path]:
-    """A venv of the image's locked wheels (no sdist builds), for build steps that need ML libraries."""
+def runtime_toolchain(
+    cache: Cache, locks: Locks, wheels: dict[str, Path]
+) -> tuple[str, Callable[[], Path]]:
+    """A venv of the image's locked wheels (no sdist builds), for build steps that need ML
+    libraries; made (or verified) only when a step asks for it."""
     name = f"runtime-{locks.python.sha256[:16]}"
-    return name, make_venv(cache, name, list(wheels.values()))
+    return name, lambda: make_venv(cache, name, list(wheels.values()))
+
+
+@dataclass(frozen=True)
+class PythonInputs:
+    wheels: dict[str, Path]
+    """Binary wheels from the index."""
+    built: dict[str, Path]
+    """Wheels built from sdists in the locked Debian build root."""
+    sdists: dict[str, Path]
+    build_seconds: float
 
 
 def fetch_python(
-    cache: Cache, profile: Profile, locks: Locks
-) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+    cache: Cache, profile: Profile, python: PythonLock, build: PythonLock, debian: DebianInputs
+) -> PythonInputs:
     """The locked Python packages: binary wheels, wheels built offline from sdists, and the sdists."""
     sdist_names = set(profile.sdist_builds)
-    all_names = {r.key for r in locks.python.requirements}
-    wheels = fetch_locked_files(
-        cache, locks.python, profile, binary=True, only=all_names - sdist_names
-    )
-    sdists = fetch_locked_files(cache, locks.python, profile, binary=False, only=sdist_names)
-    built = {
-        name: build_sdist(cache, profile, locks.python.by_name()[name], sdists[name], locks.build)
-        for name in sorted(sdist_names)
-    }
-    return wheels, built, sdists
+    all_names = {r.key for r in python.requirements}
+    wheels = fetch_locked_files(cache, python, profile, binary=True, only=all_names - sdist_names)
+    sdists = fetch_locked_files(cache, python, profile, binary=False, only=sdist_names)
+    with SdistBuilder(cache, profile, build, debian) as builder:
+        built = {
+            name: builder.wheel(python.by_name()[name], sdists[name])
+            for name in sorted(sdist_names)
+        }
+    return PythonInputs(wheels, built, sdists, builder.seconds)
 
 
-def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
-    """Everything the image needs, in the cache, checked against the locks (network used here only)."""
+def fetch(plan: BuildPlan, locks: Locks) -> tuple[Inputs, Locks]:
+    """Everything the image needs, in the cache, checked against the locks (network used here
+    only); returns the locks as they are after any Debian refresh."""
     step(f"fetching into the cache {plan.cache.root}")
     cache, profile = plan.cache, plan.profile
     plan.cache.clear_stale_tmp()
-    wheels, built, sdists = fetch_python(cache, profile, locks)
-    rootfs_key = locks.debian_sha256
-    known = cache.index_get("rootfs", rootfs_key)
-    if known is not None and cache.has_blob(known["digest"]):
-        rootfs_tar = cache.blob_path(known["digest"])
-        note(f"Debian base rootfs is cached ({known['digest'][:19]})")
-    else:
-        note("Debian base rootfs: running mmdebstrap")
-        _, locked = read_debian_lock(locks.debian_path)
-        with cache.tempdir("rootfs-") as work:
-            rootfs = run_mmdebstrap(profile, work)
-            compare_packages(locks.debian_path, locked, rootfs.packages)
-            digest = cache.put_blob(rootfs.tar_path, move=True)
-        cache.index_put("rootfs", rootfs_key, {"digest": digest})
-        rootfs_tar = cache.blob_path(digest)
+    # Debian first: with --frozen, a lock the archive moved away from stops the build at once.
+    debian = DebianInputs(cache, profile, plan.options.lock_dir, frozen=plan.options.frozen)
+    rootfs_tar = debian.rootfs_tar()
+    python = fetch_python(cache, profile, locks.python, locks.build, debian)
+    locks = replace(locks, debian_sha256=sha256_file(locks.debian_path))
+    wheels, built, sdists = python.wheels, python.built, python.sdists
     toolchain = None
     if plan.loaded.recipe.model.source.type == "gguf":
         toolchain = runtime_toolchain(cache, locks, wheels)
@@ -228,8 +266,9 @@ def fetch(plan: BuildPlan, locks: Locks) -> Inputs:
     runtime_wheel = build_runtime_wheel(cache, profile.source_date_epoch)
     llama_key = "llama-cpp-python"
     operator_wheels = fetch_operator_wheels(cache, profile) if plan.options.bundle else []
-    return Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files,
-                  sdists, operator_wheels)  # fmt: skip
+    inputs = Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files,
+                    sdists, operator_wheels, debian.refreshes, python.build_seconds)  # fmt: skip
+    return inputs, locks
 
 
 def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
@@ -321,7 +360,33 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     return BuiltImage(tar_path, manifest, written, out / "build.json")
 
 
-def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, Any]:
+def reproduce_section(plan: BuildPlan, locks: Locks, inputs: Inputs) -> dict[str, Any]:
+    """What another machine needs to rebuild these exact bytes, and the command that does it."""
+    debian = read_debian_lock(locks.debian_path)
+    snapshots = {debian.path.name: debian.snapshot}
+    if locks.build_debian_path is not None:
+        snapshots[locks.build_debian_path.name] = read_debian_lock(locks.build_debian_path).snapshot
+    try:
+        recipe = plan.loaded.path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        recipe = str(plan.loaded.path)
+    command = f"gapforge build {recipe} --frozen"
+    if plan.options.lock_dir.resolve() != (REPO_ROOT / "lockfiles").resolve():
+        command += f" --lock-dir {plan.options.lock_dir}"
+    return {
+        "gapforge": {"version": __version__, **_git_state()},
+        "locks": locks.digests(),
+        "debian_snapshots": snapshots,
+        "source_date_epoch": plan.profile.source_date_epoch,
+        "command": command,
+        "note": "the same gapforge commit, recipe and locks rebuild this archive byte for byte on "
+        "any machine; --frozen refuses to change a lock",
+    }
+
+
+def write_report(
+    plan: BuildPlan, locks: Locks, image: BuiltImage, inputs: Inputs
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "recipe": {
             "name": plan.loaded.recipe.name,
@@ -342,12 +407,11 @@ def write_report(plan: BuildPlan, locks: Locks, image: BuiltImage) -> dict[str, 
         ],
         "layers_reused": image.layers.reused,
         "layers_written": image.layers.written,
-        "locks": {
-            locks.python.path.name: locks.python.sha256,
-            locks.build.path.name: locks.build.sha256,
-            locks.debian_path.name: locks.debian_sha256,
-            f"models/{locks.model.path.name}": locks.model.sha256,
-        },
+        "locks": locks.digests(),
+        "frozen": plan.options.frozen,
+        "debian_refresh": [r.to_json() for r in inputs.debian_refreshes],
+        "reproduce": reproduce_section(plan, locks, inputs),
+        "sdist_build_s": round(inputs.sdist_build_seconds, 2),
         "timings_s": {k: round(v, 2) for k, v in plan.timings.items()},
         "smoke": image.smoke_output,
         "builder": __version__,
@@ -416,7 +480,7 @@ def bundle_source(
         for r in locks.python.requirements
         if r.key in inputs.wheels
     )
-    _, debian = read_debian_lock(locks.debian_path)
+    debian_lock = read_debian_lock(locks.debian_path)
     runtime_file = _file_digest(inputs.runtime_wheel)
     runtime_version = inputs.runtime_wheel.name.split("-")[1]
     labels = json.loads(image.manifest.config_bytes)["config"].get("Labels", {})
@@ -444,7 +508,9 @@ def bundle_source(
         },
         python_packages=python,
         debian_suite=plan.profile.debian.suite,
-        debian_packages=tuple(debian),
+        debian_packages=debian_lock.packages,
+        debian_snapshot=debian_lock.snapshot,
+        debian_refreshes=tuple(r.to_json() for r in inputs.debian_refreshes),
         model=ModelInfo(
             id=recipe.model.id,
             source=locks.model.source,
@@ -511,7 +577,7 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     locks = _timed(plan, "check_locks", lambda: check_locks(plan))
     key = signing_key(plan) if options.bundle else None
     client = engine.connect() if options.load else None
-    inputs = _timed(plan, "fetch", lambda: fetch(plan, locks))
+    inputs, locks = _timed(plan, "fetch", lambda: fetch(plan, locks))
     image = _timed(plan, "assemble", lambda: assemble(plan, locks, inputs))
     result: PretestResult | None = None
     if client is not None:
@@ -533,5 +599,5 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
         skipped = [f for f, on in (("--no-load", options.load), ("--no-smoke", options.smoke),
                                    ("--no-pretest", options.pretest)) if not on]  # fmt: skip
         note(f"no bundle: {', '.join(skipped)} given, and only a pretested image is bundled")
-    report = write_report(plan, locks, image)
+    report = write_report(plan, locks, image, inputs)
     return image, report

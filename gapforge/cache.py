@@ -6,7 +6,9 @@ Layout under the cache root (default `~/.cache/gapforge`, or `$GAPFORGE_CACHE`):
     files/sha256/<hex>/<name>   a file whose name matters (wheels, sdists), known by its digest
     index/<kind>/<key>.json     a derived result (a built wheel, a layer) keyed by its inputs' digest
     venvs/<name>/               tool venvs made from cached wheels (rebuilt when missing)
-    tmp/                        partial writes; never trusted, cleared on start
+    tmp/                        partial writes; never trusted; a folder whose owner process is
+                                gone (its `.owner` lock is free) is removed on the next start
+    locks/                      one lock file per shared result being made (a venv, a built wheel)
 
 Nothing is trusted by its name alone: every read rehashes the bytes, and a mismatch deletes the entry
 so the next fetch writes it again. Every hit sets the entry's mtime, so `prune` can drop what no build
@@ -19,8 +21,8 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -31,6 +33,8 @@ from typing import Any
 from gapforge.errors import GapforgeError
 
 CHUNK = 4 * 1024 * 1024
+STALE_UNOWNED_S = 3600.0
+"""A tmp/ entry with no owner file is removed once it is this old (a live run always has one)."""
 
 
 def default_cache_dir() -> Path:
@@ -72,20 +76,76 @@ class Cache:
     # -- temporary space ---------------------------------------------------------------------------
     @contextmanager
     def tempdir(self, prefix: str = "work-") -> Iterator[Path]:
-        """A scratch directory on the cache's filesystem (so results can be renamed in)."""
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / "tmp"))
+        """A private scratch folder on the cache's filesystem (so results can be renamed in).
+
+        The folder's `.owner` file stays locked while this process uses it: a cleanup started by
+        another build, lock or test run on the same cache leaves it alone.
+        """
+        tmp = self.root / "tmp"
+        while True:
+            name = f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+            fd = os.open(tmp / f"{name}.owner", os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:  # not removed by a cleanup between open and lock
+                break
+            os.close(fd)
+        path = tmp / name
         try:
+            path.mkdir(mode=0o700)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            with suppress(FileNotFoundError):
+                os.unlink(tmp / f"{name}.owner")
+            os.close(fd)
 
     def clear_stale_tmp(self) -> None:
-        """Remove leftovers of interrupted runs: nothing in tmp/ is ever trusted."""
-        for child in (self.root / "tmp").iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+        """Remove what interrupted runs left in tmp/: only folders whose owner process is gone."""
+        tmp = self.root / "tmp"
+        owners = {p.name.removesuffix(".owner") for p in tmp.glob("*.owner")}
+        for owner in sorted(owners):
+            fd = _open_existing(tmp / f"{owner}.owner")
+            if fd is None:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a live process holds it
+            try:
+                shutil.rmtree(tmp / owner, ignore_errors=True)
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp / f"{owner}.owner")
+            finally:
+                os.close(fd)
+        for child in tmp.iterdir():
+            if child.name.endswith(".owner") or child.name.removesuffix(".owner") in owners:
+                continue
+            # No owner file: left by a run that predates owner files, or killed before it made one.
+            if time.time() - child.lstat().st_mtime > STALE_UNOWNED_S:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """One process at a time makes the shared result `name` (a venv, a wheel built from an
+        sdist); the others wait, then find it made."""
+        folder = self.root / "locks"
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                from gapforge.progress import note
+
+                note(f"waiting for another process of this cache to finish {name}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # -- blobs ----------------------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -140,13 +200,21 @@ class Cache:
         return target
 
     # -- index of derived results -----------------------------------------------------------------
-    def index_get(self, kind: str, key: str) -> dict[str, Any] | None:
+    def index_get(
+        self, kind: str, key: str, required: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
+        """A derived result's record, or None (a miss) when absent or malformed: not a JSON
+        object, or without one of the `required` string fields."""
         path = self.root / "index" / kind / f"{key}.json"
         try:
-            value: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return value
-        except (FileNotFoundError, json.JSONDecodeError):
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        if not isinstance(value, dict) or any(
+            not isinstance(value.get(name), str) for name in required
+        ):
+            return None
+        return value
 
     def index_put(self, kind: str, key: str, value: dict[str, Any]) -> None:
         folder = self.root / "index" / kind
@@ -273,6 +341,13 @@ class PruneResult:
     @property
     def removed_bytes(self) -> int:
         return sum(e.size for e in self.removed)
+
+
+def _open_existing(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
 
 
 def _touch(path: Path) -> None:

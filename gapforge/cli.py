@@ -115,23 +115,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_runtime_env(args: argparse.Namespace) -> int:
     """Install the profile's locked runtime wheels (sdists built) into the Python running nox/pytest."""
-    from gapforge.build import BuildOptions, BuildPlan, check_locks, fetch_python
+    from gapforge.build import fetch_python, python_locks
+    from gapforge.fetch.debian import DebianInputs
     from gapforge.profile import load_profile
-    from gapforge.recipe import load_recipe
 
     cache = _cache(args)
     profile = load_profile(args.profile, args.images_dir)
-    options = BuildOptions(
-        recipe=DEFAULT_RECIPE,
-        cache_dir=cache.root,
-        lock_dir=args.lock_dir,
-        images_dir=args.images_dir,
-    )
-    plan = BuildPlan(
-        options=options, loaded=load_recipe(DEFAULT_RECIPE), profile=profile, cache=cache
-    )
-    locks = check_locks(plan)
-    wheels, built, sdists = fetch_python(cache, profile, locks)
+    python_lock, build_lock = python_locks(profile, args.lock_dir)
+    with cache.tempdir("runtime-env-locks-") as lock_copy:
+        # The Debian build root lock may be refreshed if the archive moved: on a copy, since a
+        # test environment never rewrites the committed lockfiles.
+        for lock in args.lock_dir.glob(f"{profile.name}.*"):
+            shutil.copy(lock, lock_copy / lock.name)
+        debian = DebianInputs(cache, profile, lock_copy)
+        fetched = fetch_python(cache, profile, python_lock, build_lock, debian)
+    wheels, built, sdists = fetched.wheels, fetched.built, fetched.sdists
     python = args.python or sys.executable
     install = [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
                "--disable-pip-version-check"]  # fmt: skip

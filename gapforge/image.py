@@ -207,8 +207,12 @@ def write_layers(cache: Cache, plans: list[LayerPlan], mtime: int) -> WrittenLay
     """Write each planned layer unless a layer with the same inputs is already in the cache."""
     result = WrittenLayers()
     for plan in plans:
-        known = cache.index_get("layers", plan.key)
-        if known is not None and cache.has_blob(known["digest"], verify=True):
+        known = cache.index_get("layers", plan.key, required=("digest",))
+        if (
+            known is not None
+            and isinstance(known.get("size"), int)
+            and cache.has_blob(known["digest"], verify=True)
+        ):
             result.layers.append(
                 Layer(
                     plan.name,

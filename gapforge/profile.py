@@ -24,6 +24,8 @@ class SdistBuild:
 
 @dataclass(frozen=True)
 class DebianBase:
+    """A Debian package set: mmdebstrap's variant plus `include`, resolved against `mirrors`."""
+
     suite: str
     variant: str
     include: tuple[str, ...]
@@ -38,6 +40,8 @@ class Profile:
     python: str
     source_date_epoch: int
     debian: DebianBase
+    build_root: DebianBase | None = None
+    """The locked Debian root that compiles the profile's sdists (`[build_root]`); None: no sdists."""
     sdist_builds: dict[str, SdistBuild] = field(default_factory=dict)
     own_layer_min_bytes: int = 150 * 1024 * 1024
     lock_isolated: bool = False
@@ -92,6 +96,14 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             include=tuple(sorted(deb.get("include", []))),
             mirrors=tuple(m.format(suite=suite) for m in deb.get("mirrors", DEFAULT_MIRRORS)),
         )
+        build_root = None
+        if "build_root" in raw:
+            build_root = DebianBase(
+                suite=suite,
+                variant=str(raw["build_root"].get("variant", "minbase")),
+                include=tuple(sorted(raw["build_root"].get("include", []))),
+                mirrors=debian.mirrors,
+            )
         builds = {
             pkg: SdistBuild(
                 name=pkg,
@@ -100,6 +112,8 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             )
             for pkg, conf in raw.get("sdist_builds", {}).items()
         }
+        if builds and build_root is None:
+            raise KeyError("build_root (the profile builds sdists, so it needs one)")
         return Profile(
             name=str(raw["name"]),
             directory=directory,
@@ -107,6 +121,7 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             python=str(raw["python"]),
             source_date_epoch=int(raw["source_date_epoch"]),
             debian=debian,
+            build_root=build_root,
             sdist_builds=builds,
             own_layer_min_bytes=int(raw.get("layers", {}).get("own_layer_min_mb", 150))
             * 1024

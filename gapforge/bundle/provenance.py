@@ -87,6 +87,11 @@ def build_statement(source: BundleSource) -> dict[str, Any]:
                 },
                 "internalParameters": {
                     "source_date_epoch": source.source_date_epoch,
+                    "debian": {
+                        "suite": source.debian_suite,
+                        "snapshot": source.debian_snapshot,
+                        "refreshed": list(source.debian_refreshes),
+                    },
                     "model": {
                         "id": source.model.id,
                         "source": source.model.source,

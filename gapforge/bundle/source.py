@@ -99,6 +99,10 @@ class BundleSource:
     """commit and dirty state of the builder's checkout, when it is one."""
     started: str = ""
     finished: str = ""
+    debian_snapshot: str = ""
+    """The archive state the Debian base lock was resolved at."""
+    debian_refreshes: tuple[dict[str, Any], ...] = ()
+    """Debian locks this build rewrote because the archive no longer had their .debs."""
 
     @property
     def bundle_name(self) -> str:

