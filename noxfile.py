@@ -12,10 +12,24 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 DEFAULT_RECIPE = "recipes/smollm2/lora-q8-q4.yaml"
+BUILDER_LOCK = "lockfiles/builder.txt"
+# This machine's pip settings (find-links, constraints, extra indexes) stay out of the sessions'
+# installs, as in scripts/setup.sh: the hash-checked lock decides what is installed.
+_LOCKED_PIP_ENV: dict[str, str | None] = {
+    "PIP_CONFIG_FILE": os.devnull,
+    **dict.fromkeys(("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX")),
+}
 
 
-def _install_builder(session: nox.Session, extras: str = "") -> None:
-    session.install("-e", f".[{extras}]" if extras else ".")
+def _install_locked_tools(session: nox.Session) -> None:
+    """lockfiles/builder.txt, hash-checked: nox, the builder's dependencies, test and lint tools."""
+    session.install("--require-hashes", "-r", BUILDER_LOCK, env=_LOCKED_PIP_ENV)
+
+
+def _install_builder(session: nox.Session) -> None:
+    """The locked tools, then gapforge itself, editable, with no dependency of its own resolved."""
+    _install_locked_tools(session)
+    session.install("--no-deps", "--no-build-isolation", "-e", ".", env=_LOCKED_PIP_ENV)
 
 
 @nox.session(default=False)
@@ -45,7 +59,7 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
     The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline),
     and llama.cpp's conversion scripts from the same locked sdist.
     """
-    _install_builder(session, "test")
+    _install_builder(session)
     session.install("-e", "runtime", "--no-deps")
     llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
     python = os.path.join(session.virtualenv.location, "bin", "python")
@@ -56,7 +70,7 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff")
+    _install_locked_tools(session)
     session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
     session.run("ruff", "format", "--check", "gapforge", "noxfile.py")
 
@@ -64,7 +78,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the builder."""
-    _install_builder(session, "lint")
+    _install_builder(session)
     session.run("mypy")
 
 
