@@ -60,11 +60,14 @@ def cmd_lock(args: argparse.Namespace) -> int:
         for profile in args.profile or all_profiles(args.images_dir):
             lock_profile(profile, args.lock_dir, args.images_dir, cache, debian=not args.no_debian)
         from gapforge.bundle.wheels import OPERATOR_LOCK, lock_operator
+        from gapforge.lock.builder import lock_builder
 
         lock = lock_operator(cache)
         console.print(
             f"    {OPERATOR_LOCK.name}: {len(lock.requirements)} packages pinned with hashes"
         )
+        lock = lock_builder(args.lock_dir)
+        console.print(f"    builder.txt: {len(lock.requirements)} packages pinned with hashes")
     lock_recipe_models(recipes, args.lock_dir, cache)
     return 0
 

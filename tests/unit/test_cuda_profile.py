@@ -47,8 +47,8 @@ def test_cuda_lock_is_fresh_and_pins_the_cuda_build(cuda_lock) -> None:  # type:
         inputs_sha256(profile.build_requirements_in),
         "images/cuda/build-requirements.in",
     )
-    inputs, packages = read_debian_lock(LOCKS / "cuda.debian.lock")
-    assert inputs == debian_inputs_sha256(profile) and packages
+    debian = read_debian_lock(LOCKS / "cuda.debian.lock")
+    assert debian.inputs_sha256 == debian_inputs_sha256(profile) and debian.packages
     pins = cuda_lock.by_name()
     assert "+cpu" not in pins["torch"].version
     for name in ("bitsandbytes", "gptqmodel", "optimum", "llama-cpp-python", "transformers", "peft",

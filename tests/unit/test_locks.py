@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,15 +83,44 @@ def test_committed_locks_are_fresh() -> None:
 
 def test_debian_lock_round_trip_and_compare(tmp_path: Path) -> None:
     profile = load_profile("cpu")
-    packages = (DebianPackage("base-files", "12.4", "amd64", H1), DebianPackage("python3", "3.11.2-1", "amd64", H2))
+    packages = (
+        DebianPackage("base-files", "12.4", "amd64", H1, 70000, "debian/pool/main/b/base-files/base-files_12.4_amd64.deb"),
+        DebianPackage("python3", "3.11.2-1", "amd64", H2, 26000, "debian/pool/main/p/python3-defaults/python3_3.11.2-1_amd64.deb"),
+    )  # fmt: skip
     path = tmp_path / "cpu.debian.lock"
-    write_debian_lock(path, profile, packages)
-    _, read = read_debian_lock(path)
-    assert read == packages
+    write_debian_lock(path, profile, packages, snapshot="20261202T120000Z")
+    lock = read_debian_lock(path)
+    assert lock.packages == packages and lock.snapshot == "20261202T120000Z"
     compare_packages(path, packages, packages)
     moved = (DebianPackage("base-files", "12.5", "amd64", H1), packages[1])
-    with pytest.raises(FetchError, match=r"(?s)the mirror now serves 12.5, the lock pins 12.4.*nox -s lock"):
+    with pytest.raises(FetchError, match=r"(?s)base-files: 12.4 -> 12.5.*nox -s lock"):
         compare_packages(path, packages, moved)
+
+
+def test_debian_locks_of_the_older_four_field_form_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.debian.lock"
+    path.write_text(f"# old\n{INPUTS_HEADER}{H1}\nbash 5.2.15-2+b13 amd64 {H2}\n")
+    lock = read_debian_lock(path)
+    assert lock.snapshot == "" and lock.packages == (DebianPackage("bash", "5.2.15-2+b13", "amd64", H2),)
+    path.write_text(f"{INPUTS_HEADER}{H1}\nbash 5.2.15-2+b13 amd64 {H2} notasize debian/pool/x.deb\n")
+    with pytest.raises(LockError, match=r"cpu.debian.lock:2: expected"):
+        read_debian_lock(path)
+
+
+def test_committed_debian_locks_are_fresh_and_name_where_each_deb_lives() -> None:
+    from gapforge.lock.debian import debian_inputs_sha256, debian_lock_path
+
+    for name in ("cpu", "cuda"):
+        profile = load_profile(name)
+        for kind in ("base", "build"):
+            lock = read_debian_lock(debian_lock_path(REPO_ROOT / "lockfiles", name, kind))
+            assert lock.inputs_sha256 == debian_inputs_sha256(profile, kind), lock.path
+            assert len(lock.snapshot) == 16 and lock.snapshot.endswith("Z")
+            assert all(p.filename.split("/")[0] in ("debian", "debian-security") for p in lock.packages)
+            assert all(p.size > 0 and p.filename.rsplit("/", 1)[1].startswith(p.name + "_") for p in lock.packages)
+            if kind == "build":
+                names = {p.name for p in lock.packages}
+                assert {"gcc-12", "g++-12", "libc6-dev", "python3.11-dev", "python3.11-venv"} <= names
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -188,7 +218,8 @@ def test_interrupted_writes_leave_nothing_trusted(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     with cache.tempdir() as work:
         (work / "half.tar").write_bytes(b"partial")
-    (cache.root / "tmp" / "killed-run").mkdir()
+    (cache.root / "tmp" / "killed-run").mkdir()  # no owner file, and old: left by a dead run
+    os.utime(cache.root / "tmp" / "killed-run", (0, 0))
     cache.clear_stale_tmp()
     assert list((cache.root / "tmp").iterdir()) == []
     assert not cache.has_blob("sha256:" + H1)
