@@ -96,14 +96,30 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def repro(session: nox.Session) -> None:
-    """Build the default recipe twice with two empty caches and compare the archives byte for byte."""
+    """Build the default recipe twice from empty caches, the second as another machine; compare bytes."""
     _install_builder(session)
-    tmp = session.create_tmp()
-    for name in ("a", "b"):
-        session.run("gapforge", "build", DEFAULT_RECIPE, "--no-load", "--cache-dir", os.path.join(tmp, f"cache-{name}"),
-                    "--out", os.path.join(tmp, f"out-{name}"))  # fmt: skip
-    session.run("cmp", os.path.join(tmp, "out-a/smollm2-135m-desk-0.1.0/image.tar"),
-                os.path.join(tmp, "out-b/smollm2-135m-desk-0.1.0/image.tar"), external=True)  # fmt: skip
+    tmp = os.path.abspath(session.create_tmp())
+    recipe = os.path.abspath(DEFAULT_RECIPE)
+    # The second build: another host name, one core, umask 077, time zone, locale, HOME and
+    # working folder, and the host's compilers replaced by stubs that fail if anything runs them.
+    machines = {"a": [], "b": ["bash", os.path.abspath("scripts/as-another-machine.sh")]}
+    for name, wrapper in machines.items():
+        session.run(*wrapper, "gapforge", "build", recipe, "--frozen", "--no-load",
+                    "--cache-dir", os.path.join(tmp, f"cache-{name}"), "--out", os.path.join(tmp, f"out-{name}"),
+                    external=True)  # fmt: skip
+    session.run("python", "-c", _COMPARE, tmp)
+
+
+_COMPARE = """
+import json, sys
+from pathlib import Path
+reports = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("out-*/*/build.json"))]
+for name, report in zip("ab", reports):
+    print(f"archive {name}: sha256:{report['image']['tar_sha256']}  image {report['image']['manifest_digest']}")
+same = len({r["image"]["tar_sha256"] for r in reports}) == 1 and len(reports) == 2
+print("identical" if same else "DIFFERENT")
+sys.exit(0 if same else 1)
+"""
 
 
 def _gpu_env() -> dict[str, str]:

@@ -87,6 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         pretest_timeout=args.pretest_timeout,
         dist_dir=args.dist.resolve() if args.dist else None,
         signing_key=args.key,
+        frozen=args.frozen,
     )
     image, report = build(options)
     console.print()
@@ -97,6 +98,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     console.print(f"  report        {image.report_path}")
     written = ", ".join(report["layers_written"]) or "none"
     console.print(f"  layers        {len(report['layers'])} ({written} written, the rest cached)")
+    for refresh in report.get("debian_refresh", []):
+        console.print(
+            f"  [yellow]refreshed[/]     {refresh['lock']}: {len(refresh['changes'])} packages "
+            "changed (security updates): review and commit the lock"
+        )
     if "pretest" in report:
         console.print(f"  pretest       PASS in {report['pretest']['seconds']} s (network cut)")
     if "bundle" in report:
@@ -413,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ed25519 private key that signs the bundle (default: $GAPFORGE_SIGNING_KEY, else a key "
         "made once in the cache)",
+    )
+    build.add_argument(
+        "--frozen",
+        action="store_true",
+        help="never change a lock: stop (exit 2, naming each package) when a locked Debian .deb can "
+        "no longer be had; for releases and reproducibility checks. Without it, a moved archive's "
+        "current packages are taken, listed and written to the lock for review",
     )
     _add_common(build)
     build.set_defaults(func=cmd_build)

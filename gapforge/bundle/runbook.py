@@ -79,6 +79,12 @@ def runbook_context(source: BundleSource, fingerprint: str, wheel_count: int) ->
             "gates": evidence.get("gates", []),
         },
         "wheel_count": wheel_count,
+        "debian": {
+            "suite": source.debian_suite,
+            "snapshot": source.debian_snapshot or "not recorded",
+            "refreshes": list(source.debian_refreshes),
+        },
+        "builder_commit": source.git.get("commit", ""),
     }
 
 

@@ -81,6 +81,19 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def servable_debian_locks(locks: Path) -> None:
+    """Every .deb of these (copied) Debian locks in the shared cache; where the archive has moved on
+    since the commit, the copies are resolved again, so the suite passes whatever the archive did
+    (and --frozen builds can run) while the committed lockfiles stay as they are."""
+    from gapforge.cache import Cache, default_cache_dir
+    from gapforge.fetch.debian import DebianInputs
+    from gapforge.profile import load_profile
+
+    inputs = DebianInputs(Cache(default_cache_dir()), load_profile("cpu"), locks)
+    inputs.debs("base")
+    inputs.debs("build")
+
+
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[None]:
     """The engine; at the end, the images the tests loaded go again, so runs do not pile up
@@ -120,8 +133,9 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
     locks = root / "lockfiles"
     locks.mkdir()
-    for name in ("cpu.txt", "cpu.build.txt", "cpu.debian.lock"):
+    for name in ("cpu.txt", "cpu.build.txt", "cpu.debian.lock", "cpu.build.debian.lock"):
         shutil.copy(REPO_ROOT / "lockfiles" / name, locks / name)
+    servable_debian_locks(locks)
     loaded = load_recipe(path)
     lock_local(loaded.recipe.model, locks, loaded.local_model_path() or Path())
     return root

@@ -13,26 +13,42 @@ from typing import Any
 import pytest
 import yaml
 
+from gapforge.profile import REPO_ROOT
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
-def _build(project: Path, out: Path, *extra: str, cache: Path | None = None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if cache is not None:
-        env["GAPFORGE_CACHE"] = str(cache)
-    command = [
+ANOTHER_MACHINE = str(REPO_ROOT / "scripts" / "as-another-machine.sh")
+
+
+def _command(project: Path, out: Path, *extra: str) -> list[str]:
+    return [
         sys.executable, "-m", "gapforge.cli", "build", str(project / "recipes/tiny/tiny.yaml"),
         "--lock-dir", str(project / "lockfiles"), "--out", str(out), *extra,
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _report(out: Path) -> dict[str, Any]:
     report: dict[str, Any] = json.loads((out / "tiny-desk-0.0.1" / "build.json").read_text())
     return report
 
 
+def _build(
+    project: Path, out: Path, *extra: str, cache: Path | None = None, wrapper: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    env = dict(os.environ)
+    if cache is not None:
+        env["GAPFORGE_CACHE"] = str(cache)
+    command = [*wrapper, *_command(project, out, *extra)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return _report(out)
+
+
 @pytest.fixture(scope="module")
 def first_build(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _build(tiny_project, tmp_path_factory.mktemp("out-first"), "--no-pretest")  # test_bundle pretests
+    # --frozen: the byte-identity checks below compare against this build (test_bundle pretests).
+    return _build(tiny_project, tmp_path_factory.mktemp("out-first"), "--no-pretest", "--frozen")
 
 
 def test_image_loads_and_info_runs_with_the_network_cut(first_build: dict[str, Any]) -> None:
@@ -106,12 +122,44 @@ def test_recipe_only_change_rewrites_only_the_top_layer(
     os.environ.get("GAPFORGE_TEST_SKIP_COLD_REBUILD") == "1",
     reason="GAPFORGE_TEST_SKIP_COLD_REBUILD=1: skipping the rebuild from an empty cache (~6 min on 2 cores)",
 )
-def test_rebuild_with_another_empty_cache_is_byte_identical(
+def test_rebuild_as_another_machine_is_byte_identical(
     first_build: dict[str, Any], tiny_project: Path, tmp_path: Path
 ) -> None:
-    """Everything fetched and built again from nothing (the llama.cpp wheel too) gives the same bytes."""
-    second = _build(tiny_project, tmp_path / "out", "--no-load", cache=tmp_path / "other-cache")
+    """Everything fetched and built again from nothing (the llama.cpp wheel in a new Debian build
+    root too) as another machine would (another host name, one core, umask 077, time zone, locale,
+    HOME and working folder, host compilers replaced by failing stubs) gives the same bytes."""
+    second = _build(tiny_project, tmp_path / "out", "--no-load", "--frozen",
+                    cache=tmp_path / "other-cache", wrapper=("bash", ANOTHER_MACHINE))  # fmt: skip
     assert second["cache"] == str(tmp_path / "other-cache")
+    assert second["sdist_build_s"] > 0 and second["debian_refresh"] == []
     assert second["layers"] == first_build["layers"]
     assert second["image"]["tar_sha256"] == first_build["image"]["tar_sha256"]
     assert second["image"]["manifest_digest"] == first_build["image"]["manifest_digest"]
+
+
+def test_two_builds_at_once_on_one_cache_both_succeed_with_the_same_bytes(
+    first_build: dict[str, Any], tiny_project: Path, tmp_path: Path
+) -> None:
+    """Two builds started together on one cache: each cleans up only what dead processes left,
+    both install the base, write every layer and the archive; the archives are identical."""
+    from gapforge.cache import default_cache_dir
+
+    shared = tmp_path / "shared-cache"
+    warm = default_cache_dir()
+    shared.mkdir()
+    # The downloaded and built files of the warm cache (hard links: the cache never writes in
+    # place), not its base, layers or venvs: the two builds make those at the same time.
+    for part in ("files", "index/sdist-builds"):
+        (shared / part).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-al", str(warm / part), str(shared / part)], check=True)
+    env = dict(os.environ, GAPFORGE_CACHE=str(shared))
+    runs = [
+        subprocess.Popen(_command(tiny_project, tmp_path / f"out-{n}", "--no-load", "--frozen"),
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for n in (1, 2)
+    ]  # fmt: skip
+    errors = [run.communicate(timeout=1800)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    one, two = _report(tmp_path / "out-1"), _report(tmp_path / "out-2")
+    assert one["image"]["tar_sha256"] == two["image"]["tar_sha256"] == first_build["image"]["tar_sha256"]
+    assert not [p for p in (shared / "tmp").iterdir()], "a build left temporary files behind"

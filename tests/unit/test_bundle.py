@@ -175,7 +175,10 @@ def test_runbook_matches_its_golden_file(source: BundleSource, tmp_path: Path) -
     # A fixed archive size and digests, so the golden text does not depend on tar internals.
     image = replace(source.image, tar_sha256="f" * 64, manifest_digest="sha256:" + "e" * 64,
                     config_digest="sha256:" + "d" * 64)  # fmt: skip
-    source = replace(source, image=image)
+    refresh = {"lock": "cpu.debian.lock", "snapshot_from": "20261123T000000Z", "snapshot_to": "20261202T000000Z",
+               "missing": ["zlib1g 1:1.2.13.dfsg-1"],
+               "changes": [{"name": "zlib1g", "from": "1:1.2.13.dfsg-1", "to": "1:1.2.13.dfsg-1+deb12u1"}]}
+    source = replace(source, image=image, debian_snapshot="20261202T000000Z", debian_refreshes=(refresh,))
     os.truncate(source.image.tar, 123_456_789)
     text = render_runbook(runbook_context(source, _key(tmp_path).fingerprint, wheel_count=67))
     if os.environ.get("GAPFORGE_UPDATE_GOLDEN") == "1":
