@@ -81,7 +81,7 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def servable_debian_locks(locks: Path) -> None:
+def servable_debian_locks(locks: Path, profile: str = "cpu") -> None:
     """Every .deb of these (copied) Debian locks in the shared cache; where the archive has moved on
     since the commit, the copies are resolved again, so the suite passes whatever the archive did
     (and --frozen builds can run) while the committed lockfiles stay as they are."""
@@ -89,7 +89,7 @@ def servable_debian_locks(locks: Path) -> None:
     from gapforge.fetch.debian import DebianInputs
     from gapforge.profile import load_profile
 
-    inputs = DebianInputs(Cache(default_cache_dir()), load_profile("cpu"), locks)
+    inputs = DebianInputs(Cache(default_cache_dir()), load_profile(profile), locks)
     inputs.debs("base")
     inputs.debs("build")
 

@@ -29,6 +29,7 @@ import yaml
 from gapforge.lock.model import lock_local
 from gapforge.profile import REPO_ROOT
 from gapforge.recipe import load_recipe
+from tests.integration.conftest import servable_debian_locks
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,8 +52,9 @@ def cuda_project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -
     data = yaml.safe_load(text)
     data["name"], data["profile"] = "tiny-cuda", "cuda"
     path.write_text(text.splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
-    for name in ("cuda.txt", "cuda.build.txt", "cuda.debian.lock"):
+    for name in ("cuda.txt", "cuda.build.txt", "cuda.debian.lock", "cuda.build.debian.lock"):
         shutil.copy(REPO_ROOT / "lockfiles" / name, root / "lockfiles" / name)
+    servable_debian_locks(root / "lockfiles", "cuda")
     loaded = load_recipe(path)
     lock_local(loaded.recipe.model, root / "lockfiles", loaded.local_model_path() or Path())
     return root
