@@ -77,6 +77,35 @@ def test_semantic_problems_are_collected_too(tmp_path: Path) -> None:
     assert len(caught.value.problems) == 5
 
 
+def test_schema_and_semantic_problems_come_in_one_error(tmp_path: Path) -> None:
+    data = _good()
+    data["lora"]["r"] = 0  # schema: out of range
+    data["train"]["method"] = "qlora"  # semantic: QLoRA on the cpu profile
+    data["data"]["sample"] = "data/missing.jsonl"  # semantic: no such file
+    path = _write(tmp_path, data)
+    lines = path.read_text().splitlines()
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    r_line = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("r: 0"))
+    method_line = next(i for i, line in enumerate(lines, 1) if "method: qlora" in line)
+    assert f"line {r_line}: lora.r: input should be greater than 0 (got 0)" in problems
+    assert any(p.startswith(f"line {method_line}: train.method: QLoRA needs a CUDA GPU") for p in problems)
+    assert any("data.sample: no such file" in p for p in problems)
+
+
+def test_a_value_the_schema_refused_is_not_checked_again(tmp_path: Path) -> None:
+    data = _good()
+    data["profile"] = "gpu"  # schema: unknown profile; the cpu-only checks must not guess at it
+    data["train"]["method"] = "qlora"
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert "profile: must be one of 'cpu' or 'cuda' (got 'gpu')" in caught.value.problems[0]
+
+
 def test_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
     data = _good()
     data["lora"]["alpha"] = -1
