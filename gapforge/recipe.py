@@ -6,6 +6,7 @@ reported as `file:line: dotted.path: message (got value)` so the user can go str
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,7 +52,7 @@ class LocalSource(_Strict):
 
     type: Literal["local"]
     path: Annotated[str, Field(min_length=1)]
-    """Relative to the recipe file, or absolute."""
+    """Relative to the recipe's folder, and inside it."""
 
 
 ModelSource = Annotated[GgufSource | HfSource | LocalSource, Field(discriminator="type")]
@@ -233,7 +234,12 @@ class _Problems:
         self.items: list[tuple[int, str]] = []
 
     def add(
-        self, path: tuple[str | int, ...], message: str, value: Any = None, show: bool = True
+        self,
+        path: tuple[str | int, ...],
+        message: str,
+        value: Any = None,
+        show: bool = True,
+        fix: str = "",
     ) -> None:
         keys = tuple(str(p) for p in path)
         line = 0
@@ -247,6 +253,8 @@ class _Problems:
         text = f"line {line}: {dotted or '(top level)'}: {message}"
         if show:
             text += f" (got {_show(value)})"
+        if fix:
+            text += f": {fix}"
         self.items.append((line, text))
 
     def sorted(self) -> list[str]:
@@ -398,24 +406,50 @@ def _check_gates(problems: _Problems, get: _Values) -> None:
             )
 
 
+def _inside_folder(problems: _Problems, get: _Values, *field: str) -> Path | None:
+    """The resolved path a recipe field names, or None (a problem added) where it leaves the folder.
+
+    A recipe is built on the connected side and its files go into the image: a path out of its
+    folder would copy any file the builder can read (../../.ssh/id_rsa) into a shipped image.
+    """
+    value: str = get(*field)
+    folder = get.directory  # resolved, like the path compared with it below
+    shown = f"must stay inside the recipe's folder {folder}"
+    fix = "copy the files into that folder and give their path relative to the recipe"
+    if Path(value).is_absolute():
+        problems.add(field, shown, value, fix=f"a path here is never absolute; {fix}")
+        return None
+    if os.path.normpath(value).split(os.sep)[0] == os.pardir:
+        problems.add(field, shown, value, fix=f"'..' leads out of it; {fix}")
+        return None
+    resolved = (folder / value).resolve()
+    if not resolved.is_relative_to(folder):
+        problems.add(
+            field, shown, value, fix=f"a symbolic link leads out of it, to {resolved}; {fix}"
+        )
+        return None
+    return resolved
+
+
 def _check_sample(problems: _Problems, get: _Values) -> None:
-    value = get("data", "sample")
-    sample = (get.directory / value).resolve()
+    sample = _inside_folder(problems, get, "data", "sample")
+    if sample is None:
+        return
     if not sample.is_file():
         problems.add(
             ("data", "sample"),
             f"no such file {sample}: ship the sample beside the recipe",
-            value,
+            get("data", "sample"),
         )
     elif sample.stat().st_size == 0:
-        problems.add(("data", "sample"), "the sample data file is empty", value)
+        problems.add(("data", "sample"), "the sample data file is empty", get("data", "sample"))
 
 
 def _check_local_model(problems: _Problems, get: _Values) -> None:
     if get("model", "source", "type") != "local":
         return
-    local = (get.directory / get("model", "source", "path")).resolve()
-    if not local.is_dir():
+    local = _inside_folder(problems, get, "model", "source", "path")
+    if local is not None and not local.is_dir():
         problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
 
 
