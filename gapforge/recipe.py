@@ -422,6 +422,9 @@ def _inside_folder(problems: _Problems, get: _Values, *field: str) -> Path | Non
     if os.path.normpath(value).split(os.sep)[0] == os.pardir:
         problems.add(field, shown, value, fix=f"'..' leads out of it; {fix}")
         return None
+    if "\0" in value:  # no file name holds one; resolve() would raise
+        problems.add(field, "a path cannot contain a NUL character: remove it", value)
+        return None
     resolved = (folder / value).resolve()
     if not resolved.is_relative_to(folder):
         problems.add(

@@ -148,6 +148,13 @@ def test_symlink_out_of_the_recipe_folder_is_refused(tmp_path: Path) -> None:
     assert f"a symbolic link leads out of it, to {secret.resolve()}" in problem
 
 
+def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    data = _good()
+    data["data"]["sample"] = "data/sample.jsonl\0.txt"
+    with pytest.raises(RecipeError, match=r"data\.sample: a path cannot contain a NUL character"):
+        load_recipe(_write(tmp_path, data))
+
+
 def test_paths_inside_the_folder_pass_links_included(tmp_path: Path) -> None:
     data = _good()
     data["data"]["sample"] = "./data/../data/linked.jsonl"
