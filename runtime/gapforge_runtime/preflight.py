@@ -224,9 +224,9 @@ def check_cpu_features(built: set[str] | None = None, host: set[str] | None = No
     host = host_cpu_flags() if host is None else host
     if host is None:
         return
-    source = f"${CPU_BASELINE_ENV}"
+    source = "its build"
     if built is None:
-        built = recorded_cpu_features()
+        built, source = recorded_cpu_features(), f"${CPU_BASELINE_ENV}"
     if built is None:
         built, source = llama_cpp_cpu_features(), "the llama.cpp library"
     missing = sorted(name for name in built if _CPUINFO_FLAG[name] not in host)
