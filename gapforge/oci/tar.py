@@ -1,12 +1,14 @@
 """Deterministic tar writing: the same input tree gives the same bytes, on any machine.
 
 Every entry is sorted by path, has a fixed mtime (SOURCE_DATE_EPOCH), no user or group names and no
-host path. Our own layers get uid/gid 0 and normalized modes (0755 for directories and executables,
+host path. Every member name, and every hard link's target, is normalized (relative, no `.` or empty
+parts) and may not climb out of the root with `..`: a layer never writes outside the image. Our own layers get uid/gid 0 and normalized modes (0755 for directories and executables,
 0644 otherwise); a base root filesystem keeps its numeric owners and modes, which the packages set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -16,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from gapforge.errors import BuildError
 
 CHUNK = 1024 * 1024
 
@@ -60,12 +64,45 @@ def normalize_mode(mode: int, is_dir: bool) -> int:
     return 0o644
 
 
+class UnsafeTarPath(BuildError, ValueError):
+    """A member name or hard-link target that would leave the image root, or names nothing."""
+
+
 def clean_path(path: str) -> str:
     """Normalize an in-image path: relative, POSIX, no `.` or `..` parts."""
     parts = [p for p in PurePosixPath(path.lstrip("/")).parts if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise ValueError(f"path escapes the image root: {path!r}")
+        raise UnsafeTarPath(
+            f"path escapes the image root: {path!r} has a '..' part, and no file of an image may "
+            "lie outside it. The input that named it (a model's file list, a wheel, the base "
+            "root filesystem) is unusable as it is: fix or replace it, then build again."
+        )
     return "/".join(parts)
+
+
+def _cleaned(entry: Entry) -> Entry:
+    """The entry with its name (and a hard link's target) normalized; refused if it escapes.
+
+    A symlink's target is left as it is: it is resolved inside the container's root when used,
+    and absolute or `..` targets are how packages link (`/usr/bin/python3`, `../lib/x.so`).
+    """
+    path = clean_path(entry.path)
+    if not path:
+        raise UnsafeTarPath(
+            f"a {entry.kind} entry has the empty name {entry.path!r}, which is the image root "
+            "itself: give it a path below the root"
+        )
+    linkname = entry.linkname
+    if entry.kind == "hardlink":
+        linkname = clean_path(entry.linkname)
+        if not linkname:
+            raise UnsafeTarPath(
+                f"hard link {path!r} points to {entry.linkname!r}, which is no file: give the "
+                "path of the file it shares its bytes with"
+            )
+    if (path, linkname) == (entry.path, entry.linkname):
+        return entry
+    return dataclasses.replace(entry, path=path, linkname=linkname)
 
 
 def entries_from_tree(root: Path, prefix: str = "") -> list[Entry]:
@@ -114,8 +151,8 @@ def with_parents(entries: Iterable[Entry]) -> list[Entry]:
 
 
 def _ordered(entries: Iterable[Entry]) -> list[Entry]:
-    """Sort by path; a hard link whose target sorts after it swaps roles with that target."""
-    ordered = sorted(entries, key=lambda e: e.path)
+    """Clean and sort by path; a hard link whose target sorts after it swaps roles with that target."""
+    ordered = sorted((_cleaned(e) for e in entries), key=lambda e: e.path)
     index = {e.path: i for i, e in enumerate(ordered)}
     written: set[str] = set()
     result: list[Entry] = []
@@ -124,6 +161,11 @@ def _ordered(entries: Iterable[Entry]) -> list[Entry]:
     for entry in ordered:
         if entry.kind == "hardlink":
             target = renamed.get(entry.linkname, entry.linkname)
+            if target not in index:
+                raise UnsafeTarPath(
+                    f"hard link {entry.path!r} points to {target!r}, which is not in the same "
+                    "layer: a hard link can only share the bytes of a file written beside it"
+                )
             if target in written:
                 result.append(
                     Entry(entry.path, "hardlink", entry.mode, entry.uid, entry.gid, linkname=target)

@@ -22,6 +22,8 @@ DEFAULT_MODEL = "/opt/gapforge/model"
 OUT_ENV = "GAPFORGE_OUT"
 LLAMA_CPP_ENV = "GAPFORGE_LLAMA_CPP"
 DEFAULT_LLAMA_CPP = "/opt/gapforge/llama.cpp"
+CPU_BASELINE_ENV = "GAPFORGE_LLAMA_CPP_CPU_BASELINE"
+"""The x86 features the image's llama.cpp was built for (`AVX,AVX2,F16C,FMA`), set by the builder."""
 GGUF_TARGETS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m")
 HF_TARGETS = ("gptq:int4", "bnb:nf4", "bnb:int8")
 """Quantized transformers checkpoints: they need CUDA (GPTQModel's and bitsandbytes' kernels)."""

@@ -296,7 +296,7 @@ def step_quantize(ctx: RunContext) -> StepRecord:
     )
 
     check_targets(ctx.recipe.quantize)
-    check_cpu_features()
+    check_cpu_features()  # before quantize_gguf imports llama_cpp
     llama_cpp = check_llama_cpp(ctx.llama_cpp)
     _require(ctx.out.merged / "config.json", "the merged model", "merge")
     targets = gguf_targets(ctx.recipe)
@@ -354,6 +354,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
     quantize = load_record(ctx.out, "quantize")
     ggufs = {t: ctx.out.gguf_file(ctx.recipe.name, t) for t in gguf_targets(ctx.recipe)}
     ggufs = {t: p for t, p in ggufs.items() if p.is_file()}
+    if ggufs:
+        check_cpu_features()  # before llama_cpp is imported to score them: not a SIGILL later
     quantized = {t: ctx.out.quantized_dir(t) for t in hf_targets(ctx.recipe)}
     quantized = {t: p for t, p in quantized.items() if (p / "config.json").is_file()}
     settings = ctx.recipe.evaluate

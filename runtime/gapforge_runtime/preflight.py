@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from gapforge_runtime.config import CPU_BASELINE_ENV
 from gapforge_runtime.errors import RuntimeFailure
 
 UNSAFE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -163,23 +165,48 @@ def check_targets(targets: list[str]) -> None:
         )
 
 
-# ggml's names for the x86 features it was compiled with → /proc/cpuinfo's flag names.
-_CPUINFO_FLAG = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c",
-                 "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f"}  # fmt: skip
+# ggml's names for the x86 features it was compiled with → /proc/cpuinfo's flag names. The builder
+# (gapforge/image.py GGML_CPU_FEATURES) records the same names in the image.
+_CPUINFO_FLAG = {"SSE3": "pni", "SSSE3": "ssse3", "SSE42": "sse4_2", "AVX": "avx", "AVX2": "avx2",
+                 "F16C": "f16c", "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni",
+                 "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+                 "AVX512_BF16": "avx512_bf16", "AMX_TILE": "amx_tile", "AMX_INT8": "amx_int8",
+                 "AMX_BF16": "amx_bf16"}  # fmt: skip
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def llama_cpp_cpu_features() -> set[str]:
-    """The x86 features llama.cpp was compiled to use (ggml reports its build flags)."""
+    """The x86 features llama.cpp was compiled to use (ggml reports its build flags).
+
+    This loads the library, whose code may already use an instruction the CPU lacks: only for
+    a runtime outside the image, where the builder's record of the baseline is absent.
+    """
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
     return {name for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", info) if value == "1" and name in _CPUINFO_FLAG}
 
 
-def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+def recorded_cpu_features() -> set[str] | None:
+    """The baseline the builder recorded in the image ($GAPFORGE_LLAMA_CPP_CPU_BASELINE), or None."""
+    recorded = os.environ.get(CPU_BASELINE_ENV)
+    if recorded is None:
+        return None
+    names = {name.strip() for name in recorded.split(",") if name.strip()}
+    unknown = sorted(names - _CPUINFO_FLAG.keys())
+    if unknown:
+        raise RuntimeFailure(
+            f"${CPU_BASELINE_ENV}={recorded!r} names {', '.join(unknown)}, which this runtime cannot "
+            f"check against /proc/cpuinfo. Use names from {', '.join(sorted(_CPUINFO_FLAG))}, or unset "
+            "it to ask the llama.cpp library itself."
+        )
+    return names
+
+
+def host_cpu_flags(cpuinfo: Path | None = None) -> set[str] | None:
     """The host CPU's feature flags, or None where /proc/cpuinfo has none (not x86 Linux)."""
     try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        text = (cpuinfo or CPUINFO).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
     match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
@@ -190,17 +217,23 @@ def check_cpu_features(built: set[str] | None = None, host: set[str] | None = No
     """Stop with a clear message, instead of a crash on an illegal instruction, on an older CPU.
 
     The image's llama.cpp is built for a fixed baseline (images/<profile>/profile.toml), so a CPU
-    older than that baseline would die with SIGILL at the first quantization or evaluation.
+    older than that baseline would die with SIGILL at the first quantization or evaluation. The
+    baseline comes from the image ($GAPFORGE_LLAMA_CPP_CPU_BASELINE), so this runs before
+    llama_cpp is imported; only outside the image is the library asked.
     """
-    built = llama_cpp_cpu_features() if built is None else built
     host = host_cpu_flags() if host is None else host
     if host is None:
         return
+    source = "its build"
+    if built is None:
+        built, source = recorded_cpu_features(), f"${CPU_BASELINE_ENV}"
+    if built is None:
+        built, source = llama_cpp_cpu_features(), "the llama.cpp library"
     missing = sorted(name for name in built if _CPUINFO_FLAG[name] not in host)
     if missing:
         raise RuntimeFailure(
             f"this CPU lacks {', '.join(missing)}, which the image's llama.cpp was built to use "
-            f"(it needs {', '.join(sorted(built))}; /proc/cpuinfo has no "
+            f"(it needs {', '.join(sorted(built))}, says {source}; /proc/cpuinfo has no "
             f"{', '.join(_CPUINFO_FLAG[name] for name in missing)} flag). "
             "Run the image on an x86-64-v3 CPU (Intel Haswell / AMD Zen or newer), or rebuild the "
             "image with a profile whose llama-cpp-python cmake_args target this CPU."

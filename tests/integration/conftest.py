@@ -18,6 +18,7 @@ import yaml
 from gapforge.lock.model import lock_local
 from gapforge.profile import REPO_ROOT
 from gapforge.recipe import load_recipe
+from tests.requirements import missing, require_module
 from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
 
 
@@ -45,11 +46,11 @@ def chat_rows(count: int) -> list[dict[str, Any]]:
 
 def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     """A 2-layer, 64-wide random Llama with a tokenizer trained here; safetensors only."""
-    np = pytest.importorskip("numpy")
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    np = require_module("numpy")
+    safetensors_numpy = require_module("safetensors.numpy")
     folder.mkdir(parents=True, exist_ok=True)
     texts = [m["content"] for row in chat_rows(40) for m in row["messages"]] + ["user assistant system"] * 5
-    pytest.importorskip("tokenizers")
+    require_module("tokenizers")
     tokenizer = train_llama_tokenizer(texts, 400)
     tokenizer.save(str(folder / "tokenizer.json"))
     vocab = tokenizer.get_vocab_size()
@@ -99,7 +100,7 @@ def docker_engine() -> Iterator[None]:
     """The engine; at the end, the images the tests loaded go again, so runs do not pile up
     gigabytes of sealed test images (and untagged ones left by rebuilds) on the disk."""
     if not _docker_answers():
-        pytest.skip("no Docker engine answers: run 'bash scripts/setup.sh'")
+        missing("a Docker engine", "none answers: run 'bash scripts/setup.sh'")
     yield
     from gapforge.engine import connect, remove_images, stale_images
 
@@ -146,7 +147,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry (a local registry v2, plain HTTP) on a free loopback port: HOST:PORT."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).is_file():
-        pytest.skip("no docker-registry: apt-get install docker-registry (or run 'bash scripts/setup.sh')")
+        missing("docker-registry", "apt-get install docker-registry (or run 'bash scripts/setup.sh')")
     root = tmp_path_factory.mktemp("registry")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from tests.requirements import missing, require_module
 from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
 
-pytest.importorskip("torch")
+# No module-level skip for torch: the torch-free tests here (the CPU check, the memory planner) run
+# everywhere; what needs torch asks for it through require_module, which fails on CI.
 
 TOPICS = [
     "choose a quantization", "serve the model", "find the report", "check the digest",
@@ -49,8 +51,11 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 def make_tiny_model(folder: Path) -> Path:
     """Save a random 2-layer, hidden-64 Llama with its tokenizer and chat template in HF layout."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    torch = require_module("torch")
+    transformers = require_module("transformers")
+    require_module("tokenizers")
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    PreTrainedTokenizerFast = transformers.PreTrainedTokenizerFast
 
     texts = []
     for row in chat_examples(60):
@@ -93,17 +98,17 @@ def find_llama_cpp() -> Path | None:
 
 @pytest.fixture(scope="session")
 def llama_cpp_dir() -> Path:
-    """llama.cpp's scripts folder, or skip: set GAPFORGE_LLAMA_CPP to a llama.cpp source tree."""
+    """llama.cpp's scripts folder: set GAPFORGE_LLAMA_CPP to a llama.cpp source tree (else skip; CI fails)."""
     found = find_llama_cpp()
     if found is None:
-        pytest.skip("no llama.cpp scripts: set GAPFORGE_LLAMA_CPP to a folder with convert_hf_to_gguf.py")
+        missing("llama.cpp's scripts", "set GAPFORGE_LLAMA_CPP to a folder with convert_hf_to_gguf.py")
     return found
 
 
 @pytest.fixture(scope="session")
 def llama_cpp_binding() -> Any:
-    """The llama_cpp module, or skip."""
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    """The llama_cpp module (else skip; CI fails)."""
+    return require_module("llama_cpp", "install llama-cpp-python from the runtime's locked wheels (nox -s test does)")
 
 
 @pytest.fixture(scope="session")

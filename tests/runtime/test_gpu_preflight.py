@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import write_recipe
 from gapforge_runtime.cli import main
 
+from tests.requirements import require_module
+
+torch = require_module("torch")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 
 

@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from conftest import write_recipe
-from safetensors.torch import load_file
+
+from tests.requirements import require_module
+
+torch = require_module("torch")
+load_file = require_module("safetensors.torch").load_file
 
 
 def _train(recipe: Path, model: Path, out: Path, *extra: str) -> list[str]:

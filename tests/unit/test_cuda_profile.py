@@ -67,11 +67,15 @@ def test_minimum_driver_comes_from_the_locked_cuda_release(cuda_lock) -> None:  
         "io.gapforge.accelerator": "cuda",
         "io.gapforge.cuda.version": "13.0",
         "io.gapforge.cuda.min_driver": "580.65.06",
+        "io.gapforge.llama_cpp.cpu_baseline": "AVX,AVX2,F16C,FMA",
     }
     env = profile_env(profile, cuda_lock)
     assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0" and env["NVIDIA_VISIBLE_DEVICES"] == "all"
     cpu = load_profile("cpu")
-    assert profile_labels(cpu, parse_python_lock(LOCKS / "cpu.txt")) == {"io.gapforge.accelerator": "none"}
+    assert profile_labels(cpu, parse_python_lock(LOCKS / "cpu.txt")) == {
+        "io.gapforge.accelerator": "none",
+        "io.gapforge.llama_cpp.cpu_baseline": "AVX,AVX2,F16C,FMA",
+    }
 
 
 def test_unknown_cuda_release_names_the_fix() -> None:

@@ -25,7 +25,7 @@ def test_every_shipped_recipe_validates_and_opens_with_its_build_command(path: P
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
-    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data").mkdir(parents=True, exist_ok=True)
     (tmp_path / "data" / "sample.jsonl").write_text('{"text": "hello"}\n')
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -75,6 +75,123 @@ def test_semantic_problems_are_collected_too(tmp_path: Path) -> None:
     assert "gguf:q4_k_m" in text  # the gate names a target that is no longer built
     assert "no such file" in text
     assert len(caught.value.problems) == 5
+
+
+def test_schema_and_semantic_problems_come_in_one_error(tmp_path: Path) -> None:
+    data = _good()
+    data["lora"]["r"] = 0  # schema: out of range
+    data["train"]["method"] = "qlora"  # semantic: QLoRA on the cpu profile
+    data["data"]["sample"] = "../../../../../../etc/passwd"  # path: out of the recipe's folder
+    path = _write(tmp_path, data)
+    lines = path.read_text().splitlines()
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    r_line = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("r: 0"))
+    method_line = next(i for i, line in enumerate(lines, 1) if "method: qlora" in line)
+    assert f"line {r_line}: lora.r: input should be greater than 0 (got 0)" in problems
+    assert any(p.startswith(f"line {method_line}: train.method: QLoRA needs a CUDA GPU") for p in problems)
+    assert any("data.sample: must stay inside the recipe's folder" in p for p in problems)
+
+
+def test_a_value_the_schema_refused_is_not_checked_again(tmp_path: Path) -> None:
+    data = _good()
+    data["profile"] = "gpu"  # schema: unknown profile; the cpu-only checks must not guess at it
+    data["train"]["method"] = "qlora"
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert len(caught.value.problems) == 1, caught.value.problems
+    assert "profile: must be one of 'cpu' or 'cuda' (got 'gpu')" in caught.value.problems[0]
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+@pytest.mark.parametrize(
+    ("sample", "why"),
+    [
+        ("/etc/passwd", "never absolute"),
+        ("../../../../../../etc/passwd", "'..' leads out of it"),
+        ("data/../../outside.jsonl", "'..' leads out of it"),
+    ],
+)
+def test_sample_outside_the_recipe_folder_is_refused(tmp_path: Path, sample: str, why: str) -> None:
+    (tmp_path / "outside.jsonl").write_text('{"text": "secret"}\n')
+    data = _good()
+    data["data"]["sample"] = sample
+    path = _write(tmp_path / "recipe", data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    line = _line_of(path, "sample:")
+    folder = (tmp_path / "recipe").resolve()
+    assert problem.startswith(
+        f"line {line}: data.sample: must stay inside the recipe's folder {folder} (got {sample!r}): "
+    )
+    assert why in problem and "relative to the recipe" in problem
+
+
+def test_symlink_out_of_the_recipe_folder_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"text": "secret"}\n')
+    data = _good()
+    data["data"]["sample"] = "data/linked.jsonl"
+    path = _write(tmp_path / "recipe", data)
+    (tmp_path / "recipe" / "data" / "linked.jsonl").symlink_to(secret)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"line {_line_of(path, 'sample:')}: data.sample: must stay inside")
+    assert f"a symbolic link leads out of it, to {secret.resolve()}" in problem
+
+
+def test_a_nul_in_a_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    data = _good()
+    data["data"]["sample"] = "data/sample.jsonl\0.txt"
+    with pytest.raises(RecipeError, match=r"data\.sample: a path cannot contain a NUL character"):
+        load_recipe(_write(tmp_path, data))
+
+
+def test_paths_inside_the_folder_pass_links_included(tmp_path: Path) -> None:
+    data = _good()
+    data["data"]["sample"] = "./data/../data/linked.jsonl"
+    path = _write(tmp_path, data)
+    (tmp_path / "data" / "linked.jsonl").symlink_to("sample.jsonl")
+    loaded = load_recipe(path)
+    assert loaded.sample_data == (tmp_path / "data" / "sample.jsonl").resolve()
+
+
+@pytest.mark.parametrize("model_path", ["/opt/models/tiny", "../models/tiny"])
+def test_local_model_outside_the_recipe_folder_is_refused(tmp_path: Path, model_path: str) -> None:
+    data = _good()
+    data["model"] = {"id": "tiny", "source": {"type": "local", "path": model_path}}
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"line {_line_of(path, 'path:')}: model.source.path: must stay inside the recipe's folder")
+    assert f"(got {model_path!r})" in problem
+
+
+@pytest.mark.parametrize("command", ["validate", "build"])
+def test_cli_refuses_a_path_out_of_the_folder_with_exit_2(tmp_path: Path, command: str) -> None:
+    data = _good()
+    data["data"]["sample"] = "../../../../../../etc/passwd"
+    path = _write(tmp_path / "recipe", data)
+    extra = ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")] if command == "build" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "gapforge.cli", command, str(path), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "data.sample: must stay inside the recipe's folder" in " ".join(result.stderr.split())
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from gapforge.errors import GapforgeError
 from gapforge.oci.tar import (
     Entry,
+    UnsafeTarPath,
     clean_path,
     entries_from_tree,
     iter_ordered,
@@ -100,6 +102,56 @@ def test_paths_cannot_escape_the_root() -> None:
     assert clean_path("/opt//x/./y") == "opt/x/y"
     with pytest.raises(ValueError, match="escapes"):
         clean_path("opt/../../etc/passwd")
+
+
+def _members(entries: list[Entry]) -> list[tarfile.TarInfo]:
+    buffer = io.BytesIO()
+    write_tar(entries, buffer, EPOCH)
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        return tar.getmembers()
+
+
+def test_every_member_name_and_hard_link_target_is_written_clean() -> None:
+    members = _members(
+        [
+            Entry("/opt//app/./data.bin", "file", data=b"payload"),
+            Entry("./opt/app/alias", "hardlink", linkname="/opt/./app//data.bin"),
+            Entry("opt/app/link", "symlink", 0o777, linkname="../../usr/bin/python3"),
+        ]
+    )
+    names = {m.name: m for m in members}
+    assert sorted(names) == ["opt/app/alias", "opt/app/data.bin", "opt/app/link"]
+    # the alias sorts first, so it carries the bytes and the original links to its clean name
+    assert names["opt/app/alias"].isfile()
+    assert names["opt/app/data.bin"].islnk() and names["opt/app/data.bin"].linkname == "opt/app/alias"
+    # a symlink's target is resolved inside the container's root: kept as the package wrote it
+    assert names["opt/app/link"].linkname == "../../usr/bin/python3"
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [Entry("opt/../../etc/passwd", "file", data=b"x")],
+        [Entry("../outside", "dir", 0o755)],
+        [Entry("opt/a", "file", data=b"x"), Entry("opt/b", "hardlink", linkname="opt/../../etc/shadow")],
+    ],
+    ids=["file", "dir", "hard-link-target"],
+)
+def test_a_name_that_escapes_the_root_is_refused(entries: list[Entry]) -> None:
+    with pytest.raises(UnsafeTarPath, match=r"escapes the image root: '.*\.\./.*' has a '\.\.' part") as caught:
+        write_tar(entries, io.BytesIO(), EPOCH)
+    assert isinstance(caught.value, GapforgeError)  # the CLI prints it as one paragraph, exit 2
+    assert "fix or replace it" in str(caught.value)
+
+
+def test_empty_names_and_dangling_hard_links_are_refused() -> None:
+    with pytest.raises(UnsafeTarPath, match=r"empty name '\./'"):
+        write_tar([Entry("./", "dir", 0o755)], io.BytesIO(), EPOCH)
+    with pytest.raises(UnsafeTarPath, match="points to '/', which is no file"):
+        write_tar([Entry("a", "hardlink", linkname="/")], io.BytesIO(), EPOCH)
+    with pytest.raises(UnsafeTarPath, match="points to 'missing', which is not in the same layer"):
+        write_tar([Entry("a", "hardlink", linkname="missing")], io.BytesIO(), EPOCH)
 
 
 def test_parents_are_added() -> None:
