@@ -118,7 +118,9 @@ def _section(raw: dict[str, Any], key: str, cls: type, path: Path) -> Any:
     try:
         return cls(**known)
     except TypeError as exc:
-        raise RuntimeFailure(f"{path}: '{key}' is incomplete ({exc}). Rebuild the recipe JSON with the builder.") from None
+        raise RuntimeFailure(
+            f"{path}: '{key}' is incomplete ({exc}). Rebuild the recipe JSON with the builder."
+        ) from None
 
 
 def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
@@ -132,7 +134,9 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RuntimeFailure(f"recipe {path}: not valid JSON ({exc}). Pass the recipe JSON the builder wrote.") from None
+        raise RuntimeFailure(
+            f"recipe {path}: not valid JSON ({exc}). Pass the recipe JSON the builder wrote."
+        ) from None
     if not isinstance(raw, dict) or "data" not in raw or "train" not in raw:
         raise RuntimeFailure(f"recipe {path}: not a gapforge recipe (no 'data'/'train' sections).")
     data = raw["data"]

@@ -21,7 +21,11 @@ from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import write_json_atomic
 
 # Variables every rank must see (the offline guarantee, and NVLink multicast off on shared hosts).
-CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "OMP_NUM_THREADS": "1"}
+CHILD_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def torchrun_command(nproc: int, spec: Path) -> list[str]:

@@ -93,7 +93,9 @@ def reference_answer(data_format: str, record: dict[str, Any]) -> str:
     return str([m for m in messages if m["role"] == "assistant"][-1]["content"])
 
 
-def encode_record(tokenizer: Any, data_format: str, record: dict[str, Any], max_length: int) -> Encoded:
+def encode_record(
+    tokenizer: Any, data_format: str, record: dict[str, Any], max_length: int
+) -> Encoded:
     """Token ids and labels for one record, truncated to `max_length`."""
     if data_format == "completion":
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
