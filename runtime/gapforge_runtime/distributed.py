@@ -58,9 +58,9 @@ def launch_training(spec: dict[str, Any], nproc: int, work: Path) -> dict[str, A
 def worker(spec_path: Path) -> int:
     """One rank: read the spec, train, and (rank 0) write the result."""
     from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.encoding import encoded_split
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.offline import force_offline
-    from gapforge_runtime.pipeline import encoded_split
     from gapforge_runtime.train import train_adapter, world
 
     force_offline()

@@ -20,7 +20,7 @@ from typing import Any
 
 from gapforge_runtime import data as data_mod
 from gapforge_runtime.config import GGUF_TARGETS, HF_TARGETS, RecipeSettings
-from gapforge_runtime.encoding import encode_split, prompt_text, reference_answer
+from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, reference_answer
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
@@ -146,13 +146,6 @@ def step_data(ctx: RunContext) -> StepRecord:
 
     record, _ = run_step(ctx.out, "data", inputs, ctx.force, body)
     return record
-
-
-def encoded_split(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
-    """One split written by the data step, encoded for training or scoring."""
-    records = data_mod.read_split_file(data_dir / f"{split}.jsonl")
-    items, _ = encode_split(tokenizer, recipe.data_format, records, recipe.train.max_seq_length)
-    return items
 
 
 def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
