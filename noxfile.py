@@ -69,15 +69,15 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check and ruff format --check (the builder and the runtime)."""
     _install_locked_tools(session)
     session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
-    session.run("ruff", "format", "--check", "gapforge", "noxfile.py")
+    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the builder."""
+    """mypy --strict on the builder and the runtime (pyproject.toml [tool.mypy])."""
     _install_builder(session)
     session.run("mypy")
 

@@ -124,10 +124,10 @@ def cmd_step(args: argparse.Namespace) -> int:
     ctx = _context(args)
     # Before any work: a GPU-only method or target on a machine without a GPU stops here.
     # `train` checks the quantize targets too: better refused now than after hours of training.
-    steps = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
+    checked = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
         args.command, (args.command,)
     )
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, steps, ctx.nproc)
+    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, checked, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],

@@ -112,7 +112,7 @@ class RecipeSettings:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
 
 
-def _section(raw: dict[str, Any], key: str, cls: type, path: Path) -> Any:
+def _section(raw: dict[str, Any], key: str, cls: Any, path: Path) -> Any:
     values = raw.get(key) or {}
     known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
     try:

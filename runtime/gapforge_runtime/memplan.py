@@ -146,6 +146,7 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
     """Peak memory per GPU of one training configuration."""
     b, s, h = train.batch, train.seq, model.hidden
     qlora = train.method == "qlora"
+    weights: float  # bytes; a fraction of a byte per parameter for NF4
     if qlora:
         weights = (
             model.linear_params * NF4_BYTES_PER_PARAM + (model.params - model.linear_params) * 4
@@ -155,7 +156,7 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
     trainable = (
         model.params if train.method == "full" else model.lora_params(train.rank, train.targets)
     )
-    state = trainable * 16  # fp32 (master) weights, gradients, two AdamW moments
+    state: float = trainable * 16  # fp32 (master) weights, gradients, two AdamW moments
     if train.method == "full":
         weights = 0  # counted in the 16 bytes of mixed-precision state
     checkpointing = train.gradient_checkpointing or qlora
@@ -193,9 +194,10 @@ def gpu_memory_bytes() -> int | None:
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
         return None
-    return min(
+    smallest: int = min(
         torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
     )
+    return smallest
 
 
 def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | None:

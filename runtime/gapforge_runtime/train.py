@@ -161,7 +161,8 @@ def _checkpoint_folders(folder: Path) -> list[Path]:
 def checkpoints_found(folder: Path) -> tuple[Path | None, list[Path]]:
     """The newest complete checkpoint in `folder` (one whose save finished), and the folders whose
     save was cut short: resuming must neither use nor keep those."""
-    complete, unfinished = [], []
+    complete: list[Path] = []
+    unfinished: list[Path] = []
     for checkpoint in _checkpoint_folders(folder):
         (complete if (checkpoint / COMPLETE_MARKER).is_file() else unfinished).append(checkpoint)
     return (complete[-1] if complete else None), unfinished
