@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gapforge.errors import GapforgeError, RecipeError
+from gapforge.profile import REPO_ROOT
 
 try:
     from gapforge_runtime.recipe_schema import (
@@ -61,6 +62,7 @@ __all__ = [
     "GPU_ONLY_TARGETS",
     "PINNED_REQUIREMENT",
     "PROFILES",
+    "SCHEMA_LINE",
     "SCHEMA_PATH",
     "SLUG",
     "DataSpec",
@@ -84,8 +86,10 @@ __all__ = [
     "write_schema",
 ]
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "recipes" / "schema.json"
-"""The published JSON Schema; every shipped recipe names it on its second line for editors."""
+SCHEMA_PATH = REPO_ROOT / "recipes" / "schema.json"
+SCHEMA_LINE = "# yaml-language-server: $schema=../schema.json"
+"""The published JSON Schema; every shipped recipe names it on its second line (SCHEMA_LINE), so
+editors with a YAML language server complete and check recipes."""
 
 
 class LoadedRecipe(BaseModel):

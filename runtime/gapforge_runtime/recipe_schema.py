@@ -161,7 +161,7 @@ class EvaluateSpec(_Strict):
     sample_answers: Annotated[int, Field(ge=0, le=100)] = 3
     """Test prompts answered by every model in the report."""
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
-    """The length limit of those answers."""
+    """Tokens each sample answer may generate."""
     gates: GatesSpec = Field(default_factory=GatesSpec)
 
 
@@ -186,9 +186,13 @@ class Recipe(_Strict):
 
 
 def json_schema() -> dict[str, Any]:
-    """The recipe's JSON Schema, as published in recipes/schema.json."""
-    schema = Recipe.model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    """The recipe's JSON Schema, as published in recipes/schema.json.
+
+    pydantic writes draft 2020-12; it declares no `$schema`, because the keywords it uses here
+    (`$defs` reached by `$ref` pointers, `oneOf`, `propertyNames`, `additionalProperties`) read
+    the same under draft 7, the dialect of the YAML language server that editors run.
+    """
+    return Recipe.model_json_schema()
 
 
 # --- problems, worded the same on both sides ---------------------------------------------------
