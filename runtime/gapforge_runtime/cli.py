@@ -124,8 +124,10 @@ def cmd_step(args: argparse.Namespace) -> int:
     ctx = _context(args)
     # Before any work: a GPU-only method or target on a machine without a GPU stops here.
     # `train` checks the quantize targets too: better refused now than after hours of training.
-    steps = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(args.command, (args.command,))
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, steps, ctx.nproc)
+    checked = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
+        args.command, (args.command,)
+    )
+    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, checked, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],
@@ -134,7 +136,12 @@ def cmd_step(args: argparse.Namespace) -> int:
         "quantize": [pipeline.step_quantize],
         "eval": [pipeline.step_eval],
         # train runs (or confirms) the data step itself.
-        "run": [pipeline.step_train, pipeline.step_merge, pipeline.step_quantize, pipeline.step_eval],
+        "run": [
+            pipeline.step_train,
+            pipeline.step_merge,
+            pipeline.step_quantize,
+            pipeline.step_eval,
+        ],
     }[args.command]
     if args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
@@ -158,7 +165,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from gapforge_runtime import memplan
     from gapforge_runtime.config import DEFAULT_MODEL, MODEL_ENV, load_recipe_settings
 
-    recipe = load_recipe_settings(args.recipe) if (args.recipe or os.environ.get("GAPFORGE_RECIPE")) else None
+    recipe = (
+        load_recipe_settings(args.recipe)
+        if (args.recipe or os.environ.get("GAPFORGE_RECIPE"))
+        else None
+    )
     source = Path(args.config or args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
     try:
         shape = memplan.ModelShape.from_config(memplan.read_config(source))
@@ -174,11 +185,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         seq=args.seq or (train.max_seq_length if train else 2048),
         rank=args.rank or (recipe.lora.r if recipe else 16),
         targets=recipe.lora.target_modules if recipe else "all-linear",
-        gradient_checkpointing=args.gradient_checkpointing or bool(train and train.gradient_checkpointing),
+        gradient_checkpointing=args.gradient_checkpointing
+        or bool(train and train.gradient_checkpointing),
         nproc=args.nproc or (train.nproc if train else 1),
-        distributed=args.distributed or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
+        distributed=args.distributed
+        or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
     )
-    memory = int(args.gpu_memory_gib * memplan.GiB) if args.gpu_memory_gib else memplan.gpu_memory_bytes()
+    memory = (
+        int(args.gpu_memory_gib * memplan.GiB)
+        if args.gpu_memory_gib
+        else memplan.gpu_memory_bytes()
+    )
     plan = memplan.estimate(shape, training, memory)
     if args.json:
         print(json.dumps(plan.as_json(), indent=2, sort_keys=True))
@@ -191,13 +208,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
-    parser.add_argument("--model", help="base model folder, HF layout (default: $GAPFORGE_MODEL_DIR or /opt/gapforge/model)")
+    parser.add_argument(
+        "--model",
+        help="base model folder, HF layout (default: $GAPFORGE_MODEL_DIR or /opt/gapforge/model)",
+    )
     parser.add_argument("--data", help="JSONL data (default: the recipe's sample data)")
     parser.add_argument("--validation", help="your own validation split (JSONL, same format)")
     parser.add_argument("--test", help="your own test split (JSONL, same format)")
     parser.add_argument("--out", help="output folder (default: $GAPFORGE_OUT or ./outputs)")
-    parser.add_argument("--llama-cpp", help="llama.cpp scripts folder (default: $GAPFORGE_LLAMA_CPP or /opt/gapforge/llama.cpp)")
-    parser.add_argument("--force", action="store_true", help="redo finished steps; replace another run's outputs")
+    parser.add_argument(
+        "--llama-cpp",
+        help="llama.cpp scripts folder (default: $GAPFORGE_LLAMA_CPP or /opt/gapforge/llama.cpp)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="redo finished steps; replace another run's outputs"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,9 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=cmd_info)
 
-    imp = sub.add_parser("import-gguf", help="dequantize a GGUF model into an HF safetensors folder")
+    imp = sub.add_parser(
+        "import-gguf", help="dequantize a GGUF model into an HF safetensors folder"
+    )
     imp.add_argument("--gguf", required=True, help="the .gguf model file")
-    imp.add_argument("--out", required=True, help="the folder to write (config, tokenizer, weights)")
+    imp.add_argument(
+        "--out", required=True, help="the folder to write (config, tokenizer, weights)"
+    )
     imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     imp.add_argument(
         "--dtype",
@@ -222,16 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="estimate peak GPU memory of training and whether it fits")
     plan.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE)")
-    plan.add_argument("--model", help="model folder with config.json (default: $GAPFORGE_MODEL_DIR)")
+    plan.add_argument(
+        "--model", help="model folder with config.json (default: $GAPFORGE_MODEL_DIR)"
+    )
     plan.add_argument("--config", help="a config.json instead of a model folder")
-    plan.add_argument("--method", choices=["full", "lora", "qlora"], help="override the recipe's train.method")
+    plan.add_argument(
+        "--method", choices=["full", "lora", "qlora"], help="override the recipe's train.method"
+    )
     plan.add_argument("--batch", type=int, help="micro-batch size per GPU")
     plan.add_argument("--seq", type=int, help="sequence length")
     plan.add_argument("--rank", type=int, help="LoRA rank")
-    plan.add_argument("--gradient-checkpointing", action="store_true", help="assume activation recomputation")
+    plan.add_argument(
+        "--gradient-checkpointing", action="store_true", help="assume activation recomputation"
+    )
     plan.add_argument("--nproc", type=int, help="GPUs the run is spread over")
     plan.add_argument("--distributed", choices=["ddp", "fsdp"], help="how the GPUs share the model")
-    plan.add_argument("--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)")
+    plan.add_argument(
+        "--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)"
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(func=cmd_plan)
 
@@ -239,8 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         step = sub.add_parser(name, help=text, description=text)
         _add_common(step)
         if name in ("run", "train"):
-            step.add_argument("--resume", action="store_true", help="continue training from the last checkpoint")
-            step.add_argument("--nproc", type=int, help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)")
+            step.add_argument(
+                "--resume", action="store_true", help="continue training from the last checkpoint"
+            )
+            step.add_argument(
+                "--nproc",
+                type=int,
+                help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)",
+            )
         step.set_defaults(func=cmd_step)
     return parser
 

@@ -1,7 +1,8 @@
 """The recipe as the runtime sees it: the builder's normalized JSON, read into typed dataclasses.
 
-The runtime never imports the builder; this mirrors the fields of `gapforge/recipe.py` that the
-runtime uses. Unknown fields are ignored so an older runtime reads a newer recipe.
+The JSON is validated with the same schema the builder validated the recipe YAML with
+(`gapforge_runtime.recipe_schema`, which the builder imports; the runtime never imports the
+builder): an unknown or invalid field is refused, worded as the builder words it, never dropped.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.recipe_schema import Recipe, schema_problems
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
@@ -27,6 +31,8 @@ CPU_BASELINE_ENV = "GAPFORGE_LLAMA_CPP_CPU_BASELINE"
 GGUF_TARGETS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m")
 HF_TARGETS = ("gptq:int4", "bnb:nf4", "bnb:int8")
 """Quantized transformers checkpoints: they need CUDA (GPTQModel's and bitsandbytes' kernels)."""
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,9 @@ class RecipeSettings:
     quantize: list[str]
     evaluate: EvaluateSettings
     raw: dict[str, Any]
+    """The recipe JSON as read: the manifest records it and the recipe's digest is taken of it."""
+    spec: Recipe
+    """The recipe as the schema validated it: every field, defaults filled in."""
     gptq: GptqSettings = field(default_factory=GptqSettings)
     profile: str = "cpu"
 
@@ -112,13 +121,28 @@ class RecipeSettings:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
 
 
-def _section(raw: dict[str, Any], key: str, cls: type, path: Path) -> Any:
-    values = raw.get(key) or {}
-    known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+def _settings(cls: type[_T], section: BaseModel) -> _T:
+    """A settings dataclass from a validated section: each of its fields, none left out.
+
+    A schema field the dataclass lacks raises TypeError: the contract test loads every shipped
+    recipe through here, so a field cannot be added to the schema and dropped by the runtime.
+    """
+    return cls(**section.model_dump())
+
+
+def validate_recipe(raw: dict[str, Any], shown: str) -> Recipe:
+    """The recipe JSON validated with the builder's schema; RuntimeFailure lists every problem."""
     try:
-        return cls(**known)
-    except TypeError as exc:
-        raise RuntimeFailure(f"{path}: '{key}' is incomplete ({exc}). Rebuild the recipe JSON with the builder.") from None
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = schema_problems(exc)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        raise RuntimeFailure(
+            f"recipe {shown}: {count} against the recipe schema of this runtime. Pass the recipe "
+            "JSON the builder wrote for this image (the builder checks a recipe with the same "
+            "schema: run 'gapforge validate' on the recipe YAML).",
+            [f"{shown}: {item.text}" for item in problems],
+        ) from None
 
 
 def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
@@ -132,28 +156,30 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RuntimeFailure(f"recipe {path}: not valid JSON ({exc}). Pass the recipe JSON the builder wrote.") from None
+        raise RuntimeFailure(
+            f"recipe {path}: not valid JSON ({exc}). Pass the recipe JSON the builder wrote."
+        ) from None
     if not isinstance(raw, dict) or "data" not in raw or "train" not in raw:
         raise RuntimeFailure(f"recipe {path}: not a gapforge recipe (no 'data'/'train' sections).")
-    data = raw["data"]
-    evaluate = dict(raw.get("evaluate") or {})
-    gates = evaluate.pop("gates", {}) or {}
+    spec = validate_recipe(raw, str(path))
+    gates = spec.evaluate.gates
     return RecipeSettings(
         path=path.resolve(),
-        name=str(raw.get("name", "model")),
-        version=str(raw.get("version", "0")),
-        data_format=str(data.get("format", "chat")),
-        sample=(path.resolve().parent / str(data.get("sample", ""))).resolve(),
-        lora=_section(raw, "lora", LoraSettings, path),
-        train=_section(raw, "train", TrainSettings, path),
-        quantize=list(raw.get("quantize") or ["gguf:q8_0", "gguf:q4_k_m"]),
+        name=spec.name,
+        version=spec.version,
+        data_format=spec.data.format,
+        sample=(path.resolve().parent / spec.data.sample).resolve(),
+        lora=_settings(LoraSettings, spec.lora),
+        train=_settings(TrainSettings, spec.train),
+        quantize=list(spec.quantize),
         evaluate=EvaluateSettings(
-            sample_answers=int(evaluate.get("sample_answers", 3)),
-            max_new_tokens=int(evaluate.get("max_new_tokens", 48)),
-            require_improvement=bool(gates.get("require_improvement", True)),
-            max_perplexity_delta_pct=dict(gates.get("max_perplexity_delta_pct") or {}),
+            sample_answers=spec.evaluate.sample_answers,
+            max_new_tokens=spec.evaluate.max_new_tokens,
+            require_improvement=gates.require_improvement,
+            max_perplexity_delta_pct={t: pct for t, pct in gates.max_perplexity_delta_pct.items()},
         ),
         raw=raw,
-        gptq=_section(raw, "gptq", GptqSettings, path),
-        profile=str(raw.get("profile", "cpu")),
+        spec=spec,
+        gptq=_settings(GptqSettings, spec.gptq),
+        profile=spec.profile,
     )

@@ -56,7 +56,11 @@ def _check_alpaca(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]
         problems.append(f"field 'input' must be a string (got {obj['input']!r:.40})")
     if problems:
         return None, problems
-    return {"instruction": obj["instruction"], "input": obj.get("input") or "", "output": obj["output"]}, []
+    return {
+        "instruction": obj["instruction"],
+        "input": obj.get("input") or "",
+        "output": obj["output"],
+    }, []
 
 
 def _check_chat(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
@@ -102,9 +106,13 @@ CHECKS = {"alpaca": _check_alpaca, "chat": _check_chat, "completion": _check_com
 def read_examples(path: Path, data_format: str, *, label: str = "--data") -> list[Example]:
     """Read and validate a JSONL file; raise one RuntimeFailure listing every bad line."""
     if data_format not in FORMATS:
-        raise RuntimeFailure(f"recipe data.format {data_format!r} is unknown: use one of {', '.join(FORMATS)}.")
+        raise RuntimeFailure(
+            f"recipe data.format {data_format!r} is unknown: use one of {', '.join(FORMATS)}."
+        )
     if not path.is_file():
-        raise RuntimeFailure(f"{label} {path}: no such file. Pass the path of your JSONL data file.")
+        raise RuntimeFailure(
+            f"{label} {path}: no such file. Pass the path of your JSONL data file."
+        )
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise RuntimeFailure(
@@ -187,7 +195,9 @@ def split_examples(
     if validation is None:
         n = _held_out_count(len(unique), ratios[1])
         validation, shuffled = shuffled[:n], shuffled[n:]
-    return DataSplit(train=shuffled, validation=validation, test=test, duplicates_removed=removed, ratios=ratios)
+    return DataSplit(
+        train=shuffled, validation=validation, test=test, duplicates_removed=removed, ratios=ratios
+    )
 
 
 def write_split(split: DataSplit, folder: Path) -> dict[str, Path]:
@@ -195,13 +205,21 @@ def write_split(split: DataSplit, folder: Path) -> dict[str, Path]:
     from gapforge_runtime.files import write_text_atomic
 
     paths = {}
-    for name, rows in (("train", split.train), ("validation", split.validation), ("test", split.test)):
+    for name, rows in (
+        ("train", split.train),
+        ("validation", split.validation),
+        ("test", split.test),
+    ):
         path = folder / f"{name}.jsonl"
-        write_text_atomic(path, "".join(json.dumps(e.record, ensure_ascii=False) + "\n" for e in rows))
+        write_text_atomic(
+            path, "".join(json.dumps(e.record, ensure_ascii=False) + "\n" for e in rows)
+        )
         paths[name] = path
     return paths
 
 
 def read_split_file(path: Path) -> list[dict[str, Any]]:
     """Read a split file written by `write_split`."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]

@@ -21,7 +21,11 @@ from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import write_json_atomic
 
 # Variables every rank must see (the offline guarantee, and NVLink multicast off on shared hosts).
-CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "OMP_NUM_THREADS": "1"}
+CHILD_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def torchrun_command(nproc: int, spec: Path) -> list[str]:
@@ -54,9 +58,9 @@ def launch_training(spec: dict[str, Any], nproc: int, work: Path) -> dict[str, A
 def worker(spec_path: Path) -> int:
     """One rank: read the spec, train, and (rank 0) write the result."""
     from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.encoding import encoded_split
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.offline import force_offline
-    from gapforge_runtime.pipeline import encoded_split
     from gapforge_runtime.train import train_adapter, world
 
     force_offline()

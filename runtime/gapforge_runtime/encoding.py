@@ -9,7 +9,13 @@ generation prompt and rendered including it), then mapped to tokens by their off
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gapforge_runtime.data import read_split_file
+
+if TYPE_CHECKING:
+    from gapforge_runtime.config import RecipeSettings
 
 IGNORE_INDEX = -100
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
@@ -93,7 +99,9 @@ def reference_answer(data_format: str, record: dict[str, Any]) -> str:
     return str([m for m in messages if m["role"] == "assistant"][-1]["content"])
 
 
-def encode_record(tokenizer: Any, data_format: str, record: dict[str, Any], max_length: int) -> Encoded:
+def encode_record(
+    tokenizer: Any, data_format: str, record: dict[str, Any], max_length: int
+) -> Encoded:
     """Token ids and labels for one record, truncated to `max_length`."""
     if data_format == "completion":
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
@@ -139,3 +147,14 @@ def encode_split(
             continue  # nothing to learn or measure: its answer lies past max_seq_length
         encoded.append(item)
     return encoded, stats
+
+
+def encoded_split(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
+    """One split written by the data step, encoded for training or scoring.
+
+    Here rather than in the pipeline: the torchrun worker (distributed.py) needs it too, and the
+    pipeline imports distributed.py.
+    """
+    records = read_split_file(data_dir / f"{split}.jsonl")
+    items, _ = encode_split(tokenizer, recipe.data_format, records, recipe.train.max_seq_length)
+    return items

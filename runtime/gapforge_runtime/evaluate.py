@@ -78,7 +78,9 @@ def score_transformers(model: Any, items: list[Encoded]) -> tuple[float, int]:
     return (total / count if count else float("nan")), count
 
 
-def greedy_transformers(model: Any, prompts: list[list[int]], max_new: int, stop_ids: set[int]) -> list[list[int]]:
+def greedy_transformers(
+    model: Any, prompts: list[list[int]], max_new: int, stop_ids: set[int]
+) -> list[list[int]]:
     """Greedy continuations of each prompt (token ids)."""
     import torch
 
@@ -88,10 +90,14 @@ def greedy_transformers(model: Any, prompts: list[list[int]], max_new: int, stop
         for prompt in prompts:
             ids = torch.tensor([prompt], device=device)
             out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                do_sample=False, eos_token_id=sorted(stop_ids) or None, pad_token_id=min(stop_ids) if stop_ids else 0,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=sorted(stop_ids) or None,
+                pad_token_id=min(stop_ids) if stop_ids else 0,
             )
-            new = out[0][len(prompt):].tolist()
+            new = out[0][len(prompt) :].tolist()
             outputs.append([t for t in new if t not in stop_ids])
     return outputs
 
@@ -101,8 +107,13 @@ def open_gguf(path: Path, n_ctx: int) -> Any:
     from llama_cpp import Llama
 
     return Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-        n_threads=os.cpu_count() or 1, verbose=False, seed=0,
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(n_ctx, 512),
+        logits_all=True,
+        n_threads=os.cpu_count() or 1,
+        verbose=False,
+        seed=0,
     )
 
 
@@ -123,7 +134,9 @@ def score_gguf(llm: Any, items: list[Encoded]) -> tuple[float, int]:
     return (total / count if count else float("nan")), count
 
 
-def greedy_gguf(llm: Any, prompts: list[list[int]], max_new: int, stop_ids: set[int]) -> list[list[int]]:
+def greedy_gguf(
+    llm: Any, prompts: list[list[int]], max_new: int, stop_ids: set[int]
+) -> list[list[int]]:
     """Greedy continuations from a GGUF model, argmax over its own logits."""
     import numpy as np
 
@@ -156,21 +169,38 @@ def decide_gates(
     gates = []
     base, merged = scores.get("base"), scores.get("merged")
     if require_improvement and base and merged:
-        gates.append(Gate(
-            name="require_improvement", passed=merged.loss < base.loss, value=merged.loss, limit=base.loss,
-            detail=f"merged test loss {merged.loss:.4f} must be below base {base.loss:.4f}",
-        ))
+        gates.append(
+            Gate(
+                name="require_improvement",
+                passed=merged.loss < base.loss,
+                value=merged.loss,
+                limit=base.loss,
+                detail=f"merged test loss {merged.loss:.4f} must be below base {base.loss:.4f}",
+            )
+        )
     for target, limit in sorted(max_delta_pct.items()):
         score = scores.get(target)
         if score is None or merged is None:
-            gates.append(Gate(name=f"max_perplexity_delta_pct[{target}]", passed=False, value=float("nan"),
-                              limit=limit, detail=f"{target} was not built or not evaluated"))
+            gates.append(
+                Gate(
+                    name=f"max_perplexity_delta_pct[{target}]",
+                    passed=False,
+                    value=float("nan"),
+                    limit=limit,
+                    detail=f"{target} was not built or not evaluated",
+                )
+            )
             continue
         delta = delta_pct(score.perplexity, merged.perplexity)
-        gates.append(Gate(
-            name=f"max_perplexity_delta_pct[{target}]", passed=delta <= limit, value=delta, limit=limit,
-            detail=f"{target} perplexity {score.perplexity:.3f} is {delta:+.2f}% vs merged (limit {limit}%)",
-        ))
+        gates.append(
+            Gate(
+                name=f"max_perplexity_delta_pct[{target}]",
+                passed=delta <= limit,
+                value=delta,
+                limit=limit,
+                detail=f"{target} perplexity {score.perplexity:.3f} is {delta:+.2f}% vs merged (limit {limit}%)",
+            )
+        )
     return gates
 
 
@@ -185,7 +215,9 @@ def as_json(scores: dict[str, ModelScore], gates: list[Gate]) -> dict[str, Any]:
     return {
         "models": {k: asdict(v) for k, v in scores.items()},
         "delta_vs_merged_pct": {
-            k: delta_pct(v.perplexity, merged.perplexity) for k, v in scores.items() if merged and k not in ("base", "merged")
+            k: delta_pct(v.perplexity, merged.perplexity)
+            for k, v in scores.items()
+            if merged and k not in ("base", "merged")
         },
         "gates": [asdict(g) for g in gates],
         "passed": all(g.passed for g in gates),

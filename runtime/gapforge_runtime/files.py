@@ -11,16 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
-
 
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def describe_path(path: Path) -> dict[str, Any]:

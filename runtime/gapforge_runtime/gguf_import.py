@@ -126,7 +126,9 @@ def import_gguf(
         model.save_pretrained(tmp, max_shard_size="100GB")
         tokenizer.save_pretrained(tmp)
     files = {
-        str(p.relative_to(out_dir)): sha256_file(p) for p in sorted(out_dir.rglob("*")) if p.is_file()
+        str(p.relative_to(out_dir)): sha256_file(p)
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file()
     }
     seconds = time.monotonic() - started
     for rel, digest in files.items():

@@ -14,7 +14,17 @@ from gapforge_runtime.outputs import load_record
 from gapforge_runtime.pipeline import RunContext, gguf_targets
 
 SCHEMA = "gapforge-runtime/manifest/v1"
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "llama_cpp_python", "gguf", "numpy")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "safetensors",
+    "tokenizers",
+    "llama_cpp_python",
+    "gguf",
+    "numpy",
+)
 STEPS = ("data", "train", "merge", "quantize", "eval")
 
 
@@ -31,7 +41,9 @@ def library_versions() -> dict[str, str]:
 
 def _entry(described: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
     path = Path(described["path"])
-    shown = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    shown = (
+        str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    )
     entry = {"path": shown, "sha256": described["sha256"], "size": described["size"]}
     if "files" in described:
         entry["files"] = described["files"]
@@ -56,32 +68,52 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
             continue
         for name, described in record.outputs.items():
             if Path(described["path"]).exists():
-                outputs[f"split:{name}" if record.name == "data" else name] = _entry(described, root)
+                outputs[f"split:{name}" if record.name == "data" else name] = _entry(
+                    described, root
+                )
     if ctx.out.train_log.is_file():
         outputs["train_log"] = _entry(describe_path(ctx.out.train_log), root)
     lineage = [{"id": "base", "parents": [], "sha256": inputs["model"]["sha256"]}]
     if "adapter" in outputs:
-        lineage.append({"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]})
+        lineage.append(
+            {"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]}
+        )
     if "merged" in outputs:
-        lineage.append({"id": "merged", "parents": ["base", "adapter"], "sha256": outputs["merged"]["sha256"]})
+        lineage.append(
+            {"id": "merged", "parents": ["base", "adapter"], "sha256": outputs["merged"]["sha256"]}
+        )
     for target in gguf_targets(ctx.recipe):
         if target in outputs:
             parent = "merged" if target == "gguf:f16" else "gguf:f16"
             lineage.append({"id": target, "parents": [parent], "sha256": outputs[target]["sha256"]})
     if "adapter:gguf" in outputs:
-        lineage.append({"id": "adapter:gguf", "parents": ["adapter"], "sha256": outputs["adapter:gguf"]["sha256"]})
+        lineage.append(
+            {
+                "id": "adapter:gguf",
+                "parents": ["adapter"],
+                "sha256": outputs["adapter:gguf"]["sha256"],
+            }
+        )
     evaluation = None
     if ctx.out.evaluation.is_file():
         evaluation = json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))
     return {
         "schema": SCHEMA,
-        "runtime": {"version": __version__, "python": platform.python_version(), "machine": platform.machine()},
+        "runtime": {
+            "version": __version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
         "libraries": library_versions(),
         "recipe": ctx.recipe.raw,
         "recipe_sha256": ctx.recipe.sha256,
         "inputs": inputs,
         "outputs": outputs,
-        "steps": {name: {"seconds": r.seconds, "inputs": r.inputs} for name, r in records.items() if r is not None},
+        "steps": {
+            name: {"seconds": r.seconds, "inputs": r.inputs}
+            for name, r in records.items()
+            if r is not None
+        },
         "timings": {name: r.seconds for name, r in records.items() if r is not None},
         "data": records["data"].details if records["data"] else {},
         "training": records["train"].details if records["train"] else {},

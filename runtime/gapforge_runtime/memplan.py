@@ -94,7 +94,11 @@ class ModelShape:
 
     def lora_params(self, rank: int, targets: list[str] | str = "all-linear") -> int:
         """Trainable LoRA parameters: r·(in + out) for every targeted linear module."""
-        names = LINEAR_MODULES if targets == "all-linear" else [t for t in targets if t in LINEAR_MODULES]
+        names = (
+            LINEAR_MODULES
+            if targets == "all-linear"
+            else [t for t in targets if t in LINEAR_MODULES]
+        )
         shapes = self.linear_shapes()
         return self.layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in names)
 
@@ -142,12 +146,17 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
     """Peak memory per GPU of one training configuration."""
     b, s, h = train.batch, train.seq, model.hidden
     qlora = train.method == "qlora"
+    weights: float  # bytes; a fraction of a byte per parameter for NF4
     if qlora:
-        weights = model.linear_params * NF4_BYTES_PER_PARAM + (model.params - model.linear_params) * 4
+        weights = (
+            model.linear_params * NF4_BYTES_PER_PARAM + (model.params - model.linear_params) * 4
+        )
     else:
         weights = model.params * train.weight_bytes
-    trainable = model.params if train.method == "full" else model.lora_params(train.rank, train.targets)
-    state = trainable * 16  # fp32 (master) weights, gradients, two AdamW moments
+    trainable = (
+        model.params if train.method == "full" else model.lora_params(train.rank, train.targets)
+    )
+    state: float = trainable * 16  # fp32 (master) weights, gradients, two AdamW moments
     if train.method == "full":
         weights = 0  # counted in the 16 bytes of mixed-precision state
     checkpointing = train.gradient_checkpointing or qlora
@@ -185,7 +194,10 @@ def gpu_memory_bytes() -> int | None:
 
     if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
         return None
-    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    smallest: int = min(
+        torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())
+    )
+    return smallest
 
 
 def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | None:

@@ -19,7 +19,9 @@ def _stored_dtype(model_dir: Path) -> str:
     return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
-def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path, method: str = "lora") -> dict[str, str]:
+def merge_adapter(
+    model_dir: Path, adapter_dir: Path, merged_dir: Path, method: str = "lora"
+) -> dict[str, str]:
     """Merge into full-precision base weights, save in the base model's stored dtype.
 
     LoRA merges in float32. A QLoRA adapter was trained against the 4-bit base, but it is merged into
@@ -47,4 +49,7 @@ def merge_adapter(model_dir: Path, adapter_dir: Path, merged_dir: Path, method: 
         for name in COPIED_FILES:
             if (model_dir / name).is_file() and not (tmp / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-    return {"dtype": str(target).removeprefix("torch."), "merged_in": str(merge_dtype).removeprefix("torch.")}
+    return {
+        "dtype": str(target).removeprefix("torch."),
+        "merged_in": str(merge_dtype).removeprefix("torch."),
+    }

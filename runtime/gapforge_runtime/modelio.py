@@ -20,7 +20,9 @@ def load_tokenizer(model_dir: Path) -> Any:
     """The model's tokenizer; a missing pad token falls back to EOS (padding is masked anyway)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, trust_remote_code=False, local_files_only=True
+    )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

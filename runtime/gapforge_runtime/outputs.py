@@ -86,7 +86,9 @@ def claim_output(layout: Layout, identity: dict[str, str], force: bool) -> None:
         recorded = json.loads(run_file.read_text(encoding="utf-8"))
         different = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
         if different and not force:
-            what = ", ".join(f"{k} {old and old[:12]}… ≠ {new[:12]}…" for k, (old, new) in different.items())
+            what = ", ".join(
+                f"{k} {old and old[:12]}… ≠ {new[:12]}…" for k, (old, new) in different.items()
+            )
             raise RuntimeFailure(
                 f"--out {layout.root}: the folder holds the outputs of another run ({what}). "
                 "Choose a new --out folder, or pass --force to replace those outputs."
@@ -138,14 +140,24 @@ def run_step(
     """
     previous = load_record(layout, name)
     if previous is not None and previous.inputs == inputs and not force:
-        missing = [k for k, v in previous.outputs.items() if isinstance(v, dict) and not Path(v["path"]).exists()]
+        missing = [
+            k
+            for k, v in previous.outputs.items()
+            if isinstance(v, dict) and not Path(v["path"]).exists()
+        ]
         if not missing:
             print(f"[{name}] up to date (inputs unchanged); pass --force to redo it", flush=True)
             return previous, False
     started = time.monotonic()
     print(f"[{name}] starting", flush=True)
     outputs, details = body()
-    record = StepRecord(name=name, inputs=inputs, outputs=outputs, details=details, seconds=round(time.monotonic() - started, 3))
+    record = StepRecord(
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        details=details,
+        seconds=round(time.monotonic() - started, 3),
+    )
     save_record(layout, record)
     print(f"[{name}] done in {record.seconds:.1f}s", flush=True)
     return record, True

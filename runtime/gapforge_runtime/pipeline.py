@@ -20,7 +20,7 @@ from typing import Any
 
 from gapforge_runtime import data as data_mod
 from gapforge_runtime.config import GGUF_TARGETS, HF_TARGETS, RecipeSettings
-from gapforge_runtime.encoding import encode_split, prompt_text, reference_answer
+from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, reference_answer
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
@@ -79,7 +79,9 @@ def prepare(ctx: RunContext) -> None:
     """Checks shared by every step, then claim the output folder."""
     check_model_dir(ctx.model_dir)
     if not ctx.data_file.is_file():
-        raise RuntimeFailure(f"--data {ctx.data_file}: no such file. Pass your JSONL data file with --data.")
+        raise RuntimeFailure(
+            f"--data {ctx.data_file}: no such file. Pass your JSONL data file with --data."
+        )
     claim_output(ctx.out, data_identity(ctx), ctx.force)
 
 
@@ -94,8 +96,12 @@ def step_data(ctx: RunContext) -> StepRecord:
     recipe = ctx.recipe
     inputs = {
         "data": sha256_file(ctx.data_file),
-        "settings": _section_digest(recipe.data_format, recipe.train.seed, recipe.train.max_seq_length),
-        "tokenizer": _section_digest(*(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))),
+        "settings": _section_digest(
+            recipe.data_format, recipe.train.seed, recipe.train.max_seq_length
+        ),
+        "tokenizer": _section_digest(
+            *(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))
+        ),
     }
     extra = {"validation": ctx.validation_file, "test": ctx.test_file}
     inputs.update({k: sha256_file(v) for k, v in extra.items() if v is not None})
@@ -104,9 +110,12 @@ def step_data(ctx: RunContext) -> StepRecord:
         fmt = recipe.data_format
         examples = data_mod.read_examples(ctx.data_file, fmt)
         given = {
-            k: data_mod.read_examples(v, fmt, label=f"--{k}") if v is not None else None for k, v in extra.items()
+            k: data_mod.read_examples(v, fmt, label=f"--{k}") if v is not None else None
+            for k, v in extra.items()
         }
-        split = data_mod.split_examples(examples, recipe.train.seed, given["validation"], given["test"])
+        split = data_mod.split_examples(
+            examples, recipe.train.seed, given["validation"], given["test"]
+        )
         paths = data_mod.write_split(split, ctx.out.data)
         tokenizer = load_tokenizer(ctx.model_dir)
         details: dict[str, Any] = {
@@ -116,10 +125,15 @@ def step_data(ctx: RunContext) -> StepRecord:
             "train_examples": len(split.train),
             "validation_examples": len(split.validation),
             "test_examples": len(split.test),
-            "split": "operator files" if any(given.values()) else "{:.0%}/{:.0%}/{:.0%}".format(*split.ratios),
+            "split": "operator files"
+            if any(given.values())
+            else "{:.0%}/{:.0%}/{:.0%}".format(*split.ratios),
             "seed": recipe.train.seed,
         }
-        print(f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed", flush=True)
+        print(
+            f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed",
+            flush=True,
+        )
         for name, path in paths.items():
             records = data_mod.read_split_file(path)
             _, stats = encode_split(tokenizer, fmt, records, recipe.train.max_seq_length)
@@ -132,13 +146,6 @@ def step_data(ctx: RunContext) -> StepRecord:
 
     record, _ = run_step(ctx.out, "data", inputs, ctx.force, body)
     return record
-
-
-def encoded_split(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
-    """One split written by the data step, encoded for training or scoring."""
-    records = data_mod.read_split_file(data_dir / f"{split}.jsonl")
-    items, _ = encode_split(tokenizer, recipe.data_format, records, recipe.train.max_seq_length)
-    return items
 
 
 def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
@@ -184,12 +191,21 @@ def step_train(ctx: RunContext) -> StepRecord:
         else:
             tokenizer = load_tokenizer(ctx.model_dir)
             result = train_adapter(
-                ctx.recipe, ctx.model_dir, tokenizer,
-                _encoded(ctx, tokenizer, "train"), _encoded(ctx, tokenizer, "validation"),
-                ctx.out.checkpoints, ctx.out.adapter, ctx.out.train_log, ctx.resume,
+                ctx.recipe,
+                ctx.model_dir,
+                tokenizer,
+                _encoded(ctx, tokenizer, "train"),
+                _encoded(ctx, tokenizer, "validation"),
+                ctx.out.checkpoints,
+                ctx.out.adapter,
+                ctx.out.train_log,
+                ctx.resume,
             )
         if result.resumed_from_step is not None:
-            print(f"[train] resumed from step {result.resumed_from_step}; finished at step {result.global_step}", flush=True)
+            print(
+                f"[train] resumed from step {result.resumed_from_step}; finished at step {result.global_step}",
+                flush=True,
+            )
         details = {k: v for k, v in asdict(result).items() if k != "log_history"}
         return {"adapter": describe_path(ctx.out.adapter)}, details
 
@@ -214,7 +230,9 @@ def check_memory(ctx: RunContext) -> None:
 
 def _require(path: Path, what: str, command: str) -> None:
     if not path.exists():
-        raise RuntimeFailure(f"{path}: {what} is missing. Run `gapforge-runtime {command}` first (or `gapforge-runtime run`).")
+        raise RuntimeFailure(
+            f"{path}: {what} is missing. Run `gapforge-runtime {command}` first (or `gapforge-runtime run`)."
+        )
 
 
 def step_merge(ctx: RunContext) -> StepRecord:
@@ -222,10 +240,15 @@ def step_merge(ctx: RunContext) -> StepRecord:
     from gapforge_runtime.merge import merge_adapter
 
     _require(ctx.out.adapter / "adapter_config.json", "the trained adapter", "train")
-    inputs = {"model": ctx.digest("model", ctx.model_dir), "adapter": ctx.digest("adapter", ctx.out.adapter, refresh=True)}
+    inputs = {
+        "model": ctx.digest("model", ctx.model_dir),
+        "adapter": ctx.digest("adapter", ctx.out.adapter, refresh=True),
+    }
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
-        details = merge_adapter(ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.method)
+        details = merge_adapter(
+            ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.method
+        )
         return {"merged": describe_path(ctx.out.merged)}, details
 
     record, _ = run_step(ctx.out, "merge", inputs, ctx.force, body)
@@ -377,14 +400,23 @@ def step_eval(ctx: RunContext) -> StepRecord:
         items = _encoded(ctx, tokenizer, "test")
         records = data_mod.read_split_file(ctx.out.data / "test.jsonl")[: settings.sample_answers]
         prompts_text = [prompt_text(tokenizer, ctx.recipe.data_format, r) for r in records]
-        prompts = [tokenizer(p, add_special_tokens=ctx.recipe.data_format == "completion")["input_ids"] for p in prompts_text]
+        prompts = [
+            tokenizer(p, add_special_tokens=ctx.recipe.data_format == "completion")["input_ids"]
+            for p in prompts_text
+        ]
         stop_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
         scores: dict[str, ev.ModelScore] = {}
         answers: dict[str, list[str]] = {}
         # On a GPU the full-precision models are scored in bf16 there (a 7B in float32 on CPU is hours).
         on_gpu = torch.cuda.is_available()
-        full = {"dtype": torch.bfloat16, "device_map": {"": 0}} if on_gpu else {"dtype": torch.float32}
-        for label, folder in (("base", ctx.model_dir), ("merged", ctx.out.merged), *quantized.items()):
+        full = (
+            {"dtype": torch.bfloat16, "device_map": {"": 0}} if on_gpu else {"dtype": torch.float32}
+        )
+        for label, folder in (
+            ("base", ctx.model_dir),
+            ("merged", ctx.out.merged),
+            *quantized.items(),
+        ):
             print(f"[eval] scoring {label} ({len(items)} test examples)", flush=True)
             if label in quantized:
                 from gapforge_runtime.quantize_hf import load_quantized
@@ -400,25 +432,41 @@ def step_eval(ctx: RunContext) -> StepRecord:
             del model
             _free_gpu()
         longest = max((len(i.input_ids) for i in items), default=16)
-        n_ctx = max(longest, max((len(p) for p in prompts), default=0) + settings.max_new_tokens) + 8
+        n_ctx = (
+            max(longest, max((len(p) for p in prompts), default=0) + settings.max_new_tokens) + 8
+        )
         for target, path in ggufs.items():
             print(f"[eval] scoring {target} ({path.name})", flush=True)
             llm = ev.open_gguf(path, n_ctx)
             loss, count = ev.score_gguf(llm, items)
-            scores[target] = ev.ModelScore(target, loss, ev.perplexity(loss), count, path.stat().st_size)
+            scores[target] = ev.ModelScore(
+                target, loss, ev.perplexity(loss), count, path.stat().st_size
+            )
             outs = ev.greedy_gguf(llm, prompts, settings.max_new_tokens, stop_ids)
             answers[target] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
             llm.close()
-        gates = ev.decide_gates(scores, settings.require_improvement, settings.max_perplexity_delta_pct)
+        gates = ev.decide_gates(
+            scores, settings.require_improvement, settings.max_perplexity_delta_pct
+        )
         result = ev.as_json(scores, gates)
         result["samples"] = [
-            {"prompt": p, "reference": reference_answer(ctx.recipe.data_format, r), "answers": {m: a[i] for m, a in answers.items()}}
+            {
+                "prompt": p,
+                "reference": reference_answer(ctx.recipe.data_format, r),
+                "answers": {m: a[i] for m, a in answers.items()},
+            }
             for i, (p, r) in enumerate(zip(prompts_text, records, strict=True))
         ]
         for name, score in scores.items():
-            print(f"[eval] {name:<12} loss {score.loss:.4f}  perplexity {score.perplexity:.3f}  {score.size_bytes / 1e6:.1f} MB", flush=True)
+            print(
+                f"[eval] {name:<12} loss {score.loss:.4f}  perplexity {score.perplexity:.3f}  {score.size_bytes / 1e6:.1f} MB",
+                flush=True,
+            )
         for gate in gates:
-            print(f"[eval] gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})", flush=True)
+            print(
+                f"[eval] gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})",
+                flush=True,
+            )
         write_json_atomic(ctx.out.evaluation, result)
         return {"evaluation": describe_path(ctx.out.evaluation)}, {"passed": result["passed"]}
 

@@ -184,7 +184,11 @@ def llama_cpp_cpu_features() -> set[str]:
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    return {name for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", info) if value == "1" and name in _CPUINFO_FLAG}
+    return {
+        name
+        for name, value in re.findall(r"([A-Z0-9_]+) = (\d)", info)
+        if value == "1" and name in _CPUINFO_FLAG
+    }
 
 
 def recorded_cpu_features() -> set[str] | None:

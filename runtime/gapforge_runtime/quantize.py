@@ -49,7 +49,12 @@ def convert_to_f16(llama_cpp: Path, merged_dir: Path, out_file: Path) -> None:
     """The merged HF model as a GGUF f16 file."""
     tmp = temp_path_for(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    _run_script(llama_cpp, "convert_hf_to_gguf.py", [str(merged_dir), "--outfile", str(tmp), "--outtype", "f16"], "GGUF f16 conversion")
+    _run_script(
+        llama_cpp,
+        "convert_hf_to_gguf.py",
+        [str(merged_dir), "--outfile", str(tmp), "--outtype", "f16"],
+        "GGUF f16 conversion",
+    )
     os.replace(tmp, out_file)
 
 
@@ -58,7 +63,8 @@ def convert_adapter(llama_cpp: Path, adapter_dir: Path, base_dir: Path, out_file
     tmp = temp_path_for(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     _run_script(
-        llama_cpp, "convert_lora_to_gguf.py",
+        llama_cpp,
+        "convert_lora_to_gguf.py",
         [str(adapter_dir), "--base", str(base_dir), "--outfile", str(tmp), "--outtype", "f16"],
         "adapter GGUF conversion",
     )
@@ -78,10 +84,14 @@ def quantize_gguf(source: Path, target: str, out_file: Path) -> None:
     params.ftype = getattr(llama_cpp, FTYPES[target])
     params.nthread = os.cpu_count() or 1
     tmp = temp_path_for(out_file)
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    status = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(tmp).encode(), ctypes.byref(params)
+    )
     if status != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise RuntimeFailure(f"quantizing {source} to {target} failed (llama_model_quantize returned {status}).")
+        raise RuntimeFailure(
+            f"quantizing {source} to {target} failed (llama_model_quantize returned {status})."
+        )
     os.replace(tmp, out_file)
 
 
@@ -103,15 +113,19 @@ def ollama_template(tokenizer: Any) -> tuple[str, list[str]]:
     sys_m, user_m, resp_m = MARKERS["system"], MARKERS["user"], MARKERS["assistant"]
     with_system = render(
         [{"role": "system", "content": sys_m}, {"role": "user", "content": user_m}],
-        tokenize=False, add_generation_prompt=True,
+        tokenize=False,
+        add_generation_prompt=True,
     )
     sys_head, rest = _split(with_system, sys_m)
     sys_to_user, after_prompt = _split(rest, user_m)
-    plain = render([{"role": "user", "content": user_m}], tokenize=False, add_generation_prompt=True)
+    plain = render(
+        [{"role": "user", "content": user_m}], tokenize=False, add_generation_prompt=True
+    )
     no_sys_head, _ = _split(plain, user_m)
     answered = render(
         [{"role": "user", "content": user_m}, {"role": "assistant", "content": resp_m}],
-        tokenize=False, add_generation_prompt=False,
+        tokenize=False,
+        add_generation_prompt=False,
     )
     _, end_of_answer = _split(answered, resp_m)
     template = (

@@ -45,7 +45,9 @@ def calibration_examples(items: list[Any], count: int) -> list[dict[str, list[in
         raise RuntimeFailure(
             "GPTQ needs calibration samples from the training split, but it is empty. Give more data."
         )
-    return [{"input_ids": list(i.input_ids), "attention_mask": [1] * len(i.input_ids)} for i in chosen]
+    return [
+        {"input_ids": list(i.input_ids), "attention_mask": [1] * len(i.input_ids)} for i in chosen
+    ]
 
 
 def quantize_gptq(

