@@ -24,12 +24,13 @@ from gapforge.bundle.source import BundleSource, FileDigest, ImageInfo, ModelInf
 from gapforge.bundle.source import Layer as BundleLayer
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.bundle.write import write_bundle
-from gapforge.cache import Cache, default_cache_dir, sha256_file
+from gapforge.cache import Cache, default_cache_dir
 from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError, LockError
 from gapforge.fetch.debian import DebianInputs, DebianRefresh
 from gapforge.fetch.model import ModelFile, fetch_model
 from gapforge.fetch.wheels import SdistBuilder, build_flit_wheel, fetch_locked_files, make_venv
+from gapforge.hashing import sha256_file
 from gapforge.image import (
     WrittenLayers,
     image_env,
