@@ -29,6 +29,7 @@ from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError, LockError
 from gapforge.fetch.debian import DebianInputs, DebianRefresh
 from gapforge.fetch.model import ModelFile, fetch_model
+from gapforge.fetch.rootfs import IMAGE_USER
 from gapforge.fetch.wheels import SdistBuilder, build_flit_wheel, fetch_locked_files, make_venv
 from gapforge.hashing import sha256_file
 from gapforge.image import (
@@ -341,7 +342,7 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
         entrypoint=["/opt/gapforge/venv/bin/gapforge-runtime"],
         cmd=["info"],
         env={**image_env(profile), **profile_env(profile, locks.python)},
-        user="1000:1000",
+        user=IMAGE_USER,
         working_dir="/home/gapforge",
         labels={**image_labels(plan, locks, files), **profile_labels(profile, locks.python)},
         architecture=profile.architecture,

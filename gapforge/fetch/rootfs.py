@@ -30,6 +30,8 @@ from gapforge.profile import DebianBase, Profile
 USER_NAME = "gapforge"
 USER_ID = 1000
 HOME = f"/home/{USER_NAME}"
+IMAGE_USER = f"{USER_ID}:{USER_ID}"
+"""The image's non-root user as `docker run --user` and the image config spell it."""
 
 # Paths whose content is host- or time-dependent, or useless in a sealed image.
 _EXCLUDE_CONTENT_OF = (
