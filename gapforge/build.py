@@ -40,8 +40,6 @@ from gapforge.image import (
     plan_recipe,
     plan_runtime,
     plan_wheel_layers,
-    profile_env,
-    profile_labels,
     write_layers,
 )
 from gapforge.lock.debian import debian_inputs_sha256, debian_lock_path, read_debian_lock
@@ -49,7 +47,7 @@ from gapforge.lock.model import ModelLock, read_model_lock
 from gapforge.lock.python import PythonLock, check_fresh, inputs_sha256, parse_python_lock
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
 from gapforge.pretest import PretestResult, run_pretest
-from gapforge.profile import REPO_ROOT, Profile, load_profile
+from gapforge.profile import REPO_ROOT, Profile, load_profile, profile_env, profile_labels
 from gapforge.progress import byte_progress, note, step
 from gapforge.recipe import LoadedRecipe, load_recipe, recipe_json
 
