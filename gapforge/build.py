@@ -30,7 +30,8 @@ from gapforge.errors import BuildError, LockError
 from gapforge.fetch.debian import DebianInputs, DebianRefresh
 from gapforge.fetch.model import ModelFile, fetch_model
 from gapforge.fetch.rootfs import IMAGE_USER
-from gapforge.fetch.wheels import SdistBuilder, build_flit_wheel, fetch_locked_files, make_venv
+from gapforge.fetch.sdist import SdistBuilder
+from gapforge.fetch.wheels import build_flit_wheel, fetch_locked_files, make_venv
 from gapforge.hashing import sha256_file
 from gapforge.image import (
     WrittenLayers,
