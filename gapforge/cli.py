@@ -73,7 +73,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from gapforge.build import BuildOptions, build
+    from gapforge.build import build
+    from gapforge.stages.plan import BuildOptions
 
     options = BuildOptions(
         recipe=Path(args.recipe),
@@ -124,9 +125,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_runtime_env(args: argparse.Namespace) -> int:
     """Install the profile's locked runtime wheels (sdists built) into the Python running nox/pytest."""
-    from gapforge.build import fetch_python, python_locks
     from gapforge.fetch.debian import DebianInputs
     from gapforge.profile import load_profile
+    from gapforge.stages.fetch import fetch_python
+    from gapforge.stages.locks import python_locks
 
     cache = _cache(args)
     profile = load_profile(args.profile, args.images_dir)

@@ -112,8 +112,8 @@ def test_a_build_stops_before_writing_what_the_disk_cannot_hold(
     import shutil
     from collections import namedtuple
 
-    from gapforge.build import ensure_free
     from gapforge.errors import BuildError
+    from gapforge.stages.assemble import ensure_free
 
     ensure_free(tmp_path, 1000, "the image archive", "--out")  # plenty free here
     usage = namedtuple("usage", "total used free")
