@@ -18,21 +18,20 @@ has used for a while (least recently used first); an index entry whose blob is g
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gapforge.errors import GapforgeError
+from gapforge.hashing import sha256_file
 
-CHUNK = 4 * 1024 * 1024
 STALE_UNOWNED_S = 3600.0
 """A tmp/ entry with no owner file is removed once it is this old (a live run always has one)."""
 
@@ -43,17 +42,6 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "gapforge"
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """Hex sha256 of a file, reading in large chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return digest.hexdigest()
 
 
 def _hex(digest: str) -> str:

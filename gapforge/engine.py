@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.errors import BuildError, EnvironmentProblem
+from gapforge.fetch.rootfs import HOME, IMAGE_USER
 from gapforge.progress import byte_progress, note, step
 
 CHUNK = 4 * 1024 * 1024
@@ -91,8 +92,8 @@ class SealedRun:
     """host path → container path (read-write)."""
     read_only_mounts: dict[str, str] = field(default_factory=dict)
     """host path → container path (read-only)."""
-    user: str = "1000:1000"
-    home: str = "/home/gapforge"
+    user: str = IMAGE_USER
+    home: str = HOME
     gpus: bool = False
     environment: dict[str, str] = field(default_factory=dict)
 

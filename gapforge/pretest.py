@@ -22,9 +22,9 @@ from rich.markup import escape
 from gapforge.bundle import PRETEST_SCHEMA
 from gapforge.engine import SealedRun, engine_version, run_sealed
 from gapforge.errors import BuildError
+from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
 from gapforge.progress import note, step
 
-IMAGE_USER = "1000:1000"
 OUTPUTS = "/outputs"
 EVIDENCE = "evidence.json"
 LOG = "log.txt"
@@ -78,13 +78,12 @@ class ProgressLines:
 
 
 def prepare_outputs(folder: Path) -> Path:
-    """An empty output folder the image's user (uid 1000) can write."""
+    """An empty output folder the image's user (IMAGE_USER) can write."""
     outputs = folder / "outputs"
     shutil.rmtree(folder, ignore_errors=True)
     outputs.mkdir(parents=True)
-    uid, _, gid = IMAGE_USER.partition(":")
     try:
-        os.chown(outputs, int(uid), int(gid))
+        os.chown(outputs, USER_ID, USER_ID)
     except PermissionError:  # not root: let the image's user in anyway
         outputs.chmod(0o777)
     return outputs

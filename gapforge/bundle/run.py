@@ -22,8 +22,8 @@ from gapforge.bundle import INDEX, PRETEST
 from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
+from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
 
-IMAGE_USER = "1000:1000"
 DATA_DIR = "/data"
 OUTPUTS = "/outputs"
 GPU_CHOICES = ("auto", "all", "none")
@@ -111,8 +111,7 @@ def prepare_out(out: Path) -> str:
             f"--out {out}: cannot create it ({exc.strerror}): choose a writable folder"
         ) from None
     if os.geteuid() == 0:
-        uid, _, gid = IMAGE_USER.partition(":")
-        os.chown(out, int(uid), int(gid))
+        os.chown(out, USER_ID, USER_ID)
         return IMAGE_USER
     if not os.access(out, os.W_OK):
         raise BundleError(f"--out {out}: not writable by you: choose a folder you can write")

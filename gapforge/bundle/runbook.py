@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 
 from gapforge.bundle.source import BundleSource
+from gapforge.fetch.rootfs import HOME, IMAGE_USER, USER_ID
 from gapforge.profile import REPO_ROOT
 
 TEMPLATES = REPO_ROOT / "images" / "templates"
@@ -85,6 +86,7 @@ def runbook_context(source: BundleSource, fingerprint: str, wheel_count: int) ->
             "refreshes": list(source.debian_refreshes),
         },
         "builder_commit": source.git.get("commit", ""),
+        "user": {"id": USER_ID, "spec": IMAGE_USER, "home": HOME},
     }
 
 

@@ -52,6 +52,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Layer:
+    """One image layer as the bundle records it (bundle.json, provenance): what it holds, its digest
+    and size. Not gapforge.oci.image.Layer, a blob in the build cache to be written into an archive
+    (its path and its config history line): the bundle never sees the build's cache."""
+
     name: str
     digest: str
     size: int

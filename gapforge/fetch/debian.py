@@ -130,7 +130,7 @@ class DebianInputs:
         self.cache.index_put("rootfs", lock.sha256, {"digest": digest})
         return self.cache.blob_path(digest)
 
-    # -- the sdist build root (gapforge.fetch.wheels.BuildRootSource) ------------------------------------
+    # -- the sdist build root (gapforge.fetch.sdist.BuildRootSource) -------------------------------------
     def build_lock_sha256(self) -> str:
         return self.lock("build").sha256
 

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gapforge.cache import Cache, sha256_file
+from gapforge.cache import Cache
 from gapforge.errors import FetchError
+from gapforge.hashing import sha256_file
 from gapforge.lock.model import HubClient, HuggingFaceHub, ModelLock, download_pinned_wheel
 from gapforge.lock.python import LOCK_COMMAND
 from gapforge.progress import note

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gapforge.errors import EnvironmentProblem, FetchError
+from gapforge.hashing import sha256_file
 from gapforge.oci.tar import Entry
 from gapforge.profile import DebianBase, Profile
 
 USER_NAME = "gapforge"
 USER_ID = 1000
 HOME = f"/home/{USER_NAME}"
+IMAGE_USER = f"{USER_ID}:{USER_ID}"
+"""The image's non-root user as `docker run --user` and the image config spell it."""
 
 # Paths whose content is host- or time-dependent, or useless in a sealed image.
 _EXCLUDE_CONTENT_OF = (
@@ -179,7 +182,7 @@ def _parse_resolution(debs: DebianBase, record: Path) -> Resolution:
             indexes.append((archive, _parse_index(index.read_text(encoding="utf-8"))))
     downloaded = {}
     for deb in (record / "debs").glob("*.deb"):
-        downloaded[_sha256(deb)] = deb
+        downloaded[sha256_file(deb)] = deb
     packages = []
     for line in (record / "packages.txt").read_text().splitlines():
         name, version, arch = line.split()
@@ -207,11 +210,6 @@ def _parse_resolution(debs: DebianBase, record: Path) -> Resolution:
         )
     packages.sort(key=lambda p: p.name)
     return Resolution(tuple(packages), {p.sha256: downloaded[p.sha256] for p in packages})
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 # --- installing from the locked .debs ----------------------------------------------------------------

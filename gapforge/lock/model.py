@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gapforge.cache import Cache, sha256_file
+from gapforge.cache import Cache
 from gapforge.errors import FetchError, LockError, ModelSourceError
+from gapforge.hashing import sha256_file, sha256_stream
 from gapforge.lock.python import LOCK_COMMAND, inputs_sha256
 from gapforge.recipe import GgufSource, HfSource, LocalSource, ModelSpec
 
@@ -254,13 +255,8 @@ def lock_gguf(spec: ModelSpec, lock_dir: Path, cache: Cache) -> ModelLock:
 
 
 def _zip_member_sha256(archive: zipfile.ZipFile, name: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
     with archive.open(name) as handle:
-        while chunk := handle.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(handle)
 
 
 def lock_model(

@@ -14,7 +14,7 @@ import pytest
 
 from gapforge.cache import Cache, default_cache_dir
 from gapforge.fetch.debian import DebianInputs
-from gapforge.fetch.wheels import SdistBuilder
+from gapforge.fetch.sdist import SdistBuilder
 from gapforge.lock.python import LockedRequirement, parse_python_lock
 from gapforge.profile import REPO_ROOT, load_profile
 

@@ -11,6 +11,7 @@ import pytest
 
 from gapforge import cli
 from gapforge.cache import Cache
+from gapforge.commands import build_engineer
 
 DAY = 86400.0
 
@@ -88,7 +89,7 @@ def test_cache_cli_info_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture[
     ("text", "size"), [("20G", 20 * 10**9), ("1.5t", 1.5e12), ("512", 512), ("300MB", 3e8)]
 )
 def test_sizes(text: str, size: float) -> None:
-    assert cli.parse_size(text) == int(size)
+    assert build_engineer.parse_size(text) == int(size)
 
 
 def test_a_full_disk_is_one_paragraph_and_exit_2(
@@ -99,7 +100,7 @@ def test_a_full_disk_is_one_paragraph_and_exit_2(
             errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "image.tar.partial")
         )
 
-    monkeypatch.setattr(cli, "cmd_validate", full)
+    monkeypatch.setattr(build_engineer, "cmd_validate", full)
     assert cli.main(["validate", "x.yaml"]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "image.tar.partial" in err
@@ -112,8 +113,8 @@ def test_a_build_stops_before_writing_what_the_disk_cannot_hold(
     import shutil
     from collections import namedtuple
 
-    from gapforge.build import ensure_free
     from gapforge.errors import BuildError
+    from gapforge.stages.assemble import ensure_free
 
     ensure_free(tmp_path, 1000, "the image archive", "--out")  # plenty free here
     usage = namedtuple("usage", "total used free")

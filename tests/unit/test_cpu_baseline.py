@@ -7,16 +7,18 @@ import dataclasses
 import pytest
 
 from gapforge.errors import GapforgeError
-from gapforge.image import (
+from gapforge.lock.python import parse_python_lock
+from gapforge.profile import (
     CPU_BASELINE_ENV,
     CPU_BASELINE_LABEL,
+    REPO_ROOT,
+    SdistBuild,
     cpu_baseline,
     llama_cpp_cpu_baseline,
+    load_profile,
     profile_env,
     profile_labels,
 )
-from gapforge.lock.python import parse_python_lock
-from gapforge.profile import REPO_ROOT, SdistBuild, load_profile
 
 WHERE = "images/x/profile.toml: cmake_args"
 

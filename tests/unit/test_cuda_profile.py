@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 from gapforge.errors import LockError
-from gapforge.image import (
+from gapforge.image import plan_wheel_layers
+from gapforge.lock.debian import debian_inputs_sha256, read_debian_lock
+from gapforge.lock.python import check_fresh, inputs_sha256, isolated_pip_env, parse_python_lock
+from gapforge.profile import (
+    REPO_ROOT,
     cuda_min_driver,
     cuda_version,
-    plan_wheel_layers,
+    load_profile,
     profile_env,
     profile_labels,
 )
-from gapforge.lock.debian import debian_inputs_sha256, read_debian_lock
-from gapforge.lock.python import check_fresh, inputs_sha256, isolated_pip_env, parse_python_lock
-from gapforge.profile import REPO_ROOT, load_profile
 
 LOCKS = REPO_ROOT / "lockfiles"
 

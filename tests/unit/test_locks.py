@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gapforge.cache import Cache, sha256_file
+from gapforge.cache import Cache
 from gapforge.errors import FetchError, LockError, ModelSourceError
 from gapforge.fetch.rootfs import DebianPackage
+from gapforge.hashing import sha256_file
 from gapforge.lock.debian import compare_packages, read_debian_lock, write_debian_lock
 from gapforge.lock.model import lock_hf, lock_local, read_model_lock, select_model_files
 from gapforge.lock.python import (

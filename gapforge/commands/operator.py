@@ -1,0 +1,195 @@
+"""The operator's commands, inside the gap with no network: verify, load, run, preflight, inspect.
+
+Each command is a pair: `<name>_arguments(parser)` adds its arguments, `cmd_<name>(args)` runs it and
+returns the exit status. What a command needs is imported when it runs. The operator's coming
+commands (trust, inventory, join) will live here too: see gapforge.commands.release_manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gapforge.progress import console, step
+
+KEY_HELP = "the release manager's public key (.pub.pem), received out of band"
+
+
+def verify_arguments(verify: argparse.ArgumentParser) -> None:
+    verify.add_argument("bundle", type=Path, help="the bundle folder (dist/<recipe>-<version>)")
+    verify.add_argument("--key", type=Path, help=KEY_HELP + " (default: the bundle's own copy)")
+    verify.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    verify.add_argument(
+        "--deep", action="store_true",
+        help="also hash every blob inside the archive (done anyway when the archive's checksum "
+        "fails) and validate the SBOM against the CycloneDX 1.6 schema",
+    )  # fmt: skip
+    verify.add_argument(
+        "--workers", type=int, default=None, help="hashing threads (default: every core)"
+    )
+
+
+def _print_verify(report: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    mb = report.bytes_hashed / 1e6
+    speed = mb / report.seconds if report.seconds else 0.0
+    console.print(
+        f"    {report.files_checked} files: {mb:.0f} MB hashed in "
+        f"{report.seconds:.1f} s ({speed:.0f} MB/s, {report.workers} threads)"
+    )
+    if report.key_fingerprint:
+        colour = "" if report.key_pinned else "[yellow]"
+        console.print(f"    key {report.key_fingerprint} from {colour}{report.key_source}")
+    if report.ok:
+        archive = report.archive
+        console.print(f"[bold green]verified[/] {report.bundle}")
+        console.print("  signature     ok")
+        console.print(f"  image digest  {archive.manifest_digest}")
+        console.print(f"  image ID      {archive.config_digest}")
+        console.print("  pretest       PASS")
+        return
+    table = Table("file", "problem", title=f"{len(report.problems)} problems", title_justify="left")
+    for problem in report.problems:
+        table.add_row(escape(problem.file), escape(problem.message), style="red")
+    console.print(table)
+    console.print(
+        f"[bold red]FAILED[/] {report.bundle}: bad files: {', '.join(report.bad_files)}. Do not load "
+        "this bundle; get an intact copy from the release manager."
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gapforge.bundle.verify import verify_bundle
+
+    step(f"verifying {args.bundle}")
+    report = verify_bundle(args.bundle, args.key, args.workers, args.deep)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        _print_verify(report)
+    return 0 if report.ok else 1
+
+
+def load_arguments(load: argparse.ArgumentParser) -> None:
+    load.add_argument("bundle", type=Path)
+    load.add_argument("--key", type=Path, help=KEY_HELP)
+    load.add_argument(
+        "--to",
+        metavar="HOST/REPO",
+        help="push into this registry with skopeo instead of docker load",
+    )
+    load.add_argument(
+        "--insecure",
+        action="store_true",
+        help="load even if verification fails (not for production)",
+    )
+    load.add_argument(
+        "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
+        help="talk plain HTTP to the registry (default: only for 127.0.0.0/8 and localhost)",
+    )  # fmt: skip
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from gapforge.bundle.load import load_bundle
+
+    loaded = load_bundle(
+        args.bundle, args.key, args.to, args.insecure, args.tls_verify, on_verified=_print_verify
+    )
+    console.print(f"[bold green]loaded[/] into {loaded.where}")
+    console.print(f"  image digest  {loaded.manifest_digest}")
+    console.print(f"  image ID      {loaded.config_digest}")
+    return 0
+
+
+def run_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("target", help="a bundle folder, or an image reference already loaded")
+    run.add_argument(
+        "--data", type=Path, required=True, help="your data, JSON lines in the recipe's format"
+    )
+    run.add_argument(
+        "--out", type=Path, required=True, help="the output folder (created if missing)"
+    )
+    run.add_argument("--validation", type=Path, help="your own validation split (JSON lines)")
+    run.add_argument("--test", type=Path, help="your own test split (JSON lines)")
+    run.add_argument("--gpus", choices=("auto", "all", "none"), default="auto",
+                     help="auto: all GPUs for a cuda image when one is present")  # fmt: skip
+    run.add_argument("--timeout", type=float, default=None, help="seconds before the run is killed")
+    run.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last checkpoint"
+    )
+    run.add_argument(
+        "--force", action="store_true", help="redo finished steps; replace another run's outputs"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gapforge.bundle.run import run_image
+
+    extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
+                       extra, args.timeout)  # fmt: skip
+    verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
+    console.print(
+        f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
+    )
+    return status
+
+
+def preflight_arguments(pre: argparse.ArgumentParser) -> None:
+    pre.add_argument("target", help="a bundle folder, or an image reference already loaded")
+    pre.add_argument("--data", type=Path, required=True)
+    pre.add_argument("--out", type=Path, required=True)
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gapforge.bundle.run import preflight
+
+    step(f"preflight: {args.target} on {args.data} → {args.out}")
+    checks = preflight(args.target, args.data, args.out)
+    table = Table("check", "", "detail")
+    for check in checks:
+        verdict = "[green]go[/]" if check.ok else "[bold red]NO-GO[/]"
+        table.add_row(check.name, verdict, escape(check.detail))
+    console.print(table)
+    go = all(check.ok for check in checks)
+    console.print("[bold green]GO[/]" if go else "[bold red]NO-GO[/]: fix the rows marked above")
+    return 0 if go else 1
+
+
+def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
+    inspect.add_argument("bundle", type=Path)
+    inspect.add_argument("--json", action="store_true")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from gapforge.bundle.inspect import bundle_table, describe_bundle
+
+    facts = describe_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(facts, indent=2, sort_keys=True))
+    else:
+        console.print(bundle_table(facts))
+        console.print("(what the bundle says about itself; 'gapforge verify' checks it)")
+    return 0
+
+
+ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "verify": verify_arguments,
+    "load": load_arguments,
+    "run": run_arguments,
+    "preflight": preflight_arguments,
+    "inspect": inspect_arguments,
+}
+
+
+def register(name: str, parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `name`, one of this module's commands, to its parser."""
+    ARGUMENTS[name](parser)

@@ -1,0 +1,114 @@
+"""Stage report: build.json beside the archive: what was built from what, how long each stage took,
+the pretest and bundle results, and how to rebuild the same bytes elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gapforge import __version__
+from gapforge.hashing import sha256_file
+from gapforge.lock.debian import read_debian_lock
+from gapforge.pretest import PretestResult
+from gapforge.profile import REPO_ROOT
+from gapforge.stages.assemble import BuiltImage
+from gapforge.stages.fetch import Inputs
+from gapforge.stages.locks import Locks
+from gapforge.stages.plan import BuildPlan
+
+if TYPE_CHECKING:
+    from gapforge.stages.bundle import WrittenBundle
+
+
+def git_state() -> dict[str, str]:
+    """The builder checkout's commit and whether it had local changes (empty outside git)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                                text=True, check=False)  # fmt: skip
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    return {
+        "commit": commit,
+        "dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
+    }
+
+
+def reproduce_section(plan: BuildPlan, locks: Locks, inputs: Inputs) -> dict[str, Any]:
+    """What another machine needs to rebuild these exact bytes, and the command that does it."""
+    debian = read_debian_lock(locks.debian_path)
+    snapshots = {debian.path.name: debian.snapshot}
+    if locks.build_debian_path is not None:
+        snapshots[locks.build_debian_path.name] = read_debian_lock(locks.build_debian_path).snapshot
+    try:
+        recipe = plan.loaded.path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        recipe = str(plan.loaded.path)
+    command = f"gapforge build {recipe} --frozen"
+    if plan.options.lock_dir.resolve() != (REPO_ROOT / "lockfiles").resolve():
+        command += f" --lock-dir {plan.options.lock_dir}"
+    return {
+        "gapforge": {"version": __version__, **git_state()},
+        "locks": locks.digests(),
+        "debian_snapshots": snapshots,
+        "source_date_epoch": plan.profile.source_date_epoch,
+        "command": command,
+        "note": "the same gapforge commit, recipe and locks rebuild this archive byte for byte on "
+        "any machine; --frozen refuses to change a lock",
+    }
+
+
+def write_report(
+    plan: BuildPlan, locks: Locks, image: BuiltImage, inputs: Inputs, *,
+    timings: Mapping[str, float], smoke: str = "", pretest: PretestResult | None = None,
+    bundle: WrittenBundle | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """build.json beside the archive, from what the stages returned; returned as a dict too."""
+    report: dict[str, Any] = {
+        "recipe": {
+            "name": plan.loaded.recipe.name,
+            "version": plan.loaded.recipe.version,
+            "path": str(plan.loaded.path),
+        },
+        "profile": plan.profile.name,
+        "image": {
+            "ref": plan.ref,
+            "tar": str(image.tar_path),
+            "tar_sha256": sha256_file(image.tar_path),
+            "manifest_digest": image.manifest.manifest_digest,
+            "config_digest": image.manifest.config_digest,
+        },
+        "layers": [
+            {"name": layer.name, "digest": layer.digest, "size": layer.size}
+            for layer in image.layers.layers
+        ],
+        "layers_reused": image.layers.reused,
+        "layers_written": image.layers.written,
+        "locks": locks.digests(),
+        "frozen": plan.options.frozen,
+        "debian_refresh": [r.to_json() for r in inputs.debian_refreshes],
+        "reproduce": reproduce_section(plan, locks, inputs),
+        "sdist_build_s": round(inputs.sdist_build_seconds, 2),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "smoke": smoke,
+        "builder": __version__,
+        "cache": str(plan.cache.root),
+    }
+    if pretest is not None:
+        report["pretest"] = {
+            "passed": pretest.passed,
+            "seconds": round(pretest.seconds, 2),
+            "evidence": str(pretest.folder / "evidence.json"),
+        }
+    if bundle is not None:
+        report["bundle"] = {"path": str(bundle.path), "signing_key": bundle.signing_key}
+    tmp = image.report_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, image.report_path)
+    return report
