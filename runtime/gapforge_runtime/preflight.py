@@ -166,7 +166,7 @@ def check_targets(targets: list[str]) -> None:
 
 
 # ggml's names for the x86 features it was compiled with → /proc/cpuinfo's flag names. The builder
-# (gapforge/image.py GGML_CPU_FEATURES) records the same names in the image.
+# (gapforge/profile.py GGML_CPU_FEATURES) records the same names in the image; a unit test holds the two together.
 _CPUINFO_FLAG = {"SSE3": "pni", "SSSE3": "ssse3", "SSE42": "sse4_2", "AVX": "avx", "AVX2": "avx2",
                  "F16C": "f16c", "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni",
                  "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",

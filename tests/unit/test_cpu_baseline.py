@@ -70,3 +70,13 @@ def test_no_llama_cpp_build_records_nothing_and_the_package_name_is_normalized()
         cpu, sdist_builds={"Llama_CPP.python": SdistBuild("Llama_CPP.python", ("-DGGML_AVX=ON",))}
     )
     assert llama_cpp_cpu_baseline(spelled) == "AVX"
+
+
+def test_every_baseline_name_the_builder_records_is_one_the_runtime_can_check() -> None:
+    """The builder writes ggml's feature names into the image; the runtime maps each to a
+    /proc/cpuinfo flag. A name the runtime does not know would never be checked."""
+    from gapforge_runtime.preflight import _CPUINFO_FLAG
+
+    from gapforge.profile import GGML_CPU_FEATURES
+
+    assert set(GGML_CPU_FEATURES.values()) <= set(_CPUINFO_FLAG)

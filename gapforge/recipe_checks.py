@@ -1,0 +1,248 @@
+"""The builder's checks of a recipe beyond its schema: line numbers of the YAML, the checks across
+fields, and the recipe's own files (they must stay inside its folder). `gapforge.recipe` runs them
+together with the schema, so every problem is reported in one pass."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from gapforge_runtime.recipe_schema import (
+    GPU_ONLY_TARGETS,
+    LineMap,
+    Problem,
+    Recipe,
+    problem,
+    schema_problems,
+)
+from pydantic import BaseModel, ValidationError
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each YAML path (as a tuple of keys/indices) to the 1-based line where it starts."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+class _Problems:
+    def __init__(self, text: str) -> None:
+        self.lines: LineMap = _line_index(text)
+        self.items: list[Problem] = []
+
+    def add(
+        self,
+        path: tuple[str | int, ...],
+        message: str,
+        value: Any = None,
+        show: bool = True,
+        fix: str = "",
+    ) -> None:
+        self.items.append(problem(path, message, value, show=show, fix=fix, lines=self.lines))
+
+    def sorted(self) -> list[str]:
+        return [item.text for item in sorted(self.items, key=lambda item: item.line)]
+
+
+def _pydantic_problems(problems: _Problems, error: ValidationError) -> list[tuple[str, ...]]:
+    """Add every schema error; return their locations, so the semantic checks skip those values."""
+    found = schema_problems(error, problems.lines)
+    problems.items.extend(found)
+    return [tuple(str(p) for p in item.loc) for item in found]
+
+
+class _Rejected(Exception):
+    """A semantic check needs a value the schema refused; that value's own error is already listed."""
+
+
+def _schema_default(path: tuple[str, ...]) -> Any:
+    """The default the schema gives a field the recipe leaves out (only optional fields are read)."""
+    model: type[BaseModel] = Recipe
+    for key in path[:-1]:
+        annotation = model.model_fields[key].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel), path
+        model = annotation
+    return model.model_fields[path[-1]].get_default(call_default_factory=True)
+
+
+class _Values:
+    """The recipe's values for the semantic checks: the validated ones, or where the schema refused
+    some, the raw ones it accepted, so both kinds of problem are reported in one pass."""
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        recipe: Recipe | None,
+        rejected: list[tuple[str, ...]],
+        directory: Path,
+    ) -> None:
+        self.raw = raw
+        self.data = recipe.model_dump() if recipe is not None else raw
+        self.rejected = rejected
+        self.directory = directory
+        """The recipe's folder: relative paths in the recipe start here."""
+
+    def __call__(self, *path: str) -> Any:
+        """The value at `path`, or the schema's default; raise _Rejected if the schema refused it."""
+        for loc in self.rejected:
+            depth = min(len(loc), len(path))
+            if loc[:depth] == path[:depth]:
+                raise _Rejected(".".join(path))
+        node: Any = self.data
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return _schema_default(path)
+            node = node[key]
+        return node
+
+
+def _semantic_problems(problems: _Problems, values: _Values) -> None:
+    """The checks across fields; each runs only when the values it reads passed the schema."""
+    checks = (
+        _check_steps,
+        _check_method,
+        _check_distributed,
+        _check_quantize,
+        _check_gates,
+        _check_sample,
+        _check_local_model,
+    )
+    for check in checks:
+        try:
+            check(problems, values)
+        except _Rejected:
+            continue
+
+
+def _check_steps(problems: _Problems, get: _Values) -> None:
+    epochs, max_steps = get("train", "epochs"), get("train", "max_steps")
+    if (epochs is None) == (max_steps is None):
+        problems.add(
+            ("train",),
+            "set exactly one of train.epochs and train.max_steps",
+            {"epochs": epochs, "max_steps": max_steps},
+        )
+
+
+def _check_method(problems: _Problems, get: _Values) -> None:
+    method = get("train", "method")
+    if get("profile") == "cpu" and method == "qlora":
+        problems.add(
+            ("train", "method"),
+            "QLoRA needs a CUDA GPU: use profile 'cuda', or method 'lora' on 'cpu'",
+            method,
+        )
+
+
+def _check_distributed(problems: _Problems, get: _Values) -> None:
+    distributed = get("train", "distributed")
+    if get("profile") == "cpu" and distributed == "fsdp":
+        problems.add(
+            ("train", "distributed"),
+            "FSDP is for sharding a model over several GPUs: use profile 'cuda', or 'ddp' on 'cpu'",
+            distributed,
+        )
+
+
+def _check_quantize(problems: _Problems, get: _Values) -> None:
+    quantize = get("quantize")
+    if "gptq" in get.raw and "gptq:int4" not in quantize:
+        problems.add(
+            ("gptq",),
+            "GPTQ settings for a recipe that does not build gptq:int4: add it to quantize or drop gptq",
+            show=False,
+        )
+    profile = get("profile")
+    seen: set[str] = set()
+    for index, target in enumerate(quantize):
+        if target in seen:
+            problems.add(("quantize", index), "listed twice: remove the duplicate", target)
+        seen.add(target)
+        if profile == "cpu" and target in GPU_ONLY_TARGETS:
+            problems.add(
+                ("quantize", index),
+                "this target is only buildable on the 'cuda' profile: remove it or use profile 'cuda'",
+                target,
+            )
+
+
+def _check_gates(problems: _Problems, get: _Values) -> None:
+    quantize = get("quantize")
+    for target in get("evaluate", "gates", "max_perplexity_delta_pct"):
+        if target not in quantize:
+            problems.add(
+                ("evaluate", "gates", "max_perplexity_delta_pct", target),
+                "a gate for a target this recipe does not build: add it to quantize or drop the gate",
+                target,
+            )
+
+
+def _inside_folder(problems: _Problems, get: _Values, *field: str) -> Path | None:
+    """The resolved path a recipe field names, or None (a problem added) where it leaves the folder.
+
+    A recipe is built on the connected side and its files go into the image: a path out of its
+    folder would copy any file the builder can read (../../.ssh/id_rsa) into a shipped image.
+    """
+    value: str = get(*field)
+    folder = get.directory  # resolved, like the path compared with it below
+    shown = f"must stay inside the recipe's folder {folder}"
+    fix = "copy the files into that folder and give their path relative to the recipe"
+    if Path(value).is_absolute():
+        problems.add(field, shown, value, fix=f"a path here is never absolute; {fix}")
+        return None
+    if os.path.normpath(value).split(os.sep)[0] == os.pardir:
+        problems.add(field, shown, value, fix=f"'..' leads out of it; {fix}")
+        return None
+    if "\0" in value:  # no file name holds one; resolve() would raise
+        problems.add(field, "a path cannot contain a NUL character: remove it", value)
+        return None
+    resolved = (folder / value).resolve()
+    if not resolved.is_relative_to(folder):
+        problems.add(
+            field, shown, value, fix=f"a symbolic link leads out of it, to {resolved}; {fix}"
+        )
+        return None
+    return resolved
+
+
+def _check_sample(problems: _Problems, get: _Values) -> None:
+    sample = _inside_folder(problems, get, "data", "sample")
+    if sample is None:
+        return
+    if not sample.is_file():
+        problems.add(
+            ("data", "sample"),
+            f"no such file {sample}: ship the sample beside the recipe",
+            get("data", "sample"),
+        )
+    elif sample.stat().st_size == 0:
+        problems.add(("data", "sample"), "the sample data file is empty", get("data", "sample"))
+
+
+def _check_local_model(problems: _Problems, get: _Values) -> None:
+    if get("model", "source", "type") != "local":
+        return
+    local = _inside_folder(problems, get, "model", "source", "path")
+    if local is not None and not local.is_dir():
+        problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
