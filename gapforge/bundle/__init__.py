@@ -14,6 +14,8 @@ Layout of a bundle (every file but the two signature files is listed in SHA256SU
     signing-key.pub.pem     the public half of the key that signed SHA256SUMS (pin your own copy)
     SHA256SUMS              `sha256sum -c` format
     SHA256SUMS.sig          Ed25519 signature over SHA256SUMS (raw, 64 bytes; `openssl pkeyutl -rawin`)
+    release/metadata/       (optional) the release repository's TUF metadata, added by
+                            `gapforge release export`: it signs itself, so SHA256SUMS does not list it
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"
 RECIPE_DIR = "recipe"
 WHEELS_DIR = "wheels"
+RELEASE_DIR = "release"
+"""The release repository's TUF metadata travels here (release/metadata/), verified by TUF itself."""
 UNSIGNED = frozenset({SUMS, SIGNATURE})
-"""The only files SHA256SUMS does not list: itself and its signature."""
+"""The only files SHA256SUMS does not list: itself and its signature (and release/, see is_unsigned)."""
+
+
+def is_unsigned(name: str) -> bool:
+    """True for the files SHA256SUMS does not list: itself, its signature, the TUF metadata."""
+    return name in UNSIGNED or name.startswith(f"{RELEASE_DIR}/")
 BUNDLE_SCHEMA = "gapforge/bundle/v1"
 PRETEST_SCHEMA = "gapforge/pretest/v1"

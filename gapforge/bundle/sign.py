@@ -33,6 +33,10 @@ class SigningKey:
     path: Path
     generated: bool = False
     """True when the build made this key just now (no --key, no $GAPFORGE_SIGNING_KEY)."""
+    development: bool = False
+    """The cache's own key (no --key, no $GAPFORGE_SIGNING_KEY): for development only. Bundles signed
+    with it say so (bundle.json `signing_key.development`, `verify`'s output), and a release
+    repository refuses them on its `approved` channel."""
 
     @property
     def public_pem(self) -> bytes:
@@ -152,10 +156,14 @@ def resolve_signing_key(explicit: Path | None, cache_root: Path) -> SigningKey:
     chosen = explicit or (Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else None)
     if chosen is not None:
         return load_private_key(chosen.expanduser())
-    default = cache_root / "keys" / DEFAULT_KEY_NAME
-    if default.is_file():
-        return load_private_key(default)
-    return write_key_pair(default)
+    default = development_key_path(cache_root)
+    key = load_private_key(default) if default.is_file() else write_key_pair(default)
+    return SigningKey(key.private, key.path, key.generated, development=True)
+
+
+def development_key_path(cache_root: Path) -> Path:
+    """The key a build makes once in the cache when it is given none: for development only."""
+    return cache_root / "keys" / DEFAULT_KEY_NAME
 
 
 def sign(key: SigningKey, data: bytes) -> bytes:

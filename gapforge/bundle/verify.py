@@ -33,7 +33,7 @@ from gapforge.bundle import (
     SBOM,
     SIGNATURE,
     SUMS,
-    UNSIGNED,
+    is_unsigned,
 )
 from gapforge.bundle.imagetar import ImageArchive, read_archive
 from gapforge.bundle.provenance import shape_problems, subject_digest
@@ -359,7 +359,7 @@ def verify_bundle(
         for problem in syntax:
             report.add(SUMS, problem)
     signature_ok = _signature(report, public, sums)
-    present = {name for name in bundle_files(bundle) if name not in UNSIGNED}
+    present = {name for name in bundle_files(bundle) if not is_unsigned(name)}
     listed = {line.name for line in lines}
     for name in sorted(listed - present):
         report.add(name, f"listed in {SUMS} but missing from the bundle")

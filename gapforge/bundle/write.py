@@ -120,7 +120,11 @@ def bundle_index(source: BundleSource, key: SigningKey, evidence: dict[str, Any]
             "seconds": evidence.get("seconds"),
             "evidence": PRETEST,
         },
-        "signing_key": {"fingerprint": key.fingerprint, "file": PUBLIC_KEY},
+        "signing_key": {
+            "fingerprint": key.fingerprint,
+            "file": PUBLIC_KEY,
+            "development": key.development,
+        },
         "builder": {"version": source.builder_version, **source.git},
         "files": {"sbom": SBOM, "provenance": PROVENANCE, "runbook": RUNBOOK, "wheels": WHEELS_DIR},
     }
