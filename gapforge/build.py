@@ -53,10 +53,14 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
         ensure_engine_room(client, image)
         _timed(
             timings, "load",
-            lambda: engine.load(client, image.tar_path, image.manifest.config_digest),
+            lambda: engine.load(client, image.tar_path, image.manifest.config_digest, plan.ref),
         )  # fmt: skip
         if options.smoke:
-            smoke = _timed(timings, "smoke", lambda: engine.smoke_run(client, plan.ref))
+            smoke = _timed(
+                timings,
+                "smoke",
+                lambda: engine.smoke_run(client, image.manifest.config_digest, plan.ref),
+            )
             if options.pretest:
                 result = _timed(timings, "pretest", lambda: pretest(plan, client, image))
     if result is not None and key is not None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gapforge.errors import BuildError, EnvironmentProblem
+from gapforge.errors import BuildError, EnvironmentProblem, GapforgeError
 from gapforge.fetch.rootfs import HOME, IMAGE_USER
 from gapforge.progress import byte_progress, note, step
-
-CHUNK = 4 * 1024 * 1024
 
 
 def connect() -> Any:
@@ -31,36 +29,84 @@ def connect() -> Any:
     return client
 
 
-def _chunks(path: Path, advance: Any) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            advance(len(chunk))
-            yield chunk
+class ImageMismatch(GapforgeError):
+    """The engine loaded something other than what was verified: it was not tagged (exit 1)."""
+
+    exit_status = 1
 
 
-def load(client: Any, tar_path: Path, config_digest: str) -> str:
-    """`docker load` the archive; check that the engine's image ID is the config digest we wrote."""
-    step(f"loading {tar_path.name} into the Docker engine")
-    with byte_progress("docker load", tar_path.stat().st_size) as advance:
-        images = client.images.load(_chunks(tar_path, advance))
+def split_ref(ref: str) -> tuple[str, str]:
+    """`repo[:tag]` → (repo, tag), the tag `latest` when none; a registry port is not a tag."""
+    repo, colon, tag = ref.rpartition(":")
+    if not colon or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
+def _has_image(client: Any, image_id: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(image_id)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def load(
+    client: Any, tar_path: Path, config_digest: str, ref: str | None = None, sha256: str = ""
+) -> str:
+    """`docker load` the archive untagged, check what was loaded, and only then tag it.
+
+    The archive streams to the engine with its tags taken out (gapforge.oci.untag), hashed in the
+    same pass. The engine's image ID must be `config_digest`, and with `sha256` the bytes sent must
+    hash to it; otherwise what this call loaded is removed again, untagged, and ImageMismatch is
+    raised. Then the image is tagged `ref` (default: the tag the archive carries). Returns the ref."""
+    from gapforge.oci.untag import ArchiveFormatError, UntaggedStream
+
+    step(f"loading {tar_path.name} into the Docker engine (untagged until checked)")
+    had = _has_image(client, config_digest)
+    with (
+        open(tar_path, "rb") as handle,
+        byte_progress("docker load", tar_path.stat().st_size) as advance,
+    ):
+        stream = UntaggedStream(handle, advance)
+        try:
+            images = client.images.load(stream.chunks())
+        except ArchiveFormatError as exc:
+            raise ImageMismatch(f"{tar_path}: not a readable image archive ({exc})") from None
     ids = {image.id for image in images}
+    problems = []
     if config_digest not in ids:
-        raise BuildError(
-            f"the engine loaded {tar_path} as {sorted(ids)}, not as {config_digest}: the archive and "
-            "its config disagree; delete the build folder and build again"
+        problems.append(
+            f"the engine loaded it as {sorted(ids) or 'nothing'}, not as {config_digest}"
         )
-    note(f"loaded as image ID {config_digest}")
-    return config_digest
+    if sha256 and stream.finished and stream.sha256 != sha256:
+        problems.append(f"the bytes sent hash to sha256:{stream.sha256}, not the verified {sha256}")
+    if problems:
+        remove_images(client, sorted(ids - ({config_digest} if had else set())))
+        raise ImageMismatch(
+            f"{tar_path}: {'; '.join(problems)}. Nothing was tagged (what this load added was "
+            "removed): the archive changed on disk after it was checked, or the archive and its "
+            "config disagree. Copy the bundle again and verify it before loading."
+        )
+    chosen = ref or (stream.tags[0] if stream.tags else "")
+    if chosen:
+        repo, tag = split_ref(chosen)
+        client.images.get(config_digest).tag(repo, tag)
+    note(f"loaded as image ID {config_digest}" + (f", then tagged {chosen}" if chosen else ""))
+    return chosen
 
 
-def smoke_run(client: Any, ref: str) -> str:
-    """Run the image's `info` with the network cut, read-only, as its non-root user."""
+def smoke_run(client: Any, image_id: str, ref: str = "") -> str:
+    """Run the image's `info` with the network cut, read-only, as its non-root user: by image ID,
+    never by tag (the tag could have moved since the load checked the ID)."""
     from docker.errors import ContainerError
 
-    step(f"smoke run: {ref} info (--network none --read-only)")
+    step(f"smoke run: {ref or image_id} info (--network none --read-only, image {image_id[:19]}…)")
     try:
         output = client.containers.run(
-            ref, ["info"], network_mode="none", read_only=True, remove=True,
+            image_id, ["info"], network_mode="none", read_only=True, remove=True,
             tmpfs={"/tmp": "rw,size=64m"}, stdout=True, stderr=True,
         )  # fmt: skip
     except ContainerError as exc:

@@ -144,7 +144,10 @@ def run_pretest(
     """Run the recipe in its sealed image; write evidence.json, log.txt and report.md to `folder`."""
     step(f"sealed pretest: {ref} run (--network none --read-only, user {IMAGE_USER}, sample data)")
     outputs = prepare_outputs(folder)
-    run = SealedRun(image=ref, command=["run"], mounts={str(outputs): OUTPUTS}, user=IMAGE_USER)
+    # By image ID, never by tag: the tag could have moved since the load compared the ID.
+    run = SealedRun(
+        image=config_digest, command=["run"], mounts={str(outputs): OUTPUTS}, user=IMAGE_USER
+    )
     started = time.time()
     clock = time.monotonic()
     with open(folder / LOG, "wb") as log:

@@ -1,7 +1,10 @@
 """`gapforge load`: verify the bundle, then load its image into Docker, or copy it into a registry.
 
-An unverified or unsigned bundle is refused unless the operator says --insecure. A registry push goes
-through skopeo with --preserve-digests, and the digest the registry reports must be the bundle's.
+An unverified or unsigned bundle is refused unless the operator says --insecure. Check, then use the
+very thing checked: into Docker the archive streams untagged and is hashed in the same pass
+(gapforge.engine.load); the image gets its name only once its ID and the bytes sent match what was
+verified. Into a registry, skopeo (with --preserve-digests) pushes to a temporary tag first; the
+real tag is given, by digest, only after the digest the registry reports is the bundle's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gapforge.bundle import IMAGE_TAR
+from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.verify import VerifyReport, verify_bundle
 from gapforge.errors import BundleError, EnvironmentProblem
 from gapforge.progress import note, step
@@ -73,47 +77,78 @@ def check_verified(report: VerifyReport, insecure: bool) -> None:
     step(f"[bold red]--insecure[/]: loading a bundle that failed verification ({bad})")
 
 
-def push_to_registry(tar: Path, destination: str, host: str, tls_verify: bool | None) -> str:
-    """skopeo copy the archive into a registry; return the manifest digest the registry stored."""
+def _skopeo_copy(source: str, destination: str, tls: list[str], digest_file: Path) -> None:
+    command = ["skopeo", "copy", "--preserve-digests", "--digestfile", str(digest_file), *tls,
+               source, destination]  # fmt: skip
+    note(" ".join(command))
+    result = subprocess.run(command, check=False, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        hint = (
+            " (an HTTP registry: pass --no-tls-verify)"
+            if "http response to https" in result.stderr.lower()
+            else ""
+        )
+        raise BundleError(
+            f"skopeo could not copy {source} to {destination}{hint}:\n{result.stderr.strip()[-2000:]}\n"
+            "Check that the registry is running and reachable, and the repository name."
+        )
+
+
+def staging_tag(destination: str, expected: str) -> str:
+    """`docker://host/repo:tag` → `docker://host/repo:gapforge-unchecked-<12 hex of the digest>`."""
+    repo = destination.rsplit(":", 1)[0] if ":" in destination.rsplit("/", 1)[-1] else destination
+    return f"{repo}:gapforge-unchecked-{expected.removeprefix('sha256:')[:12]}"
+
+
+def push_to_registry(
+    tar: Path, destination: str, host: str, tls_verify: bool | None, expected: str = ""
+) -> str:
+    """skopeo copy the archive into a registry; return the manifest digest the registry stored.
+
+    With `expected` (the verified manifest digest) it goes to a temporary tag first; only when the
+    registry stored `expected` is the image copied, by digest, to `destination`'s own tag."""
     if shutil.which("skopeo") is None:
         raise EnvironmentProblem(
             "skopeo is not installed: 'apt-get install skopeo' (Debian), or load into Docker "
             "without --to and push with 'docker push'"
         )
     verify_tls = (not is_loopback(host)) if tls_verify is None else tls_verify
+    flag = "true" if verify_tls else "false"
     with tempfile.TemporaryDirectory(prefix="gapforge-push-") as work:
         digest_file = Path(work) / "digest"
-        command = [
-            "skopeo", "copy", "--preserve-digests", "--digestfile", str(digest_file),
-            f"--dest-tls-verify={'true' if verify_tls else 'false'}", f"oci-archive:{tar}", destination,
-        ]  # fmt: skip
-        note(" ".join(command))
-        result = subprocess.run(command, check=False, stderr=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            hint = (
-                " (an HTTP registry: pass --no-tls-verify)"
-                if "http response to https" in result.stderr.lower()
-                else ""
+        if not expected:
+            _skopeo_copy(
+                f"oci-archive:{tar}", destination, [f"--dest-tls-verify={flag}"], digest_file
             )
+            return digest_file.read_text().strip()
+        staged = staging_tag(destination, expected)
+        _skopeo_copy(f"oci-archive:{tar}", staged, [f"--dest-tls-verify={flag}"], digest_file)
+        pushed = digest_file.read_text().strip()
+        if pushed != expected:
             raise BundleError(
-                f"skopeo could not copy {tar} to {destination}{hint}:\n{result.stderr.strip()[-2000:]}\n"
-                "Check that the registry is running and reachable, and the repository name."
+                f"the registry stored {staged.removeprefix('docker://')} as {pushed}, not as the "
+                f"bundle's verified image digest {expected}; {destination.removeprefix('docker://')} "
+                "was not touched. The registry rewrote the manifest, or the archive changed after "
+                "it was checked: use a registry that keeps OCI manifests as pushed, and verify again"
             )
+        by_digest = f"{staged.rsplit(':', 1)[0]}@{expected}"
+        _skopeo_copy(by_digest, destination,
+                     [f"--src-tls-verify={flag}", f"--dest-tls-verify={flag}"], digest_file)  # fmt: skip
         return digest_file.read_text().strip()
 
 
 def load_bundle(
     bundle: Path,
-    key: Path | None = None,
+    anchor: Anchor,
     to: str | None = None,
     insecure: bool = False,
     tls_verify: bool | None = None,
     on_verified: Callable[[VerifyReport], None] = lambda _report: None,
 ) -> Loaded:
-    """Verify (then `on_verified(report)`), refuse a bad bundle unless `insecure`, then load into
-    Docker (default) or push to the registry `to`."""
+    """Verify against `anchor` (then `on_verified(report)`), refuse a bad bundle unless `insecure`,
+    then load into Docker (default) or push to the registry `to`."""
     step(f"verifying {bundle} before loading")
-    report = verify_bundle(bundle, key)
+    report = verify_bundle(bundle, anchor)
     on_verified(report)
     check_verified(report, insecure)
     archive = report.archive
@@ -122,11 +157,12 @@ def load_bundle(
             f"{bundle / IMAGE_TAR}: no readable image archive in the bundle: nothing to load"
         )
     tar = bundle / IMAGE_TAR
+    verified_sha256 = str(report.index.get("image", {}).get("sha256", "")) if report.ok else ""
     if to is not None:
         version = str(report.index.get("version") or "latest")
         destination, host = registry_destination(to, version)
         step(f"copying {tar.name} to {destination}")
-        pushed = push_to_registry(tar, destination, host, tls_verify)
+        pushed = push_to_registry(tar, destination, host, tls_verify, archive.manifest_digest)
         if pushed != archive.manifest_digest:
             raise BundleError(
                 f"the registry stored {destination} as {pushed}, not as the bundle's image digest "
@@ -138,5 +174,6 @@ def load_bundle(
     from gapforge import engine
 
     client = engine.connect()
-    engine.load(client, tar, archive.config_digest)
+    ref = (archive.repo_tags or [""])[0] or None
+    engine.load(client, tar, archive.config_digest, ref, verified_sha256)
     return Loaded("docker", archive.manifest_digest, archive.config_digest, report)

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX, PRETEST
+from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.load import Refused
 from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
+from gapforge.progress import step
 
 DATA_DIR = "/data"
 OUTPUTS = "/outputs"
@@ -43,8 +46,48 @@ class Target:
         return self.profile.startswith("cuda")
 
 
-def resolve_target(client: Any, target: str) -> Target:
-    """A bundle folder or an image reference, checked against what the engine has loaded."""
+def _authenticated_index(path: Path, anchor: Anchor, insecure: bool) -> dict[str, Any]:
+    """bundle.json, once SHA256SUMS's signature (by the anchor) and its line for bundle.json hold;
+    with `insecure`, a failure is printed loudly and the run goes on."""
+    from gapforge.bundle.verify import authenticate_index
+
+    report = authenticate_index(path, anchor)
+    if anchor.kind == "insecure":
+        step(f"[bold red]--insecure[/]: {path} checked against its own key only (no origin)")
+    if not report.ok:
+        details = "; ".join(f"{p.file}: {p.message}" for p in report.problems)
+        if not insecure:
+            raise Refused(
+                f"refusing to run {path}: it does not authenticate against {anchor.source}: "
+                f"{details}. Run 'gapforge verify {path}' for the full check, and get an intact "
+                "copy (or pass --insecure to run it anyway: never for production)"
+            )
+        step(f"[bold red]--insecure[/]: running {path} although it failed: {details}")
+    if report.development_key:
+        step("[yellow]signed with a build cache's development key: not for production[/]")
+    return dict(json.loads((path / INDEX).read_text(encoding="utf-8")))
+
+
+def _receipt_check(config_digest: str, ref: str) -> None:
+    """An image named by reference must have been imported by a verified `gapforge load` on this
+    machine: its signed receipt, under the operator key, names this image ID."""
+    from gapforge.bundle.receipt import find_receipt, operator_public_keys
+    from gapforge.release.client import trust_dir
+
+    folder = trust_dir() / "receipts"
+    if find_receipt(folder, config_digest, operator_public_keys(trust_dir())) is None:
+        raise BundleError(
+            f"{ref} is image {config_digest}, and no signed receipt in {folder} says a verified "
+            "'gapforge load' imported it on this machine: run the bundle folder instead (it is "
+            "checked against your trust anchor), or load the bundle with 'gapforge load' first; "
+            "--insecure runs it unchecked (never for production)"
+        )
+
+
+def resolve_target(client: Any, target: str, anchor: Anchor, insecure: bool = False) -> Target:
+    """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
+    load must have imported), checked against what the engine has loaded. The Target's
+    `config_digest` is what runs: by image ID, never by tag."""
     import docker.errors
 
     path = Path(target)
@@ -53,8 +96,7 @@ def resolve_target(client: Any, target: str) -> Target:
             raise BundleError(
                 f"{path}: not a bundle (no {INDEX}): pass a bundle folder or an image reference"
             )
-        index = json.loads((path / INDEX).read_text(encoding="utf-8"))
-        image = index["image"]
+        image = _authenticated_index(path, anchor, insecure)["image"]
         wanted = Target(image["ref"], image["config_digest"], image.get("profile", ""), path)
     elif target.startswith(("/", "./", "../")) or target.endswith("/"):
         raise BundleError(
@@ -63,14 +105,19 @@ def resolve_target(client: Any, target: str) -> Target:
     else:
         wanted = Target(target, "", "")
     try:
-        found = client.images.get(wanted.ref)
+        found = client.images.get(wanted.config_digest or wanted.ref)
     except docker.errors.ImageNotFound:
         fix = (
             f"run 'gapforge load {path}' first"
             if wanted.bundle
             else "load it first ('gapforge load BUNDLE')"
         )
-        raise BundleError(f"the Docker engine has no image {wanted.ref}: {fix}") from None
+        what = (
+            f"{wanted.ref} (image ID {wanted.config_digest})"
+            if wanted.config_digest
+            else wanted.ref
+        )
+        raise BundleError(f"the Docker engine has no image {what}: {fix}") from None
     except docker.errors.APIError:
         raise BundleError(
             f"{target}: neither a bundle folder nor an image reference: pass dist/<recipe>-<version> "
@@ -78,9 +125,14 @@ def resolve_target(client: Any, target: str) -> Target:
         ) from None
     if wanted.config_digest and found.id != wanted.config_digest:
         raise BundleError(
-            f"the engine's {wanted.ref} is image {found.id}, not this bundle's {wanted.config_digest}: "
+            f"the engine's image is {found.id}, not this bundle's {wanted.config_digest}: "
             f"run 'gapforge load {path}' again"
         )
+    if wanted.bundle is None:
+        if insecure:
+            step(f"[bold red]--insecure[/]: running {target} ({found.id}) without a receipt check")
+        else:
+            _receipt_check(found.id, target)
     labels = found.labels or {}
     return Target(
         wanted.ref, found.id, wanted.profile or labels.get(PROFILE_LABEL, ""), wanted.bundle
@@ -102,8 +154,13 @@ def use_gpus(choice: str, target: Target) -> bool:
 
 
 def prepare_out(out: Path) -> str:
-    """Create the output folder; return the user to run as. As root: the image's own user, owning
-    the folder. Otherwise: the caller's uid:gid, so the outputs are theirs."""
+    """Create the output folder if missing; return the user to run as (never root).
+
+    As root: a folder this call creates is given to the image's own user, who runs; an existing
+    folder keeps its owner (gapforge never changes the owner of a folder it did not create) and the
+    run is made as that owner, unless it is root, which is refused with the fix. Not as root: the
+    caller's uid:gid, so the outputs are theirs."""
+    existed = out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -111,10 +168,24 @@ def prepare_out(out: Path) -> str:
             f"--out {out}: cannot create it ({exc.strerror}): choose a writable folder"
         ) from None
     if os.geteuid() == 0:
-        os.chown(out, USER_ID, USER_ID)
-        return IMAGE_USER
+        if not existed:
+            os.chown(out, USER_ID, USER_ID)
+            return IMAGE_USER
+        owner = out.stat()
+        if owner.st_uid != 0:
+            return f"{owner.st_uid}:{owner.st_gid}"
+        raise BundleError(
+            f"--out {out}: it exists and belongs to root, and gapforge does not change the owner "
+            "of a folder it did not create. The sealed image never runs as root: it needs a "
+            f"folder its user can write. Give this one to a user (for the image's own user "
+            f"{IMAGE_USER}: 'chown {USER_ID}:{USER_ID} {out}'), or pass a folder that does not "
+            "exist yet (gapforge creates it for the image's user)"
+        )
     if not os.access(out, os.W_OK):
-        raise BundleError(f"--out {out}: not writable by you: choose a folder you can write")
+        raise BundleError(
+            f"--out {out}: not writable by you (uid {os.getuid()}): the run writes its outputs "
+            "there as you; choose a folder you can write, or ask its owner for write permission"
+        )
     return f"{os.getuid()}:{os.getgid()}"
 
 
@@ -138,7 +209,7 @@ def sealed_run(
         args += [option, inside]
     user = prepare_out(out)
     run = SealedRun(
-        image=target.ref, command=args, mounts={str(out.resolve()): OUTPUTS},
+        image=target.config_digest, command=args, mounts={str(out.resolve()): OUTPUTS},
         read_only_mounts=read_only, user=user, gpus=gpus,
     )  # fmt: skip
     return run, args
@@ -147,20 +218,20 @@ def sealed_run(
 def run_image(
     target: str, data: Path, out: Path, gpus: str = "auto", validation: Path | None = None,
     test: Path | None = None, extra: list[str] | None = None, timeout: float | None = None,
+    *, anchor: Anchor, insecure: bool = False,
 ) -> int:  # fmt: skip
     """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status."""
     from gapforge import engine
-    from gapforge.progress import step
 
     client = engine.connect()
-    resolved = resolve_target(client, target)
+    resolved = resolve_target(client, target, anchor, insecure)
     files = (
         {"--data": data}
         | ({"--validation": validation} if validation else {})
         | ({"--test": test} if test else {})
     )
     run, args = sealed_run(resolved, ["run", *(extra or [])], files, out, use_gpus(gpus, resolved))
-    step(f"{resolved.ref} {' '.join(args)}  (--network none --read-only, user {run.user}"
+    step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  (--network none --read-only, user {run.user}"
          f"{', --gpus all' if run.gpus else ''}) → {out}")  # fmt: skip
 
     def passthrough(chunk: bytes) -> None:
@@ -193,7 +264,9 @@ def _quiet_run(client: Any, run: SealedRun) -> tuple[int, str]:
     return status, b"".join(output).decode(errors="replace")
 
 
-def preflight(target: str, data: Path, out: Path) -> list[Check]:
+def preflight(
+    target: str, data: Path, out: Path, anchor: Anchor, insecure: bool = False
+) -> list[Check]:
     """Go/no-go before a long run: engine, image, offline start, data, output folder, disk, GPU."""
     from gapforge import engine
 
@@ -203,13 +276,13 @@ def preflight(target: str, data: Path, out: Path) -> list[Check]:
         Check("docker engine", True, f"answers (version {engine.engine_version(client)})")
     )
     try:
-        resolved = resolve_target(client, target)
+        resolved = resolve_target(client, target, anchor, insecure)
     except BundleError as exc:
         return [*checks, Check("image", False, exc.message)]
     checks.append(
         Check("image", True, f"{resolved.ref} is loaded as {resolved.config_digest[:19]}…")
     )
-    status, text = _quiet_run(client, SealedRun(resolved.ref, ["info", "--json"]))
+    status, text = _quiet_run(client, SealedRun(resolved.config_digest, ["info", "--json"]))
     try:
         recipe = json.loads(text[text.index("{") :]).get("recipe") if status == 0 else None
     except ValueError:

@@ -1,7 +1,9 @@
 """`gapforge verify`: check a bundle offline and name every bad file.
 
-In order: the signature over SHA256SUMS (with the operator's pinned key, or the bundle's own copy,
-which proves integrity but not origin); every file against SHA256SUMS (none missing, none extra);
+In order: the signature over SHA256SUMS against the operator's trust anchor (gapforge.bundle.anchor:
+a pinned key; or the trusted TUF release root, when the bundle must also be a release the repository
+lists on the site's channel, unrevoked, with this very SHA256SUMS; or, with --insecure only, the
+bundle's own key, which proves integrity but not origin); every file against SHA256SUMS (none missing, none extra);
 inside the image archive, the index → manifest → config chain; then that bundle.json, the SBOM, the
 provenance and the pretest evidence all name the image digest and image ID the archive really
 holds, and that the pretest passed.
@@ -14,13 +16,14 @@ validated it before signing). Hashing runs on a thread pool: hashlib releases th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -30,11 +33,13 @@ from gapforge.bundle import (
     PRETEST,
     PROVENANCE,
     PUBLIC_KEY,
+    RELEASE_DIR,
     SBOM,
     SIGNATURE,
     SUMS,
     is_unsigned,
 )
+from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.imagetar import ImageArchive, read_archive
 from gapforge.bundle.provenance import shape_problems, subject_digest
 from gapforge.bundle.sbom import image_digests, validate_sbom
@@ -50,6 +55,9 @@ from gapforge.bundle.sums import (
     parse_sums,
 )
 from gapforge.errors import BundleError
+
+if TYPE_CHECKING:
+    from gapforge.release.client import ReleaseCheck
 from gapforge.progress import byte_progress
 
 
@@ -71,12 +79,21 @@ class VerifyReport:
     key_source: str = ""
     key_pinned: bool = False
     signature_ok: bool = False
+    anchor: str = ""
+    """How the signature was anchored: `key` (pinned), `root` (a TUF release), `insecure`."""
+    public_keys: list[Ed25519PublicKey] = field(default_factory=list)
+    release: ReleaseCheck | None = None
     index: dict[str, Any] = field(default_factory=dict)
     archive: ImageArchive | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def development_key(self) -> bool:
+        """bundle.json says it was signed with a build cache's development key."""
+        return bool(self.index.get("signing_key", {}).get("development"))
 
     @property
     def bad_files(self) -> list[str]:
@@ -101,6 +118,18 @@ class VerifyReport:
                 "key_fingerprint": self.key_fingerprint,
                 "key_source": self.key_source,
                 "key_pinned": self.key_pinned,
+                "anchor": self.anchor,
+                "development_key": self.development_key,
+            },
+            "release": None
+            if self.release is None
+            else {
+                "name": self.release.name,
+                "version": self.release.version,
+                "channel": self.release.channel,
+                "found_on": self.release.found_on,
+                "root_version": self.release.root_version,
+                "ok": self.release.ok,
             },
             "image": None
             if archive is None
@@ -125,36 +154,80 @@ def _check_folder(bundle: Path) -> None:
         )
 
 
-def _public_key(report: VerifyReport, key: Path | None) -> Ed25519PublicKey | None:
-    if key is not None:
-        public = load_public_key(key)  # a bad --key file is the operator's to fix: exit 2
-        report.key_source, report.key_pinned = f"--key {key}", True
+def _bundled_key(report: VerifyReport) -> Ed25519PublicKey | None:
+    bundled = report.bundle / PUBLIC_KEY
+    if not bundled.is_file():
+        report.add(
+            PUBLIC_KEY, "missing, and --insecure asked to use it: pass --key with the release key"
+        )
+        return None
+    try:
+        return load_public_key(bundled)
+    except BundleError as exc:
+        report.add(PUBLIC_KEY, f"unusable: {exc.message}")
+        return None
+
+
+def _release_keys(
+    report: VerifyReport, anchor: Anchor, sums: bytes | None
+) -> list[Ed25519PublicKey]:
+    """The trusted root: the bundle must be a release on the site's channel; the build keys the
+    verified repository metadata names are the keys SHA256SUMS.sig may be made with."""
+    from gapforge.release.client import check_release
+
+    metadata = anchor.metadata or report.bundle / RELEASE_DIR / "metadata"
+    report.key_source = "a build key the trusted release repository names"
+    if not metadata.is_dir():
+        report.add(
+            f"{RELEASE_DIR}/metadata",
+            f"missing: the bundle carries no release metadata and none was given ({metadata}). "
+            "Ask the release manager for the repository's metadata ('gapforge release export') "
+            "and pass --repo METADATA_FOLDER, or verify with --key RELEASE.pub.pem",
+        )
+        return []
+    if sums is None or not report.index:
+        return []  # already reported: nothing to look the release up by
+    check = check_release(sums, report.index, metadata, channel=anchor.channel)
+    report.release = check
+    for problem in check.problems:
+        report.add("release", problem)
+    report.key_source = (
+        f"a build key of the release repository (root version {check.root_version}, channel "
+        f"{check.channel}, metadata {check.metadata_source})"
+    )
+    return list(check.build_keys)
+
+
+def _keys(report: VerifyReport, anchor: Anchor, sums: bytes | None) -> list[Ed25519PublicKey]:
+    """The keys SHA256SUMS.sig may be made with, by the anchor: pinned, the release root's build
+    keys, or (--insecure) the bundle's own copy, which proves integrity but not origin."""
+    report.anchor = anchor.kind
+    report.key_pinned = anchor.pinned
+    if anchor.kind == "key":
+        report.key_source = anchor.source
+        keys = list(anchor.keys)
+    elif anchor.kind == "root":
+        keys = _release_keys(report, anchor, sums)
     else:
-        bundled = report.bundle / PUBLIC_KEY
-        if not bundled.is_file():
-            report.add(
-                PUBLIC_KEY, "missing, and no --key was given: pass --key with the release key"
-            )
-            return None
-        try:
-            public = load_public_key(bundled)
-        except BundleError as exc:
-            report.add(PUBLIC_KEY, f"unusable: {exc.message}")
-            return None
-        report.key_source = f"{PUBLIC_KEY} inside the bundle (not pinned: pass --key)"
-    report.key_fingerprint = fingerprint(public)
-    return public
+        bundled = _bundled_key(report)
+        keys = [bundled] if bundled is not None else []
+        report.key_source = (
+            f"{PUBLIC_KEY} inside the bundle (--insecure: NOT pinned, proves no origin)"
+        )
+    report.key_fingerprint = ", ".join(fingerprint(key) for key in keys)
+    report.public_keys = keys
+    return keys
 
 
 def _signature(
-    report: VerifyReport, public: Ed25519PublicKey | None, sums: bytes | None
+    report: VerifyReport, keys: list[Ed25519PublicKey], sums: bytes | None
 ) -> bool | None:
     """True/False: the signature verifies or not; None: it could not be checked (already reported)."""
     path = report.bundle / SIGNATURE
     if not path.is_file():
         report.add(SIGNATURE, "missing: the bundle is unsigned; ask for a signed bundle")
         return None
-    if public is None or sums is None:
+    if not keys or sums is None:
         return None
     signature = path.read_bytes()
     if len(signature) != SIGNATURE_SIZE:
@@ -163,7 +236,11 @@ def _signature(
             f"{len(signature)} bytes: not an Ed25519 signature ({SIGNATURE_SIZE} raw bytes)",
         )
         return None
-    return signature_valid(public, sums, signature)
+    for key in keys:
+        if signature_valid(key, sums, signature):
+            report.key_fingerprint = fingerprint(key)
+            return True
+    return False
 
 
 def _blame_signature(report: VerifyReport, sums_bad: list[str]) -> None:
@@ -337,15 +414,15 @@ def _hash(report: VerifyReport, jobs: list[HashJob], label: str) -> dict[str, Ha
 
 
 def verify_bundle(
-    bundle: Path, key: Path | None = None, workers: int | None = None, deep: bool = False
+    bundle: Path, anchor: Anchor, workers: int | None = None, deep: bool = False
 ) -> VerifyReport:
-    """Check everything; never stop at the first problem. Raises BundleError only for bad input."""
+    """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor); never stop at the
+    first problem. Raises BundleError only for bad input."""
     _check_folder(bundle)
     start = time.monotonic()
     report = VerifyReport(bundle, workers=workers or default_workers())
     # The SBOM was validated when it was written; its signed checksum says these are those bytes.
     sbom_schema = _sbom_schema(report) if deep else (lambda: None)
-    public = _public_key(report, key)
     sums_path = bundle / SUMS
     sums = sums_path.read_bytes() if sums_path.is_file() else None
     lines: list[SumsLine] = []
@@ -358,7 +435,8 @@ def verify_bundle(
         lines, syntax = parse_sums(sums.decode(errors="replace"))
         for problem in syntax:
             report.add(SUMS, problem)
-    signature_ok = _signature(report, public, sums)
+    report.index = _load_json(report, INDEX)
+    signature_ok = _signature(report, _keys(report, anchor, sums), sums)
     present = {name for name in bundle_files(bundle) if not is_unsigned(name)}
     listed = {line.name for line in lines}
     for name in sorted(listed - present):
@@ -369,7 +447,6 @@ def verify_bundle(
     for name in sorted(present):
         if (bundle / name).is_symlink():
             report.add(name, "a symbolic link: a bundle holds regular files only")
-    report.index = _load_json(report, INDEX)
     _check_archive_size(report)
     archive = read_archive(bundle / IMAGE_TAR) if (bundle / IMAGE_TAR).is_file() else None
     report.archive = archive
@@ -392,4 +469,35 @@ def verify_bundle(
         _blame_signature(report, sums_bad + [p for p in (listed - present)])
     report.signature_ok = signature_ok is True
     report.seconds = time.monotonic() - start
+    return report
+
+
+def authenticate_index(bundle: Path, anchor: Anchor) -> VerifyReport:
+    """The light check `run` and `preflight` make on a bundle folder: SHA256SUMS signed by a key the
+    anchor trusts (and, with the trusted root, a release on the site's channel), and bundle.json the
+    file its line names. The image is then known by the image ID this authenticated bundle.json
+    names: the engine's image IDs are content addresses, so nothing more needs hashing here."""
+    _check_folder(bundle)
+    report = VerifyReport(bundle)
+    sums_path = bundle / SUMS
+    sums = sums_path.read_bytes() if sums_path.is_file() else None
+    if sums is None:
+        report.add(SUMS, "missing: not a complete bundle; nothing can be checked against it")
+    report.index = _load_json(report, INDEX)
+    signature_ok = _signature(report, _keys(report, anchor, sums), sums)
+    report.signature_ok = signature_ok is True
+    if signature_ok is False:
+        report.add(
+            SIGNATURE,
+            f"does not verify over {SUMS} with {report.key_fingerprint or 'any key'} "
+            f"({report.key_source}): the bundle was altered or signed with another key",
+        )
+    lines, _ = parse_sums((sums or b"").decode(errors="replace"))
+    line = next((line for line in lines if line.name == INDEX), None)
+    if sums is not None and line is None:
+        report.add(INDEX, f"not listed in {SUMS}")
+    elif line is not None and (bundle / INDEX).is_file():
+        actual = hashlib.sha256((bundle / INDEX).read_bytes()).hexdigest()
+        if actual != line.sha256:
+            report.add(INDEX, f"sha256 is {actual}, {SUMS} line {line.number} says {line.sha256}")
     return report

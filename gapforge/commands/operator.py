@@ -15,12 +15,40 @@ from typing import Any
 
 from gapforge.progress import console, step
 
-KEY_HELP = "the release manager's public key (.pub.pem), received out of band"
+KEY_HELP = (
+    "the release key's public half (.pub.pem), received out of band: pins it for this command"
+)
+
+
+def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> None:
+    """The trust anchor (gapforge.bundle.anchor): --key, or the root from 'gapforge trust init';
+    --repo and --channel for the release check; --insecure, explicit and loud."""
+    parser.add_argument("--key", type=Path, help=KEY_HELP)
+    parser.add_argument(
+        "--repo", type=Path, metavar="METADATA",
+        help="the release repository's metadata folder to check against (default: the bundle's "
+        "own release/metadata/); used with the trusted root from 'gapforge trust init'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--channel", help="the release channel to require (default: the site's, from trust init)"
+    )
+    parser.add_argument("--insecure", action="store_true", help=insecure_help)
+
+
+def anchor_of(args: argparse.Namespace) -> Any:
+    """The command's trust anchor, or NoTrustAnchor (exit 2) saying how to get one."""
+    from gapforge.bundle.anchor import choose_anchor
+
+    return choose_anchor(args.command, args.key, args.insecure, args.repo, args.channel)
 
 
 def verify_arguments(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("bundle", type=Path, help="the bundle folder (dist/<recipe>-<version>)")
-    verify.add_argument("--key", type=Path, help=KEY_HELP + " (default: the bundle's own copy)")
+    add_trust_options(
+        verify,
+        "with no --key and no trusted root, check the files against the bundle's own key: "
+        "integrity only, it proves nothing about who made the bundle (never for production)",
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     verify.add_argument(
         "--deep", action="store_true",
@@ -43,8 +71,26 @@ def _print_verify(report: Any) -> None:
         f"{report.seconds:.1f} s ({speed:.0f} MB/s, {report.workers} threads)"
     )
     if report.key_fingerprint:
-        colour = "" if report.key_pinned else "[yellow]"
-        console.print(f"    key {report.key_fingerprint} from {colour}{report.key_source}")
+        colour = "" if report.key_pinned else "[bold red]"
+        console.print(f"    key {report.key_fingerprint} from {colour}{escape(report.key_source)}")
+    if not report.key_pinned:
+        console.print(
+            "[bold red]NOT AUTHENTICATED[/]: --insecure checked the files against the bundle's own "
+            "key, which anyone who altered the bundle could have replaced. Pin trust with "
+            "'gapforge trust init root.json' or --key."
+        )
+    if report.development_key:
+        console.print(
+            "[bold yellow]development key[/]: signed with the key a build cache made for itself "
+            "(no --key at build time): for development only; a release repository refuses it on "
+            "its approved channel."
+        )
+    if report.release is not None and report.release.ok:
+        release = report.release
+        console.print(
+            f"    release {release.name} {release.version} on channel {release.channel} "
+            f"(root version {release.root_version})"
+        )
     if report.ok:
         archive = report.archive
         console.print(f"[bold green]verified[/] {report.bundle}")
@@ -66,8 +112,9 @@ def _print_verify(report: Any) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from gapforge.bundle.verify import verify_bundle
 
+    anchor = anchor_of(args)
     step(f"verifying {args.bundle}")
-    report = verify_bundle(args.bundle, args.key, args.workers, args.deep)
+    report = verify_bundle(args.bundle, anchor, args.workers, args.deep)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -77,16 +124,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def load_arguments(load: argparse.ArgumentParser) -> None:
     load.add_argument("bundle", type=Path)
-    load.add_argument("--key", type=Path, help=KEY_HELP)
+    add_trust_options(
+        load,
+        "load with no trust anchor (the bundle's own key), or even if verification fails: "
+        "never for production",
+    )
     load.add_argument(
         "--to",
         metavar="HOST/REPO",
         help="push into this registry with skopeo instead of docker load",
-    )
-    load.add_argument(
-        "--insecure",
-        action="store_true",
-        help="load even if verification fails (not for production)",
     )
     load.add_argument(
         "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
@@ -98,8 +144,9 @@ def cmd_load(args: argparse.Namespace) -> int:
     from gapforge.bundle.load import load_bundle
 
     loaded = load_bundle(
-        args.bundle, args.key, args.to, args.insecure, args.tls_verify, on_verified=_print_verify
-    )
+        args.bundle, anchor_of(args), args.to, args.insecure, args.tls_verify,
+        on_verified=_print_verify,
+    )  # fmt: skip
     console.print(f"[bold green]loaded[/] into {loaded.where}")
     console.print(f"  image digest  {loaded.manifest_digest}")
     console.print(f"  image ID      {loaded.config_digest}")
@@ -125,6 +172,11 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
+    add_trust_options(
+        run,
+        "run a bundle that does not authenticate, or an image no verified load imported "
+        "(never for production)",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -132,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
-                       extra, args.timeout)  # fmt: skip
+                       extra, args.timeout, anchor=anchor_of(args), insecure=args.insecure)  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
     console.print(
         f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
@@ -144,6 +196,10 @@ def preflight_arguments(pre: argparse.ArgumentParser) -> None:
     pre.add_argument("target", help="a bundle folder, or an image reference already loaded")
     pre.add_argument("--data", type=Path, required=True)
     pre.add_argument("--out", type=Path, required=True)
+    add_trust_options(
+        pre,
+        "check a bundle that does not authenticate, or an image no verified load imported",
+    )
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -153,7 +209,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from gapforge.bundle.run import preflight
 
     step(f"preflight: {args.target} on {args.data} → {args.out}")
-    checks = preflight(args.target, args.data, args.out)
+    checks = preflight(args.target, args.data, args.out, anchor_of(args), args.insecure)
     table = Table("check", "", "detail")
     for check in checks:
         verdict = "[green]go[/]" if check.ok else "[bold red]NO-GO[/]"

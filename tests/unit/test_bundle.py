@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from gapforge.bundle import PRETEST, SBOM, SIGNATURE, SUMS
+from gapforge.bundle import PRETEST, PUBLIC_KEY, SBOM, SIGNATURE, SUMS
+from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.provenance import (
     PREDICATE_TYPE,
     build_statement,
@@ -50,6 +51,11 @@ REF = "gapforge/unit-desk:1.2.3"
 def _key(tmp_path: Path, seed: int = 1) -> SigningKey:
     """A fixed key, so the golden RUNBOOK's fingerprint never changes."""
     return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32), tmp_path / f"k{seed}.key")
+
+
+def _pinned(tmp_path: Path, seed: int = 1) -> Anchor:
+    """The operator's pinned key (--key): the public half of `_key(tmp_path, seed)`."""
+    return Anchor("key", (_key(tmp_path, seed).private.public_key(),), f"--key k{seed}.pub.pem")
 
 
 def _image(tmp_path: Path) -> ImageInfo:
@@ -202,9 +208,9 @@ def test_written_bundle_checks_with_sha256sum_openssl_and_gapforge(bundle: Path,
     openssl = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "signing-key.pub.pem", "-rawin",
                               "-in", SUMS, "-sigfile", SIGNATURE], cwd=bundle, capture_output=True, check=False)  # fmt: skip
     assert openssl.returncode == 0, openssl.stdout
-    report = verify_bundle(bundle, deep=True)
+    report = verify_bundle(bundle, _pinned(tmp_path), deep=True)
     assert report.ok, report.problems
-    assert report.signature_ok and not report.key_pinned
+    assert report.signature_ok and report.key_pinned and report.anchor == "key"
     assert report.archive is not None and report.archive.manifest_digest == json.loads(
         (bundle / "bundle.json").read_text())["image"]["manifest_digest"]  # fmt: skip
 
@@ -218,7 +224,7 @@ def test_bundle_is_written_atomically(source: BundleSource, tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError):
         write_bundle(source, _key(tmp_path, seed=3), dist)
     assert sorted(p.name for p in dist.iterdir()) == ["unit-desk-1.2.3"], "no partial folder left"
-    assert verify_bundle(second).ok, "the complete bundle is untouched"
+    assert verify_bundle(second, _pinned(tmp_path, seed=2)).ok, "the complete bundle is untouched"
 
 
 def _resign(bundle: Path, tmp_path: Path) -> None:
@@ -238,7 +244,7 @@ def test_documents_must_agree_with_the_archive_even_when_signed(bundle: Path, tm
     sbom["metadata"]["component"]["properties"][1]["value"] = "sha256:" + "1" * 64
     (bundle / SBOM).write_text(json.dumps(sbom))
     _resign(bundle, tmp_path)
-    report = verify_bundle(bundle)
+    report = verify_bundle(bundle, _pinned(tmp_path))
     assert report.signature_ok and not report.ok
     messages = {(p.file, p.message.split(" ")[0]) for p in report.problems}
     assert (PRETEST, "image.manifest_digest") in messages
@@ -246,17 +252,51 @@ def test_documents_must_agree_with_the_archive_even_when_signed(bundle: Path, tm
     assert (SBOM, "metadata.component") in messages
 
 
-def test_extra_and_missing_files_are_named(bundle: Path) -> None:
+def test_extra_and_missing_files_are_named(bundle: Path, tmp_path: Path) -> None:
     (bundle / "notes.txt").write_text("added after signing\n")
     (bundle / "RUNBOOK.md").unlink()
-    report = verify_bundle(bundle)
+    report = verify_bundle(bundle, _pinned(tmp_path))
     assert report.bad_files == ["RUNBOOK.md", "notes.txt"]
 
 
 def test_verify_refuses_what_is_not_a_bundle(tmp_path: Path, bundle: Path) -> None:
     with pytest.raises(BundleError, match="no such folder"):
-        verify_bundle(tmp_path / "nope")
+        verify_bundle(tmp_path / "nope", _pinned(tmp_path))
     partial = bundle.with_name(".unit-desk-1.2.3.partial-99")
     shutil.copytree(bundle, partial)
     with pytest.raises(BundleError, match="half-written"):
-        verify_bundle(partial)
+        verify_bundle(partial, _pinned(tmp_path))
+
+
+def _resign_as_attacker(bundle: Path, tmp_path: Path) -> None:
+    """Alter a file, then re-sign everything with another key and ship that key's public half."""
+    (bundle / "RUNBOOK.md").write_text("run this instead\n")
+    attacker = _key(tmp_path, seed=9)
+    names = [n for n in bundle_files(bundle) if n not in (SUMS, SIGNATURE)]
+    (bundle / PUBLIC_KEY).write_bytes(attacker.public_pem)
+    digests = {n: hashlib.sha256((bundle / n).read_bytes()).hexdigest() for n in names}
+    (bundle / SUMS).write_bytes(render_sums(digests))
+    (bundle / SIGNATURE).write_bytes(sign(attacker, (bundle / SUMS).read_bytes()))
+
+
+def test_a_resigned_bundle_fails_against_the_pinned_key(bundle: Path, tmp_path: Path) -> None:
+    _resign_as_attacker(bundle, tmp_path)
+    report = verify_bundle(bundle, _pinned(tmp_path))
+    assert not report.ok and not report.signature_ok
+    assert report.bad_files == [SIGNATURE], report.problems
+    assert "signed with another key" in report.problems[0].message
+    # The bundle's own key would have said yes: that is why it is never the default.
+    insecure = verify_bundle(bundle, Anchor("insecure"))
+    assert insecure.ok and insecure.signature_ok and not insecure.key_pinned
+    assert insecure.key_fingerprint == _key(tmp_path, seed=9).fingerprint
+
+
+def test_a_development_key_is_named(bundle: Path, tmp_path: Path) -> None:
+    index = json.loads((bundle / "bundle.json").read_text())
+    assert index["signing_key"]["development"] is False
+    index["signing_key"]["development"] = True
+    (bundle / "bundle.json").write_text(json.dumps(index))
+    _resign(bundle, tmp_path)
+    report = verify_bundle(bundle, _pinned(tmp_path))
+    assert report.ok and report.development_key
+    assert report.as_json()["signature"]["development_key"] is True
