@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,68 @@ from gapforge.profile import REPO_ROOT
 from gapforge.recipe import load_recipe
 from tests.requirements import missing, require_module
 from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
+
+
+def gapforge(*args: str, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, as an operator or release manager runs it."""
+    result = subprocess.run([sys.executable, "-m", "gapforge.cli", *args], capture_output=True, text=True,
+                            check=False, env=None if env is None else {**os.environ, **env})  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def verify_json(bundle: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    result = gapforge("verify", str(bundle), "--json", *args, env=env)
+    assert result.stdout, result.stderr[-3000:]
+    return result.returncode, json.loads(result.stdout)
+
+
+@dataclass(frozen=True)
+class Built:
+    bundle: Path
+    report: dict[str, Any]
+    public_key: Path
+    index: dict[str, Any]
+    key: Path
+    project: Path
+
+    @property
+    def ref(self) -> str:
+        return str(self.report["image"]["ref"])
+
+
+def build_tiny(project: Path, root: Path, key: Path, recipe: str = "recipes/tiny/tiny.yaml") -> subprocess.CompletedProcess[str]:
+    return gapforge("build", str(project / recipe), "--lock-dir", str(project / "lockfiles"),
+                    "--out", str(root / "build"), "--dist", str(root / "dist"), "--key", str(key))  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trust_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The operator's trust folder (trusted root, receipts, operator key) of this test session: never
+    the machine's own (~/.local/share/gapforge/trust)."""
+    folder = tmp_path_factory.mktemp("trust")
+    before = os.environ.get("GAPFORGE_TRUST_DIR")
+    os.environ["GAPFORGE_TRUST_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("GAPFORGE_TRUST_DIR", None)
+    else:
+        os.environ["GAPFORGE_TRUST_DIR"] = before
+
+
+@pytest.fixture(scope="session")
+def built(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """One bundle of the tiny recipe for the whole session, signed with a release key made by
+    `gapforge keygen`: the stand-in for the default recipe's bundle."""
+    root = tmp_path_factory.mktemp("bundle")
+    gapforge("keygen", "--out", str(root / "release.key"), check=True)
+    result = build_tiny(tiny_project, root, root / "release.key")
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads((root / "build/tiny-desk-0.0.1/build.json").read_text())
+    bundle = root / "dist/tiny-desk-0.0.1"
+    return Built(bundle, report, root / "release.pub.pem", json.loads((bundle / "bundle.json").read_text()),
+                 root / "release.key", tiny_project)
 
 
 def _docker_answers() -> bool:

@@ -13,63 +13,19 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from gapforge.bundle.imagetar import read_archive
 
-from .conftest import chat_rows
+from .conftest import Built, build_tiny, chat_rows, gapforge, verify_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 TOOL_PATH = "/usr/bin:/bin"
 """A shell with coreutils and openssl only: no gapforge, no python on purpose."""
-
-
-def gapforge(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "gapforge.cli", *args], capture_output=True, text=True,
-                            check=False)  # fmt: skip
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-@dataclass(frozen=True)
-class Built:
-    bundle: Path
-    report: dict[str, Any]
-    public_key: Path
-    index: dict[str, Any]
-
-    @property
-    def ref(self) -> str:
-        return str(self.report["image"]["ref"])
-
-
-def _build(project: Path, root: Path, key: Path) -> subprocess.CompletedProcess[str]:
-    return gapforge("build", str(project / "recipes/tiny/tiny.yaml"), "--lock-dir", str(project / "lockfiles"),
-                    "--out", str(root / "build"), "--dist", str(root / "dist"), "--key", str(key))  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def built(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """One bundle for the whole module, signed with a release key made by `gapforge keygen`."""
-    root = tmp_path_factory.mktemp("bundle")
-    gapforge("keygen", "--out", str(root / "release.key"), check=True)
-    result = _build(tiny_project, root, root / "release.key")
-    assert result.returncode == 0, result.stderr[-5000:]
-    report = json.loads((root / "build/tiny-desk-0.0.1/build.json").read_text())
-    bundle = root / "dist/tiny-desk-0.0.1"
-    return Built(bundle, report, root / "release.pub.pem", json.loads((bundle / "bundle.json").read_text()))
-
-
-def verify_json(bundle: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    result = gapforge("verify", str(bundle), "--json", *args)
-    return result.returncode, json.loads(result.stdout)
 
 
 # --- what the build made -------------------------------------------------------------------------
@@ -229,9 +185,9 @@ def test_unsigned_bundle_is_refused_unless_insecure(built: Built, tmp_path: Path
     copy = _copy_bundle(built, tmp_path, "SHA256SUMS.sig")
     (copy / "SHA256SUMS.sig").unlink()
     repo = f"{local_registry}/tampered/unsigned"
-    refused = gapforge("load", str(copy), "--to", repo)
+    refused = gapforge("load", str(copy), "--key", str(built.public_key), "--to", repo)
     assert refused.returncode == 1 and "SHA256SUMS.sig" in refused.stderr and "unsigned" in refused.stderr
-    forced = gapforge("load", str(copy), "--to", repo, "--insecure")
+    forced = gapforge("load", str(copy), "--key", str(built.public_key), "--to", repo, "--insecure")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "--insecure" in forced.stderr
 
@@ -239,7 +195,8 @@ def test_unsigned_bundle_is_refused_unless_insecure(built: Built, tmp_path: Path
 def test_bad_operator_input_is_one_paragraph_and_exit_2(built: Built, tmp_path: Path) -> None:
     for args in (["verify", str(tmp_path / "nowhere")],
                  ["verify", str(built.bundle), "--key", str(built.bundle / "RUNBOOK.md")],
-                 ["run", str(built.bundle), "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
+                 ["run", str(built.bundle), "--key", str(built.public_key), "--data", str(tmp_path / "missing.jsonl"),
+                  "--out", str(tmp_path / "o")],
                  ["load", str(built.bundle), "--to", "http://registry/x"]):  # fmt: skip
         result = gapforge(*args)
         assert result.returncode == 2, (args, result.stderr)
@@ -281,10 +238,11 @@ def _fresh_data(path: Path) -> Path:
 
 
 def test_preflight_says_go_and_no_go(built: Built, tmp_path: Path) -> None:
-    good = gapforge("preflight", str(built.bundle), "--data", str(_fresh_data(tmp_path / "fresh.jsonl")),
-                    "--out", str(tmp_path / "out"))  # fmt: skip
+    good = gapforge("preflight", str(built.bundle), "--key", str(built.public_key), "--data",
+                    str(_fresh_data(tmp_path / "fresh.jsonl")), "--out", str(tmp_path / "out"))  # fmt: skip
     assert good.returncode == 0, good.stderr[-3000:]
     (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
+    gapforge("load", str(built.bundle), "--key", str(built.public_key), check=True)  # the receipt a ref needs
     bad = gapforge("preflight", built.ref, "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out"))
     assert bad.returncode == 1 and "NO-GO" in bad.stderr and "line 1" in bad.stderr
 
@@ -292,8 +250,9 @@ def test_preflight_says_go_and_no_go(built: Built, tmp_path: Path) -> None:
 def test_run_on_fresh_data_produces_the_runtimes_outputs(built: Built, tmp_path: Path) -> None:
     data = _fresh_data(tmp_path / "fresh.jsonl")
     out = tmp_path / "outputs"
-    result = subprocess.run([sys.executable, "-m", "gapforge.cli", "run", str(built.bundle), "--data", str(data),
-                             "--out", str(out)], capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "gapforge.cli", "run", str(built.bundle), "--key",
+                             str(built.public_key), "--data", str(data), "--out", str(out)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[train]" in result.stdout and "verdict: PASS" in result.stdout  # the runtime's output streamed
     for name in ("manifest.json", "evaluation.json", "report.md", "report.html", "gguf/tiny-desk-q8_0.gguf",
@@ -331,7 +290,7 @@ def test_failing_pretest_fails_the_build_and_writes_no_bundle(
     recipe["version"] = "0.0.2-broken"
     (project / "recipes/tiny/tiny.yaml").write_text(yaml.safe_dump(recipe))
     gapforge("keygen", "--out", str(tmp_path / "k.key"), check=True)
-    result = _build(project, tmp_path, tmp_path / "k.key")
+    result = build_tiny(project, tmp_path, tmp_path / "k.key")
     subprocess.run(["docker", "image", "rm", "gapforge/tiny-desk:0.0.2-broken"], capture_output=True, check=False)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "sealed pretest" in result.stderr and "No bundle was written" in result.stderr
