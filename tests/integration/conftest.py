@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -85,6 +86,43 @@ def built(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.Temp
     bundle = root / "dist/tiny-desk-0.0.1"
     return Built(bundle, report, root / "release.pub.pem", json.loads((bundle / "bundle.json").read_text()),
                  root / "release.key", tiny_project)
+
+
+def bump_locked(lock: Path, other: Path, name: str) -> tuple[str, str]:
+    """Give `name` in the pip-compile lock `lock` the version and hashes it has in `other` (another
+    lock): a one-package bump with real hashes, no resolver. Returns (old, new) versions."""
+
+    def block(text: str) -> re.Match[str]:
+        found = re.search(rf"^{re.escape(name)}==(\S+) \\\n(?:    --hash=sha256:[0-9a-f]{{64}}(?: \\)?\n)+", text, re.M)
+        assert found is not None, f"{name} is not pinned in the lock"
+        return found
+
+    text, source = lock.read_text(), block(other.read_text())
+    current = block(text)
+    lock.write_text(text[: current.start()] + source.group(0) + text[current.end() :])
+    return current.group(1), source.group(1)
+
+
+@pytest.fixture(scope="session")
+def built_changed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> tuple[Built, dict[str, Any]]:
+    """The tiny recipe built again as the next release: another learning rate, version 0.0.2, and one
+    locked package bumped (filelock, to the version the builder's own lock pins). Returns the bundle
+    and what was changed."""
+    root = tmp_path_factory.mktemp("changed")
+    project = root / "project"
+    shutil.copytree(built.project, project)
+    path = project / "recipes/tiny/tiny.yaml"
+    recipe = yaml.safe_load(path.read_text())
+    recipe["version"], recipe["train"]["learning_rate"] = "0.0.2", 5e-3
+    path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
+    old, new = bump_locked(project / "lockfiles/cpu.txt", REPO_ROOT / "lockfiles/builder.txt", "filelock")
+    result = build_tiny(project, root, built.key)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads((root / "build/tiny-desk-0.0.2/build.json").read_text())
+    bundle = root / "dist/tiny-desk-0.0.2"
+    changed = Built(bundle, report, built.public_key, json.loads((bundle / "bundle.json").read_text()),
+                    built.key, project)  # fmt: skip
+    return changed, {"learning_rate": (1e-2, 5e-3), "version": ("0.0.1", "0.0.2"), "filelock": (old, new)}
 
 
 def _docker_answers() -> bool:
