@@ -92,6 +92,8 @@ def _package_summary(packages: PackageDiff) -> str:
         else f"read from {source_a or 'nothing'} (A) and {source_b or 'nothing'} (B)"
     )
     counts = f"{count_a} → {count_b} packages" if count_a != count_b else f"{count_a} packages"
+    if changes.unchanged:
+        return f"{counts}, {read}"
     tally = f"{len(changes.changed)} changed, {len(changes.added)} added, {len(changes.removed)} removed"
     return f"{counts}, {read}; {tally}"
 
@@ -122,7 +124,7 @@ def _tensor_summary(tensors: TensorChanges) -> str:
     if tensors.skipped:
         return f"{tensors.file}: tensors not compared: {tensors.skipped}"
     return (
-        f"{tensors.file}: {len(tensors.changed)} tensors changed, {len(tensors.added)} added, "
+        f"{tensors.file}: tensors {len(tensors.changed)} changed, {len(tensors.added)} added, "
         f"{len(tensors.removed)} removed, {tensors.same} unchanged"
     )
 
@@ -183,9 +185,10 @@ def _aligned(rows: Sequence[tuple[str, ...]], indent: str = "  ") -> list[str]:
     ]
 
 
-def _changes_text(rows: list[tuple[str, str, str]]) -> list[str]:
+def _changes_text(rows: list[tuple[str, str, str]], indent: str = "  ") -> list[str]:
     """`key: old → new`, the values lined up."""
-    return _aligned([(f"{key}:", f"{a} → {b}") for key, a, b in rows])
+    width = max((len(key) for key, _, _ in rows), default=0) + 1
+    return [f"{indent}{(key + ':').ljust(width)} {a} → {b}" for key, a, b in rows]
 
 
 def render_text(diff: BundleDiff) -> str:
@@ -213,7 +216,7 @@ def render_text(diff: BundleDiff) -> str:
     for tensors in diff.model.tensors:
         model_body += [
             f"  {_tensor_summary(tensors)}",
-            *_changes_text_indented(_tensor_rows(tensors)),
+            *_changes_text(_tensor_rows(tensors), "    "),
         ]
     section("Model", diff.model.unchanged, model_body)
     layer_lines = _aligned([("layer", "digest", "size", "in B"), *_layer_rows(diff.layers)])
@@ -227,10 +230,6 @@ def render_text(diff: BundleDiff) -> str:
     if diff.notes:
         out += ["Notes"] + [f"  {note}" for note in diff.notes] + [""]
     return "\n".join(out).rstrip() + "\n"
-
-
-def _changes_text_indented(rows: list[tuple[str, str, str]]) -> list[str]:
-    return ["  " + line for line in _changes_text(rows)]
 
 
 # --- Markdown ----------------------------------------------------------------------------------------
