@@ -1,0 +1,23 @@
+"""`gapforge diff A B`: what changed between two bundles, for release notes and transfer planning.
+
+Recipe keys and hyper-parameters, Python and Debian packages, model files (and, for .safetensors,
+which tensors), image layers and the bytes that must cross the gap to deliver B to a site holding A,
+and the pretest's figures side by side. It reads what the bundles say about themselves and does not
+verify them: `gapforge verify` does.
+"""
+
+from __future__ import annotations
+
+from gapforge.diff.compare import BundleDiff, compare_bundles
+from gapforge.diff.render import diff_json, render_markdown, render_text
+from gapforge.diff.safetensors import TensorDigest, tensor_digests
+
+__all__ = [
+    "BundleDiff",
+    "TensorDigest",
+    "compare_bundles",
+    "diff_json",
+    "render_markdown",
+    "render_text",
+    "tensor_digests",
+]
