@@ -53,6 +53,8 @@ COMMANDS: dict[str, Command] = {
                          "go/no-go before a run: image, offline start, data, disk, GPU"),
     "inspect": Command(_OPERATOR, "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest"),
+    "diff": Command("gapforge.commands.diff_command", "cmd_diff",
+                    "what changed between two bundles: recipe, packages, model, layers, figures"),
     "cache": Command(_BUILD_ENGINEER, "cmd_cache",
                      "what the build cache holds (info), and removing what no build used (prune)"),
     "validate": Command(_BUILD_ENGINEER, "cmd_validate", "validate recipes and report every problem"),

@@ -1,0 +1,45 @@
+"""`gapforge diff` between two real bundles: the tiny recipe's, and the next release built from it
+with another learning rate and one locked package bumped. The diff must name exactly those changes,
+and the bytes that must cross the gap must be the layers that changed plus the changed files."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import Built, gapforge
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+
+
+def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
+    built: Built, built_changed: tuple[Built, dict[str, Any]]
+) -> None:
+    changed, what = built_changed
+    result = gapforge("diff", str(built.bundle), str(changed.bundle), "--json", check=True)
+    diff = json.loads(result.stdout)
+    recipe = diff["recipe"]
+    assert not recipe["added"] and not recipe["removed"], recipe
+    old_lr, new_lr = what["learning_rate"]
+    assert recipe["changed"]["train.learning_rate"] == {"a": old_lr, "b": new_lr}
+    assert set(recipe["changed"]) <= {"train.learning_rate", "version"}, recipe["changed"]
+    assert recipe["version"] == {"a": "0.0.1", "b": "0.0.2"}
+    python = diff["packages"]["python"]
+    old, new = what["filelock"]
+    assert python["changed"] == {"filelock": {"a": old, "b": new}}, python
+    assert not python["added"] and not python["removed"]
+    assert diff["packages"]["debian"]["unchanged"], diff["packages"]["debian"]
+    assert diff["model"]["unchanged"], diff["model"]
+    before = {layer["name"]: layer["digest"] for layer in built.index["image"]["layers"]}
+    after = {layer["name"]: layer for layer in changed.index["image"]["layers"]}
+    expected_new = {name for name, layer in after.items() if before.get(name) != layer["digest"]}
+    assert {layer["name"] for layer in diff["layers"]["new"]} == expected_new
+    assert "model" not in expected_new and len(expected_new) < len(after)
+    assert diff["transfer"]["layer_bytes"] == sum(after[name]["size"] for name in expected_new)
+    assert diff["transfer"]["total_bytes"] > diff["transfer"]["layer_bytes"]
+    text = gapforge("diff", str(built.bundle), str(changed.bundle), check=True).stdout
+    assert "train.learning_rate" in text and "filelock" in text and old in text and new in text
+    notes = gapforge("diff", str(built.bundle), str(changed.bundle), "--markdown", check=True).stdout
+    assert notes.startswith("#") and "filelock" in notes
