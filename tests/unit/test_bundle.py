@@ -349,3 +349,17 @@ def test_verify_checks_the_provenance_signature_with_the_bundle_key(
     _resign(bundle, tmp_path)
     problems = verify_bundle(bundle).problems
     assert [p.message for p in problems] == ["not a DSSE envelope: it has no payload, payloadType, signatures"]
+
+
+def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
+    from rich.console import Console
+
+    from gapforge.bundle.inspect import bundle_table, describe_bundle
+
+    facts = describe_bundle(bundle)
+    assert facts["provenance"]["predicate_type"] == PREDICATE_TYPE
+    assert facts["provenance"]["subject"] == facts["image"]["manifest_digest"]
+    assert facts["provenance"]["recipe"] == "recipes/unit/desk.yaml"
+    console = Console(record=True, width=200)
+    console.print(bundle_table(facts))
+    assert "https://slsa.dev/provenance/v1 for sha256:" in console.export_text()
