@@ -6,7 +6,9 @@ Layout of a bundle (every file but the two signature files is listed in SHA256SU
     image.tar               the sealed image: OCI layout + docker manifest.json, one file
     bundle.json             what the bundle holds: names, digests, sizes, the signing key's fingerprint
     sbom.cdx.json           CycloneDX 1.6: Python and Debian packages, the model, the runtime
-    provenance.json         in-toto Statement v1, SLSA provenance v1; the image digest is the subject
+    provenance.json         a DSSE envelope, signed with the key that signs SHA256SUMS, holding an
+                            in-toto Statement v1 with a SLSA provenance v1 predicate; the image
+                            digest is the subject (no path of the build host in it)
     pretest/evidence.json   the sealed pretest's result, bound to the image digest (+ log.txt, report.md)
     recipe/                 the recipe, its normalized JSON, its sample data and its locks
     wheels/                 the gapforge wheel and its dependencies, to install the operator CLI offline
@@ -42,5 +44,7 @@ UNSIGNED = frozenset({SUMS, SIGNATURE})
 def is_unsigned(name: str) -> bool:
     """True for the files SHA256SUMS does not list: itself, its signature, the TUF metadata."""
     return name in UNSIGNED or name.startswith(f"{RELEASE_DIR}/")
+
+
 BUNDLE_SCHEMA = "gapforge/bundle/v1"
 PRETEST_SCHEMA = "gapforge/pretest/v1"

@@ -10,7 +10,9 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from gapforge.bundle import INDEX, PRETEST, SBOM, SIGNATURE, SUMS
+from gapforge.bundle import INDEX, PRETEST, PROVENANCE, SBOM, SIGNATURE, SUMS
+from gapforge.bundle.dsse import envelope_payload_unverified
+from gapforge.bundle.provenance import subject_digest
 from gapforge.bundle.runbook import human_size
 from gapforge.bundle.sbom import summary
 from gapforge.errors import BundleError
@@ -27,6 +29,26 @@ def _read(bundle: Path, name: str) -> dict[str, Any]:
         raise BundleError(
             f"{path}: not valid JSON ({exc}): run 'gapforge verify {bundle}'"
         ) from None
+
+
+def _provenance(bundle: Path) -> dict[str, Any]:
+    """What provenance.json's statement says, read from its DSSE envelope WITHOUT checking the
+    signature (display only: `verify` checks it)."""
+    path = bundle / PROVENANCE
+    statement = envelope_payload_unverified(path.read_bytes()) if path.is_file() else {}
+    if not statement:
+        return {}
+    predicate = statement.get("predicate", {})
+    definition = predicate.get("buildDefinition", {})
+    run = predicate.get("runDetails", {})
+    return {
+        "predicate_type": statement.get("predicateType"),
+        "subject": subject_digest(statement),
+        "build_type": definition.get("buildType"),
+        "recipe": definition.get("externalParameters", {}).get("recipe", {}).get("path"),
+        "builder": run.get("builder", {}).get("id"),
+        "dependencies": len(definition.get("resolvedDependencies", [])),
+    }
 
 
 def describe_bundle(bundle: Path) -> dict[str, Any]:
@@ -62,6 +84,7 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
             "gates": evidence.get("gates", []),
             "deltas_vs_merged_pct": evidence.get("deltas_vs_merged_pct", {}),
         },
+        "provenance": _provenance(bundle),
         "signed": (bundle / SIGNATURE).is_file() and (bundle / SUMS).is_file(),
         "signing_key": index.get("signing_key", {}),
         "builder": index.get("builder", {}),
@@ -81,6 +104,7 @@ def bundle_table(facts: dict[str, Any]) -> Table:
         facts["pretest"],
     )
     packages = facts["packages"]
+    provenance = facts.get("provenance", {})
     rows = [
         ("description", facts.get("description") or ""),
         ("image", image.get("ref", "")),
@@ -112,6 +136,13 @@ def bundle_table(facts: dict[str, Any]) -> Table:
                 f"{'pass' if g.get('passed') else 'FAIL'}: {g.get('detail', '')}",
             )
             for g in pretest["gates"]
+        ),
+        (
+            "provenance",
+            f"{provenance.get('predicate_type')} for {provenance.get('subject')}, "
+            f"{provenance.get('dependencies')} dependencies (DSSE-signed; 'verify' checks it)"
+            if provenance
+            else "none",
         ),
         (
             "signed",

@@ -6,7 +6,8 @@ lists on the site's channel, unrevoked, with this very SHA256SUMS; or, with --in
 bundle's own key, which proves integrity but not origin); every file against SHA256SUMS (none missing, none extra);
 inside the image archive, the index → manifest → config chain; then that bundle.json, the SBOM, the
 provenance and the pretest evidence all name the image digest and image ID the archive really
-holds, and that the pretest passed.
+holds (the provenance's own DSSE signature is checked with the same key first), and that the
+pretest passed.
 
 The archive's bytes are authenticated by its line in the signed SHA256SUMS. When that line does not
 match (or with `deep=True`), every blob inside the archive is hashed too, to say which layer or
@@ -40,8 +41,9 @@ from gapforge.bundle import (
     is_unsigned,
 )
 from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.dsse import envelope_payload_unverified
 from gapforge.bundle.imagetar import ImageArchive, read_archive
-from gapforge.bundle.provenance import shape_problems, subject_digest
+from gapforge.bundle.provenance import read_provenance, subject_digest
 from gapforge.bundle.sbom import image_digests, validate_sbom
 from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, load_public_key, signature_valid
 from gapforge.bundle.sums import (
@@ -341,12 +343,26 @@ def _check_archive_size(report: VerifyReport) -> None:
         report.add(IMAGE_TAR, f"{size - expected} bytes longer than the {expected} the build wrote")
 
 
+def _read_provenance(report: VerifyReport) -> dict[str, Any]:
+    """The statement inside provenance.json's DSSE envelope, checked with verify's key(s); {} when
+    it is missing (already reported) or cannot be trusted (reported here)."""
+    path = report.bundle / PROVENANCE
+    if not path.is_file():
+        return {}
+    if not report.public_keys:  # no usable key, already reported: still compare the digests
+        return envelope_payload_unverified(path.read_bytes())
+    statement, problems = read_provenance(path.read_bytes(), report.public_keys)
+    for problem in problems:
+        report.add(PROVENANCE, problem)
+    return statement or {}
+
+
 def _cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLine]) -> None:
     """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
     manifest, config = archive.manifest_digest, archive.config_digest
     index = report.index
     sbom = _load_json(report, SBOM)
-    provenance = _load_json(report, PROVENANCE)
+    provenance = _read_provenance(report)
     evidence = _load_json(report, PRETEST)
     claims: list[tuple[str, str, str, str]] = []
     if index:
@@ -361,8 +377,6 @@ def _cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLi
         claims += [(SBOM, "metadata.component (manifest digest)", sbom_manifest, manifest),
                    (SBOM, "metadata.component (config digest)", sbom_config, config)]  # fmt: skip
     if provenance:
-        for problem in shape_problems(provenance):
-            report.add(PROVENANCE, problem)
         claims.append((PROVENANCE, "subject (image digest)", subject_digest(provenance), manifest))
     if evidence:
         pretested = evidence.get("image", {})

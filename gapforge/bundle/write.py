@@ -31,7 +31,7 @@ from gapforge.bundle import (
     SUMS,
     WHEELS_DIR,
 )
-from gapforge.bundle.provenance import build_statement
+from gapforge.bundle.provenance import render_provenance
 from gapforge.bundle.runbook import render_runbook, runbook_context
 from gapforge.bundle.sbom import render_sbom
 from gapforge.bundle.sign import SigningKey, sign
@@ -160,7 +160,7 @@ def _fill(work: Path, source: BundleSource, key: SigningKey) -> dict[str, str]:
     wheel_count = len(source.operator_wheels)
     generated = {
         SBOM: render_sbom(source),
-        PROVENANCE: _json(build_statement(source)),
+        PROVENANCE: render_provenance(source, key),
         INDEX: _json(bundle_index(source, key, evidence)),
         RUNBOOK: render_runbook(runbook_context(source, key.fingerprint, wheel_count)).encode(),
     }

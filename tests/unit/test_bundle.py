@@ -3,6 +3,7 @@ provenance shape, the RUNBOOK against its golden file, atomic writing, and verif
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -14,18 +15,28 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
+from google.protobuf import json_format
+from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+from in_toto_attestation.v1 import statement_pb2
+from in_toto_attestation.v1.statement import Statement
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import SSlibKey
 
-from gapforge.bundle import PRETEST, PUBLIC_KEY, SBOM, SIGNATURE, SUMS
+from gapforge.bundle import PRETEST, PROVENANCE, PUBLIC_KEY, SBOM, SIGNATURE, SUMS
 from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.dsse import open_envelope, sign_envelope
 from gapforge.bundle.provenance import (
+    PAYLOAD_TYPE,
     PREDICATE_TYPE,
     build_statement,
+    read_provenance,
+    render_provenance,
     shape_problems,
     subject_digest,
 )
 from gapforge.bundle.runbook import render_runbook, runbook_context
 from gapforge.bundle.sbom import image_digests, render_sbom
-from gapforge.bundle.sign import SigningKey, sign
+from gapforge.bundle.sign import SigningKey, load_public_key, sign
 from gapforge.bundle.source import (
     BundleSource,
     DebianPackage,
@@ -175,6 +186,62 @@ def test_provenance_is_an_in_toto_statement_with_slsa_v1(source: BundleSource) -
     assert len(shape_problems(broken)) == 2
 
 
+IN_IMAGE_PATHS: tuple[str, ...] = ()
+"""Absolute paths the statement may carry: paths inside the image (none today), never the host's."""
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_provenance_holds_no_path_of_the_build_host(source: BundleSource, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    model = replace(source.model, source={"type": "local", "path": str(tmp_path / "models" / "unit")})
+    source = replace(source, recipe_path=str(tmp_path / "work" / "recipes" / "unit" / "desk.yaml"), model=model)
+    key = _key(tmp_path)
+    payload, problems = open_envelope(render_provenance(source, key), PAYLOAD_TYPE, [key.private.public_key()])
+    assert payload is not None and problems == []
+    assert str(tmp_path) not in payload.decode()
+    statement = json.loads(payload)
+    absolute = [s for s in _strings(statement) if s.startswith("/") and not s.startswith(IN_IMAGE_PATHS)]
+    assert absolute == []
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["externalParameters"]["recipe"]["path"] == "recipes/unit/desk.yaml"
+    assert definition["internalParameters"]["model"]["source"] == {"type": "local", "path": "unit"}
+
+
+def test_provenance_is_a_dsse_envelope_a_third_party_can_check(bundle: Path) -> None:
+    """What a tool outside gapforge does: securesystemslib's DSSE, in-toto's v1 Statement, SLSA v1."""
+    public = SSlibKey.from_crypto(load_public_key(bundle / PUBLIC_KEY))
+    envelope = Envelope.from_dict(json.loads((bundle / PROVENANCE).read_bytes()))
+    assert envelope.payload_type == "application/vnd.in-toto+json"
+    assert list(envelope.verify([public], threshold=1)) == [public.keyid]
+    statement = Statement.copy_from_pb(json_format.Parse(envelope.payload, statement_pb2.Statement()))
+    statement.validate()
+    assert statement.pb.predicate_type == "https://slsa.dev/provenance/v1"
+    json_format.ParseDict(json.loads(envelope.payload)["predicate"], provenance_pb2.Provenance())
+    index = json.loads((bundle / "bundle.json").read_text())
+    assert statement.pb.subject[0].digest["sha256"] == index["image"]["manifest_digest"].removeprefix("sha256:")
+    internal = json.loads(envelope.payload)["predicate"]["buildDefinition"]["internalParameters"]
+    assert internal["source_date_epoch"] == EPOCH and isinstance(internal["layers"][0]["size"], int)
+
+
+def test_read_provenance_checks_the_signature_then_the_shape(source: BundleSource, tmp_path: Path) -> None:
+    key, other = _key(tmp_path), _key(tmp_path, seed=2)
+    statement, problems = read_provenance(render_provenance(source, key), [key.private.public_key()])
+    assert problems == [] and statement is not None and subject_digest(statement) == source.image.manifest_digest
+    statement, problems = read_provenance(render_provenance(source, other), [key.private.public_key()])
+    assert statement is None and key.fingerprint in problems[0]
+    broken = json.dumps({"_type": "x", "subject": []}).encode()
+    statement, problems = read_provenance(sign_envelope(broken, PAYLOAD_TYPE, key), [key.private.public_key()])
+    assert statement == {"_type": "x", "subject": []} and "it has no subject" in problems
+
+
 def test_runbook_matches_its_golden_file(source: BundleSource, tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -272,6 +339,8 @@ def _resign_as_attacker(bundle: Path, tmp_path: Path) -> None:
     """Alter a file, then re-sign everything with another key and ship that key's public half."""
     (bundle / "RUNBOOK.md").write_text("run this instead\n")
     attacker = _key(tmp_path, seed=9)
+    payload = base64.b64decode(json.loads((bundle / PROVENANCE).read_text())["payload"])
+    (bundle / PROVENANCE).write_bytes(sign_envelope(payload, PAYLOAD_TYPE, attacker))
     names = [n for n in bundle_files(bundle) if n not in (SUMS, SIGNATURE)]
     (bundle / PUBLIC_KEY).write_bytes(attacker.public_pem)
     digests = {n: hashlib.sha256((bundle / n).read_bytes()).hexdigest() for n in names}
@@ -283,8 +352,8 @@ def test_a_resigned_bundle_fails_against_the_pinned_key(bundle: Path, tmp_path: 
     _resign_as_attacker(bundle, tmp_path)
     report = verify_bundle(bundle, _pinned(tmp_path))
     assert not report.ok and not report.signature_ok
-    assert report.bad_files == [SIGNATURE], report.problems
-    assert "signed with another key" in report.problems[0].message
+    assert report.bad_files == sorted([PROVENANCE, SIGNATURE]), report.problems  # both by the attacker
+    assert all("signed with another key" in problem.message for problem in report.problems)
     # The bundle's own key would have said yes: that is why it is never the default.
     insecure = verify_bundle(bundle, Anchor("insecure"))
     assert insecure.ok and insecure.signature_ok and not insecure.key_pinned
@@ -300,3 +369,39 @@ def test_a_development_key_is_named(bundle: Path, tmp_path: Path) -> None:
     report = verify_bundle(bundle, _pinned(tmp_path))
     assert report.ok and report.development_key
     assert report.as_json()["signature"]["development_key"] is True
+
+
+def test_verify_checks_the_provenance_signature_with_the_bundle_key(
+    bundle: Path, source: BundleSource, tmp_path: Path
+) -> None:
+    """Re-signed SHA256SUMS, but provenance.json signed by another key, then with an altered payload."""
+    (bundle / PROVENANCE).write_bytes(render_provenance(source, _key(tmp_path, seed=2)))
+    _resign(bundle, tmp_path)
+    report = verify_bundle(bundle, _pinned(tmp_path))
+    assert report.signature_ok and report.bad_files == [PROVENANCE]
+    assert f"its DSSE signature does not verify with key {_key(tmp_path).fingerprint}" in report.problems[0].message
+    envelope = json.loads(render_provenance(source, _key(tmp_path)))
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["subject"][0]["digest"]["sha256"] = "0" * 64
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    (bundle / PROVENANCE).write_text(json.dumps(envelope))
+    _resign(bundle, tmp_path)
+    assert verify_bundle(bundle, _pinned(tmp_path)).bad_files == [PROVENANCE]
+    (bundle / PROVENANCE).write_text(json.dumps(build_statement(source)))  # the old, unsigned form
+    _resign(bundle, tmp_path)
+    problems = verify_bundle(bundle, _pinned(tmp_path)).problems
+    assert [p.message for p in problems] == ["not a DSSE envelope: it has no payload, payloadType, signatures"]
+
+
+def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
+    from rich.console import Console
+
+    from gapforge.bundle.inspect import bundle_table, describe_bundle
+
+    facts = describe_bundle(bundle)
+    assert facts["provenance"]["predicate_type"] == PREDICATE_TYPE
+    assert facts["provenance"]["subject"] == facts["image"]["manifest_digest"]
+    assert facts["provenance"]["recipe"] == "recipes/unit/desk.yaml"
+    console = Console(record=True, width=200)
+    console.print(bundle_table(facts))
+    assert "https://slsa.dev/provenance/v1 for sha256:" in console.export_text()
