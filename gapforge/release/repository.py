@@ -389,9 +389,9 @@ def init_repository(
         return now + timedelta(days=days[role])
 
     root = Metadata(Root(expires=expiry("root")))
-    for role, keys in (("root", roots), ("targets", [targets_key]),
-                       ("snapshot", [online]), ("timestamp", [online])):  # fmt: skip
-        for key in keys:
+    for role, holders in (("root", roots), ("targets", [targets_key]),
+                          ("snapshot", [online]), ("timestamp", [online])):  # fmt: skip
+        for key in holders:
             root.signed.add_key(tuf_key(key.private.public_key()), role)
     root.signed.roles["root"].threshold = root_threshold
     targets = Metadata(Targets(expires=expiry("targets")))
@@ -416,21 +416,26 @@ def init_repository(
     timestamp = Metadata(Timestamp(expires=expiry("timestamp"), snapshot_meta=MetaFile(1)))
 
     sign_role(root, "root", role_keys(root.signed, "root"), root_threshold, ring)
-    for role, md in (("targets", targets), ("snapshot", snapshot), ("timestamp", timestamp)):
+    top: dict[str, Metadata[Any]] = {
+        "targets": targets,
+        "snapshot": snapshot,
+        "timestamp": timestamp,
+    }
+    for role, md in top.items():
         sign_role(md, role, role_keys(root.signed, role), 1, ring)
-    for role, md in channels.items():
-        keys = role_keys(targets.signed, role)
-        sign_role(md, role, keys, role_threshold(targets.signed, role), ring)
+    for role, channel in channels.items():
+        delegated = role_keys(targets.signed, role)
+        sign_role(channel, role, delegated, role_threshold(targets.signed, role), ring)
 
     work = path.with_name(f".{path.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
-    files = {
+    files: dict[str, Metadata[Any]] = {
         "1.root.json": root, "root.json": root, "1.targets.json": targets,
         "1.candidate.json": channels["candidate"], "1.approved.json": channels["approved"],
         "1.snapshot.json": snapshot, "timestamp.json": timestamp,
     }  # fmt: skip
-    for name, md in files.items():
-        atomic_write(work / METADATA / name, metadata_bytes(md))
+    for name, written in files.items():
+        atomic_write(work / METADATA / name, metadata_bytes(written))
     settings = {
         "schema": "gapforge/release-repository/v1",
         "keys_dir": str(keys_dir),
