@@ -122,10 +122,28 @@ def _pretest(bundle: Path, index: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def canonical(value: Any) -> Any:
+    """`value` with every float written as a string: TUF signs canonical JSON, which has no floats."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
 def release_custom(
     bundle: Path, index: dict[str, Any], digests: dict[str, str], now: datetime
 ) -> dict[str, Any]:
-    """The custom metadata of a release entry (TargetFile.custom)."""
+    """The custom metadata of a release entry (TargetFile.custom); floats (pretest figures) are
+    strings, as canonical JSON has no floats."""
+    return canonical(_custom(bundle, index, digests, now))  # type: ignore[no-any-return]
+
+
+def _custom(
+    bundle: Path, index: dict[str, Any], digests: dict[str, str], now: datetime
+) -> dict[str, Any]:
     image = index.get("image") or {}
     key = index.get("signing_key") or {}
     builder = index.get("builder") or {}
