@@ -43,11 +43,17 @@ def make_bundle(
         "image.tar": payload,
         "sbom.cdx.json": b'{"bomFormat": "CycloneDX"}',
         "provenance.json": b'{"_type": "https://in-toto.io/Statement/v1"}',
-        "pretest/evidence.json": json.dumps({
-            "passed": passed, "verdict": "PASS" if passed else "FAIL", "seconds": 1.5,
-            "gates": [{"name": "require_improvement", "passed": passed, "value": 2.0, "limit": 4.0}],
-            "deltas_vs_merged_pct": {"gguf:q8_0": 0.3},
-        }).encode(),  # fmt: skip
+        "pretest/evidence.json": json.dumps(
+            {
+                "passed": passed,
+                "verdict": "PASS" if passed else "FAIL",
+                "seconds": 1.5,
+                "gates": [
+                    {"name": "require_improvement", "passed": passed, "value": 2.0, "limit": 4.0}
+                ],
+                "deltas_vs_merged_pct": {"gguf:q8_0": 0.3},
+            }
+        ).encode(),
         "recipe/locks/models/tiny.json": json.dumps(
             {"id": "tiny", "files": [{"path": "model.gguf", "sha256": "ab" * 32, "size": 3}]}
         ).encode(),
@@ -57,10 +63,14 @@ def make_bundle(
         "name": name,
         "version": version,
         "image": {
-            "manifest_digest": "sha256:" + "1" * 64, "config_digest": "sha256:" + "2" * 64,
-            "sha256": digests["image.tar"], "size": len(payload), "ref": f"gapforge/{name}:{version}",
-            "profile": "cpu", "layers": [{"name": "base", "digest": "sha256:" + "3" * 64, "size": 10}],
-        },  # fmt: skip
+            "manifest_digest": "sha256:" + "1" * 64,
+            "config_digest": "sha256:" + "2" * 64,
+            "sha256": digests["image.tar"],
+            "size": len(payload),
+            "ref": f"gapforge/{name}:{version}",
+            "profile": "cpu",
+            "layers": [{"name": "base", "digest": "sha256:" + "3" * 64, "size": 10}],
+        },
         "model": {"id": "tiny", "revision": "r1"},
         "locks": {"models/tiny.json": digests["recipe/locks/models/tiny.json"]},
         "signing_key": {"fingerprint": key.fingerprint, "development": development},
@@ -252,3 +262,29 @@ def test_trust_init_refuses_a_root_whose_signatures_do_not_verify(world: dict[st
         trust_init(world["repo"].metadata_dir / "root.json", trust=world["trust"])
     ring = KeyRing.load((), world["keys"])
     assert ring.folder  # the keys folder is readable to the repository that made it
+
+
+def test_cli_release_and_trust_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    monkeypatch.setenv("GAPFORGE_RELEASE_REPO", str(repo))
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "trust"))
+    monkeypatch.setenv("GAPFORGE_CACHE", str(tmp_path / "cache"))
+    assert main(["release", "init", str(repo), "--expires", "timestamp=14"]) == 0
+    bundle = make_bundle(tmp_path / "dist", tmp_path / "repo.keys" / "build.key")
+    for argv in (
+        ["release", "add", str(bundle)],
+        ["release", "promote", "tiny-desk-0.1.0", "--to", "approved"],
+        ["release", "status"], ["release", "show", "0.1.0"], ["release", "list"],
+        ["release", "export", str(bundle)], ["release", "log"], ["release", "refresh"],
+        ["trust", "init", str(repo / "metadata" / "root.json")], ["trust", "show"],
+        ["trust", "update", "--metadata", str(repo / "metadata")],
+    ):  # fmt: skip
+        assert main(argv) == 0, argv
+    assert (bundle / "release" / "metadata" / "timestamp.json").is_file()
+    capsys.readouterr()
+    assert main(["release", "init", str(tmp_path / "r2"), "--expires", "timestamp=soon"]) == 2
+    assert main(["release", "promote", "9.9.9", "--to", "approved"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ROLE=DAYS" in err and "no such release" in err
