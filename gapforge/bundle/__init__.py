@@ -42,7 +42,5 @@ UNSIGNED = frozenset({SUMS, SIGNATURE})
 def is_unsigned(name: str) -> bool:
     """True for the files SHA256SUMS does not list: itself, its signature, the TUF metadata."""
     return name in UNSIGNED or name.startswith(f"{RELEASE_DIR}/")
-
-
 BUNDLE_SCHEMA = "gapforge/bundle/v1"
 PRETEST_SCHEMA = "gapforge/pretest/v1"
