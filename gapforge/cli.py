@@ -36,6 +36,7 @@ class Command:
 
 _BUILD_ENGINEER = "gapforge.commands.build_engineer"
 _OPERATOR = "gapforge.commands.operator"
+_RELEASE_MANAGER = "gapforge.commands.release_manager"
 
 COMMANDS: dict[str, Command] = {
     # the order of `gapforge --help`
@@ -53,7 +54,11 @@ COMMANDS: dict[str, Command] = {
                          "go/no-go before a run: image, offline start, data, disk, GPU"),
     "inspect": Command(_OPERATOR, "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest"),
-    "diff": Command("gapforge.commands.diff_command", "cmd_diff",
+    "trust": Command(_OPERATOR, "cmd_trust",
+                     "pin the release repository's root once; show or update what the site trusts"),
+    "release": Command(_RELEASE_MANAGER, "cmd_release",
+                       "a TUF repository of releases: add, promote, revoke, rotate, refresh, export"),
+    "diff": Command(_RELEASE_MANAGER, "cmd_diff",
                     "what changed between two bundles: recipe, packages, model, layers, figures"),
     "cache": Command(_BUILD_ENGINEER, "cmd_cache",
                      "what the build cache holds (info), and removing what no build used (prune)"),

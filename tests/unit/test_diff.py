@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gapforge.commands.diff_command import cmd_diff, diff_arguments
+from gapforge.commands.release_manager import cmd_diff, diff_arguments
 from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text, tensor_digests
 from gapforge.diff.read import parse_debian_lock, parse_pip_lock
 from gapforge.errors import BundleError
