@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.anchor import Anchor
@@ -37,6 +38,8 @@ class Loaded:
     manifest_digest: str
     config_digest: str
     report: VerifyReport
+    receipt: Path | None = None
+    """The signed receipt of this load, in the trust folder."""
 
 
 def registry_destination(to: str, version: str) -> tuple[str, str]:
@@ -137,6 +140,52 @@ def push_to_registry(
         return digest_file.read_text().strip()
 
 
+def receipt_checks(report: VerifyReport) -> list[dict[str, Any]]:
+    """What verify checked, one row each, for a receipt: the trust anchor, the signature, the
+    release, the files and every problem found."""
+    checks: list[dict[str, Any]] = [
+        {"check": "trust anchor", "ok": report.key_pinned, "detail": f"{report.anchor}: {report.key_source}"},
+        {"check": "signature", "ok": report.signature_ok, "detail": f"SHA256SUMS.sig by {report.key_fingerprint}"},
+    ]  # fmt: skip
+    if report.release is not None:
+        release = report.release
+        checks.append({"check": "release", "ok": release.ok,
+                       "detail": f"{release.name} {release.version} on {release.channel} "
+                                 f"(root version {release.root_version})"})  # fmt: skip
+    checks.append({"check": "files", "ok": report.ok,
+                   "detail": f"{report.files_checked} files, {report.bytes_hashed} bytes hashed"})  # fmt: skip
+    checks += [{"check": p.file, "ok": False, "detail": p.message} for p in report.problems]
+    return checks
+
+
+def record_receipt(
+    report: VerifyReport, action: str, loaded_into: str | None, operator_key: Path | None = None
+) -> Path:
+    """Write the signed receipt of `action` (load, verify) in the trust folder's receipts/."""
+    from gapforge.bundle.receipt import make_receipt, write_receipt
+    from gapforge.bundle.receipt import operator_key as resolve_key
+    from gapforge.release.client import trust_dir
+
+    archive = report.archive
+    folder = trust_dir()
+    release = report.release
+    trust = {
+        "anchor": report.anchor,
+        "key_fingerprint": report.key_fingerprint,
+        "key_source": report.key_source,
+        **({"root_version": release.root_version, "channel": release.channel} if release else {}),
+    }
+    receipt = make_receipt(
+        action=action, bundle=report.bundle, name=str(report.index.get("name", "")),
+        version=str(report.index.get("version", "")),
+        manifest_digest=archive.manifest_digest if archive else "",
+        config_digest=archive.config_digest if archive else "",
+        archive_sha256=str(report.index.get("image", {}).get("sha256", "")),
+        checks=receipt_checks(report), trust=trust, loaded_into=loaded_into,
+    )  # fmt: skip
+    return write_receipt(receipt, resolve_key(folder, operator_key), folder / "receipts")
+
+
 def load_bundle(
     bundle: Path,
     anchor: Anchor,
@@ -144,6 +193,7 @@ def load_bundle(
     insecure: bool = False,
     tls_verify: bool | None = None,
     on_verified: Callable[[VerifyReport], None] = lambda _report: None,
+    operator_key: Path | None = None,
 ) -> Loaded:
     """Verify against `anchor` (then `on_verified(report)`), refuse a bad bundle unless `insecure`,
     then load into Docker (default) or push to the registry `to`."""
@@ -169,11 +219,16 @@ def load_bundle(
                 f"{archive.manifest_digest}: it rewrote the manifest; use a registry that keeps OCI "
                 "manifests as pushed"
             )
-        note(f"pushed {destination.removeprefix('docker://')}@{pushed}")
-        return Loaded(destination.removeprefix("docker://"), pushed, archive.config_digest, report)
+        where = destination.removeprefix("docker://")
+        note(f"pushed {where}@{pushed}")
+        receipt = record_receipt(report, "load", f"{where}@{pushed}", operator_key)
+        return Loaded(where, pushed, archive.config_digest, report, receipt)
     from gapforge import engine
 
     client = engine.connect()
     ref = (archive.repo_tags or [""])[0] or None
-    engine.load(client, tar, archive.config_digest, ref, verified_sha256)
-    return Loaded("docker", archive.manifest_digest, archive.config_digest, report)
+    tagged = engine.load(client, tar, archive.config_digest, ref, verified_sha256)
+    receipt = record_receipt(
+        report, "load", f"docker {tagged} {archive.config_digest}", operator_key
+    )
+    return Loaded("docker", archive.manifest_digest, archive.config_digest, report, receipt)

@@ -30,7 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge import __version__
 from gapforge.bundle.dsse import envelope_payload_unverified, open_envelope, sign_envelope
-from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
+from gapforge.bundle.sign import (
+    SigningKey,
+    load_private_key,
+    load_public_key,
+    public_path,
+    write_key_pair,
+)
 from gapforge.errors import BundleError
 
 RECEIPT_TYPE = "application/vnd.gapforge.receipt+json"
@@ -277,3 +283,24 @@ def find_receipt(
             if value is not None and value.get("config_digest") == config_digest:
                 return value
     return None
+
+
+def operator_public_keys(trust_dir: Path) -> list[Ed25519PublicKey]:
+    """The public keys receipts on this machine are checked with: $GAPFORGE_OPERATOR_KEY's and the
+    trust folder's operator key, those that exist (none yet: no receipt can be trusted)."""
+    keys = []
+    for private in (
+        Path(os.environ[OPERATOR_KEY_ENV]).expanduser()
+        if os.environ.get(OPERATOR_KEY_ENV)
+        else None,
+        trust_dir / OPERATOR_KEY_NAME,
+    ):
+        if private is None or not private.is_file():
+            continue
+        public = public_path(private)
+        keys.append(
+            load_public_key(public)
+            if public.is_file()
+            else load_private_key(private).private.public_key()
+        )
+    return keys

@@ -15,6 +15,10 @@ from typing import Any
 
 from gapforge.progress import console, step
 
+OPERATOR_KEY_HELP = (
+    "the key receipts are signed with (default: $GAPFORGE_OPERATOR_KEY, else one made once in the "
+    "trust folder)"
+)
 KEY_HELP = (
     "the release key's public half (.pub.pem), received out of band: pins it for this command"
 )
@@ -50,6 +54,11 @@ def verify_arguments(verify: argparse.ArgumentParser) -> None:
         "integrity only, it proves nothing about who made the bundle (never for production)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    verify.add_argument(
+        "--receipt", action="store_true",
+        help="write a signed receipt of this check in the trust folder (receipts/), to file or carry back",
+    )  # fmt: skip
+    verify.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
     verify.add_argument(
         "--deep", action="store_true",
         help="also hash every blob inside the archive (done anyway when the archive's checksum "
@@ -115,10 +124,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     anchor = anchor_of(args)
     step(f"verifying {args.bundle}")
     report = verify_bundle(args.bundle, anchor, args.workers, args.deep)
+    receipt = None
+    if args.receipt:
+        from gapforge.bundle.load import record_receipt
+
+        receipt = record_receipt(report, "verify", None, args.operator_key)
     if args.json:
-        print(json.dumps(report.as_json(), indent=2))
+        print(json.dumps(report.as_json() | {"receipt": receipt and str(receipt)}, indent=2))
     else:
         _print_verify(report)
+        if receipt is not None:
+            console.print(f"  receipt       {receipt}")
     return 0 if report.ok else 1
 
 
@@ -134,6 +150,7 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
         metavar="HOST/REPO",
         help="push into this registry with skopeo instead of docker load",
     )
+    load.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
     load.add_argument(
         "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
         help="talk plain HTTP to the registry (default: only for 127.0.0.0/8 and localhost)",
@@ -145,11 +162,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     loaded = load_bundle(
         args.bundle, anchor_of(args), args.to, args.insecure, args.tls_verify,
-        on_verified=_print_verify,
+        on_verified=_print_verify, operator_key=args.operator_key,
     )  # fmt: skip
     console.print(f"[bold green]loaded[/] into {loaded.where}")
     console.print(f"  image digest  {loaded.manifest_digest}")
     console.print(f"  image ID      {loaded.config_digest}")
+    if loaded.receipt is not None:
+        console.print(f"  receipt       {loaded.receipt}")
     return 0
 
 
@@ -273,6 +292,9 @@ def _print_trust(state: Any) -> None:
         table.add_row("root key", f"{fp} (keyid {keyid[:8]})")
     table.add_row("channel", state.channel)
     table.add_row("timestamp version", str(state.timestamp_version or "none yet"))
+    receipts = Path(state.path) / "receipts"
+    count = len(list(receipts.glob("*.receipt.json"))) if receipts.is_dir() else 0
+    table.add_row("receipts", f"{count} signed receipts in {receipts}")
     console.print(table)
 
 
