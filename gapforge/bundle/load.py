@@ -20,7 +20,8 @@ from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify import VerifyReport, verify_bundle
+from gapforge.bundle.verify import verify_bundle
+from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError, EnvironmentProblem
 from gapforge.progress import note, step
 

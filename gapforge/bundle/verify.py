@@ -22,19 +22,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import Any
 
 from gapforge.bundle import (
     IMAGE_TAR,
     INDEX,
     PRETEST,
     PROVENANCE,
-    PUBLIC_KEY,
-    RELEASE_DIR,
     SBOM,
     SIGNATURE,
     SUMS,
@@ -45,7 +40,7 @@ from gapforge.bundle.dsse import envelope_payload_unverified
 from gapforge.bundle.imagetar import ImageArchive, read_archive
 from gapforge.bundle.provenance import read_provenance, subject_digest
 from gapforge.bundle.sbom import image_digests, validate_sbom
-from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, load_public_key, signature_valid
+from gapforge.bundle.signature import anchored_keys, blame_signature, check_signature
 from gapforge.bundle.sums import (
     HashJob,
     HashResult,
@@ -56,91 +51,9 @@ from gapforge.bundle.sums import (
     job_bytes,
     parse_sums,
 )
+from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError
-
-if TYPE_CHECKING:
-    from gapforge.release.client import ReleaseCheck
 from gapforge.progress import byte_progress
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    message: str
-
-
-@dataclass
-class VerifyReport:
-    bundle: Path
-    problems: list[Problem] = field(default_factory=list)
-    files_checked: int = 0
-    bytes_hashed: int = 0
-    seconds: float = 0.0
-    workers: int = 1
-    key_fingerprint: str = ""
-    key_source: str = ""
-    key_pinned: bool = False
-    signature_ok: bool = False
-    anchor: str = ""
-    """How the signature was anchored: `key` (pinned), `root` (a TUF release), `insecure`."""
-    public_keys: list[Ed25519PublicKey] = field(default_factory=list)
-    release: ReleaseCheck | None = None
-    index: dict[str, Any] = field(default_factory=dict)
-    archive: ImageArchive | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def development_key(self) -> bool:
-        """bundle.json says it was signed with a build cache's development key."""
-        return bool(self.index.get("signing_key", {}).get("development"))
-
-    @property
-    def bad_files(self) -> list[str]:
-        return sorted({p.file for p in self.problems})
-
-    def add(self, file: str, message: str) -> None:
-        self.problems.append(Problem(file, message))
-
-    def as_json(self) -> dict[str, Any]:
-        archive = self.archive
-        return {
-            "bundle": str(self.bundle),
-            "ok": self.ok,
-            "problems": [{"file": p.file, "message": p.message} for p in self.problems],
-            "bad_files": self.bad_files,
-            "files_checked": self.files_checked,
-            "bytes_hashed": self.bytes_hashed,
-            "seconds": round(self.seconds, 3),
-            "workers": self.workers,
-            "signature": {
-                "ok": self.signature_ok,
-                "key_fingerprint": self.key_fingerprint,
-                "key_source": self.key_source,
-                "key_pinned": self.key_pinned,
-                "anchor": self.anchor,
-                "development_key": self.development_key,
-            },
-            "release": None
-            if self.release is None
-            else {
-                "name": self.release.name,
-                "version": self.release.version,
-                "channel": self.release.channel,
-                "found_on": self.release.found_on,
-                "root_version": self.release.root_version,
-                "ok": self.release.ok,
-            },
-            "image": None
-            if archive is None
-            else {
-                "ref": (archive.repo_tags or [""])[0],
-                "manifest_digest": archive.manifest_digest,
-                "config_digest": archive.config_digest,
-            },
-        }
 
 
 def _check_folder(bundle: Path) -> None:
@@ -153,111 +66,6 @@ def _check_folder(bundle: Path) -> None:
         raise BundleError(
             f"{bundle}: a half-written bundle left by an interrupted build: delete it and use the "
             "complete one beside it, or build again"
-        )
-
-
-def _bundled_key(report: VerifyReport) -> Ed25519PublicKey | None:
-    bundled = report.bundle / PUBLIC_KEY
-    if not bundled.is_file():
-        report.add(
-            PUBLIC_KEY, "missing, and --insecure asked to use it: pass --key with the release key"
-        )
-        return None
-    try:
-        return load_public_key(bundled)
-    except BundleError as exc:
-        report.add(PUBLIC_KEY, f"unusable: {exc.message}")
-        return None
-
-
-def _release_keys(
-    report: VerifyReport, anchor: Anchor, sums: bytes | None
-) -> list[Ed25519PublicKey]:
-    """The trusted root: the bundle must be a release on the site's channel; the build keys the
-    verified repository metadata names are the keys SHA256SUMS.sig may be made with."""
-    from gapforge.release.client import check_release
-
-    metadata = anchor.metadata or report.bundle / RELEASE_DIR / "metadata"
-    report.key_source = "a build key the trusted release repository names"
-    if not metadata.is_dir():
-        report.add(
-            f"{RELEASE_DIR}/metadata",
-            f"missing: the bundle carries no release metadata and none was given ({metadata}). "
-            "Ask the release manager for the repository's metadata ('gapforge release export') "
-            "and pass --repo METADATA_FOLDER, or verify with --key RELEASE.pub.pem",
-        )
-        return []
-    if sums is None or not report.index:
-        return []  # already reported: nothing to look the release up by
-    check = check_release(sums, report.index, metadata, channel=anchor.channel)
-    report.release = check
-    for problem in check.problems:
-        report.add("release", problem)
-    report.key_source = (
-        f"a build key of the release repository (root version {check.root_version}, channel "
-        f"{check.channel}, metadata {check.metadata_source})"
-    )
-    return list(check.build_keys)
-
-
-def _keys(report: VerifyReport, anchor: Anchor, sums: bytes | None) -> list[Ed25519PublicKey]:
-    """The keys SHA256SUMS.sig may be made with, by the anchor: pinned, the release root's build
-    keys, or (--insecure) the bundle's own copy, which proves integrity but not origin."""
-    report.anchor = anchor.kind
-    report.key_pinned = anchor.pinned
-    if anchor.kind == "key":
-        report.key_source = anchor.source
-        keys = list(anchor.keys)
-    elif anchor.kind == "root":
-        keys = _release_keys(report, anchor, sums)
-    else:
-        bundled = _bundled_key(report)
-        keys = [bundled] if bundled is not None else []
-        report.key_source = (
-            f"{PUBLIC_KEY} inside the bundle (--insecure: NOT pinned, proves no origin)"
-        )
-    report.key_fingerprint = ", ".join(fingerprint(key) for key in keys)
-    report.public_keys = keys
-    return keys
-
-
-def _signature(
-    report: VerifyReport, keys: list[Ed25519PublicKey], sums: bytes | None
-) -> bool | None:
-    """True/False: the signature verifies or not; None: it could not be checked (already reported)."""
-    path = report.bundle / SIGNATURE
-    if not path.is_file():
-        report.add(SIGNATURE, "missing: the bundle is unsigned; ask for a signed bundle")
-        return None
-    if not keys or sums is None:
-        return None
-    signature = path.read_bytes()
-    if len(signature) != SIGNATURE_SIZE:
-        report.add(
-            SIGNATURE,
-            f"{len(signature)} bytes: not an Ed25519 signature ({SIGNATURE_SIZE} raw bytes)",
-        )
-        return None
-    for key in keys:
-        if signature_valid(key, sums, signature):
-            report.key_fingerprint = fingerprint(key)
-            return True
-    return False
-
-
-def _blame_signature(report: VerifyReport, sums_bad: list[str]) -> None:
-    """The signature failed: if SHA256SUMS also disagrees with the files, SHA256SUMS was altered;
-    if every line matches, the signature was altered or made with another key."""
-    if sums_bad:
-        report.add(
-            SUMS,
-            f"altered: its signature does not verify and it disagrees with {', '.join(sums_bad[:5])}",
-        )
-    else:
-        report.add(
-            SIGNATURE,
-            f"does not verify over {SUMS} with key {report.key_fingerprint} ({report.key_source}): "
-            "the bundle was signed with another key, or the signature was altered",
         )
 
 
@@ -450,7 +258,7 @@ def verify_bundle(
         for problem in syntax:
             report.add(SUMS, problem)
     report.index = _load_json(report, INDEX)
-    signature_ok = _signature(report, _keys(report, anchor, sums), sums)
+    signature_ok = check_signature(report, anchored_keys(report, anchor, sums), sums)
     present = {name for name in bundle_files(bundle) if not is_unsigned(name)}
     listed = {line.name for line in lines}
     for name in sorted(listed - present):
@@ -480,7 +288,7 @@ def verify_bundle(
         _cross_check(report, archive, lines)
     sbom_schema()
     if signature_ok is False:
-        _blame_signature(report, sums_bad + [p for p in (listed - present)])
+        blame_signature(report, sums_bad + [p for p in (listed - present)])
     report.signature_ok = signature_ok is True
     report.seconds = time.monotonic() - start
     return report
@@ -498,7 +306,7 @@ def authenticate_index(bundle: Path, anchor: Anchor) -> VerifyReport:
     if sums is None:
         report.add(SUMS, "missing: not a complete bundle; nothing can be checked against it")
     report.index = _load_json(report, INDEX)
-    signature_ok = _signature(report, _keys(report, anchor, sums), sums)
+    signature_ok = check_signature(report, anchored_keys(report, anchor, sums), sums)
     report.signature_ok = signature_ok is True
     if signature_ok is False:
         report.add(
