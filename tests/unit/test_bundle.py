@@ -405,3 +405,20 @@ def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
     console = Console(record=True, width=200)
     console.print(bundle_table(facts))
     assert "https://slsa.dev/provenance/v1 for sha256:" in console.export_text()
+
+
+def test_no_trust_anchor_is_exit_2_with_the_way_to_get_one(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gapforge.bundle.anchor import NoTrustAnchor, choose_anchor
+    from gapforge.cli import main
+
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "empty-trust"))
+    with pytest.raises(NoTrustAnchor, match="trust init"):
+        choose_anchor("verify")
+    assert choose_anchor("verify", insecure=True).kind == "insecure"
+    assert main(["verify", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "gapforge trust init root.json" in err and "--key" in err and "Traceback" not in err
+    assert main(["verify", str(bundle), "--insecure"]) == 0
+    assert "NOT AUTHENTICATED" in capsys.readouterr().err
