@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX, PRETEST
-from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.anchor import Anchor, NoTrustAnchor, no_anchor_message
 from gapforge.bundle.load import Refused
 from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
@@ -84,7 +84,9 @@ def _receipt_check(config_digest: str, ref: str) -> None:
         )
 
 
-def resolve_target(client: Any, target: str, anchor: Anchor, insecure: bool = False) -> Target:
+def resolve_target(
+    client: Any, target: str, anchor: Anchor | None, insecure: bool = False
+) -> Target:
     """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
     load must have imported), checked against what the engine has loaded. The Target's
     `config_digest` is what runs: by image ID, never by tag."""
@@ -96,6 +98,8 @@ def resolve_target(client: Any, target: str, anchor: Anchor, insecure: bool = Fa
             raise BundleError(
                 f"{path}: not a bundle (no {INDEX}): pass a bundle folder or an image reference"
             )
+        if anchor is None:
+            raise NoTrustAnchor(no_anchor_message("run"))
         image = _authenticated_index(path, anchor, insecure)["image"]
         wanted = Target(image["ref"], image["config_digest"], image.get("profile", ""), path)
     elif target.startswith(("/", "./", "../")) or target.endswith("/"):
@@ -218,7 +222,7 @@ def sealed_run(
 def run_image(
     target: str, data: Path, out: Path, gpus: str = "auto", validation: Path | None = None,
     test: Path | None = None, extra: list[str] | None = None, timeout: float | None = None,
-    *, anchor: Anchor, insecure: bool = False,
+    *, anchor: Anchor | None, insecure: bool = False,
 ) -> int:  # fmt: skip
     """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status."""
     from gapforge import engine
@@ -265,7 +269,7 @@ def _quiet_run(client: Any, run: SealedRun) -> tuple[int, str]:
 
 
 def preflight(
-    target: str, data: Path, out: Path, anchor: Anchor, insecure: bool = False
+    target: str, data: Path, out: Path, anchor: Anchor | None, insecure: bool = False
 ) -> list[Check]:
     """Go/no-go before a long run: engine, image, offline start, data, output folder, disk, GPU."""
     from gapforge import engine

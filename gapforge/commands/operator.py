@@ -46,6 +46,12 @@ def anchor_of(args: argparse.Namespace) -> Any:
     return choose_anchor(args.command, args.key, args.insecure, args.repo, args.channel)
 
 
+def target_anchor(args: argparse.Namespace) -> Any:
+    """run/preflight: a bundle folder needs the anchor; an image reference is checked against the
+    signed receipt of the verified load that imported it instead (None here)."""
+    return anchor_of(args) if Path(args.target).is_dir() or args.key else None
+
+
 def verify_arguments(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("bundle", type=Path, help="the bundle folder (dist/<recipe>-<version>)")
     add_trust_options(
@@ -203,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
-                       extra, args.timeout, anchor=anchor_of(args), insecure=args.insecure)  # fmt: skip
+                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure)  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
     console.print(
         f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
@@ -228,7 +234,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from gapforge.bundle.run import preflight
 
     step(f"preflight: {args.target} on {args.data} → {args.out}")
-    checks = preflight(args.target, args.data, args.out, anchor_of(args), args.insecure)
+    checks = preflight(args.target, args.data, args.out, target_anchor(args), args.insecure)
     table = Table("check", "", "detail")
     for check in checks:
         verdict = "[green]go[/]" if check.ok else "[bold red]NO-GO[/]"

@@ -103,26 +103,41 @@ def bump_locked(lock: Path, other: Path, name: str) -> tuple[str, str]:
     return current.group(1), source.group(1)
 
 
-@pytest.fixture(scope="session")
-def built_changed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> tuple[Built, dict[str, Any]]:
-    """The tiny recipe built again as the next release: another learning rate, version 0.0.2, and one
-    locked package bumped (filelock, to the version the builder's own lock pins). Returns the bundle
-    and what was changed."""
-    root = tmp_path_factory.mktemp("changed")
+def _rebuild(built: Built, root: Path, version: str, learning_rate: float, bump: str | None = None) -> Built:
+    """The tiny project copied, its recipe given `version` and `learning_rate` (and, with `bump`, that
+    locked package moved to the version the builder's own lock pins), then built and bundled."""
     project = root / "project"
     shutil.copytree(built.project, project)
     path = project / "recipes/tiny/tiny.yaml"
     recipe = yaml.safe_load(path.read_text())
-    recipe["version"], recipe["train"]["learning_rate"] = "0.0.2", 5e-3
+    recipe["version"], recipe["train"]["learning_rate"] = version, learning_rate
     path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
-    old, new = bump_locked(project / "lockfiles/cpu.txt", REPO_ROOT / "lockfiles/builder.txt", "filelock")
+    if bump is not None:
+        bump_locked(project / "lockfiles/cpu.txt", REPO_ROOT / "lockfiles/builder.txt", bump)
     result = build_tiny(project, root, built.key)
     assert result.returncode == 0, result.stderr[-5000:]
-    report = json.loads((root / "build/tiny-desk-0.0.2/build.json").read_text())
-    bundle = root / "dist/tiny-desk-0.0.2"
-    changed = Built(bundle, report, built.public_key, json.loads((bundle / "bundle.json").read_text()),
-                    built.key, project)  # fmt: skip
-    return changed, {"learning_rate": (1e-2, 5e-3), "version": ("0.0.1", "0.0.2"), "filelock": (old, new)}
+    report = json.loads((root / f"build/tiny-desk-{version}/build.json").read_text())
+    bundle = root / f"dist/tiny-desk-{version}"
+    return Built(bundle, report, built.public_key, json.loads((bundle / "bundle.json").read_text()),
+                 built.key, project)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def built_changed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The next release of the tiny recipe: another learning rate (version 0.0.2), nothing else."""
+    return _rebuild(built, tmp_path_factory.mktemp("changed"), "0.0.2", 5e-3)
+
+
+@pytest.fixture(scope="session")
+def built_bumped(built: Built, tmp_path_factory: pytest.TempPathFactory) -> tuple[Built, dict[str, Any]]:
+    """A release with another learning rate (version 0.0.3) and one locked package bumped (filelock,
+    to the version the builder's own lock pins, real hashes). Returns it and what was changed."""
+    old, new = (
+        re.search(r"^filelock==(\S+) ", (REPO_ROOT / f"lockfiles/{name}").read_text(), re.M).group(1)  # type: ignore[union-attr]
+        for name in ("cpu.txt", "builder.txt")
+    )
+    bumped = _rebuild(built, tmp_path_factory.mktemp("bumped"), "0.0.3", 5e-3, bump="filelock")
+    return bumped, {"learning_rate": (1e-2, 5e-3), "version": ("0.0.1", "0.0.3"), "filelock": (old, new)}
 
 
 def _docker_answers() -> bool:

@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
-    built: Built, built_changed: tuple[Built, dict[str, Any]]
+    built: Built, built_bumped: tuple[Built, dict[str, Any]]
 ) -> None:
-    changed, what = built_changed
+    changed, what = built_bumped
     result = gapforge("diff", str(built.bundle), str(changed.bundle), "--json", check=True)
     diff = json.loads(result.stdout)
     recipe = diff["recipe"]
@@ -25,7 +25,7 @@ def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
     old_lr, new_lr = what["learning_rate"]
     assert recipe["changed"]["train.learning_rate"] == {"a": old_lr, "b": new_lr}
     assert set(recipe["changed"]) <= {"train.learning_rate", "version"}, recipe["changed"]
-    assert recipe["version"] == {"a": "0.0.1", "b": "0.0.2"}
+    assert recipe["version"] == {"a": "0.0.1", "b": "0.0.3"}
     python = diff["packages"]["python"]
     old, new = what["filelock"]
     assert python["changed"] == {"filelock": {"a": old, "b": new}}, python
