@@ -114,7 +114,11 @@ class ScanReport:
     """(where, why): layer members whose names leave the root (scanned all the same)."""
     skipped: dict[str, int] = field(default_factory=dict)
     """Layer members with no bytes of their own, by kind (symlink, hardlink, device, fifo)."""
+    files_listed: int = 0
+    """Files handed to clamscan; it counts empty ones (`files_empty`) as not scanned."""
+    files_empty: int = 0
     files_scanned: int = 0
+    """clamscan's own count ("Scanned files")."""
     bytes_scanned: int = 0
     bytes_extracted: int = 0
     extract_seconds: float = 0.0
@@ -146,6 +150,8 @@ class ScanReport:
             "errors": self.errors,
             "unsafe_names": [{"where": w, "why": why} for w, why in self.unsafe_names],
             "skipped": self.skipped,
+            "files_listed": self.files_listed,
+            "files_empty": self.files_empty,
             "files_scanned": self.files_scanned,
             "bytes_scanned": self.bytes_scanned,
             "bytes_extracted": self.bytes_extracted,
@@ -276,6 +282,7 @@ class Extracted:
     findings: list[Finding] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     bytes: int = 0
+    empty: int = 0
 
 
 def _copy(source: IO[bytes], path: Path, advance: Callable[[int], None]) -> int:
@@ -331,7 +338,9 @@ def extract_layer(
             if source is None:  # not reached for regular files; kept for the type checker
                 continue
             with source:
-                result.bytes += _copy(source, path, advance)
+                copied = _copy(source, path, advance)
+            result.bytes += copied
+            result.empty += copied == 0
             result.targets[str(path)] = Target(IMAGE_TAR, where)
     return result
 
@@ -375,6 +384,7 @@ def extract_archive(
                 total.unsafe_names += part.unsafe_names
                 total.findings += part.findings
                 total.bytes += part.bytes
+                total.empty += part.empty
                 for kind, count in part.skipped.items():
                     total.skipped[kind] = total.skipped.get(kind, 0) + count
     own_folder = folder / "archive"
@@ -383,7 +393,9 @@ def extract_archive(
         for number, member in enumerate(sorted(own, key=lambda m: m.name)):
             path = own_folder / f"{number:07d}"
             source = io.BufferedReader(ByteRange(handle, member.offset, member.size))
-            total.bytes += _copy(source, path, lambda _n: None)
+            copied = _copy(source, path, lambda _n: None)
+            total.bytes += copied
+            total.empty += copied == 0
             total.targets[str(path)] = Target(IMAGE_TAR, f"{IMAGE_TAR} member {member.name}")
     return total
 
@@ -538,9 +550,10 @@ def scan_bundle(
         report.unsafe_names, report.skipped = extracted.unsafe_names, extracted.skipped
         report.findings += extracted.findings
         targets.update(extracted.targets)
-        report.bytes_scanned = extracted.bytes + sum(
-            Path(p).stat().st_size for p, t in targets.items() if t.file != IMAGE_TAR
-        )
+        sizes = [Path(p).stat().st_size for p, t in targets.items() if t.file != IMAGE_TAR]
+        report.bytes_scanned = extracted.bytes + sum(sizes)
+        report.files_listed = len(targets)
+        report.files_empty = extracted.empty + sizes.count(0)
         scan_start = time.monotonic()
         output = run_clamscan(clamscan, database, targets, folder, report.bytes_scanned)
         report.scan_seconds = time.monotonic() - scan_start
@@ -559,5 +572,10 @@ def scan_bundle(
     report.signatures = int(output.summary.get("Known viruses", "0") or 0)
     report.engine = output.summary.get("Engine version", "")
     report.files_scanned = int(output.summary.get("Scanned files", "0") or 0)
+    if report.files_scanned < report.files_listed - report.files_empty and not report.errors:
+        report.errors.append(
+            f"clamscan scanned {report.files_scanned} of the {report.files_listed - report.files_empty} "
+            "non-empty files it was given, and said nothing of the rest"
+        )
     report.seconds = time.monotonic() - start
     return report

@@ -21,6 +21,7 @@ from gapforge.scan import (
     layer_names,
     member_path,
     parse_clamscan,
+    scan_bundle,
     scan_problems,
 )
 
@@ -178,3 +179,23 @@ def test_database_missing_or_empty_is_refused(tmp_path: Path) -> None:
         choose_database(empty)
     (empty / "site.ndb").write_text("Site.Test:0:*:6576696c\n")
     assert choose_database(empty) == (empty, ["site.ndb"])
+
+
+def test_a_file_over_the_engines_limit_is_reported_not_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gapforge.scan.ENGINE_FILE_LIMIT", len(EVIL) - 1)  # 2 GiB - 1 in ClamAV 1.4
+    bundle = make_bundle(tmp_path / "bundle", layer_tar())
+    image = read_archive(bundle / "image.tar")
+    room = tmp_path / "room"
+    room.mkdir()
+    extracted = extract_archive(image, {}, room, 1)
+    [finding] = extracted.findings
+    assert finding.over_limit and finding.where == f"layer 1 ({image.layer_digests[1]}), path opt/app/evil.bin"
+    assert finding.message().endswith("not scanned: over the engine's limit (MaxFileSize)")
+    assert not any(t.where == finding.where for t in extracted.targets.values())
+
+
+def test_no_clamscan_is_an_exit_2_error_naming_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    with pytest.raises(ScanError, match="apt-get install clamav") as error:
+        scan_bundle(make_bundle(tmp_path / "bundle", layer_tar()), None)
+    assert error.value.exit_status == 2 and "--clamav-db PATH" in error.value.message
