@@ -1,0 +1,581 @@
+"""`--scan`: the clean room. ClamAV's `clamscan` over every file of a bundle and over the contents of
+every layer inside image.tar, before anything is loaded.
+
+The layers are tars inside the image archive: their regular files are streamed out, by byte
+range, into a private temporary folder (mode 0700) under names this module makes up
+(`<layer>/<shard>/<number>`), so no name inside a layer ever becomes a path here: `..`, absolute
+names and links cannot place a file outside the folder. Symbolic and hard links, devices and FIFOs
+carry no bytes of their own and are not extracted. Then ONE clamscan process reads the list of
+every file (the signature database loads once: seconds with the full database), and each hit is
+mapped back to "layer 'model' (sha256:…), path opt/x" or "bundle file wheels/x.whl".
+
+ClamAV 1.4 cannot scan a file of 2 GiB or more and by default skips files over 100 MB as clean: the
+limits are raised to the most it accepts and `--alert-exceeds-max` makes it say when one is still
+exceeded, so such a file is reported as not scanned, never passed silently. Everything fails
+closed: no clamscan, no signatures, or an error of clamscan's is an error, not a clean result.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from gapforge.bundle import IMAGE_TAR, INDEX
+from gapforge.bundle.imagetar import BLOB_PREFIX, ImageArchive, read_archive
+from gapforge.bundle.sums import bundle_files, default_workers
+from gapforge.errors import GapforgeError
+from gapforge.progress import byte_progress, console, note, step
+
+CLAMSCAN = "clamscan"
+DEFAULT_DATABASE = Path("/var/lib/clamav")
+ENGINE_FILE_LIMIT = 2**31 - 1
+"""The largest file ClamAV 1.4 scans (it warns that it cannot scan 2 GiB or more)."""
+LIMIT_OPTIONS = (
+    f"--max-filesize={ENGINE_FILE_LIMIT}",
+    f"--max-scansize={ENGINE_FILE_LIMIT}",
+    "--max-files=1000000",  # a wheel holds more than the default 10000 members
+    "--max-scantime=0",  # no limit: the default gives up on a file after 2 minutes, as clean
+    "--alert-exceeds-max=yes",  # a file over a limit is reported, not assumed clean
+)
+LIMIT_SIGNATURE = "Heuristics.Limits.Exceeded."
+SIGNATURE_SUFFIXES = frozenset({
+    ".cvd", ".cld", ".cud", ".hdb", ".hsb", ".hdu", ".hsu", ".mdb", ".msb", ".mdu", ".msu", ".ndb",
+    ".ndu", ".ldb", ".ldu", ".idb", ".cdb", ".cbc", ".pdb", ".gdb", ".wdb", ".crb", ".yar", ".yara",
+})  # fmt: skip
+"""Files that carry signatures (.fp/.sfp/.ign/.ign2/.ftm/.cfg only tune others)."""
+CHUNK = 4 * 1024 * 1024
+SHARD = 1000
+"""Extracted files per folder."""
+APT_FIX = (
+    "install it with 'apt-get install clamav' (Debian's ClamAV; do not run freshclam in the gap)"
+)
+DB_FIX = "pass the site's ClamAV signature database with --clamav-db PATH (a folder of .cvd/.cld/.hdb/.ndb files, or one such file)"
+
+
+class ScanError(GapforgeError):
+    """The scan could not be made (no clamscan, no signatures, clamscan failed): never a clean result."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a file handed to clamscan is, in the bundle's terms."""
+
+    file: str
+    """The bundle file it is or lies in: `image.tar`, `wheels/x.whl`."""
+    where: str
+    """`layer 'model' (sha256:…), path opt/x` or `bundle file wheels/x.whl`."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    file: str
+    where: str
+    signature: str
+
+    @property
+    def over_limit(self) -> bool:
+        """ClamAV's own note that a limit stopped it: not a virus, but not scanned either."""
+        return self.signature.startswith(LIMIT_SIGNATURE)
+
+    def message(self) -> str:
+        if self.over_limit:
+            limit = self.signature.removeprefix(LIMIT_SIGNATURE)
+            return f"{self.where}: not scanned: over the engine's limit ({limit})"
+        return f"{self.where}: {self.signature} FOUND"
+
+
+@dataclass
+class ScanReport:
+    bundle: Path
+    database: Path
+    signatures: int = 0
+    """How many signatures clamscan loaded ("Known viruses")."""
+    database_files: list[str] = field(default_factory=list)
+    engine: str = ""
+    findings: list[Finding] = field(default_factory=list)
+    """Signature hits and files a limit kept from being scanned (`over_limit`)."""
+    errors: list[str] = field(default_factory=list)
+    """clamscan's own errors and files it could not read: the scan is incomplete."""
+    unsafe_names: list[tuple[str, str]] = field(default_factory=list)
+    """(where, why): layer members whose names leave the root (scanned all the same)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Layer members with no bytes of their own, by kind (symlink, hardlink, device, fifo)."""
+    files_listed: int = 0
+    """Files handed to clamscan; it counts empty ones (`files_empty`) as not scanned."""
+    files_empty: int = 0
+    files_scanned: int = 0
+    """clamscan's own count ("Scanned files")."""
+    bytes_scanned: int = 0
+    bytes_extracted: int = 0
+    extract_seconds: float = 0.0
+    scan_seconds: float = 0.0
+    seconds: float = 0.0
+    workers: int = 1
+
+    @property
+    def hits(self) -> list[Finding]:
+        return [f for f in self.findings if not f.over_limit]
+
+    @property
+    def unscanned(self) -> list[Finding]:
+        return [f for f in self.findings if f.over_limit]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.findings or self.errors or self.unsafe_names)
+
+    def as_json(self) -> dict[str, Any]:
+        def finding(f: Finding) -> dict[str, str]:
+            return {"file": f.file, "where": f.where, "signature": f.signature}
+
+        return {
+            "bundle": str(self.bundle),
+            "ok": self.ok,
+            "hits": [finding(f) for f in self.hits],
+            "unscanned": [finding(f) for f in self.unscanned],
+            "errors": self.errors,
+            "unsafe_names": [{"where": w, "why": why} for w, why in self.unsafe_names],
+            "skipped": self.skipped,
+            "files_listed": self.files_listed,
+            "files_empty": self.files_empty,
+            "files_scanned": self.files_scanned,
+            "bytes_scanned": self.bytes_scanned,
+            "bytes_extracted": self.bytes_extracted,
+            "seconds": round(self.seconds, 3),
+            "extract_seconds": round(self.extract_seconds, 3),
+            "scan_seconds": round(self.scan_seconds, 3),
+            "workers": self.workers,
+            "database": {
+                "path": str(self.database),
+                "signatures": self.signatures,
+                "files": self.database_files,
+            },
+            "engine": self.engine,
+        }
+
+
+def scan_problems(report: ScanReport) -> list[tuple[str, str]]:
+    """(file, message) pairs for `VerifyReport.add`: every hit, unscanned file, unsafe name, error."""
+    problems = [(f.file, f.message()) for f in report.findings]
+    problems += [(IMAGE_TAR, f"{where}: {why}") for where, why in report.unsafe_names]
+    problems += [("clamscan", f"the scan is incomplete: {error}") for error in report.errors]
+    return problems
+
+
+# --- the signature database --------------------------------------------------------------------
+
+
+def database_files(database: Path) -> list[str]:
+    """The files of `database` that carry signatures (names, sorted); [] when there are none."""
+    if database.is_file():
+        return [database.name] if database.stat().st_size > 0 else []
+    if not database.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in database.iterdir()
+        if p.suffix in SIGNATURE_SUFFIXES and p.is_file() and p.stat().st_size > 0
+    )
+
+
+def choose_database(database: Path | None) -> tuple[Path, list[str]]:
+    """The database to scan with (`--clamav-db`, else /var/lib/clamav) and its signature files."""
+    if database is None:
+        files = database_files(DEFAULT_DATABASE)
+        if not files:
+            raise ScanError(
+                f"no ClamAV signatures in {DEFAULT_DATABASE} (freshclam cannot fetch them inside an "
+                f"air gap): {DB_FIX}"
+            )
+        return DEFAULT_DATABASE, files
+    if not database.exists():
+        raise ScanError(f"--clamav-db {database}: no such file or folder: {DB_FIX}")
+    files = database_files(database)
+    if not files:
+        raise ScanError(
+            f"--clamav-db {database}: holds no signatures (an empty database would pass "
+            f"everything): {DB_FIX}"
+        )
+    return database, files
+
+
+def find_clamscan() -> str:
+    found = shutil.which(CLAMSCAN)
+    if found is None:
+        raise ScanError(f"{CLAMSCAN} is not installed: {APT_FIX}; then {DB_FIX}")
+    return found
+
+
+# --- streaming the layers out -------------------------------------------------------------------
+
+
+class ByteRange(io.RawIOBase):
+    """A read-only, seekable window onto `size` bytes of `handle` from `offset`: one layer blob."""
+
+    def __init__(self, handle: BinaryIO, offset: int, size: int) -> None:
+        super().__init__()
+        self._handle, self._offset, self._size, self._position = handle, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._position)
+        if wanted <= 0:
+            return 0
+        self._handle.seek(self._offset + self._position)
+        data = self._handle.read(wanted)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def member_path(name: str) -> tuple[str, str]:
+    """A layer member's name as reported (normalized) and why it is unsafe ('' when it is not)."""
+    why = ""
+    if name.startswith("/"):
+        why = "an absolute name"
+    if ".." in name.split("/"):
+        why = "a name with '..' that leaves the image root"
+    normalized = posixpath.normpath("/" + name).lstrip("/") if name else ""
+    return (name if why else normalized or "."), why
+
+
+_SKIPPED_KINDS = (
+    ("symlink", tarfile.TarInfo.issym),
+    ("hardlink", tarfile.TarInfo.islnk),
+    ("device", tarfile.TarInfo.isdev),
+)
+
+
+@dataclass
+class Extracted:
+    """One layer's (or the archive's own small members') share of the work."""
+
+    targets: dict[str, Target] = field(default_factory=dict)
+    unsafe_names: list[tuple[str, str]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    empty: int = 0
+
+
+def _copy(source: IO[bytes], path: Path, advance: Callable[[int], None]) -> int:
+    """Stream `source` into a new file (never through a link: O_EXCL|O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    written = 0
+    with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
+        while data := source.read(CHUNK):
+            out.write(data)
+            written += len(data)
+            advance(len(data))
+    return written
+
+
+def extract_layer(
+    archive: Path,
+    offset: int,
+    size: int,
+    label: str,
+    folder: Path,
+    advance: Callable[[int], None] = lambda _n: None,
+) -> Extracted:
+    """Every regular file of the layer tar at `archive[offset:offset+size]` into `folder`, under
+    made-up names; `label` (`layer 'model' (sha256:…)`) starts each target's `where`."""
+    result = Extracted()
+    folder.mkdir(mode=0o700)
+    number = 0
+    with (
+        open(archive, "rb") as handle,
+        tarfile.open(
+            fileobj=io.BufferedReader(ByteRange(handle, offset, size), CHUNK), mode="r:*"
+        ) as layer,
+    ):
+        for info in layer:
+            if not info.isfile():
+                if not info.isdir():
+                    kind = next((k for k, test in _SKIPPED_KINDS if test(info)), "fifo")
+                    result.skipped[kind] = result.skipped.get(kind, 0) + 1
+                continue
+            name, why = member_path(info.name)
+            where = f"{label}, path {name}"
+            if why:
+                result.unsafe_names.append((where, why))
+            if info.size > ENGINE_FILE_LIMIT:
+                result.findings.append(Finding(IMAGE_TAR, where, LIMIT_SIGNATURE + "MaxFileSize"))
+                advance(info.size)
+                continue
+            shard = folder / f"{number // SHARD:04d}"
+            shard.mkdir(mode=0o700, exist_ok=True)
+            path = shard / f"{number:07d}"
+            number += 1
+            source = layer.extractfile(info)
+            if source is None:  # not reached for regular files; kept for the type checker
+                continue
+            with source:
+                copied = _copy(source, path, advance)
+            result.bytes += copied
+            result.empty += copied == 0
+            result.targets[str(path)] = Target(IMAGE_TAR, where)
+    return result
+
+
+def layer_names(index: dict[str, Any]) -> dict[str, str]:
+    """digest → name, from bundle.json's `image.layers`."""
+    layers = index.get("image", {}).get("layers", [])
+    return {layer.get("digest", ""): str(layer.get("name")) for layer in layers}
+
+
+def extract_archive(
+    image: ImageArchive, names: dict[str, str], folder: Path, workers: int
+) -> Extracted:
+    """Every layer's files, plus the archive's own members (index, manifests, config) as they are."""
+    total = Extracted()
+    layers = [image.members[BLOB_PREFIX + d.removeprefix("sha256:")] for d in image.layer_digests]
+    layer_blobs = {m.name for m in layers}
+    own = [m for m in image.members.values() if m.name not in layer_blobs]
+    with byte_progress("extracting layers", sum(m.size for m in layers)) as advance:
+        jobs = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for number, (digest, member) in enumerate(
+                zip(image.layer_digests, layers, strict=True)
+            ):
+                name = f"'{names[digest]}'" if digest in names else str(number)
+                label = f"layer {name} ({digest})"
+                jobs.append(
+                    pool.submit(
+                        extract_layer,
+                        image.path,
+                        member.offset,
+                        member.size,
+                        label,
+                        folder / f"layer-{number:03d}",
+                        advance,
+                    )
+                )
+            for job in jobs:
+                part = job.result()
+                total.targets.update(part.targets)
+                total.unsafe_names += part.unsafe_names
+                total.findings += part.findings
+                total.bytes += part.bytes
+                total.empty += part.empty
+                for kind, count in part.skipped.items():
+                    total.skipped[kind] = total.skipped.get(kind, 0) + count
+    own_folder = folder / "archive"
+    own_folder.mkdir(mode=0o700)
+    with open(image.path, "rb") as handle:
+        for number, member in enumerate(sorted(own, key=lambda m: m.name)):
+            path = own_folder / f"{number:07d}"
+            source = io.BufferedReader(ByteRange(handle, member.offset, member.size))
+            copied = _copy(source, path, lambda _n: None)
+            total.bytes += copied
+            total.empty += copied == 0
+            total.targets[str(path)] = Target(IMAGE_TAR, f"{IMAGE_TAR} member {member.name}")
+    return total
+
+
+# --- running clamscan ----------------------------------------------------------------------------
+
+
+_SUMMARY = re.compile(r"^(Known viruses|Engine version|Scanned files): (.*)$", re.M)
+
+
+@dataclass
+class ClamscanOutput:
+    """What one clamscan run said: (path, signature) hits, its error lines and its summary."""
+
+    hits: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    summary: dict[str, str] = field(default_factory=dict)
+
+
+def parse_clamscan(stdout: str, stderr: str) -> ClamscanOutput:
+    """Parse `clamscan --infected --stdout` output: `PATH: SIGNATURE FOUND` lines (a signature
+    name holds no ': ', a path may), `WARNING:`/`ERROR:` lines and the SCAN SUMMARY."""
+    result = ClamscanOutput()
+    for line in stdout.splitlines():
+        if line.endswith(" FOUND") and ": " in line:
+            path, _, signature = line.removesuffix(" FOUND").rpartition(": ")
+            result.hits.append((path, signature))
+        elif line.startswith(("WARNING: ", "ERROR: ")):
+            result.errors.append(line)
+    result.errors += [
+        line for line in stderr.splitlines() if "Error" in line or line.startswith("ERROR")
+    ]
+    result.summary = {key: value.strip() for key, value in _SUMMARY.findall(stdout)}
+    return result
+
+
+def clamscan_command(clamscan: str, database: Path, file_list: Path) -> list[str]:
+    return [
+        clamscan,
+        f"--database={database}",
+        f"--file-list={file_list}",
+        "--infected",
+        "--stdout",
+        "--follow-dir-symlinks=0",
+        "--follow-file-symlinks=0",
+        *LIMIT_OPTIONS,
+    ]
+
+
+@contextmanager
+def _status(message: str) -> Iterator[None]:
+    if console.is_terminal:
+        with console.status(f"    {message}"):
+            yield
+    else:
+        note(message)
+        yield
+
+
+def run_clamscan(
+    clamscan: str, database: Path, targets: dict[str, Target], folder: Path, size: int
+) -> ClamscanOutput:
+    """One clamscan over every target (the database loads once); raises when it could not run."""
+    file_list = folder / "files.txt"
+    file_list.write_text("".join(path + "\n" for path in targets), encoding="utf-8")
+    with _status(f"clamscan: {len(targets)} files, {size / 1e6:.0f} MB"):
+        done = subprocess.run(
+            clamscan_command(clamscan, database, file_list),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+    output = parse_clamscan(done.stdout, done.stderr)
+    if done.returncode not in (0, 1) and not output.errors:
+        output.errors.append(f"clamscan exited with status {done.returncode}")
+    if output.summary.get("Known viruses", "0") == "0":
+        detail = "; ".join(output.errors) or done.stderr.strip()[-500:]
+        raise ScanError(
+            f"clamscan loaded no signatures from {database} ({detail or 'no summary'}): {DB_FIX}"
+        )
+    return output
+
+
+# --- the whole scan ------------------------------------------------------------------------------
+
+
+def _bundle_targets(bundle: Path) -> tuple[dict[str, Target], list[str]]:
+    """Every bundle file but image.tar (its members and layers are scanned unpacked), by path."""
+    targets, errors = {}, []
+    for name in bundle_files(bundle):
+        path = bundle / name
+        if name == IMAGE_TAR or path.is_symlink():
+            continue  # a symlink is verify's problem to report; clamscan would not follow it
+        if "\n" in str(path):
+            errors.append(f"bundle file {name!r}: a name with a line break cannot be scanned")
+            continue
+        targets[str(path)] = Target(name, f"bundle file {name}")
+    return targets, errors
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ScanError(
+            f"{folder}: {free / 1e9:.1f} GB free, the layers need {needed / 1e9:.1f} GB unpacked: "
+            "pass --scan-tmp FOLDER on a disk with room (or set TMPDIR)"
+        )
+
+
+def _read_image(bundle: Path) -> ImageArchive:
+    image = read_archive(bundle / IMAGE_TAR)
+    if image.problems:
+        raise ScanError(
+            f"{bundle / IMAGE_TAR}: cannot be scanned: {'; '.join(image.problems)} (verify it first)"
+        )
+    return image
+
+
+def scan_bundle(
+    bundle: Path,
+    database: Path | None,
+    workers: int | None = None,
+    scan_tmp: Path | None = None,
+) -> ScanReport:
+    """clamscan over every bundle file and every file of every layer of image.tar, unpacked into a
+    private folder under `scan_tmp` (default $TMPDIR) that is always removed. Raises ScanError when
+    no scan can be made; hits, unscanned files and clamscan's errors go into the report."""
+    start = time.monotonic()
+    clamscan = find_clamscan()
+    database, files = choose_database(database)
+    if not (bundle / IMAGE_TAR).is_file():
+        raise ScanError(
+            f"{bundle}: no {IMAGE_TAR}: pass a bundle folder that 'gapforge build' wrote"
+        )
+    report = ScanReport(bundle, database, database_files=files)
+    report.workers = workers or min(4, default_workers())
+    image = _read_image(bundle)
+    index_path = bundle / INDEX
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    targets, errors = _bundle_targets(bundle)
+    report.errors += errors
+    parent = scan_tmp or Path(tempfile.gettempdir())
+    layer_bytes = sum(image.members[BLOB_PREFIX + d[7:]].size for d in image.layer_digests)
+    _check_space(parent, layer_bytes)
+    step(f"scanning {bundle.name} with ClamAV ({database})")
+    folder = Path(tempfile.mkdtemp(prefix="gapforge-scan-", dir=parent))  # mode 0700
+    try:
+        extracted = extract_archive(image, layer_names(index), folder, report.workers)
+        report.extract_seconds = time.monotonic() - start
+        report.bytes_extracted = extracted.bytes
+        report.unsafe_names, report.skipped = extracted.unsafe_names, extracted.skipped
+        report.findings += extracted.findings
+        targets.update(extracted.targets)
+        sizes = [Path(p).stat().st_size for p, t in targets.items() if t.file != IMAGE_TAR]
+        report.bytes_scanned = extracted.bytes + sum(sizes)
+        report.files_listed = len(targets)
+        report.files_empty = extracted.empty + sizes.count(0)
+        scan_start = time.monotonic()
+        output = run_clamscan(clamscan, database, targets, folder, report.bytes_scanned)
+        report.scan_seconds = time.monotonic() - scan_start
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    for path, signature in output.hits:
+        target = targets.get(path, Target(IMAGE_TAR, f"an unlisted file {path}"))
+        report.findings.append(Finding(target.file, target.where, signature))
+    # clamscan names its own paths in errors: say which bundle file or layer path they were.
+    for error in output.errors:
+        for path, target in targets.items():
+            if path in error:
+                error = error.replace(path, target.where)
+                break
+        report.errors.append(error)
+    report.signatures = int(output.summary.get("Known viruses", "0") or 0)
+    report.engine = output.summary.get("Engine version", "")
+    report.files_scanned = int(output.summary.get("Scanned files", "0") or 0)
+    if report.files_scanned < report.files_listed - report.files_empty and not report.errors:
+        report.errors.append(
+            f"clamscan scanned {report.files_scanned} of the {report.files_listed - report.files_empty} "
+            "non-empty files it was given, and said nothing of the rest"
+        )
+    report.seconds = time.monotonic() - start
+    return report
