@@ -56,6 +56,7 @@ class Response:
     body: bytes
 
     def header(self, name: str) -> str:
+        """A header's value ('' when absent), whatever the case of `name`."""
         return self.headers.get(name.lower(), "")
 
 
@@ -71,6 +72,7 @@ class Manifest:
         return len(self.data)
 
     def json(self) -> dict[str, Any]:
+        """The manifest as a JSON object; RegistryError when it is not one."""
         try:
             value = json.loads(self.data)
         except (ValueError, UnicodeDecodeError):
@@ -248,6 +250,7 @@ class RegistryClient:
             raise self._fail("GET", "/v2/", answer)
 
     def blob_exists(self, repo: str, digest: str) -> bool:
+        """HEAD the blob: True when the repository has it."""
         answer = self.request("HEAD", f"/v2/{repo}/blobs/{digest}")
         if answer.status in (200, 307):
             return True

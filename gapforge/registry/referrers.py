@@ -40,7 +40,13 @@ from gapforge.bundle.sign import fingerprint, load_public_key, signature_valid
 from gapforge.bundle.sums import parse_sums
 from gapforge.errors import BundleError
 from gapforge.registry import EMPTY_DATA, EMPTY_DIGEST, EMPTY_MEDIA_TYPE, OCI_INDEX, OCI_MANIFEST
-from gapforge.registry.client import NotFound, RegistryClient, RegistryError, sha256_digest
+from gapforge.registry.client import (
+    Manifest,
+    NotFound,
+    RegistryClient,
+    RegistryError,
+    sha256_digest,
+)
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 PROVENANCE_TYPE = "application/vnd.dsse.envelope.v1+json"
@@ -73,6 +79,7 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The descriptor as OCI JSON (artifactType and annotations only when set)."""
         value: dict[str, Any] = {
             "mediaType": self.media_type,
             "digest": self.digest,
@@ -88,6 +95,7 @@ class Descriptor:
     def of(
         cls, media_type: str, data: bytes, annotations: Mapping[str, str] | None = None
     ) -> Descriptor:
+        """The descriptor of `data`."""
         return cls(media_type, sha256_digest(data), len(data), annotations=annotations or {})
 
     @classmethod
@@ -142,6 +150,7 @@ class Artifact:
 
     @property
     def referrer(self) -> Referrer:
+        """The descriptor a referrers index lists for this artifact."""
         value = json.loads(self.manifest)
         digest, size = sha256_digest(self.manifest), len(self.manifest)
         annotations = value.get("annotations", {})
@@ -224,6 +233,7 @@ def fallback_tag(subject: str) -> str:
 
 
 def empty_index() -> dict[str, Any]:
+    """An OCI image index listing nothing: the referrers tag before anything is attached."""
     return {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
 
 
@@ -316,6 +326,19 @@ def attach_referrers(
     return referrers
 
 
+def resolve_image(client: RegistryClient, repo: str, reference: str) -> Manifest:
+    """The image manifest at a tag or digest; RegistryError naming the fix when there is none."""
+    try:
+        return client.get_manifest(repo, reference)
+    except NotFound:
+        sep = "@" if reference.startswith("sha256:") else ":"
+        raise RegistryError(
+            f"{client.registry}/{repo}{sep}{reference}: no such image in the registry: check the "
+            f"repository and tag ('skopeo list-tags docker://{client.registry}/{repo}'), or push "
+            "it with 'gapforge load BUNDLE --to HOST/REPO'"
+        ) from None
+
+
 def listed_referrers(client: RegistryClient, repo: str, subject: str) -> tuple[list[Referrer], str]:
     """What is attached to `subject`, and where the list came from (`referrers API` or the tag)."""
     index = client.referrers(repo, subject)
@@ -367,6 +390,7 @@ class RegistryReport:
         return list(dict.fromkeys(check.name for check in self.checks if not check.ok))
 
     def add(self, name: str, ok: bool, detail: str) -> None:
+        """Record one check."""
         self.checks.append(RegistryCheck(name, ok, detail))
 
 
@@ -475,10 +499,11 @@ def verify_referrers(
 ) -> RegistryReport:  # fmt: skip
     """Check what is attached to `repo:reference` (a tag or a digest) against `keys`: every blob
     against its digest, the signature, the SBOM and provenance against the signed SHA256SUMS, the
-    provenance's DSSE signature and subject. Every check is reported; none raises."""
+    provenance's DSSE signature and subject. Every check is reported, none raises; RegistryError
+    only when the registry cannot be reached or has no image at `reference`."""
     client = RegistryClient(registry, tls_verify, creds)
     report = RegistryReport(registry, repo, reference)
-    image = client.get_manifest(repo, reference)
+    image = resolve_image(client, repo, reference)
     report.digest = image.digest
     report.add("image", True, f"{repo}{'@' if reference.startswith('sha256:') else ':'}{reference} is {image.digest}")  # fmt: skip
     report.referrers, report.listed_by = listed_referrers(client, repo, image.digest)

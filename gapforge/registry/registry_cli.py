@@ -64,18 +64,25 @@ def cmd_inspect_registry(args: argparse.Namespace) -> int:
     """Print what is attached to the image; with --key, verify it (exit 1 when a check fails)."""
     from gapforge.bundle.sign import load_public_key
     from gapforge.registry.client import RegistryClient
-    from gapforge.registry.referrers import RegistryReport, listed_referrers, verify_referrers
+    from gapforge.registry.referrers import (
+        RegistryReport,
+        listed_referrers,
+        resolve_image,
+        verify_referrers,
+    )
 
     registry, repo, reference = parse_image_reference(args.registry)
     tls_verify, creds = getattr(args, "tls_verify", None), getattr(args, "creds", None)
-    key_paths = getattr(args, "registry_keys", None) or getattr(args, "keys", None) or []
+    key_paths = getattr(args, "registry_keys", None) or []
+    if not key_paths and isinstance(getattr(args, "key", None), Path):  # a caller's own --key
+        key_paths = [args.key]
     keys = [load_public_key(path) for path in key_paths]
     if keys:
         report = verify_referrers(registry, repo, reference, keys, tls_verify, creds)
     else:
         client = RegistryClient(registry, tls_verify, creds)
         report = RegistryReport(registry, repo, reference)
-        report.digest = client.get_manifest(repo, reference).digest
+        report.digest = resolve_image(client, repo, reference).digest
         report.referrers, report.listed_by = listed_referrers(client, repo, report.digest)
     if getattr(args, "json", False):
         print(json.dumps(report_json(report, verified=bool(keys)), indent=2, sort_keys=True))

@@ -214,6 +214,13 @@ def test_inspect_registry_cli(
     assert out["verified"] and out["digest"] == digest and len(out["referrers"]) == 3
     args = parser.parse_args(["--registry", f"{local_registry}/{repo}@{digest}"])
     assert cmd_inspect_registry(args) == 0  # no key: listed, not verified
+    assert "not verified" in capsys.readouterr().err
+    other = tmp_path / "other.pub.pem"
+    other.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+    args = parser.parse_args(["--registry", f"{local_registry}/{repo}:1.0", "--key", str(other)])
+    assert cmd_inspect_registry(args) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "signature" in err and "provenance" in err
 
 
 def test_unreachable_registry_names_the_fix() -> None:
@@ -224,3 +231,8 @@ def test_unreachable_registry_names_the_fix() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(RegistryError, match=r"cannot be reached.*check that the registry runs"):
         list_referrers(f"127.0.0.1:{port}", "team/model", "sha256:" + "0" * 64, None)
+
+
+def test_missing_image_names_the_fix(local_registry: str) -> None:
+    with pytest.raises(RegistryError, match="no such image in the registry: check the repository"):
+        verify_referrers(local_registry, "team/absent", "1.0", [], None)
