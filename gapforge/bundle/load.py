@@ -20,7 +20,7 @@ from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify import verify_bundle
+from gapforge.bundle.verify import ScanOptions, verify_bundle
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError, EnvironmentProblem
 from gapforge.progress import note, step
@@ -187,6 +187,20 @@ def record_receipt(
     return write_receipt(receipt, resolve_key(folder, operator_key), folder / "receipts")
 
 
+def _attach(bundle: Path, host: str, where: str, digest: str, tls_verify: bool | None) -> None:
+    """The SBOM, provenance and signature, as OCI 1.1 referrers of the pushed image (with the
+    referrers tag scheme for registries without the referrers API)."""
+    from gapforge.registry.client import RegistryClient
+    from gapforge.registry.referrers import attach_referrers
+
+    repo = where.removeprefix(f"{host}/").rsplit(":", 1)[0]
+    size = len(RegistryClient(host, tls_verify).get_manifest(repo, digest).data)
+    attached = attach_referrers(host, repo, digest, size, bundle, tls_verify)
+    note(
+        f"attached {', '.join(r.kind for r in attached)} to {host}/{repo}@{digest[:19]}… (referrers)"
+    )
+
+
 def load_bundle(
     bundle: Path,
     anchor: Anchor,
@@ -195,11 +209,12 @@ def load_bundle(
     tls_verify: bool | None = None,
     on_verified: Callable[[VerifyReport], None] = lambda _report: None,
     operator_key: Path | None = None,
+    scan: ScanOptions | None = None,
 ) -> Loaded:
     """Verify against `anchor` (then `on_verified(report)`), refuse a bad bundle unless `insecure`,
     then load into Docker (default) or push to the registry `to`."""
     step(f"verifying {bundle} before loading")
-    report = verify_bundle(bundle, anchor)
+    report = verify_bundle(bundle, anchor, scan=scan)
     on_verified(report)
     check_verified(report, insecure)
     archive = report.archive
@@ -222,6 +237,7 @@ def load_bundle(
             )
         where = destination.removeprefix("docker://")
         note(f"pushed {where}@{pushed}")
+        _attach(bundle, host, where, pushed, tls_verify)
         receipt = record_receipt(report, "load", f"{where}@{pushed}", operator_key)
         return Loaded(where, pushed, archive.config_digest, report, receipt)
     from gapforge import engine

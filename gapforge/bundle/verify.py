@@ -22,6 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,12 +236,28 @@ def _hash(report: VerifyReport, jobs: list[HashJob], label: str) -> dict[str, Ha
         return hash_jobs(jobs, advance, report.workers)
 
 
+@dataclass(frozen=True)
+class ScanOptions:
+    """`--scan`: ClamAV over every file and every layer's contents (gapforge.scan)."""
+
+    database: Path | None = None
+    """--clamav-db: the site's signature database (default /var/lib/clamav)."""
+    scratch: Path | None = None
+    """--scan-tmp: where the layers are unpacked for the scan (default $TMPDIR)."""
+
+
 def verify_bundle(
-    bundle: Path, anchor: Anchor, workers: int | None = None, deep: bool = False
-) -> VerifyReport:
-    """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor); never stop at the
-    first problem. Raises BundleError only for bad input."""
+    bundle: Path, anchor: Anchor, workers: int | None = None, deep: bool = False,
+    scan: ScanOptions | None = None,
+) -> VerifyReport:  # fmt: skip
+    """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor), and with `scan`
+    run ClamAV over it; never stop at the first problem. Raises BundleError only for bad input."""
     _check_folder(bundle)
+    if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
+        from gapforge.scan import choose_database, find_clamscan
+
+        find_clamscan()
+        choose_database(scan.database)
     start = time.monotonic()
     report = VerifyReport(bundle, workers=workers or default_workers())
     # The SBOM was validated when it was written; its signed checksum says these are those bytes.
@@ -287,11 +304,24 @@ def verify_bundle(
     if archive is not None and not archive.problems:
         _cross_check(report, archive, lines)
     sbom_schema()
+    if scan is not None:
+        _scan(report, scan)
     if signature_ok is False:
         blame_signature(report, sums_bad + [p for p in (listed - present)])
     report.signature_ok = signature_ok is True
     report.seconds = time.monotonic() - start
     return report
+
+
+def _scan(report: VerifyReport, scan: ScanOptions) -> None:
+    """ClamAV over the bundle's files and every layer's contents; each hit (or file it could not
+    scan) is a problem naming the layer and the path inside it."""
+    from gapforge.scan import scan_bundle, scan_problems
+
+    result = scan_bundle(report.bundle, scan.database, report.workers, scan.scratch)
+    report.scan = result.as_json()
+    for file, message in scan_problems(result):
+        report.add(file, message)
 
 
 def authenticate_index(bundle: Path, anchor: Anchor) -> VerifyReport:

@@ -37,6 +37,8 @@ class VerifyReport:
     """How the signature was anchored: `key` (pinned), `root` (a TUF release), `insecure`."""
     public_keys: list[Ed25519PublicKey] = field(default_factory=list)
     release: ReleaseCheck | None = None
+    scan: dict[str, Any] | None = None
+    """The ClamAV scan's report (gapforge.scan.ScanReport.as_json), with --scan."""
     index: dict[str, Any] = field(default_factory=dict)
     archive: ImageArchive | None = None
 
@@ -75,6 +77,7 @@ class VerifyReport:
                 "anchor": self.anchor,
                 "development_key": self.development_key,
             },
+            "scan": self.scan,
             "release": None
             if self.release is None
             else {

@@ -52,6 +52,28 @@ def target_anchor(args: argparse.Namespace) -> Any:
     return anchor_of(args) if Path(args.target).is_dir() or args.key else None
 
 
+def add_scan_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scan", action="store_true",
+        help="clean room: run ClamAV (clamscan) over every file and the contents of every layer "
+        "before anything is loaded; a hit refuses the bundle, naming the layer and path",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clamav-db", type=Path, metavar="PATH",
+        help="the site's ClamAV signature database, a folder or a file (default /var/lib/clamav)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scan-tmp", type=Path, metavar="DIR",
+        help="where the layers are unpacked for the scan (default $TMPDIR); needs the image's size free",
+    )  # fmt: skip
+
+
+def scan_options(args: argparse.Namespace) -> Any:
+    from gapforge.bundle.verify import ScanOptions
+
+    return ScanOptions(args.clamav_db, args.scan_tmp) if args.scan else None
+
+
 def verify_arguments(verify: argparse.ArgumentParser) -> None:
     verify.add_argument("bundle", type=Path, help="the bundle folder (dist/<recipe>-<version>)")
     add_trust_options(
@@ -65,6 +87,7 @@ def verify_arguments(verify: argparse.ArgumentParser) -> None:
         help="write a signed receipt of this check in the trust folder (receipts/), to file or carry back",
     )  # fmt: skip
     verify.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
+    add_scan_options(verify)
     verify.add_argument(
         "--deep", action="store_true",
         help="also hash every blob inside the archive (done anyway when the archive's checksum "
@@ -100,6 +123,15 @@ def _print_verify(report: Any) -> None:
             "(no --key at build time): for development only; a release repository refuses it on "
             "its approved channel."
         )
+    if report.scan is not None:
+        scanned = report.scan
+        console.print(
+            f"    ClamAV: {scanned.get('files_scanned')} files, "
+            f"{(scanned.get('bytes_scanned') or 0) / 1e6:.0f} MB scanned with "
+            f"{scanned['database'].get('signatures') or '?'} signatures "
+            f"({scanned['database'].get('path')}) in {scanned.get('seconds')} s: "
+            f"{len(scanned.get('hits') or [])} hits"
+        )
     if report.release is not None and report.release.ok:
         release = report.release
         console.print(
@@ -129,7 +161,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     anchor = anchor_of(args)
     step(f"verifying {args.bundle}")
-    report = verify_bundle(args.bundle, anchor, args.workers, args.deep)
+    report = verify_bundle(args.bundle, anchor, args.workers, args.deep, scan_options(args))
     receipt = None
     if args.receipt:
         from gapforge.bundle.load import record_receipt
@@ -157,6 +189,7 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
         help="push into this registry with skopeo instead of docker load",
     )
     load.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
+    add_scan_options(load)
     load.add_argument(
         "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
         help="talk plain HTTP to the registry (default: only for 127.0.0.0/8 and localhost)",
@@ -168,7 +201,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     loaded = load_bundle(
         args.bundle, anchor_of(args), args.to, args.insecure, args.tls_verify,
-        on_verified=_print_verify, operator_key=args.operator_key,
+        on_verified=_print_verify, operator_key=args.operator_key, scan=scan_options(args),
     )  # fmt: skip
     console.print(f"[bold green]loaded[/] into {loaded.where}")
     console.print(f"  image digest  {loaded.manifest_digest}")
@@ -246,13 +279,27 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
-    inspect.add_argument("bundle", type=Path)
+    from gapforge.registry.registry_cli import inspect_registry_arguments
+
+    inspect.add_argument("bundle", type=Path, nargs="?", help="a bundle folder")
     inspect.add_argument("--json", action="store_true")
+    inspect_registry_arguments(inspect)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from gapforge.bundle.inspect import bundle_table, describe_bundle
 
+    if args.registry is not None:
+        from gapforge.registry.registry_cli import cmd_inspect_registry
+
+        return cmd_inspect_registry(args)
+    if args.bundle is None:
+        from gapforge.errors import BundleError
+
+        raise BundleError(
+            "inspect: pass a bundle folder (dist/<recipe>-<version>), or --registry HOST/REPO:TAG "
+            "to list and check what is attached to an image in a registry"
+        )
     facts = describe_bundle(args.bundle)
     if args.json:
         print(json.dumps(facts, indent=2, sort_keys=True))

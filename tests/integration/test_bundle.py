@@ -221,6 +221,13 @@ def test_load_into_a_local_registry_then_pull(built: Built, local_registry: str,
     inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{repo}:0.0.1"],
                              capture_output=True, text=True, check=True)  # fmt: skip
     assert json.loads(inspect.stdout)["Digest"] == built.report["image"]["manifest_digest"]
+    # The SBOM, provenance and signature went along, as OCI 1.1 referrers of the image, and verify.
+    attached = gapforge("inspect", "--registry", f"{repo}:0.0.1", "--key", str(built.public_key), "--json")
+    assert attached.returncode == 0, attached.stderr[-3000:]
+    listed = json.loads(attached.stdout)
+    kinds = sorted(r["kind"] for r in listed["referrers"])
+    assert kinds == ["provenance", "sbom", "signature"], listed
+    assert listed["digest"] == built.report["image"]["manifest_digest"]
     pulled = tmp_path / "pulled"
     # --preserve-digests: skopeo would otherwise gzip the (uncompressed) layers on the way, a new digest.
     subprocess.run(["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", f"docker://{repo}:0.0.1",
