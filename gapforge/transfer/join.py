@@ -1,0 +1,323 @@
+"""`gapforge join`: rebuild a bundle from the media of a split, repairing lost or damaged parts.
+
+Every block of every part is checked against the signed manifest before it is used; a block that
+fails counts as missing, so one bad sector costs one block, not the medium. Good data blocks are
+copied into `OUT/.join-<name>-<version>/stream` and recorded in `state.json` beside it, so a join that
+stops (a disc not at hand, Ctrl-C, a full disk) resumes where it was: parts already copied and
+checked are not read again. Missing data blocks are rebuilt stripe by stripe from parity
+(gapforge.transfer.parity), each checked against its own hash. The stream is then unpacked into
+`OUT/<name>-<version>/` (renamed into place only when its sha256 matches) and the work folder
+removed. The sources are opened read-only, never written.
+
+The bundle still needs `verify_bundle` with the operator's anchor: the manifest's signature binds
+the parts to the release key, not the bundle's own checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gapforge.bundle import PUBLIC_KEY, SUMS
+from gapforge.bundle.sign import load_public_key
+from gapforge.errors import BundleError
+from gapforge.progress import byte_progress
+from gapforge.transfer.join_sources import Sources, find_sources, ranges, read_block
+from gapforge.transfer.parity import StripeCoder, block_length, padded
+from gapforge.transfer.split_manifest import PartEntry, PartsManifest, open_manifest
+
+STATE_NAME = "state.json"
+STREAM_NAME = "stream"
+
+
+@dataclass
+class JoinResult:
+    bundle: Path
+    copied: list[str] = field(default_factory=list)
+    """Data parts read from the media in this run."""
+    skipped: list[str] = field(default_factory=list)
+    """Data parts a previous, interrupted run had already copied and checked."""
+    repaired_blocks: int = 0
+    pinned: bool = False
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _State:
+    """Which blocks of which data parts are in the work stream, checked: a small JSON file."""
+
+    def __init__(self, path: Path, manifest_digest: str) -> None:
+        self.path, self.digest = path, manifest_digest
+        self.good: dict[str, set[int]] = {}
+        try:
+            value = json.loads(path.read_bytes())
+            if value.get("manifest_sha256") == manifest_digest:
+                self.good = {n: set(b) for n, b in value["good_blocks"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+    def save(self) -> None:
+        value = {
+            "manifest_sha256": self.digest,
+            "good_blocks": {n: sorted(b) for n, b in sorted(self.good.items())},
+        }
+        tmp = self.path.with_name(f".{self.path.name}.partial")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, self.path)
+
+
+def _copy_part(
+    part: PartEntry,
+    copies: list[Path],
+    good: set[int],
+    stream: BinaryIO,
+    block_size: int,
+    advance: Callable[[int], None],
+) -> None:
+    """The part's good blocks from its copies into the stream; `good` gains each one written."""
+    for path in copies:
+        with open(path, "rb") as source:  # read-only: media may be write-protected
+            for index, expected in enumerate(part.blocks):
+                if index in good:
+                    continue
+                length = block_length(part.size, block_size, index)
+                try:
+                    source.seek(index * block_size)
+                    data = source.read(length)
+                except OSError:  # a bad sector: the block counts as missing
+                    data = b""
+                if len(data) == length and hashlib.sha256(data).hexdigest() == expected:
+                    stream.seek(part.offset + index * block_size)
+                    stream.write(data)
+                    good.add(index)
+                    advance(length)
+        if len(good) == len(part.blocks):
+            return
+
+
+def _repair(
+    sources: Sources, state: _State, stream: BinaryIO, warnings: list[str]
+) -> tuple[int, str]:
+    """Rebuild missing data blocks from parity; the count rebuilt, and what more is needed ("" when
+    nothing)."""
+    manifest, size = sources.manifest, sources.manifest.block_size
+    data, parity = manifest.data_parts, manifest.parity_parts
+    first = data[0].size
+    coder = StripeCoder(manifest.k, manifest.n)
+    repaired, failing = 0, {}
+    parity_bad: dict[str, set[int]] = {p.name: set() for p in parity}
+    stripes = -(-first // size)
+    for stripe in range(stripes):
+        length = block_length(first, size, stripe)
+        missing = [
+            i for i, p in enumerate(data)
+            if block_length(p.size, size, stripe) and stripe not in state.good.get(p.name, set())
+        ]  # fmt: skip
+        if not missing:
+            continue
+        shares: dict[int, bytes] = {}
+        for i, part in enumerate(data):
+            if i in missing:
+                continue
+            real = block_length(part.size, size, stripe)
+            stream.seek(part.offset + stripe * size)
+            shares[i] = padded(stream.read(real), length)
+        for part in parity:
+            if len(shares) >= manifest.k:
+                break
+            for path in sources.copies.get(part.name, []):
+                block = read_block(path, part, size, stripe)
+                if block is not None:
+                    shares[part.index] = block
+                    break
+            else:
+                parity_bad[part.name].add(stripe)
+        if len(shares) < manifest.k:
+            failing[stripe] = (manifest.k - len(shares), missing)
+            continue
+        rebuilt = coder.decode(shares)
+        for i in missing:
+            part = data[i]
+            block = rebuilt[i][: block_length(part.size, size, stripe)]
+            if hashlib.sha256(block).hexdigest() != part.blocks[stripe]:
+                raise BundleError(
+                    f"{part.name} block {stripe}: rebuilt from parity but its hash does not match "
+                    "the manifest: a share passed its hash check yet was wrong, which should not "
+                    "happen; report it with the manifest, and try the join with other media"
+                )
+            stream.seek(part.offset + stripe * size)
+            stream.write(block)
+            state.good.setdefault(part.name, set()).add(stripe)
+            repaired += 1
+        if repaired and repaired % 64 == 0:
+            stream.flush()
+            state.save()
+    stream.flush()
+    state.save()
+    if not failing:
+        return repaired, ""
+    return repaired, _needs_message(sources, state, failing, parity_bad)
+
+
+def _needs_message(
+    sources: Sources,
+    state: _State,
+    failing: dict[int, tuple[int, list[int]]],
+    parity_bad: dict[str, set[int]],
+) -> str:
+    manifest, size = sources.manifest, sources.manifest.block_size
+    needed = max(deficit for deficit, _ in failing.values())
+    described = []
+    for part in manifest.parts:
+        if part.kind == "data":
+            bad = [
+                s for s in failing
+                if block_length(part.size, size, s) and s not in state.good.get(part.name, set())
+            ]  # fmt: skip
+        else:
+            bad = sorted(parity_bad[part.name] & set(failing))
+        if not bad:
+            continue
+        if part.name not in sources.copies:
+            described.append(f"{part.medium} ({part.name}, lost)")
+        else:
+            described.append(f"{part.medium} ({part.name}, corrupt blocks {ranges(bad)})")
+    return f"needs {needed} more of: {', '.join(described)}"
+
+
+def _unpack(stream_path: Path, manifest: PartsManifest, into: Path) -> str:
+    """Unpack the stream's regular files and folders under `into`; the stream's sha256 (read to its
+    end). Only plain files and folders under the stream's root are accepted."""
+    digest = hashlib.sha256()
+
+    class _Hashing:
+        def __init__(self, raw: BinaryIO) -> None:
+            self.raw = raw
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.raw.read(n)
+            digest.update(data)
+            return data
+
+    root = PurePosixPath(manifest.stream_root)
+    with open(stream_path, "rb") as raw:
+        reader = _Hashing(raw)
+        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts or path.parts[:1] != root.parts:
+                    raise BundleError(f"stream member {member.name!r} lies outside {root}")
+                target = into / path
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with open(target, "wb") as sink:
+                        shutil.copyfileobj(source, sink, 1024 * 1024)
+                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                else:
+                    raise BundleError(f"stream member {member.name!r} is not a file or folder")
+        while reader.read(1024 * 1024):
+            pass
+    return digest.hexdigest()
+
+
+def join_parts(
+    paths: Sequence[Path],
+    out: Path,
+    keys: Sequence[Ed25519PublicKey] = (),
+    on_part: Callable[[str], None] | None = None,
+    after_join: Callable[[Path], None] | None = None,
+) -> JoinResult:
+    """Rebuild the bundle of the media `paths` into `out/<name>-<version>/` (module docstring)."""
+    started = time.monotonic()
+    sources = find_sources(paths, keys)
+    manifest = sources.manifest
+    result = JoinResult(out / manifest.label, pinned=sources.pinned, warnings=sources.warnings)
+    if result.bundle.exists():
+        raise BundleError(
+            f"--out {out}: {result.bundle.name} already exists: remove it or give another --out "
+            "(a join never overwrites a bundle)"
+        )
+    work = out / f".join-{manifest.label}"
+    work.mkdir(parents=True, exist_ok=True)
+    state = _State(work / STATE_NAME, hashlib.sha256(sources.payload).hexdigest())
+    stream_path = work / STREAM_NAME
+    if not state.good or not stream_path.exists():
+        state.good = {}
+        with open(stream_path, "wb") as handle:
+            handle.truncate(manifest.stream_size)
+    with open(stream_path, "r+b") as stream:
+        todo = [p for p in manifest.data_parts if len(state.good.get(p.name, ())) < len(p.blocks)]
+        result.skipped = [p.name for p in manifest.data_parts if p not in todo]
+        total = sum(p.size for p in todo)
+        with byte_progress(f"join {manifest.label}", total) as advance:
+            for part in todo:
+                good = state.good.setdefault(part.name, set())
+                _copy_part(
+                    part, sources.copies.get(part.name, []), good, stream,
+                    manifest.block_size, advance,
+                )  # fmt: skip
+                stream.flush()
+                state.save()
+                result.copied.append(part.name)
+                if on_part is not None:
+                    on_part(part.name)
+        result.repaired_blocks, needs = _repair(sources, state, stream, result.warnings)
+    if needs:
+        raise BundleError(
+            f"{manifest.label}: too many parts lost or damaged for {manifest.n} parity: {needs}. "
+            f"Bring them and run the same command again with them added: the blocks checked so "
+            f"far are kept in {work}"
+        )
+    unpack = work / "unpack"
+    shutil.rmtree(unpack, ignore_errors=True)
+    unpack.mkdir()
+    digest = _unpack(stream_path, manifest, unpack)
+    if digest != manifest.stream_sha256:
+        (work / STATE_NAME).unlink(missing_ok=True)
+        raise BundleError(
+            f"{stream_path}: sha256 {digest}, the manifest says {manifest.stream_sha256}: the work "
+            "stream changed on disk after its blocks were checked. Its state was reset: run the "
+            "same command again"
+        )
+    unpacked = unpack / manifest.stream_root
+    sums = hashlib.sha256((unpacked / SUMS).read_bytes()).hexdigest()
+    if sums != manifest.sums_sha256:
+        raise BundleError(f"{unpacked / SUMS}: not the SHA256SUMS the parts manifest names")
+    if not sources.pinned:
+        result.warnings.append(_self_check(sources.envelope, unpacked))
+    os.replace(unpacked, result.bundle)
+    shutil.rmtree(work)
+    result.seconds = time.monotonic() - started
+    if after_join is not None:
+        after_join(result.bundle)
+    return result
+
+
+def _self_check(envelope: bytes, bundle: Path) -> str:
+    """Unpinned: the manifest's signature against the bundle's own key (integrity, not origin)."""
+    try:
+        open_manifest(envelope, "parts manifest", [load_public_key(bundle / PUBLIC_KEY)])
+    except BundleError as exc:
+        raise BundleError(
+            f"{exc}. The manifest is not signed by the key inside the bundle either: these media "
+            "were altered or mixed; get them again"
+        ) from None
+    return (
+        "UNPINNED: no --key was given, so the parts manifest was checked only against the key "
+        "inside the bundle (integrity, not origin). Run 'gapforge verify' on the bundle with your "
+        "own trust anchor before using it"
+    )

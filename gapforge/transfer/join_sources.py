@@ -1,0 +1,149 @@
+"""Finding the parts of a media split: which manifest to trust and where each part's copies are.
+
+Sources are read, never written: every file is opened read-only (media may be write-protected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gapforge.errors import BundleError
+from gapforge.transfer.parity import block_length
+from gapforge.transfer.split_manifest import MANIFEST_NAME, PartEntry, PartsManifest, open_manifest
+
+
+@dataclass
+class Sources:
+    manifest: PartsManifest
+    payload: bytes
+    envelope: bytes
+    pinned: bool
+    copies: dict[str, list[Path]] = field(default_factory=dict)
+    """Part name → the files that hold it (one per medium given; a medium may come twice)."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def _media_folders(paths: Sequence[Path]) -> list[tuple[Path, Path | None]]:
+    """(medium folder, the one part file given or None for all) for each argument."""
+    found: list[tuple[Path, Path | None]] = []
+    for path in paths:
+        if path.is_file():
+            found.append((path.parent, path))
+        elif (path / MANIFEST_NAME).is_file():
+            found.append((path, None))
+        elif path.is_dir() and any((sub / MANIFEST_NAME).is_file() for sub in path.iterdir()):
+            found += [
+                (sub, None) for sub in sorted(path.iterdir()) if (sub / MANIFEST_NAME).is_file()
+            ]
+        else:
+            raise BundleError(
+                f"{path}: neither a part file nor a medium of a split (a folder holding "
+                f"{MANIFEST_NAME}): give the mounted media (disc-01 …), their part files, or the "
+                "folder 'gapforge split --out' wrote"
+            )
+    return found
+
+
+def find_sources(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> Sources:
+    """The trusted manifest (signature checked with `keys` when given) and every copy of each part.
+    With a pinned key, a medium whose manifest fails is reported and its manifest ignored (its part
+    is still used: every block is checked against the good manifest). Without one, all manifests
+    must agree."""
+    media = _media_folders(paths)
+    chosen: tuple[PartsManifest, bytes, bytes] | None = None
+    warnings: list[str] = []
+    payloads: dict[str, list[str]] = {}
+    for folder, _ in media:
+        where = str(folder / MANIFEST_NAME)
+        try:
+            with open(folder / MANIFEST_NAME, "rb") as handle:
+                data = handle.read()
+            manifest, payload = open_manifest(data, where, keys)
+        except (BundleError, OSError) as exc:
+            if not keys:
+                raise
+            warnings.append(str(exc))
+            continue
+        payloads.setdefault(hashlib.sha256(payload).hexdigest(), []).append(folder.name)
+        if chosen is None:
+            chosen = (manifest, payload, data)
+    if chosen is None:
+        raise BundleError(
+            "no medium given holds a parts manifest that passes its check:\n  "
+            + "\n  ".join(warnings)
+        )
+    if len(payloads) > 1:
+        described = "; ".join(", ".join(names) for names in payloads.values())
+        raise BundleError(
+            f"the media given hold different parts manifests ({described}): they come from "
+            "different splits. Give the media of one split only"
+            + ("" if keys else ", and pin the release key with --key to tell the right one")
+        )
+    manifest, payload, envelope = chosen
+    sources = Sources(manifest, payload, envelope, bool(keys), warnings=warnings)
+    for folder, only in media:
+        for part in manifest.parts:
+            path = folder / part.file
+            if (only is None or only.name == part.file) and path.is_file():
+                sources.copies.setdefault(part.name, []).append(path)
+    return sources
+
+
+def read_block(path: Path, part: PartEntry, block_size: int, index: int) -> bytes | None:
+    """Block `index` of a part file if it matches its hash, else None (short, unreadable, wrong)."""
+    length = block_length(part.size, block_size, index)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(index * block_size)
+            data = handle.read(length)
+    except OSError:
+        return None
+    if len(data) != length or hashlib.sha256(data).hexdigest() != part.blocks[index]:
+        return None
+    return data
+
+
+@dataclass(frozen=True)
+class PartCheck:
+    part: PartEntry
+    path: Path | None
+    bad_blocks: list[int]
+    sha256_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None and not self.bad_blocks and self.sha256_ok
+
+
+def check_part(path: Path, part: PartEntry, block_size: int) -> PartCheck:
+    """Every block of one part file against the manifest, and the whole file's sha256."""
+    bad, digest, size = [], hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as handle:
+            for index, expected in enumerate(part.blocks):
+                data = handle.read(block_length(part.size, block_size, index))
+                digest.update(data)
+                size += len(data)
+                if hashlib.sha256(data).hexdigest() != expected:
+                    bad.append(index)
+            extra = handle.read(1)
+    except OSError:
+        return PartCheck(part, path, list(range(len(part.blocks))), False)
+    whole = not extra and size == part.size and digest.hexdigest() == part.sha256
+    return PartCheck(part, path, bad, whole)
+
+
+def ranges(numbers: Sequence[int]) -> str:
+    """`3, 7, 10-20`: block numbers, runs collapsed."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
