@@ -46,6 +46,8 @@ class BundleFacts:
     sums: bytes
     archive_sha256: str
     """image.tar's line in SHA256SUMS."""
+    lines: dict[str, str] = field(default_factory=dict)
+    """Every SHA256SUMS line: file name → sha256 hex."""
 
     @property
     def label(self) -> str:
@@ -87,7 +89,7 @@ def read_facts(folder: Path) -> BundleFacts:
             f"{folder}: {SUMS} lists no {IMAGE_TAR} (or {INDEX} is not an object): not a bundle "
             "gapforge built"
         )
-    return BundleFacts(folder, index, sums, line.sha256)
+    return BundleFacts(folder, index, sums, line.sha256, {x.name: x.sha256 for x in lines})
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,19 @@ def against_inventory(path: Path, keys: list[Any] | None = None) -> Against:
     """A signed inventory (read_inventory: checked with `keys` when given)."""
     inventory = read_inventory(path, keys)
     check = inventory["verification"]
-    held = {digest: int(entry["size"]) for digest, entry in inventory["blobs"].items()}
+    held = {
+        digest: int(entry["size"])
+        for listing in ("blobs", "files")
+        for digest, entry in inventory[listing].items()
+    }
     record = {
         "kind": "inventory",
         "sha256": check["sha256"],
         "operator_key": check["fingerprint"],
         "key_pinned": check["pinned"],
         "created": inventory.get("created"),
-        "blobs": len(held),
+        "blobs": len(inventory["blobs"]),
+        "files": len(inventory["files"]),
     }
     return Against("inventory", held, record, f"the inventory {path} ({len(held)} blobs)")
 
@@ -127,13 +134,14 @@ def against_bundle(folder: Path) -> Against:
             "what the site holds; pass the full bundle or the site's inventory"
         )
     (source,) = scan_sources([folder])
-    held = {digest: blob.size for digest, blob in source.blobs.items()}
+    held = {digest: blob.size for digest, blob in [*source.blobs.items(), *source.files.items()]}
     record = {
         "kind": "bundle",
         "name": facts.index.get("name"),
         "version": facts.index.get("version"),
         "sums_sha256": facts.sums_sha256,
-        "blobs": len(held),
+        "blobs": len(source.blobs),
+        "files": len(source.files),
     }
     return Against("bundle", held, record, f"the bundle {facts.label} ({len(held)} blobs)")
 
@@ -143,6 +151,8 @@ class DeltaResult:
     path: Path
     included: list[dict[str, Any]] = field(default_factory=list)
     left_out: list[dict[str, Any]] = field(default_factory=list)
+    files_left_out: list[dict[str, Any]] = field(default_factory=list)
+    """Bundle files (wheels, mostly) the site holds: name, sha256, size."""
     delta_bytes: int = 0
     full_bytes: int = 0
     archive_size: int = 0
@@ -175,13 +185,25 @@ def archive_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fill(work: Path, facts: BundleFacts, archive: ArchiveMap, included: list[BlobRef]) -> None:
+def _fill(
+    work: Path,
+    facts: BundleFacts,
+    archive: ArchiveMap,
+    included: list[BlobRef],
+    held: dict[str, int],
+) -> list[dict[str, Any]]:
+    """Fill the delta; returns the files left out because the site holds their bytes."""
     bundle = facts.folder
+    files_left_out = []
     for root, _dirs, files in os.walk(bundle):
-        for name in files:
+        for name in sorted(files):
             path = Path(root) / name
-            relative = path.relative_to(bundle)
-            if relative.as_posix() == IMAGE_TAR or path.is_symlink():
+            relative = path.relative_to(bundle).as_posix()
+            if relative == IMAGE_TAR or path.is_symlink():
+                continue
+            sha256, size = facts.lines.get(relative), path.stat().st_size
+            if sha256 is not None and held.get(f"sha256:{sha256}") == size:
+                files_left_out.append({"name": relative, "sha256": sha256, "size": size})
                 continue
             place(path, work / relative)
     blobs = work / DELTA_BLOBS
@@ -203,6 +225,7 @@ def _fill(work: Path, facts: BundleFacts, archive: ArchiveMap, included: list[Bl
                 )
             advance(ref.size)
     (work / ARCHIVE_MAP).write_bytes(json.dumps(archive.to_json(), indent=1).encode() + b"\n")
+    return files_left_out
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -270,7 +293,8 @@ def make_delta(
     shutil.rmtree(work, ignore_errors=True)
     try:
         work.mkdir()
-        _fill(work, facts, archive, included)
+        result.files_left_out = _fill(work, facts, archive, included, against.held)
+        record["files_left_out"] = result.files_left_out
         (work / DELTA_JSON).write_bytes(json.dumps(record, indent=2).encode() + b"\n")
         for directory in [work, *(p for p in work.rglob("*") if p.is_dir())]:
             directory.chmod(0o755)

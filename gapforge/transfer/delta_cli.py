@@ -144,6 +144,13 @@ def cmd_delta(args: argparse.Namespace) -> int:
     note(f"left out, the site holds them ({len(result.left_out)} blobs, {_mb(left)}):")
     for item in result.left_out:
         note(f"  {item['digest']}  {item['what']}  {_mb(item['size'])}")
+    if result.files_left_out:
+        size = sum(item["size"] for item in result.files_left_out)
+        note(
+            f"left out, the site holds the same files ({len(result.files_left_out)}, {_mb(size)}):"
+        )
+        for item in result.files_left_out:
+            note(f"  {item['name']}  {_mb(item['size'])}")
     note(f"included ({len(result.included)} blobs):")
     for item in result.included:
         note(f"  {item['digest']}  {item['what']}  {_mb(item['size'])}")
@@ -156,6 +163,7 @@ def cmd_delta(args: argparse.Namespace) -> int:
         summary = {
             "delta": str(result.path), "delta_bytes": result.delta_bytes,
             "full_bytes": result.full_bytes, "included": result.included, "left_out": result.left_out,
+            "files_left_out": result.files_left_out,
         }  # fmt: skip
         print(json.dumps(summary, indent=2))
     return 0

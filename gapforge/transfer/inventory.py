@@ -6,6 +6,9 @@ rebuilt bundles (bundle folders too), delta folders (their delta/blobs), plain f
 `blobs/sha256/<hex>` and folders of any of these. Blobs of INLINE_LIMIT bytes or less are not
 listed: every delta carries them inline.
 
+The bundles' other files (the operator wheels, mostly) are content too: `files` lists them by the
+sha256 their bundle's SHA256SUMS gives, so a delta leaves out the wheels the site already holds.
+
 The inventory leaves the gap, so it names places by bundle name or folder name, never by host
 path. It is a DSSE envelope (payloadType INVENTORY_TYPE) signed with the operator key, whose public
 half rides in the payload: without a pinned key a reader can still tell which key signed it (and
@@ -31,10 +34,10 @@ from gapforge import __version__
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
 from gapforge.bundle.dsse import envelope_payload_unverified, open_envelope, sign_envelope
 from gapforge.bundle.sign import SigningKey, fingerprint
-from gapforge.bundle.sums import HashJob, hash_jobs, job_bytes
+from gapforge.bundle.sums import HashJob, hash_jobs, job_bytes, parse_sums
 from gapforge.progress import byte_progress
 from gapforge.transfer import DELTA_BLOBS, INVENTORY_SCHEMA, INVENTORY_TYPE, TransferError, is_delta
-from gapforge.transfer.archivemap import map_archive
+from gapforge.transfer.archivemap import INLINE_LIMIT, map_archive
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,6 +61,8 @@ class Source:
     path: Path
     place: str
     blobs: dict[str, HeldBlob] = field(default_factory=dict)
+    files: dict[str, HeldBlob] = field(default_factory=dict)
+    """A bundle's files other than image.tar, by their SHA256SUMS line (`sha256:<hex>`)."""
     release: dict[str, str] | None = None
     """For a bundle: its name, version and the sha256 of its SHA256SUMS."""
 
@@ -75,16 +80,33 @@ def _bundle_label(folder: Path) -> tuple[str, dict[str, str] | None]:
 
 def blob_folder(path: Path, folder: Path, place: str) -> Source:
     source = Source(path, place)
-    for blob in sorted(folder.iterdir()):
+    for blob in sorted(folder.iterdir()) if folder.is_dir() else []:
         if _HEX.match(blob.name) and blob.is_file() and not blob.is_symlink():
             digest = f"sha256:{blob.name}"
             source.blobs[digest] = HeldBlob(digest, blob.stat().st_size, blob, 0, place)
     return source
 
 
+def _files(source: Source) -> None:
+    """The files SHA256SUMS lists that are present (the delta's or bundle's own wheels, …)."""
+    sums = source.path / SUMS
+    if not sums.is_file():
+        return
+    lines, _ = parse_sums(sums.read_bytes().decode(errors="replace"))
+    for line in lines:
+        path = source.path / line.name
+        if line.name == IMAGE_TAR or not path.is_file() or path.is_symlink():
+            continue
+        size = path.stat().st_size
+        if size > INLINE_LIMIT:
+            digest = f"sha256:{line.sha256}"
+            source.files[digest] = HeldBlob(digest, size, path, 0, source.place)
+
+
 def _bundle(path: Path) -> Source:
     place, release = _bundle_label(path)
     source = Source(path, place, release=release)
+    _files(source)
     for ref in map_archive(path / IMAGE_TAR).blobs:
         source.blobs[ref.digest] = HeldBlob(
             ref.digest, ref.size, path / IMAGE_TAR, ref.offset, place
@@ -96,7 +118,9 @@ def _one(path: Path) -> Source | None:
     if (path / IMAGE_TAR).is_file():
         return _bundle(path)
     if is_delta(path):
-        return blob_folder(path, path / DELTA_BLOBS, f"delta {path.name}")
+        delta = blob_folder(path, path / DELTA_BLOBS, f"delta {path.name}")
+        _files(delta)
+        return delta
     if (path / "blobs" / "sha256").is_dir():
         return blob_folder(path, path / "blobs" / "sha256", f"folder {path.name}")
     if path.name == "sha256" and path.is_dir():
@@ -138,9 +162,10 @@ def scan_sources(paths: Sequence[Path]) -> list[Source]:
 def _damaged(sources: list[Source]) -> list[dict[str, str]]:
     """Hash every held blob; drop the ones whose bytes are not their digest; say which."""
     jobs = {
-        f"{number}:{digest}": (source, held)
+        f"{number}:{kind}:{digest}": (source, held)
         for number, source in enumerate(sources)
-        for digest, held in source.blobs.items()
+        for kind, held_map in (("blob", source.blobs), ("file", source.files))
+        for digest, held in held_map.items()
     }
     hash_list = [HashJob(label, h.path, h.offset, h.size) for label, (_, h) in jobs.items()]
     with byte_progress("hashing every held blob", job_bytes(hash_list)) as advance:
@@ -149,7 +174,8 @@ def _damaged(sources: list[Source]) -> list[dict[str, str]]:
     for label, (source, held) in jobs.items():
         result = results[label]
         if result.sha256 is None or f"sha256:{result.sha256}" != held.digest:
-            del source.blobs[held.digest]
+            held_map = source.blobs if ":blob:" in label else source.files
+            del held_map[held.digest]
             damaged.append(
                 {
                     "digest": held.digest,
@@ -166,11 +192,13 @@ def make_inventory(sources: list[Path], verify_blobs: bool = False) -> dict[str,
     scanned = scan_sources(sources)
     damaged = _damaged(scanned) if verify_blobs else []
     blobs: dict[str, dict[str, Any]] = {}
+    files: dict[str, dict[str, Any]] = {}
     for source in scanned:
-        for digest, held in source.blobs.items():
-            entry = blobs.setdefault(digest, {"size": held.size, "held_in": []})
-            if held.place not in entry["held_in"]:
-                entry["held_in"].append(held.place)
+        for listing, held_map in ((blobs, source.blobs), (files, source.files)):
+            for digest, held in held_map.items():
+                entry = listing.setdefault(digest, {"size": held.size, "held_in": []})
+                if held.place not in entry["held_in"]:
+                    entry["held_in"].append(held.place)
     releases = [{**source.release, "held_in": source.place} for source in scanned if source.release]
     return {
         "schema": INVENTORY_SCHEMA,
@@ -178,6 +206,7 @@ def make_inventory(sources: list[Path], verify_blobs: bool = False) -> dict[str,
         "gapforge_version": __version__,
         "verified_blobs": verify_blobs,
         "blobs": dict(sorted(blobs.items())),
+        "files": dict(sorted(files.items())),
         "releases": sorted(releases, key=lambda r: (r["name"], r["version"])),
         "damaged": damaged,
     }
@@ -240,12 +269,13 @@ def read_inventory(path: Path, keys: Sequence[Ed25519PublicKey] | None = None) -
     value = json.loads(payload)
     if not isinstance(value, dict) or value.get("schema") != INVENTORY_SCHEMA:
         raise TransferError(f"{path}: not a gapforge inventory (schema {INVENTORY_SCHEMA})")
-    blobs = value.get("blobs")
-    if not isinstance(blobs, dict) or not all(
-        isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
-        for k, v in blobs.items()
-    ):
-        raise TransferError(f"{path}: blobs is not a map of digest → {{size, held_in}}")
+    for key in ("blobs", "files"):
+        listing = value.setdefault(key, {})
+        if not isinstance(listing, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
+            for k, v in listing.items()
+        ):
+            raise TransferError(f"{path}: {key} is not a map of digest → {{size, held_in}}")
     signer = next(
         key for key in candidates if open_envelope(data, INVENTORY_TYPE, [key])[0] is not None
     )
@@ -256,8 +286,3 @@ def read_inventory(path: Path, keys: Sequence[Ed25519PublicKey] | None = None) -
         "pinned": pinned,
     }
     return value
-
-
-def held_digests(inventory: dict[str, Any]) -> set[str]:
-    """The digests an inventory (as read_inventory returns it) says the site holds."""
-    return set(inventory.get("blobs", {}))

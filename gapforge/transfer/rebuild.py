@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
 from gapforge.progress import byte_progress
 from gapforge.transfer import ARCHIVE_MAP, DELTA_BLOBS, DELTA_DIR, TransferError, is_delta
-from gapforge.transfer.archivemap import ArchiveMap, BlobRef, Inline, parse_map
-from gapforge.transfer.delta import CHUNK, BundleFacts, read_facts
+from gapforge.transfer.archivemap import ArchiveMap, Inline, parse_map
+from gapforge.transfer.delta import CHUNK, BundleFacts, delta_record, read_facts
 from gapforge.transfer.inventory import HeldBlob, Source, blob_folder, scan_sources
 
 if TYPE_CHECKING:
@@ -82,25 +82,42 @@ def _places(delta: Path, sources: list[Path]) -> tuple[list[Source], list[str]]:
         found.append(blob_folder(delta, delta / DELTA_BLOBS, "the delta"))
     found += scan_sources(sources)
     looked = [f"{delta / DELTA_BLOBS} (the delta)"]
-    looked += [
-        str(s.path / IMAGE_TAR) if (s.path / IMAGE_TAR).is_file() else str(s.path)
-        for s in found
-        if s.path != delta
-    ]
+    looked += [str(s.path) for s in found if s.path != delta]
     return found, looked
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """A blob of the archive, or a file of the bundle the delta left out."""
+
+    digest: str
+    size: int | None
+    what: str
+    """`layer 'model'`, `the image config`, `file wheels/x.whl`."""
+
+
+def _lookup(found: list[Source], wanted: Wanted) -> list[HeldBlob]:
+    """Every held copy of `wanted`, in the order of the places (any content with its digest)."""
+    copies: dict[tuple[Path, int], HeldBlob] = {}
+    for source in found:
+        for held_map in (source.blobs, source.files):
+            held = held_map.get(wanted.digest)
+            if held is not None and wanted.size in (None, held.size):
+                copies.setdefault((held.path, held.offset), held)
+    return list(copies.values())
+
+
 def _missing_message(
-    missing: list[BlobRef], bad: dict[str, list[str]], facts: BundleFacts, looked: list[str]
+    missing: list[Wanted], bad: dict[str, list[str]], facts: BundleFacts, looked: list[str]
 ) -> str:
-    names = facts.blob_names()
     lines = [
-        f"{len(missing)} blob{'s' if len(missing) != 1 else ''} of {facts.label}'s {IMAGE_TAR} "
-        "cannot be found (a damaged copy counts as missing):"
+        f"{len(missing)} blob{'s' if len(missing) != 1 else ''} of {facts.label} cannot be found "
+        "(a damaged copy counts as missing):"
     ]
-    for ref in missing:
-        lines.append(f"  {ref.digest} ({names.get(ref.digest, 'a blob')}, {ref.size} bytes)")
-        lines += [f"    damaged copy: {problem}" for problem in bad.get(ref.digest, [])]
+    for item in missing:
+        size = f"{item.size} bytes" if item.size is not None else "size unknown"
+        lines.append(f"  {item.digest} ({item.what}, {size})")
+        lines += [f"    damaged copy: {problem}" for problem in bad.get(item.digest, [])]
     lines.append("Looked in: " + "; ".join(looked) + ".")
     lines.append(
         "Pass the folder that holds it with --from (the bundle it came with, or a rebuilt one), "
@@ -134,14 +151,49 @@ def _copy_blob(
     return digest.hexdigest() if not remaining else ""
 
 
+def _damaged(held: HeldBlob, actual: str) -> str:
+    where = f"{held.path}" + (f" at byte {held.offset}" if held.offset else "")
+    return f"{where} hashes to sha256:{actual}" if actual else f"{where} cannot be read whole"
+
+
+def _write_files(
+    files: dict[str, Wanted],
+    candidates: dict[str, list[HeldBlob]],
+    work: Path,
+    result: RebuildResult,
+    bad: dict[str, list[str]],
+) -> list[Wanted]:
+    """Put back the bundle files the delta left out; returns those no good copy was found of."""
+    unusable = []
+    for name, wanted in files.items():
+        target = work / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for held in candidates[wanted.digest]:
+            with open(target, "wb") as out:
+                actual = _copy_blob(held, out, [], lambda _n: None)
+            if f"sha256:{actual}" == wanted.digest:
+                result.from_sources[wanted.digest] = str(held.path)
+                break
+            bad.setdefault(wanted.digest, []).append(_damaged(held, actual))
+            result.rejected.append(f"{wanted.digest} in {bad[wanted.digest][-1]}")
+        else:
+            target.unlink(missing_ok=True)
+            unusable.append(wanted)
+    return unusable
+
+
 def _write_archive(
-    archive: ArchiveMap, candidates: dict[str, list[HeldBlob]], target: Path, result: RebuildResult
-) -> tuple[str, list[BlobRef], dict[str, list[str]]]:
-    """Write the archive; returns its sha256 hex, the blobs no good copy was found of, and the
-    damaged copies seen for each."""
+    archive: ArchiveMap,
+    blobs: dict[str, Wanted],
+    candidates: dict[str, list[HeldBlob]],
+    target: Path,
+    result: RebuildResult,
+    bad: dict[str, list[str]],
+) -> tuple[str, list[Wanted]]:
+    """Write the archive; returns its sha256 hex and the blobs no good copy was found of (the
+    damaged copies seen go into `bad`)."""
     whole = hashlib.sha256()
-    unusable: list[BlobRef] = []
-    bad: dict[str, list[str]] = {}
+    unusable: list[Wanted] = []
     with byte_progress("rebuilding image.tar", archive.size) as advance, open(target, "wb") as out:
         for segment in archive.segments:
             if isinstance(segment, Inline):
@@ -160,19 +212,14 @@ def _write_archive(
                     else:
                         result.from_sources[segment.digest] = str(held.path)
                     break
-                where = f"{held.path}" + (f" at byte {held.offset}" if held.offset else "")
-                bad.setdefault(segment.digest, []).append(
-                    f"{where} hashes to sha256:{actual}"
-                    if actual
-                    else f"{where} cannot be read whole"
-                )
+                bad.setdefault(segment.digest, []).append(_damaged(held, actual))
                 result.rejected.append(f"{segment.digest} in {bad[segment.digest][-1]}")
                 out.seek(start)
                 out.truncate()
             else:
-                unusable.append(segment)
+                unusable.append(blobs[segment.digest])
                 out.seek(start + segment.size)  # keep going, to name every bad blob at once
-    return whole.hexdigest(), unusable, bad
+    return whole.hexdigest(), unusable
 
 
 def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult:
@@ -188,15 +235,21 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
     facts = read_facts(delta)
     archive = _read_map(delta, facts)
     found, looked = _places(delta, sources)
-    candidates = {
-        ref.digest: [
-            s.blobs[ref.digest]
-            for s in found
-            if ref.digest in s.blobs and s.blobs[ref.digest].size == ref.size
-        ]
-        for ref in archive.blobs
+    names = facts.blob_names()
+    blobs = {
+        r.digest: Wanted(r.digest, r.size, names.get(r.digest, "a blob")) for r in archive.blobs
     }
-    missing = [ref for ref in archive.blobs if not candidates[ref.digest]]
+    sizes = {
+        str(f.get("name")): f.get("size") for f in delta_record(delta).get("files_left_out", [])
+    }
+    files = {
+        name: Wanted(f"sha256:{sha256}", sizes.get(name), f"file {name}")
+        for name, sha256 in facts.lines.items()
+        if name != IMAGE_TAR and not (delta / name).is_file()
+    }
+    wanted = [*blobs.values(), *files.values()]
+    candidates = {item.digest: _lookup(found, item) for item in wanted}
+    missing = [item for item in wanted if not candidates[item.digest]]
     if missing:
         raise TransferError(_missing_message(missing, {}, facts, looked))
     final = out / facts.label
@@ -214,7 +267,12 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
             symlinks=False,
             ignore=lambda d, _n: [DELTA_DIR] if Path(d) == delta else [],
         )
-        sha256, unusable, bad = _write_archive(archive, candidates, work / IMAGE_TAR, result)
+        bad: dict[str, list[str]] = {}
+        unusable = _write_files(files, candidates, work, result, bad)
+        sha256, unusable_blobs = _write_archive(
+            archive, blobs, candidates, work / IMAGE_TAR, result, bad
+        )
+        unusable = unusable_blobs + unusable
         if unusable:
             raise TransferError(_missing_message(unusable, bad, facts, looked))
         if sha256 != facts.archive_sha256:

@@ -64,7 +64,9 @@ def _bundle(desk: BundleSource, tmp_path: Path, version: str, layers: dict[str, 
     pretest = tmp_path / f"pretest-{version}"
     pretest.mkdir()
     (pretest / "evidence.json").write_text(json.dumps(_evidence(image)))
-    changed = replace(desk, version=version, image=image, pretest_dir=pretest)
+    wheel = tmp_path / "gapforge-0.1.0-py3-none-any.whl"  # the same in both bundles
+    wheel.write_bytes(b"PK wheel" * 2000)
+    changed = replace(desk, version=version, image=image, pretest_dir=pretest, operator_wheels=(wheel,))
     return write_bundle(changed, _key(tmp_path), tmp_path / "dist")
 
 
@@ -153,6 +155,12 @@ def test_inventory_lists_exactly_the_blobs_and_releases(bundles: tuple[Path, Pat
          "held_in": "bundle unit-desk-1.0.0"}
     ]  # fmt: skip
     assert inventory["damaged"] == []
+    wheel = old / "wheels" / "gapforge-0.1.0-py3-none-any.whl"
+    assert inventory["files"][f"sha256:{_sha256(wheel)}"] == {
+        "size": 16000, "held_in": ["bundle unit-desk-1.0.0"]
+    }  # fmt: skip
+    big = [p for p in old.rglob("*") if p.is_file() and p.stat().st_size > 4096]
+    assert set(inventory["files"]) == {f"sha256:{_sha256(p)}" for p in big if p.name != IMAGE_TAR}
     both = make_inventory([tmp_path / "dist"])  # a folder of bundles
     assert len(both["releases"]) == 2
     shared = _layer_digest(old, "base")
@@ -197,6 +205,8 @@ def test_delta_against_inventory_rebuilds_the_identical_verified_bundle(
     assert {p.name for p in (result.path / DELTA_BLOBS).iterdir()} == {d[7:] for d in new_blobs}
     assert _layer_digest(new, "base") in {x["digest"] for x in result.left_out}
     assert result.delta_bytes < result.full_bytes - len(BASE)
+    assert [f["name"] for f in result.files_left_out] == ["wheels/gapforge-0.1.0-py3-none-any.whl"]
+    assert not (result.path / "wheels").exists()
     record = json.loads((result.path / "delta" / "delta.json").read_text())
     assert record["against"]["sha256"] == _sha256(inventory)
     assert record["archive"] == {**record["archive"], "sha256": _sha256(new / IMAGE_TAR),
@@ -206,6 +216,8 @@ def test_delta_against_inventory_rebuilds_the_identical_verified_bundle(
     assert rebuilt.path == tmp_path / "inside" / "unit-desk-2.0.0"
     assert _sha256(rebuilt.path / IMAGE_TAR) == _sha256(new / IMAGE_TAR) == rebuilt.archive_sha256
     assert sorted(rebuilt.from_delta) == sorted(new_blobs)
+    wheel = "wheels/gapforge-0.1.0-py3-none-any.whl"
+    assert (rebuilt.path / wheel).read_bytes() == (new / wheel).read_bytes()
     assert not (rebuilt.path / "delta").exists()
     report = verify_bundle(rebuilt.path, Anchor("key", (_key(tmp_path).private.public_key(),), "--key"))
     assert report.ok, report.problems
@@ -234,6 +246,7 @@ def test_missing_blob_is_named_with_every_place_looked(bundles: tuple[Path, Path
     base = _layer_digest(new, "base")
     assert f"{base} (layer 'base', {_big_blobs(new / IMAGE_TAR)[base]} bytes)" in message
     assert str(result.path / DELTA_BLOBS) in message and str(tmp_path / "media") in message
+    assert "(file wheels/gapforge-0.1.0-py3-none-any.whl, 16000 bytes)" in message
     assert not (tmp_path / "inside").exists() or not any((tmp_path / "inside").iterdir())
 
 
@@ -247,6 +260,8 @@ def test_damaged_blob_in_a_source_is_named_and_passed_over(bundles: tuple[Path, 
     data = bytearray((old / IMAGE_TAR).read_bytes()[held.offset : held.offset + held.size])
     data[1000] ^= 0xFF
     (blobs / base[7:]).write_bytes(bytes(data))
+    wheel = (old / "wheels" / "gapforge-0.1.0-py3-none-any.whl").read_bytes()
+    (blobs / hashlib.sha256(wheel).hexdigest()).write_bytes(wheel)  # any file, by its digest
     with pytest.raises(TransferError) as caught:
         rebuild_bundle(result.path, [tmp_path / "media"], tmp_path / "inside")
     assert f"damaged copy: {blobs / base[7:]} hashes to sha256:" in caught.value.message
