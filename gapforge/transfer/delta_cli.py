@@ -105,6 +105,7 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
 def _against(args: argparse.Namespace) -> Against:
     from gapforge.bundle.sign import load_public_key
     from gapforge.errors import BundleError
+    from gapforge.transfer import TransferError
     from gapforge.transfer.delta import against_bundle, against_inventory
 
     spec = Path(args.against)
@@ -116,7 +117,14 @@ def _against(args: argparse.Namespace) -> Against:
     from gapforge.release.releases import resolve
     from gapforge.release.repository import Repository, default_repository
 
-    repo = Repository.open(args.repo or default_repository())
+    repository = args.repo or default_repository()
+    if not repository.is_dir():
+        raise TransferError(
+            f"--against {args.against}: no such inventory file or bundle folder, and no release "
+            f"repository at {repository} to resolve it as a release version: pass the site's "
+            "inventory, the last bundle delivered, or --repo RELEASE_REPO with a version"
+        )
+    repo = Repository.open(repository)
     name, version = resolve(repo, args.against)
     recorded = repo.bundles.get(f"{name}-{version}")
     if recorded is None or not Path(recorded).is_dir():

@@ -290,3 +290,14 @@ def test_commands_end_to_end(bundles: tuple[Path, Path], tmp_path: Path, monkeyp
     argv = [str(delta), "--from", str(old), "--out", str(tmp_path / "inside")]
     assert run(rebuild_arguments, cmd_rebuild, argv) == 0
     assert _sha256(tmp_path / "inside" / "unit-desk-2.0.0" / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
+
+
+def test_delta_against_something_unknown_says_what_it_accepts(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    parser = argparse.ArgumentParser()
+    delta_arguments(parser)
+    argv = [str(bundles[1]), "--against", "9.9.9", "--out", str(tmp_path / "out"),
+            "--repo", str(tmp_path / "no-repo")]  # fmt: skip
+    with pytest.raises(TransferError, match="no such inventory file or bundle folder"):
+        cmd_delta(parser.parse_args(argv))
