@@ -253,6 +253,12 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
     if missing:
         raise TransferError(_missing_message(missing, {}, facts, looked))
     final = out / facts.label
+    for read_only in [delta, *sources]:
+        if out.resolve().is_relative_to(read_only.resolve()):
+            raise TransferError(
+                f"--out {out} is inside {read_only}: the delta and the sources are read only "
+                "(removable media, usually); pass an --out folder elsewhere"
+            )
     if final.exists():
         raise TransferError(f"{final}: already exists: delete it, or pass another --out folder")
     result = RebuildResult(final, archive.size)

@@ -301,3 +301,12 @@ def test_delta_against_something_unknown_says_what_it_accepts(
             "--repo", str(tmp_path / "no-repo")]  # fmt: skip
     with pytest.raises(TransferError, match="no such inventory file or bundle folder"):
         cmd_delta(parser.parse_args(argv))
+
+
+def test_rebuild_never_writes_into_the_delta_or_a_source(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+    old, new = bundles
+    result = make_delta(new, against_bundle(old), tmp_path / "out")
+    for out in (result.path / "rebuilt", old / "rebuilt"):
+        with pytest.raises(TransferError, match="read only"):
+            rebuild_bundle(result.path, [old], out)
+    assert not (result.path / "rebuilt").exists() and not (old / "rebuilt").exists()
