@@ -1,5 +1,7 @@
-"""The gapforge command line: lock, build and keygen on the connected side; verify, load, preflight,
-run and inspect inside the gap; and the helpers the tests and benchmarks use."""
+"""The gapforge command line, by user: lock, build and keygen for build engineers (connected side);
+release, diff, delta and split for release managers (connected side); trust, verify, load,
+preflight, run, inspect, inventory and join for operators (inside the gap); and the helpers the
+tests and benchmarks use."""
 
 # Wiring only: COMMANDS maps each command to the module under gapforge/commands/ that holds it (one
 # module per kind of user) and its function. A module is imported only when one of its commands is
@@ -58,6 +60,14 @@ COMMANDS: dict[str, Command] = {
                      "pin the release repository's root once; show or update what the site trusts"),
     "release": Command(_RELEASE_MANAGER, "cmd_release",
                        "a TUF repository of releases: add, promote, revoke, rotate, refresh, export"),
+    "inventory": Command(_OPERATOR, "cmd_inventory",
+                         "the signed list of blobs and files this site holds (what a delta is made against)"),
+    "join": Command(_OPERATOR, "cmd_join",
+                    "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it"),
+    "delta": Command(_RELEASE_MANAGER, "cmd_delta",
+                     "a delta bundle: only the blobs and files a site's inventory lacks"),
+    "split": Command(_RELEASE_MANAGER, "cmd_split",
+                     "cut a bundle into parts sized to the medium, each hashed, with parity"),
     "diff": Command(_RELEASE_MANAGER, "cmd_diff",
                     "what changed between two bundles: recipe, packages, model, layers, figures"),
     "cache": Command(_BUILD_ENGINEER, "cmd_cache",

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gapforge.commands._shared import add_cache_dir, add_common, cache_dir, cache_of, gigabytes
 from gapforge.errors import GapforgeError
@@ -99,6 +100,11 @@ def build_arguments(build: argparse.ArgumentParser) -> None:
         "made once in the cache)",
     )
     build.add_argument(
+        "--delta-from", metavar="INVENTORY|OLD_BUNDLE",
+        help="also write a delta bundle beside the bundle: only the blobs and files that the site's "
+        "signed inventory (or the last bundle delivered there) lacks",
+    )  # fmt: skip
+    build.add_argument(
         "--frozen",
         action="store_true",
         help="never change a lock: stop (exit 2, naming each package) when a locked Debian .deb can "
@@ -145,7 +151,28 @@ def cmd_build(args: argparse.Namespace) -> int:
     if "bundle" in report:
         console.print(f"  bundle        {report['bundle']['path']}")
         console.print(f"  signed by     {report['bundle']['signing_key']}")
+    if args.delta_from:
+        _delta_after_build(args, report)
     return 0
+
+
+def _delta_after_build(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """`build --delta-from`: the delta of the bundle just written, beside it in dist/."""
+    from gapforge.errors import BuildError
+    from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
+
+    if "bundle" not in report:
+        raise BuildError(
+            "--delta-from: this build wrote no bundle (--no-load/--no-smoke/--no-pretest)"
+        )
+    bundle = Path(report["bundle"]["path"])
+    spec = Path(args.delta_from)
+    against = against_inventory(spec) if spec.is_file() else against_bundle(spec)
+    result = make_delta(bundle, against, bundle.parent)
+    console.print(
+        f"  delta         {result.path} ({result.delta_bytes / 1e6:.2f} MB of the full "
+        f"{result.full_bytes / 1e6:.1f} MB; against {against.label})"
+    )
 
 
 def keygen_arguments(keygen: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gapforge.progress import console, step
+from gapforge.progress import console, note, step
 
 OPERATOR_KEY_HELP = (
     "the key receipts are signed with (default: $GAPFORGE_OPERATOR_KEY, else one made once in the "
@@ -68,6 +68,38 @@ def add_scan_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_delta_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from", dest="held", type=Path, action="append", default=[], metavar="SOURCE",
+        help="BUNDLE is a delta: rebuild it from these (the site's bundle folders, folders of "
+        "bundles, blobs/sha256/ folders; repeatable; read only), then check it like a full bundle",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rebuild-into", type=Path, metavar="DIR", default=None,
+        help="where a delta's full bundle is rebuilt (default: the current folder)",
+    )  # fmt: skip
+
+
+def full_bundle(args: argparse.Namespace) -> Path:
+    """args.bundle, or, for a delta, the full bundle rebuilt from it and what the site holds."""
+    from gapforge.errors import BundleError
+    from gapforge.transfer import is_delta
+
+    bundle: Path = args.bundle
+    if not is_delta(bundle):
+        return bundle
+    if not args.held:
+        raise BundleError(
+            f"{bundle}: a delta bundle (it holds only the blobs the site lacked): pass --from with "
+            "where the site keeps what it already holds (the bundle it was made against, a folder "
+            "of bundles), and it is rebuilt and checked like the full bundle"
+        )
+    from gapforge.transfer.rebuild import rebuild_bundle
+
+    step(f"rebuilding the full bundle from the delta {bundle}")
+    return rebuild_bundle(bundle, list(args.held), args.rebuild_into or Path.cwd()).path
+
+
 def scan_options(args: argparse.Namespace) -> Any:
     from gapforge.bundle.verify import ScanOptions
 
@@ -88,6 +120,7 @@ def verify_arguments(verify: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     verify.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
     add_scan_options(verify)
+    add_delta_options(verify)
     verify.add_argument(
         "--deep", action="store_true",
         help="also hash every blob inside the archive (done anyway when the archive's checksum "
@@ -160,8 +193,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gapforge.bundle.verify import verify_bundle
 
     anchor = anchor_of(args)
-    step(f"verifying {args.bundle}")
-    report = verify_bundle(args.bundle, anchor, args.workers, args.deep, scan_options(args))
+    bundle = full_bundle(args)
+    step(f"verifying {bundle}")
+    report = verify_bundle(bundle, anchor, args.workers, args.deep, scan_options(args))
     receipt = None
     if args.receipt:
         from gapforge.bundle.load import record_receipt
@@ -190,6 +224,7 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
     )
     load.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
     add_scan_options(load)
+    add_delta_options(load)
     load.add_argument(
         "--no-tls-verify", dest="tls_verify", action="store_const", const=False, default=None,
         help="talk plain HTTP to the registry (default: only for 127.0.0.0/8 and localhost)",
@@ -199,8 +234,9 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
 def cmd_load(args: argparse.Namespace) -> int:
     from gapforge.bundle.load import load_bundle
 
+    anchor = anchor_of(args)
     loaded = load_bundle(
-        args.bundle, anchor_of(args), args.to, args.insecure, args.tls_verify,
+        full_bundle(args), anchor, args.to, args.insecure, args.tls_verify,
         on_verified=_print_verify, operator_key=args.operator_key, scan=scan_options(args),
     )  # fmt: skip
     console.print(f"[bold green]loaded[/] into {loaded.where}")
@@ -309,7 +345,77 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def inventory_arguments(parser: argparse.ArgumentParser) -> None:
+    from gapforge.transfer.delta_cli import inventory_arguments as arguments
+
+    arguments(parser)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from gapforge.transfer.delta_cli import cmd_inventory as run
+
+    return run(args)
+
+
+def join_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources", type=Path, nargs="+", metavar="PARTS_OR_DELTA",
+        help="mounted media (disc-01 …), part files, the folder 'gapforge split' wrote; or one "
+        "delta folder ('gapforge delta' wrote it) with --from",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="where the bundle folder goes")
+    parser.add_argument(
+        "--from", dest="held", type=Path, action="append", default=[], metavar="SOURCE",
+        help="for a delta: where the site's blobs are (bundle folders, folders of bundles, "
+        "blobs/sha256/ folders; repeatable; read only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check", action="store_true", help="only check the media given, block by block"
+    )
+    add_trust_options(parser, "verify the joined bundle against its own key only")
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle,
+    then the full verify against the operator's trust anchor."""
+    from gapforge.bundle.sign import load_public_key
+    from gapforge.bundle.verify import verify_bundle
+    from gapforge.errors import BundleError
+    from gapforge.transfer import is_delta
+
+    if args.check:  # one medium (or several) on its own: every block against the manifest
+        from gapforge.transfer.split_cli import cmd_join as check_media
+
+        return check_media(args)
+    anchor = anchor_of(args)  # before any work: no anchor, no join
+    if args.out is None:
+        raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
+    if len(args.sources) == 1 and is_delta(args.sources[0]):
+        from gapforge.transfer.rebuild import rebuild_bundle
+
+        step(f"rebuilding the full bundle from the delta {args.sources[0]}")
+        bundle = rebuild_bundle(args.sources[0], list(args.held), args.out).path
+    else:
+        from gapforge.transfer.join import join_parts
+
+        keys = [load_public_key(args.key)] if args.key else list(anchor.keys)
+        result = join_parts(args.sources, args.out, keys)
+        for warning in result.warnings:
+            console.print(f"[yellow]warning[/]: {warning}")
+        note(
+            f"copied {len(result.copied)} data parts, {len(result.skipped)} already there, "
+            f"{result.repaired_blocks} blocks rebuilt from parity, {result.seconds:.1f} s"
+        )
+        bundle = result.bundle
+    step(f"verifying {bundle}")
+    report = verify_bundle(bundle, anchor)
+    _print_verify(report)
+    return 0 if report.ok else 1
+
+
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "inventory": inventory_arguments,
+    "join": join_arguments,
     "verify": verify_arguments,
     "load": load_arguments,
     "run": run_arguments,
