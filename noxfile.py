@@ -85,7 +85,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Print build, layer-writing (vs docker save), runtime and verify (vs sha256sum -c) figures.
+    """Print build, layer-writing (vs docker save), runtime, verify (vs sha256sum -c) and transfer
+    (split/join vs split -b/cat, zfec vs par2, delta vs cp -r) figures.
 
     `nox -s bench -- --skip-cold` skips the cold build (it rebuilds llama.cpp: ~10 min on 2 cores).
     """
@@ -93,6 +94,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_build.py", *session.posargs, env=env)
     session.run("python", "benchmarks/bench_runtime.py", env=env)
     session.run("python", "benchmarks/bench_verify.py", env=env)
+    session.run("python", "benchmarks/bench_transfer.py", env=env)
 
 
 @nox.session(default=False)

@@ -27,7 +27,9 @@ from gapforge.bundle.sign import write_key_pair
 from gapforge.transfer.join import join_parts
 from gapforge.transfer.split import split_bundle, write_parity
 
-REAL = Path("/work/main/dist/smollm2-135m-desk-0.1.0")
+ROOT = Path(__file__).resolve().parent.parent
+REAL = next(iter(sorted((ROOT / "dist").glob("*/bundle.json"))), ROOT / "dist" / "none").parent
+"""The newest-named bundle in dist/ (`make build` writes the default recipe's there)."""
 
 
 def make_bundle(root: Path, source: Path | None, size: int, key_dir: Path) -> tuple[Path, object]:
@@ -72,6 +74,37 @@ def flip(path: Path, offset: int) -> None:
         byte = handle.read(1)
         handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def bench_delta(bundle: Path, work: Path) -> None:
+    """A recipe-only change, as the site sees it: the site holds every blob and file of the bundle
+    but the recipe layer (its inventory with that layer taken out). The delta against it, and the
+    rebuild inside, against copying the whole bundle (`cp -r`) in the same run."""
+    from gapforge.transfer.delta import against_inventory, make_delta
+    from gapforge.transfer.inventory import make_inventory, write_inventory
+    from gapforge.transfer.rebuild import rebuild_bundle
+
+    index = json.loads((bundle / "bundle.json").read_text())
+    recipe = next(layer for layer in index["image"]["layers"] if layer["name"] == "recipe")
+    inventory = make_inventory([bundle])
+    inventory["blobs"].pop(recipe["digest"], None)
+    key = write_key_pair(work / "operator.key")
+    write_inventory(inventory, key, work / "inventory.json")
+    full = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    print(f"delta: a recipe-only change of {bundle.name} (the site lacks only the recipe layer, "
+          f"{recipe['size']} B)")
+    start = time.monotonic()
+    result = make_delta(bundle, against_inventory(work / "inventory.json"), work / "delta")
+    made = time.monotonic() - start
+    print(f"  {'gapforge delta':<44} {made:7.2f} s  {result.delta_bytes:>13,} B "
+          f"({result.delta_bytes / full * 100:.3f} % of {full:,} B; recipe layer + "
+          f"{result.delta_bytes - recipe['size']:,} B)")
+    t_copy = timed("cp -r of the full bundle (the plain way)",
+                   lambda: sh("cp", "-r", str(bundle), str(work / "copy")), full)
+    t_rebuild = timed("gapforge rebuild inside (delta + site's bundle)",
+                      lambda: rebuild_bundle(result.path, [bundle], work / "inside"), full)
+    print(f"  ratio bytes carried full/delta: {full / result.delta_bytes:.0f}x; "
+          f"rebuild/cp time: {t_rebuild / t_copy:.1f}x")
 
 
 def main() -> int:
@@ -177,6 +210,8 @@ def main() -> int:
             stream_bytes,
         )
         print(f"  ratio par2/zfec: encode {t_pc / t_enc:.1f}x, repair {t_pr / t_rep:.1f}x the time")
+        if args.bundle and (args.bundle / "bundle.json").is_file():
+            bench_delta(args.bundle, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
