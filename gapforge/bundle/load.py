@@ -237,7 +237,12 @@ def load_bundle(
             )
         where = destination.removeprefix("docker://")
         note(f"pushed {where}@{pushed}")
-        _attach(bundle, host, where, pushed, tls_verify)
+        if report.ok:
+            _attach(bundle, host, where, pushed, tls_verify)
+        else:
+            step(
+                "[bold red]--insecure[/]: nothing attached (SBOM, provenance, signature): the bundle did not verify"
+            )
         receipt = record_receipt(report, "load", f"{where}@{pushed}", operator_key)
         return Loaded(where, pushed, archive.config_digest, report, receipt)
     from gapforge import engine

@@ -157,14 +157,14 @@ def use_gpus(choice: str, target: Target) -> bool:
     return target.cuda and gpu_present()
 
 
-def prepare_out(out: Path) -> str:
+def prepare_out(out: Path, ours: bool = False) -> str:
     """Create the output folder if missing; return the user to run as (never root).
 
     As root: a folder this call creates is given to the image's own user, who runs; an existing
     folder keeps its owner (gapforge never changes the owner of a folder it did not create) and the
     run is made as that owner, unless it is root, which is refused with the fix. Not as root: the
     caller's uid:gid, so the outputs are theirs."""
-    existed = out.exists()
+    existed = out.exists() and not ours  # `ours`: a scratch folder this process just made
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,8 +202,9 @@ def _mount_file(path: Path, label: str) -> tuple[str, str]:
 
 
 def sealed_run(
-    target: Target, command: list[str], data: dict[str, Path], out: Path, gpus: bool
-) -> tuple[SealedRun, list[str]]:
+    target: Target, command: list[str], data: dict[str, Path], out: Path, gpus: bool,
+    out_is_ours: bool = False,
+) -> tuple[SealedRun, list[str]]:  # fmt: skip
     """The sealed run of `command`, with each data file mounted read-only and passed as its option."""
     read_only: dict[str, str] = {}
     args = list(command)
@@ -211,7 +212,7 @@ def sealed_run(
         host, inside = _mount_file(path, option)
         read_only[host] = inside
         args += [option, inside]
-    user = prepare_out(out)
+    user = prepare_out(out, out_is_ours)
     run = SealedRun(
         image=target.config_digest, command=args, mounts={str(out.resolve()): OUTPUTS},
         read_only_mounts=read_only, user=user, gpus=gpus,
@@ -295,7 +296,9 @@ def preflight(
                         f"'info' ran with --network none: recipe {recipe}" if status == 0 else text[-500:]))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gapforge-preflight-") as scratch:
         try:
-            run, _ = sealed_run(resolved, ["data"], {"--data": data}, Path(scratch), gpus=False)
+            run, _ = sealed_run(
+                resolved, ["data"], {"--data": data}, Path(scratch), gpus=False, out_is_ours=True
+            )
             status, text = _quiet_run(client, run)
             lines = [line for line in text.strip().splitlines() if line.strip()]
             summary = [
