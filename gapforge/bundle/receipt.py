@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge import __version__
+from gapforge.atomic import write_atomic
 from gapforge.bundle.dsse import envelope_payload_unverified, open_envelope, sign_envelope
 from gapforge.bundle.sign import (
     SigningKey,
@@ -43,6 +44,10 @@ RECEIPT_TYPE = "application/vnd.gapforge.receipt+json"
 RECEIPT_SCHEMA = "gapforge/receipt/v1"
 OPERATOR_KEY_ENV = "GAPFORGE_OPERATOR_KEY"
 OPERATOR_KEY_NAME = "operator.key"
+OPERATOR_KEY_HELP = (
+    "the operator's private key that signs receipts and inventories (default: "
+    "$GAPFORGE_OPERATOR_KEY, else the trust folder's operator.key, made once)"
+)
 RECEIPT_SUFFIX = ".receipt.json"
 BY_IMAGE = "by-image"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -196,12 +201,6 @@ def _safe(part: str) -> str:
     return _UNSAFE.sub("_", part).strip("._") or "_"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _claim(folder: Path, stem: str, data: bytes) -> Path:
     """Write `data` under the first free `stem[-n].receipt.json`: a receipt is never overwritten."""
     tmp = folder / f".{stem}.partial-{os.getpid()}"
@@ -234,7 +233,7 @@ def write_receipt(receipt: dict[str, Any], key: SigningKey, folder: Path) -> Pat
     by_image = folder / BY_IMAGE
     by_image.mkdir(exist_ok=True)
     image_id = _safe(str(receipt["config_digest"]).removeprefix("sha256:"))
-    _write_atomic(by_image / f"{image_id}.json", envelope)
+    write_atomic(by_image / f"{image_id}.json", envelope)
     return path
 
 

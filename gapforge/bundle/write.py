@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gapforge.atomic import swap_in
 from gapforge.bundle import (
     BUNDLE_SCHEMA,
     IMAGE_TAR,
@@ -170,15 +171,6 @@ def _fill(work: Path, source: BundleSource, key: SigningKey) -> dict[str, str]:
     return digests
 
 
-def _swap_in(work: Path, final: Path) -> None:
-    """Replace `final` by `work` with renames only; the old bundle is removed afterwards."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(work, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_bundle(source: BundleSource, key: SigningKey, dist_dir: Path) -> Path:
     """Write `dist_dir/<name>-<version>/`, signed with `key`; return its path."""
     final = dist_dir / source.bundle_name
@@ -195,7 +187,7 @@ def write_bundle(source: BundleSource, key: SigningKey, dist_dir: Path) -> Path:
         _write(work, SIGNATURE, sign(key, sums))
         for directory in [work, *(p for p in work.rglob("*") if p.is_dir())]:
             directory.chmod(0o755)
-        _swap_in(work, final)
+        swap_in(work, final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

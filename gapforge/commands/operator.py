@@ -15,13 +15,15 @@ from typing import Any
 
 from gapforge.progress import console, note, step
 
-OPERATOR_KEY_HELP = (
-    "the key receipts are signed with (default: $GAPFORGE_OPERATOR_KEY, else one made once in the "
-    "trust folder)"
-)
 KEY_HELP = (
     "the release key's public half (.pub.pem), received out of band: pins it for this command"
 )
+
+
+def operator_key_help() -> str:
+    from gapforge.bundle.receipt import OPERATOR_KEY_HELP
+
+    return OPERATOR_KEY_HELP
 
 
 def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> None:
@@ -118,7 +120,7 @@ def verify_arguments(verify: argparse.ArgumentParser) -> None:
         "--receipt", action="store_true",
         help="write a signed receipt of this check in the trust folder (receipts/), to file or carry back",
     )  # fmt: skip
-    verify.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
+    verify.add_argument("--operator-key", type=Path, help=operator_key_help())
     add_scan_options(verify)
     add_delta_options(verify)
     verify.add_argument(
@@ -222,7 +224,7 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
         metavar="HOST/REPO",
         help="push into this registry with skopeo instead of docker load",
     )
-    load.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
+    load.add_argument("--operator-key", type=Path, help=operator_key_help())
     add_scan_options(load)
     add_delta_options(load)
     load.add_argument(

@@ -11,9 +11,7 @@ gapforge.commands.operator.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -286,13 +284,11 @@ def diff_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` to a temporary sibling of `path`, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    from gapforge.atomic import write_atomic
+
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomic(path, text.encode())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise BundleError(
             f"{path}: could not write the diff ({exc.strerror or exc}): pass an --out FILE in a "
             "folder you can write to"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from gapforge import __version__
+from gapforge.atomic import swap_in
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
 from gapforge.bundle.sums import parse_sums
 from gapforge.bundle.write import place
@@ -232,14 +233,6 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _swap_in(work: Path, final: Path) -> None:
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(work, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def make_delta(
     bundle: Path, against: Against, out: Path, check_archive: bool = True
 ) -> DeltaResult:
@@ -298,7 +291,7 @@ def make_delta(
         (work / DELTA_JSON).write_bytes(json.dumps(record, indent=2).encode() + b"\n")
         for directory in [work, *(p for p in work.rglob("*") if p.is_dir())]:
             directory.chmod(0o755)
-        _swap_in(work, result.path)
+        swap_in(work, result.path)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
         raise TransferError(

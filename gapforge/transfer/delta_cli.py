@@ -9,12 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gapforge.bundle.receipt import OPERATOR_KEY_HELP
 from gapforge.progress import console, note, step
-
-OPERATOR_KEY_HELP = (
-    "the operator's private key to sign with (default: $GAPFORGE_OPERATOR_KEY, else the trust "
-    "folder's operator.key, made once)"
-)
 
 if TYPE_CHECKING:
     from gapforge.transfer.delta import Against

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from gapforge.atomic import write_atomic
 from gapforge.bundle import INDEX, SUMS
 from gapforge.bundle.sign import SigningKey
 from gapforge.errors import BundleError
@@ -254,12 +255,6 @@ Medium {number} of {total}; block size {manifest.block_size} bytes.
 """
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def bundle_identity(bundle: Path) -> tuple[str, str, str, str]:
     """(name, version, sha256 of SHA256SUMS, signing key fingerprint) of a bundle folder."""
     try:
@@ -340,8 +335,8 @@ def split_bundle(
     media = []
     for part in manifest.parts:
         folder = out / part.medium
-        _atomic_write(folder / README_NAME, readme_text(manifest, part).encode())
-        _atomic_write(folder / MANIFEST_NAME, envelope)
+        write_atomic(folder / README_NAME, readme_text(manifest, part).encode())
+        write_atomic(folder / MANIFEST_NAME, envelope)
         used = sum(f.stat().st_size for f in folder.iterdir())
         if used > capacity - fs_margin(capacity):
             raise BundleError(
