@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gapforge.progress import console, note, step
+from gapforge.progress import console, step
 
 KEY_HELP = (
     "the release key's public half (.pub.pem), received out of band: pins it for this command"
@@ -401,13 +401,10 @@ def cmd_join(args: argparse.Namespace) -> int:
         from gapforge.transfer.join import join_parts
 
         keys = [load_public_key(args.key)] if args.key else list(anchor.keys)
+        from gapforge.transfer.split_cli import print_join
+
         result = join_parts(args.sources, args.out, keys)
-        for warning in result.warnings:
-            console.print(f"[yellow]warning[/]: {warning}")
-        note(
-            f"copied {len(result.copied)} data parts, {len(result.skipped)} already there, "
-            f"{result.repaired_blocks} blocks rebuilt from parity, {result.seconds:.1f} s"
-        )
+        print_join(result)
         bundle = result.bundle
     step(f"verifying {bundle}")
     report = verify_bundle(bundle, anchor)

@@ -12,7 +12,7 @@ from gapforge.bundle.sign import load_public_key, resolve_signing_key
 from gapforge.cache import default_cache_dir
 from gapforge.errors import BundleError
 from gapforge.progress import console, note, step
-from gapforge.transfer.join import join_parts
+from gapforge.transfer.join import JoinResult, join_parts
 from gapforge.transfer.join_sources import check_part, find_sources, ranges
 from gapforge.transfer.split import DEFAULT_BLOCK_SIZE, MEDIA, split_bundle
 
@@ -84,6 +84,16 @@ def _unpinned_warning() -> None:
     )
 
 
+def print_join(result: JoinResult) -> None:
+    """What a join did: its warnings, parts copied or already there, blocks rebuilt."""
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+    note(
+        f"copied {len(result.copied)} data parts, {len(result.skipped)} already there, "
+        f"{result.repaired_blocks} blocks rebuilt from parity, {result.seconds:.1f} s"
+    )
+
+
 def cmd_join(args: argparse.Namespace) -> int:
     keys: list[Ed25519PublicKey] = [load_public_key(args.key)] if args.key else []
     if not keys:
@@ -93,12 +103,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
     result = join_parts(args.sources, args.out, keys)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning[/]: {warning}")
-    note(
-        f"copied {len(result.copied)} data parts, {len(result.skipped)} already there, "
-        f"{result.repaired_blocks} blocks rebuilt from parity, {result.seconds:.1f} s"
-    )
+    print_join(result)
     step(f"joined {result.bundle}")
     note(f"now: gapforge verify {result.bundle} --key RELEASE.pub.pem (or your trusted root)")
     return 0
