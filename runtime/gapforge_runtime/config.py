@@ -85,6 +85,36 @@ class GptqSettings:
 
 
 @dataclass(frozen=True)
+class PiiSettings:
+    """`data.pii`: personal data found, then redacted, dropped or failed per type."""
+
+    enabled: bool = True
+    policy: dict[str, str] = field(default_factory=dict)
+    presidio: bool = True
+    ner_model: str | None = None
+
+
+@dataclass(frozen=True)
+class DedupeSettings:
+    """`data.dedupe`: near-duplicates (MinHash LSH) within training and from test into training."""
+
+    enabled: bool = True
+    threshold: float = 0.8
+    shingle_words: int = 5
+    num_perm: int = 128
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """`evaluate.judge`: the pairwise A/B by a local LLM judge."""
+
+    enabled: bool = True
+    model: str = "base"
+    prompts: int = 8
+    bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     """What to measure and which gates decide pass/fail."""
 
@@ -92,6 +122,10 @@ class EvaluateSettings:
     max_new_tokens: int = 48
     require_improvement: bool = True
     max_perplexity_delta_pct: dict[str, float] = field(default_factory=dict)
+    min_win_rate_vs_base: float | None = None
+    max_task_f1_drop_pts: dict[str, float] = field(default_factory=dict)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    task_metrics: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,6 +148,8 @@ class RecipeSettings:
     """The recipe as the schema validated it: every field, defaults filled in."""
     gptq: GptqSettings = field(default_factory=GptqSettings)
     profile: str = "cpu"
+    pii: PiiSettings = field(default_factory=PiiSettings)
+    dedupe: DedupeSettings = field(default_factory=DedupeSettings)
 
     @property
     def sha256(self) -> str:
@@ -177,9 +213,15 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             max_new_tokens=spec.evaluate.max_new_tokens,
             require_improvement=gates.require_improvement,
             max_perplexity_delta_pct={t: pct for t, pct in gates.max_perplexity_delta_pct.items()},
+            min_win_rate_vs_base=gates.min_win_rate_vs_base,
+            max_task_f1_drop_pts={t: pts for t, pts in gates.max_task_f1_drop_pts.items()},
+            judge=_settings(JudgeSettings, spec.evaluate.judge),
+            task_metrics=spec.evaluate.task_metrics,
         ),
         raw=raw,
         spec=spec,
         gptq=_settings(GptqSettings, spec.gptq),
         profile=spec.profile,
+        pii=_settings(PiiSettings, spec.data.pii),
+        dedupe=_settings(DedupeSettings, spec.data.dedupe),
     )

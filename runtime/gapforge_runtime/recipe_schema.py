@@ -68,13 +68,52 @@ class ModelSpec(_Strict):
     """Where the weights come from: `type` is gguf, hf or local."""
 
 
+PiiType = Literal["email", "phone", "ip", "card", "iban", "secret", "person", "location"]
+PiiPolicy = Literal["redact", "drop", "fail"]
+
+
+def _default_pii_policy() -> dict[PiiType, PiiPolicy]:
+    return {"email": "redact", "phone": "redact", "ip": "redact", "card": "drop",
+            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact"}  # fmt: skip
+
+
+class PiiSpec(_Strict):
+    """Personal data found in the training data before anything trains on it (on by default)."""
+
+    enabled: bool = True
+    """Off only by an explicit `enabled: false`: the data report then says the data was not checked."""
+    policy: dict[PiiType, PiiPolicy] = Field(default_factory=_default_pii_policy)
+    """Per type: `redact` (a typed placeholder such as `<EMAIL>`), `drop` the example, or `fail` the run."""
+    presidio: bool = True
+    """Also run presidio-analyzer's pattern and checksum recognizers (a blank spaCy pipeline: offline)."""
+    ner_model: str | None = None
+    """A spaCy NER pipeline folder inside the image, for names and places (`person`, `location`)."""
+
+
+class DedupeSpec(_Strict):
+    """Near-duplicate examples (MinHash LSH), within the training data and between test and training."""
+
+    enabled: bool = True
+    """Off only by an explicit `enabled: false`."""
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
+    """Jaccard similarity of word shingles above which two examples are near-duplicates."""
+    shingle_words: Annotated[int, Field(ge=1, le=16)] = 5
+    """Words per shingle."""
+    num_perm: Annotated[int, Field(ge=16, le=1024)] = 128
+    """MinHash permutations (more: more precise, slower); candidates are rechecked exactly."""
+
+
 class DataSpec(_Strict):
-    """The training data's format, and the sample shipped with the recipe."""
+    """The training data's format, the sample shipped with the recipe, and its hygiene."""
 
     format: Literal["alpaca", "chat", "completion"]
     """The shape of each JSONL record."""
     sample: Annotated[str, Field(min_length=1)]
     """A small JSONL sample shipped beside the recipe, used by the pretest; relative to the recipe."""
+    pii: PiiSpec = Field(default_factory=PiiSpec)
+    """Personal data: found by pattern and checksum, then redacted, dropped or failed per type."""
+    dedupe: DedupeSpec = Field(default_factory=DedupeSpec)
+    """Near-duplicates and test-into-training leakage, removed before training."""
 
 
 class LoraSpec(_Strict):
@@ -153,6 +192,25 @@ class GatesSpec(_Strict):
         default_factory=dict
     )
     """Per quantization target: the largest allowed perplexity increase over the merged model."""
+    min_win_rate_vs_base: Annotated[float | None, Field(ge=0, le=1)] = None
+    """The judge's win rate of the fine-tuned model against the base (ties count half) must reach this."""
+    max_task_f1_drop_pts: dict[QuantTarget, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """Per quantization target: the most task token-F1 points it may lose against the merged model."""
+
+
+class JudgeSpec(_Strict):
+    """A pairwise A/B by a local LLM judge (llama.cpp): both orders, inconsistent verdicts are ties."""
+
+    enabled: bool = True
+    """Off only by an explicit `enabled: false`."""
+    model: str = "base"
+    """`base`: the base model's own GGUF (a small judge, for small recipes); or a GGUF file in the image."""
+    prompts: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Held-out prompts judged (each twice: both orders)."""
+    bootstrap: Annotated[int, Field(ge=100, le=100000)] = 1000
+    """Bootstrap resamples for the win rate's 95 % interval."""
 
 
 class EvaluateSpec(_Strict):
@@ -163,6 +221,10 @@ class EvaluateSpec(_Strict):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 48
     """Tokens each sample answer may generate."""
     gates: GatesSpec = Field(default_factory=GatesSpec)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    """The base, the fine-tune and every quantized artefact, judged pairwise against the base."""
+    task_metrics: bool = True
+    """Exact match, token F1 and ROUGE-L of every model's answers against the references."""
 
 
 class Recipe(_Strict):

@@ -65,7 +65,14 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.max_new_tokens": settings.evaluate.max_new_tokens,
         "evaluate.gates.require_improvement": settings.evaluate.require_improvement,
         "evaluate.gates.max_perplexity_delta_pct": settings.evaluate.max_perplexity_delta_pct,
+        "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
+        "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
+        "evaluate.task_metrics": settings.evaluate.task_metrics,
     }
+    for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
+                           ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
+        for key, item in asdict(value).items():
+            values[f"{section}.{key}"] = item
     for section in ("lora", "train", "gptq"):
         for key, value in asdict(getattr(settings, section)).items():
             values[f"{section}.{key}"] = value
