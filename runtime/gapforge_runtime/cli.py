@@ -148,9 +148,12 @@ def cmd_step(args: argparse.Namespace) -> int:
         from gapforge_runtime.quantize import check_llama_cpp
 
         check_llama_cpp(ctx.llama_cpp)
-    for step in steps:
-        step(ctx)
-    manifest = write_manifest_and_report(ctx)
+    with pipeline.observed_run(
+        ctx, tracking=not args.no_tracking, metrics_port=getattr(args, "metrics_port", None)
+    ):
+        for step in steps:
+            step(ctx)
+        manifest = write_manifest_and_report(ctx)
     print(f"outputs in {ctx.out.root} (manifest.json, report.md, report.html)")
     if args.command in ("run", "eval") and manifest["passed"] is False:
         print("verdict: FAIL (a gate failed; see report.md)", file=sys.stderr)
@@ -223,6 +226,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
+    parser.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="no MLflow run in OUT/mlflow (by default every run is tracked there, on SQLite)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--nproc",
                 type=int,
                 help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)",
+            )
+            step.add_argument(
+                "--metrics-port",
+                type=int,
+                metavar="PORT",
+                help="serve training metrics for Prometheus on 0.0.0.0:PORT/metrics (the textfile "
+                "OUT/metrics/gapforge.prom is written either way); publish the port: docker run -p PORT:PORT",
             )
         step.set_defaults(func=cmd_step)
     return parser

@@ -49,6 +49,8 @@ class RunContext:
     resume: bool = False
     nproc: int = 1
     """Training processes (torchrun); 1 trains in this process."""
+    observers: list[Any] = field(default_factory=list)
+    """TrainingObservers (MLflow, Prometheus) that see every logging step of training."""
     _digests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self, name: str, path: Path, refresh: bool = False) -> dict[str, Any]:
@@ -188,6 +190,7 @@ def step_train(ctx: RunContext) -> StepRecord:
                 "log_file": str(ctx.out.train_log), "resume": ctx.resume,
             }  # fmt: skip
             result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps))
+            replay_train_log(ctx.out.train_log, result.global_step, ctx.observers)
         else:
             tokenizer = load_tokenizer(ctx.model_dir)
             result = train_adapter(
@@ -200,6 +203,7 @@ def step_train(ctx: RunContext) -> StepRecord:
                 ctx.out.adapter,
                 ctx.out.train_log,
                 ctx.resume,
+                ctx.observers,
             )
         if result.resumed_from_step is not None:
             print(
@@ -211,6 +215,57 @@ def step_train(ctx: RunContext) -> StepRecord:
 
     record, _ = run_step(ctx.out, "train", inputs, ctx.force, body)
     return record
+
+
+def replay_train_log(log: Path, total: int, observers: list[Any]) -> None:
+    """Hand the training log's entries to the observers afterwards: the ranks of a torchrun training
+    are other processes, so MLflow and the textfile get the steps once it is over."""
+    from gapforge_runtime.monitoring import TrainingUpdate
+
+    if not observers or not log.is_file():
+        return
+    for line in log.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if "loss" not in entry and "eval_loss" not in entry:
+            continue
+        numbers = {k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+        update = TrainingUpdate(
+            step=int(entry["step"]), total_steps=total, logs=numbers, time=entry["time"]
+        )
+        for observer in observers:
+            observer(update)
+
+
+@contextmanager
+def observed_run(
+    ctx: RunContext, tracking: bool = True, metrics_port: int | None = None
+) -> Iterator[None]:
+    """Wrap a run's steps: an MLflow run (tracking.py) and training metrics (monitoring.py) for
+    their whole length; the MLflow run ends FINISHED, FAILED or KILLED with the steps."""
+    from gapforge_runtime.monitoring import TEXTFILE, TrainingMetrics
+    from gapforge_runtime.tracking import Tracker
+
+    recipe = ctx.recipe
+    metrics = TrainingMetrics(recipe.name, recipe.version, ctx.out.root / TEXTFILE, metrics_port)
+    # Continue the recorded MLflow run unless every step is redone (--force without --resume).
+    tracker = (
+        Tracker(ctx.out.root, recipe, continue_run=ctx.resume or not ctx.force)
+        if tracking
+        else None
+    )
+    ctx.observers.extend([metrics, *([tracker] if tracker else [])])
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        metrics.close()
+        if tracker is not None:
+            tracker.finish(status)
+        ctx.observers.clear()
 
 
 def check_memory(ctx: RunContext) -> None:

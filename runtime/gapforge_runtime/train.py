@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from gapforge_runtime.encoding import IGNORE_INDEX, Encoded, EncodingStats
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import atomic_dir, write_text_atomic
 from gapforge_runtime.modelio import device_and_dtype, load_causal_lm
+from gapforge_runtime.monitoring import ProgressLine, TrainingObserver, TrainingUpdate
 
 
 @dataclass
@@ -183,6 +185,42 @@ def _checkpoint_step(checkpoint: Path) -> int:
     return int(state["global_step"])
 
 
+class UpdateMaker:
+    """Turns Trainer's log entries into TrainingUpdates: pace, tokens/s and GPU memory added."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.last: tuple[float, int] | None = None
+        """(monotonic time, tokens seen) at the previous training entry."""
+
+    def begin(self, step: int, tokens: int) -> None:
+        """Training (re)starts at `step` with `tokens` already seen (a resumed run)."""
+        self.started = time.monotonic()
+        self.first_step = step
+        self.last = (self.started, tokens)
+
+    def update(self, step: int, total: int, tokens: int, logs: dict[str, Any]) -> TrainingUpdate:
+        """The update of one log entry (numbers only: Trainer's entries hold a few strings)."""
+        now = time.monotonic()
+        numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+        done = step - self.first_step
+        pace = (now - self.started) / done if done > 0 else None
+        rate = None
+        if "loss" in numbers and self.last is not None and now > self.last[0]:
+            rate = (tokens - self.last[1]) / (now - self.last[0])
+            self.last = (now, tokens)
+        allocated = reserved = None
+        if self.device == "cuda":
+            import torch
+
+            allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+        return TrainingUpdate(step=step, total_steps=total, logs=numbers, seconds_per_step=pace,
+                              tokens_per_second=rate, gpu_memory_allocated=allocated,
+                              gpu_memory_reserved=reserved)  # fmt: skip
+
+
 def train_adapter(
     recipe: RecipeSettings,
     model_dir: Path,
@@ -193,9 +231,14 @@ def train_adapter(
     adapter_dir: Path,
     log_file: Path,
     resume: bool,
+    observers: Sequence[TrainingObserver] = (),
 ) -> TrainResult:
-    """Train a LoRA adapter and save it (with the tokenizer) to `adapter_dir`."""
+    """Train a LoRA adapter and save it (with the tokenizer) to `adapter_dir`.
+
+    Rank 0 shows one progress line and hands each logging step to `observers` (MLflow, Prometheus).
+    """
     from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     settings = recipe.train
     device, dtype = device_and_dtype()
@@ -257,6 +300,7 @@ def train_adapter(
         greater_is_better=False,
         logging_steps=1,
         report_to="none",
+        disable_tqdm=True,  # our own progress line (Observe), not tqdm bars or raw dicts
         use_cpu=device == "cpu",
         bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
         dataloader_pin_memory=False,
@@ -281,7 +325,32 @@ def train_adapter(
         def on_save(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
             _mark_checkpoint_complete(checkpoints, state.global_step)
 
-    callbacks: list[Any] = [LogToFile(), MarkComplete()]
+    progress = ProgressLine()
+    maker = UpdateMaker(device)
+
+    class Observe(TrainerCallback):  # type: ignore[misc]
+        """The progress line and the observers, on rank 0, at every log entry."""
+
+        def on_train_begin(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
+            maker.begin(state.global_step, int(getattr(state, "num_input_tokens_seen", 0) or 0))
+
+        def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
+            logs = logs or {}
+            if not state.is_world_process_zero or not ({"loss", "eval_loss"} & set(logs)):
+                return  # the end-of-training summary (train_runtime...) goes to the log file only
+            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            update = maker.update(state.global_step, state.max_steps, tokens, logs)
+            progress(update)
+            for observer in observers:
+                try:
+                    observer(update)
+                except Exception as exc:  # monitoring never stops a training
+                    print(f"[train] {type(observer).__name__} failed at step {update.step}: {exc}", flush=True)  # fmt: skip
+
+        def on_train_end(self, _args: Any, _state: Any, _control: Any, **_: Any) -> None:
+            progress.finish()
+
+    callbacks: list[Any] = [LogToFile(), MarkComplete(), Observe()]
     if early:
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)
@@ -294,6 +363,8 @@ def train_adapter(
         data_collator=lambda features: pad_batch(features, tokenizer.pad_token_id),
         callbacks=callbacks,
     )
+    for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
+        trainer.remove_callback(printer)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
     seconds = time.monotonic() - started
