@@ -13,6 +13,8 @@ Layout of a bundle (every file but the two signature files is listed in SHA256SU
     recipe/                 the recipe, its normalized JSON, its sample data and its locks
     wheels/                 the gapforge wheel and its dependencies, to install the operator CLI offline
     RUNBOOK.md              the exact commands for this bundle
+    monitoring/grafana-dashboard.json
+                            a Grafana dashboard of the runtime's training metrics (Prometheus)
     signing-key.pub.pem     the public half of the key that signed SHA256SUMS (pin your own copy)
     SHA256SUMS              `sha256sum -c` format
     SHA256SUMS.sig          Ed25519 signature over SHA256SUMS (raw, 64 bytes; `openssl pkeyutl -rawin`)
@@ -30,6 +32,8 @@ PRETEST = "pretest/evidence.json"
 PRETEST_LOG = "pretest/log.txt"
 PRETEST_REPORT = "pretest/report.md"
 RUNBOOK = "RUNBOOK.md"
+DASHBOARD = "monitoring/grafana-dashboard.json"
+"""images/templates/grafana-dashboard.json, for the operator's Grafana (import; pick the Prometheus)."""
 PUBLIC_KEY = "signing-key.pub.pem"
 SUMS = "SHA256SUMS"
 SIGNATURE = "SHA256SUMS.sig"

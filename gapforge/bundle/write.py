@@ -18,6 +18,7 @@ from typing import Any
 from gapforge.atomic import swap_in
 from gapforge.bundle import (
     BUNDLE_SCHEMA,
+    DASHBOARD,
     IMAGE_TAR,
     INDEX,
     PRETEST,
@@ -33,7 +34,7 @@ from gapforge.bundle import (
     WHEELS_DIR,
 )
 from gapforge.bundle.provenance import render_provenance
-from gapforge.bundle.runbook import render_runbook, runbook_context
+from gapforge.bundle.runbook import TEMPLATES, render_runbook, runbook_context
 from gapforge.bundle.sbom import render_sbom
 from gapforge.bundle.sign import SigningKey, sign
 from gapforge.bundle.source import BundleSource
@@ -150,6 +151,7 @@ def _fill(work: Path, source: BundleSource, key: SigningKey) -> dict[str, str]:
         if (source.pretest_dir / inside).is_file():
             _write(work, name, (source.pretest_dir / inside).read_bytes())
     _write(work, PUBLIC_KEY, key.public_pem)
+    _write(work, DASHBOARD, (TEMPLATES / "grafana-dashboard.json").read_bytes())
     digests = _hash_all(work, bundle_files(work), "hashing the bundle")
     if source.image.tar_sha256 and digests[IMAGE_TAR] != source.image.tar_sha256:
         raise BuildError(
