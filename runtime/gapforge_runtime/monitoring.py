@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from gapforge_runtime.errors import RuntimeFailure
+
 TEXTFILE = Path("metrics") / "gapforge.prom"
 """The textfile, relative to the output folder (node_exporter's --collector.textfile.directory)."""
 
@@ -94,13 +96,18 @@ class ProgressLine:
         self.stream = stream if stream is not None else sys.stdout
         self.tty = self.stream.isatty() if tty is None else tty
         self.eval_loss: float | None = None
+        self._last: TrainingUpdate | None = None
         self._open = False
 
     def __call__(self, update: TrainingUpdate) -> None:
         if update.is_eval:
             self.eval_loss = update.logs["eval_loss"]
-            if self.tty:
-                return  # shown on the next step's line
+            if self.tty:  # the step's line again, with the new eval loss on it
+                if self._last is not None:
+                    self(self._last)
+                return
+        else:
+            self._last = update
         line = format_progress(update, None if update.is_eval else self.eval_loss)
         if self.tty:
             self.stream.write(f"\r{line}\x1b[K")
@@ -163,7 +170,13 @@ class TrainingMetrics:
         if port is not None:
             from prometheus_client import start_http_server
 
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            try:
+                self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            except OSError as exc:
+                raise RuntimeFailure(
+                    f"--metrics-port {port}: cannot serve metrics on {host}:{port} ({exc.strerror or exc}). "
+                    "Choose a free port, or leave --metrics-port out (OUT/metrics/gapforge.prom is written either way)."
+                ) from None
             self.port = self._server.server_port
             print(f"[train] metrics on http://{host}:{self.port}/metrics", flush=True)
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import chat_examples, write_recipe
 from gapforge_runtime.config import RecipeSettings, load_recipe_settings
+from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.monitoring import TEXTFILE, ProgressLine, TrainingMetrics, TrainingUpdate
 from gapforge_runtime.offline import OFFLINE_VARIABLES
 from gapforge_runtime.tracking import (
@@ -145,6 +146,8 @@ def test_textfile_and_http_metrics(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10) as reply:
             served = reply.read().decode()
         assert f"gapforge_train_step{labels} 3.0" in served and "gapforge_train_grad_norm" in served
+        with pytest.raises(RuntimeFailure, match=f"--metrics-port {metrics.port}: cannot serve metrics"):
+            TrainingMetrics("tiny-desk", "0.1.0", None, port=metrics.port, host="127.0.0.1")
     finally:
         metrics.close()
 
@@ -170,11 +173,11 @@ def test_progress_line_rewritten_on_a_terminal() -> None:
     progress = ProgressLine(stream, tty=True)
     for step in (1, 2):
         progress(update(step, loss=1.0))
-    progress(update(2, eval_loss=0.9))  # shown on the next line, not printed alone
+    progress(update(2, eval_loss=0.9))  # the step's line again, with the eval loss on it
     progress.finish()
     text = stream.getvalue()
-    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
-    assert "eta 16s" in text
+    assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
+    assert text.rstrip("\n").rsplit("\r", 1)[1] == "[train] step  2/10  loss 1.0000  eval 0.9000  1,234 tok/s  eta 16s\x1b[K"
 
 
 class NetworkAttempts:
@@ -293,3 +296,18 @@ def test_dashboard_plots_the_metrics_training_writes() -> None:
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Loss", "Learning rate", "Gradient norm", "Tokens per second", "GPU memory",
             "Step progress", "Seconds since last step"} <= titles  # fmt: skip
+
+
+def test_torchrun_training_is_replayed_from_the_log(tmp_path: Path) -> None:
+    """The ranks of a --nproc training are other processes: their log reaches the observers after."""
+    from gapforge_runtime.pipeline import replay_train_log
+
+    log = tmp_path / "train_log.jsonl"
+    entries = [{"step": 1, "time": 1.5, "loss": 2.0, "learning_rate": 0.1, "epoch": 0.5},
+               {"step": 2, "time": 2.5, "eval_loss": 1.5, "eval_runtime": 0.1},
+               {"step": 2, "time": 3.0, "train_runtime": 9.0, "train_loss": 1.9}]  # fmt: skip
+    log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    seen: list[TrainingUpdate] = []
+    replay_train_log(log, 2, [seen.append])
+    assert [(u.step, u.total_steps, u.is_eval, u.time) for u in seen] == [(1, 2, False, 1.5), (2, 2, True, 2.5)]
+    assert seen[0].logs["loss"] == 2.0
