@@ -193,6 +193,7 @@ def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) 
     text = " ".join(f"{v} and" for v in PLANTED) + " mail bob@example.net"
     found = {f.type for f in detector.find(text)}
     assert found == {"email", "phone", "card", "iban", "ip", "secret"}
+    assert detector.find("case 1641, step 2024, version 1.2.3, at 12:30:45") == []  # no false positives
     assert find_near_duplicates([LONG.format(word="a"), LONG.format(word="b")], {}).groups
 
 

@@ -32,6 +32,7 @@ PRESIDIO_TYPES = {
     "CREDIT_CARD": "card", "IBAN_CODE": "iban", "IP_ADDRESS": "ip", "PHONE_NUMBER": "phone",
 }  # fmt: skip
 PRESIDIO_SCORE = 0.4
+MIN_PHONE_DIGITS = 7
 NER_TYPES = {"PERSON": "person", "PER": "person", "GPE": "location", "LOC": "location"}
 
 
@@ -196,6 +197,10 @@ def shannon_entropy(value: str) -> float:
     return -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
 
 
+def _digits(text: str) -> int:
+    return sum(ch.isdigit() for ch in text)
+
+
 def _emails(text: str) -> list[Finding]:
     return [Finding(m.start(), m.end(), "email", "pattern") for m in EMAIL.finditer(text)]
 
@@ -270,7 +275,7 @@ def find_patterns(text: str) -> list[Finding]:
     found = _emails(text) + _secrets(text)
     if "." in text or ":" in text:
         found += _ips(text)
-    if sum(ch.isdigit() for ch in text) >= 7:  # phones, cards and IBANs all need digits
+    if _digits(text) >= MIN_PHONE_DIGITS:  # phones, cards and IBANs all need that many digits
         found += _cards(text) + _ibans(text) + _phones(text)
     return found
 
@@ -359,14 +364,17 @@ class PiiDetector:
     def find(self, text: str) -> list[Finding]:
         """Every finding in `text`, one per span, most specific type kept."""
         found = find_patterns(text)
-        if self.presidio is not None and sum(ch.isdigit() for ch in text) >= 3:
+        if self.presidio is not None and _digits(text) >= 3:
             for r in self.presidio.analyze(
                 text=text,
                 language="en",
                 entities=list(PRESIDIO_TYPES),
                 score_threshold=PRESIDIO_SCORE,
             ):
-                found.append(Finding(r.start, r.end, PRESIDIO_TYPES[r.entity_type], "presidio"))
+                kind = PRESIDIO_TYPES[r.entity_type]
+                # presidio's phone recognizer takes short numbers ("case 1641") for phones
+                if kind != "phone" or _digits(text[r.start : r.end]) >= MIN_PHONE_DIGITS:
+                    found.append(Finding(r.start, r.end, kind, "presidio"))
         if self.ner is not None:
             for ent in self.ner(text).ents:
                 if ent.label_ in NER_TYPES:
