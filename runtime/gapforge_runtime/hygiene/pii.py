@@ -251,7 +251,10 @@ def _phones(text: str) -> list[Finding]:
     found = set()
     for region in PHONE_REGIONS:
         for match in phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.VALID):
-            if phonenumbers.is_valid_number(match.number):
+            # Short numbers ("1641") are valid in some regions but are not worth a finding.
+            if _digits(match.raw_string) >= MIN_PHONE_DIGITS and phonenumbers.is_valid_number(
+                match.number
+            ):
                 raw = match.raw_string  # may carry the whitespace before the number
                 start = match.start + len(raw) - len(raw.lstrip())
                 found.add(Finding(start, match.start + len(raw.rstrip()), "phone", "pattern"))
