@@ -89,7 +89,11 @@ def prepare(ctx: RunContext) -> None:
 
 
 def step_data(ctx: RunContext) -> StepRecord:
-    """Validate the data (every bad line listed), dedupe, split, and measure its encoding."""
+    """Validate the data (every bad line listed), dedupe, split, clean it (PII, near-duplicates,
+    test-into-training leaks), and measure its encoding."""
+    from gapforge_runtime.hygiene import apply_hygiene
+    from gapforge_runtime.hygiene import summary as hygiene_summary
+    from gapforge_runtime.hygiene.lengths import measure_lengths
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.train import summarize_encoding
 
@@ -97,7 +101,11 @@ def step_data(ctx: RunContext) -> StepRecord:
     inputs = {
         "data": sha256_file(ctx.data_file),
         "settings": _section_digest(
-            recipe.data_format, recipe.train.seed, recipe.train.max_seq_length
+            recipe.data_format,
+            recipe.train.seed,
+            recipe.train.max_seq_length,
+            asdict(recipe.pii),
+            asdict(recipe.dedupe),
         ),
         "tokenizer": _section_digest(
             *(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))
@@ -116,8 +124,20 @@ def step_data(ctx: RunContext) -> StepRecord:
         split = data_mod.split_examples(
             examples, recipe.train.seed, given["validation"], given["test"]
         )
+        sources = {
+            "train": str(ctx.data_file),
+            **{k: str(extra[k] if given[k] is not None else ctx.data_file) for k in extra},
+        }
+        # Before anything is written: a `fail` finding stops the run with no split on disk.
+        hygiene = apply_hygiene(split, sources, recipe.pii, recipe.dedupe)
         paths = data_mod.write_split(split, ctx.out.data)
         tokenizer = load_tokenizer(ctx.model_dir)
+        hygiene["lengths"] = measure_lengths(
+            {k: [e.record for e in getattr(split, k)] for k in paths},
+            fmt,
+            tokenizer,
+            recipe.train.max_seq_length,
+        )
         details: dict[str, Any] = {
             "format": fmt,
             "examples_read": len(examples),
@@ -134,6 +154,7 @@ def step_data(ctx: RunContext) -> StepRecord:
             f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed",
             flush=True,
         )
+        print(f"[data] hygiene: {hygiene_summary(hygiene)}", flush=True)
         for name, path in paths.items():
             records = data_mod.read_split_file(path)
             _, stats = encode_split(tokenizer, fmt, records, recipe.train.max_seq_length)
@@ -141,6 +162,7 @@ def step_data(ctx: RunContext) -> StepRecord:
             details[f"{name}_tokens"] = stats.tokens
             details[f"{name}_truncated"] = stats.truncated
             details[f"{name}_dropped_no_target"] = stats.no_target_left
+        details["hygiene"] = hygiene
         outputs = {name: describe_path(path) for name, path in paths.items()}
         return outputs, details
 

@@ -91,6 +91,49 @@ def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     return "\n".join(md), f"<table><tr>{cells}</tr>{body}</table>"
 
 
+def hygiene_rows(hygiene: dict[str, Any]) -> list[list[Any]]:
+    """The data step's hygiene section as rows: counts, lines and actions, never a found value."""
+    rows: list[list[Any]] = []
+    pii = hygiene.get("pii", {})
+    if pii.get("status") != "checked":
+        rows.append(["personal data", pii.get("status", "not checked")])
+    else:
+        for kind, splits in sorted(pii["counts"].items()):
+            where = ", ".join(f"{n} in {split}" for split, n in splits.items())
+            lines = sorted({f["line"] for f in pii["findings"] if f["type"] == kind})
+            shown = ", ".join(map(str, lines[:20])) + (" …" if len(lines) > 20 else "")
+            rows.append([f"{kind} (policy {pii['policy'][kind]})", f"{where}; lines {shown}"])
+        if not pii["counts"]:
+            rows.append(["personal data", "none found"])
+    dedupe = hygiene.get("dedupe", {})
+    if dedupe.get("status") != "checked":
+        rows.append(["near-duplicates", dedupe.get("status", "not checked")])
+    else:
+        for group in dedupe["groups"][:20]:
+            dropped = ", ".join(f"{d['line']} (J={d['jaccard']:.2f})" for d in group["dropped"])
+            rows.append(["near-duplicates", f"kept line {group['kept_line']}, dropped {dropped}"])
+        for leak in dedupe["leaks"][:20]:
+            rows.append([
+                "leak into training",
+                f"{leak['split']} line {leak['held_out_line']} ~ training line "
+                f"{leak['train_line']} (J={leak['jaccard']:.2f}): training copy dropped",
+            ])  # fmt: skip
+        if not dedupe["groups"] and not dedupe["leaks"]:
+            rows.append(["near-duplicates", "none found"])
+    lengths = hygiene.get("lengths", {})
+    for split in ("train", "validation", "test"):
+        stats = lengths.get(split) or {}
+        if stats.get("examples"):
+            rows.append([
+                f"{split} length ({lengths['unit']})",
+                f"min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, max "
+                f"{stats['max']}; max_seq_length {lengths['max_seq_length']} cuts "
+                f"{stats['cut_examples']} examples ({stats['cut_tokens']} tokens)",
+            ])  # fmt: skip
+    rows += [["not checked", note] for note in hygiene.get("not_checked", [])]
+    return rows
+
+
 def write_report(
     out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -117,6 +160,8 @@ def write_report(
     if data:
         rows = [[k, v] for k, v in data.items() if not isinstance(v, dict | list)]
         section("Data", *_table(["item", "value"], rows))
+        if data.get("hygiene"):
+            section("Data hygiene", *_table(["check", "result"], hygiene_rows(data["hygiene"])))
     training = manifest.get("training") or {}
     if training:
         rows = [[k, v] for k, v in training.items() if not isinstance(v, dict | list)]
