@@ -96,6 +96,12 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _model_order(names: Any) -> list[str]:
+    """base, merged, then the quantized artefacts (JSON files keep keys sorted, not in run order)."""
+    first = [n for n in ("base", "merged") if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
 def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
     """The judge's win rates, the task metrics and the answers side by side."""
     judge = evaluation.get("judge") or {}
@@ -148,7 +154,7 @@ def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
     if task.get("enabled"):
         rows = [
             [name, f"{m['exact_match']:.1f}", f"{m['token_f1']:.1f}", f"{m['rouge_l']:.1f}", m["n"]]
-            for name, m in task.get("models", {}).items()
+            for name, m in ((n, task["models"][n]) for n in _model_order(task.get("models", {})))
         ]
         section(
             "Task metrics (points, against the test split's references)",
@@ -160,7 +166,7 @@ def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
         section("Note", note, html.escape(note))
     samples = evaluation.get("samples", [])[: evaluation.get("samples_shown", 3)]
     if samples:
-        models = list(samples[0]["answers"])
+        models = _model_order(samples[0]["answers"])
         rows = [
             [_short(s.get("question", s["prompt"])), _short(s["reference"])]
             + [_short(s["answers"].get(m, "")) for m in models]
