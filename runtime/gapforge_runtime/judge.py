@@ -153,10 +153,12 @@ def compare(
 
 
 def comparisons_for(models: list[str]) -> list[tuple[str, str]]:
-    """(candidate, reference) pairs: every model against the base; each quantized one against merged too."""
-    pairs = [(m, "base") for m in models if m != "base"]
-    pairs += [(m, "merged") for m in models if m not in ("base", "merged", "gguf:f16")]
-    return [p for p in pairs if p[1] in models]
+    """(candidate, reference) pairs: the fine-tune and every quantized artefact against the base.
+
+    `gguf:f16` is the merged model in GGUF form (what the quantizations are made from): judging it
+    again would double the judge's time for nothing. The quantized artefacts' loss against the
+    merged model is measured by perplexity and task F1 (its gate), which cost no judge calls."""
+    return [(m, "base") for m in models if m not in ("base", "gguf:f16") and "base" in models]
 
 
 def _render(llm: Any, messages: list[dict[str, str]]) -> str:

@@ -93,9 +93,10 @@ def test_bootstrap_interval_seeded_contains_estimate_and_narrows() -> None:
 
 
 def test_comparisons_for() -> None:
-    assert jd.comparisons_for(["base", "merged", "gguf:f16", "gguf:q4_k_m"]) == [
-        ("merged", "base"), ("gguf:f16", "base"), ("gguf:q4_k_m", "base"), ("gguf:q4_k_m", "merged"),
+    assert jd.comparisons_for(["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]) == [
+        ("merged", "base"), ("gguf:q8_0", "base"), ("gguf:q4_k_m", "base"),
     ]
+    assert jd.comparisons_for(["merged", "gguf:q8_0"]) == []
 
 
 def test_question_text() -> None:
