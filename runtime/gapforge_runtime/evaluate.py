@@ -222,3 +222,62 @@ def as_json(scores: dict[str, ModelScore], gates: list[Gate]) -> dict[str, Any]:
         "gates": [asdict(g) for g in gates],
         "passed": all(g.passed for g in gates),
     }
+
+
+def _comparison(
+    judge: dict[str, Any] | None, candidate: str, reference: str
+) -> dict[str, Any] | None:
+    for c in (judge or {}).get("comparisons", []):
+        if c["candidate"] == candidate and c["reference"] == reference:
+            return dict(c)
+    return None
+
+
+def decide_comparison_gates(
+    min_win_rate_vs_base: float | None,
+    max_task_f1_drop_pts: dict[str, float],
+    judge: dict[str, Any] | None,
+    task_metrics: dict[str, Any] | None,
+) -> list[Gate]:
+    """The judge's and the task metrics' gates; a gate whose measure was not taken fails, saying why."""
+    gates = []
+    if min_win_rate_vs_base is not None:
+        name = "min_win_rate_vs_base"
+        found = _comparison(judge, "merged", "base")
+        if found is None or found["n"] == 0:
+            why = (judge or {}).get("note") or "the judge did not run"
+            gates.append(
+                Gate(name, False, float("nan"), min_win_rate_vs_base, f"not judged: {why}")
+            )
+        else:
+            rate = float(found["win_rate"])
+            gates.append(
+                Gate(
+                    name,
+                    rate >= min_win_rate_vs_base,
+                    rate,
+                    min_win_rate_vs_base,
+                    f"fine-tune's win rate vs base {rate:.3f} (95% CI {found['ci_low']:.3f}-"
+                    f"{found['ci_high']:.3f}, n={found['n']}) must reach {min_win_rate_vs_base}",
+                )
+            )
+    models = (task_metrics or {}).get("models", {})
+    for target, limit in sorted(max_task_f1_drop_pts.items()):
+        name = f"max_task_f1_drop_pts[{target}]"
+        if target not in models or "merged" not in models:
+            why = (task_metrics or {}).get("note") or f"{target} was not built or not evaluated"
+            gates.append(Gate(name, False, float("nan"), limit, f"no task F1: {why}"))
+            continue
+        merged_f1, f1 = models["merged"]["token_f1"], models[target]["token_f1"]
+        drop = merged_f1 - f1
+        gates.append(
+            Gate(
+                name,
+                drop <= limit,
+                drop,
+                limit,
+                f"{target} token F1 {f1:.1f} vs merged {merged_f1:.1f}: {drop:+.1f} points lost "
+                f"(limit {limit})",
+            )
+        )
+    return gates

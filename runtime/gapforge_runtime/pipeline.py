@@ -23,6 +23,7 @@ from gapforge_runtime.config import GGUF_TARGETS, HF_TARGETS, RecipeSettings
 from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, reference_answer
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
+from gapforge_runtime.judge import question_text
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
 from gapforge_runtime.preflight import (
     check_cpu_features,
@@ -91,7 +92,11 @@ def prepare(ctx: RunContext) -> None:
 
 
 def step_data(ctx: RunContext) -> StepRecord:
-    """Validate the data (every bad line listed), dedupe, split, and measure its encoding."""
+    """Validate the data (every bad line listed), dedupe, split, clean it (PII, near-duplicates,
+    test-into-training leaks), and measure its encoding."""
+    from gapforge_runtime.hygiene import apply_hygiene
+    from gapforge_runtime.hygiene import summary as hygiene_summary
+    from gapforge_runtime.hygiene.lengths import measure_lengths
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.train import summarize_encoding
 
@@ -99,7 +104,11 @@ def step_data(ctx: RunContext) -> StepRecord:
     inputs = {
         "data": sha256_file(ctx.data_file),
         "settings": _section_digest(
-            recipe.data_format, recipe.train.seed, recipe.train.max_seq_length
+            recipe.data_format,
+            recipe.train.seed,
+            recipe.train.max_seq_length,
+            asdict(recipe.pii),
+            asdict(recipe.dedupe),
         ),
         "tokenizer": _section_digest(
             *(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))
@@ -118,8 +127,20 @@ def step_data(ctx: RunContext) -> StepRecord:
         split = data_mod.split_examples(
             examples, recipe.train.seed, given["validation"], given["test"]
         )
+        sources = {
+            "train": str(ctx.data_file),
+            **{k: str(extra[k] if given[k] is not None else ctx.data_file) for k in extra},
+        }
+        # Before anything is written: a `fail` finding stops the run with no split on disk.
+        hygiene = apply_hygiene(split, sources, recipe.pii, recipe.dedupe)
         paths = data_mod.write_split(split, ctx.out.data)
         tokenizer = load_tokenizer(ctx.model_dir)
+        hygiene["lengths"] = measure_lengths(
+            {k: [e.record for e in getattr(split, k)] for k in paths},
+            fmt,
+            tokenizer,
+            recipe.train.max_seq_length,
+        )
         details: dict[str, Any] = {
             "format": fmt,
             "examples_read": len(examples),
@@ -136,6 +157,7 @@ def step_data(ctx: RunContext) -> StepRecord:
             f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed",
             flush=True,
         )
+        print(f"[data] hygiene: {hygiene_summary(hygiene)}", flush=True)
         for name, path in paths.items():
             records = data_mod.read_split_file(path)
             _, stats = encode_split(tokenizer, fmt, records, recipe.train.max_seq_length)
@@ -143,6 +165,7 @@ def step_data(ctx: RunContext) -> StepRecord:
             details[f"{name}_tokens"] = stats.tokens
             details[f"{name}_truncated"] = stats.truncated
             details[f"{name}_dropped_no_target"] = stats.no_target_left
+        details["hygiene"] = hygiene
         outputs = {name: describe_path(path) for name, path in paths.items()}
         return outputs, details
 
@@ -437,6 +460,7 @@ def step_eval(ctx: RunContext) -> StepRecord:
     quantized = {t: ctx.out.quantized_dir(t) for t in hf_targets(ctx.recipe)}
     quantized = {t: p for t, p in quantized.items() if (p / "config.json").is_file()}
     settings = ctx.recipe.evaluate
+    judge_file = _judge_file(ctx)
     inputs = {
         "test": sha256_file(ctx.out.data / "test.jsonl"),
         "model": ctx.digest("model", ctx.model_dir),
@@ -445,6 +469,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
         **{t: sha256_file(p) for t, p in ggufs.items()},
         **{t: ctx.digest(t, p, refresh=True) for t, p in quantized.items()},
     }
+    if judge_file is not None:
+        inputs["judge"] = sha256_file(judge_file)
     if quantize is None:
         print("[eval] no GGUF files yet: scoring the base and merged models only", flush=True)
 
@@ -453,7 +479,10 @@ def step_eval(ctx: RunContext) -> StepRecord:
 
         tokenizer = load_tokenizer(ctx.model_dir)
         items = _encoded(ctx, tokenizer, "test")
-        records = data_mod.read_split_file(ctx.out.data / "test.jsonl")[: settings.sample_answers]
+        # The judge and the task metrics need more answers than the report shows.
+        compares = settings.judge.enabled or settings.task_metrics
+        answered = max(settings.sample_answers, settings.judge.prompts if compares else 0)
+        records = data_mod.read_split_file(ctx.out.data / "test.jsonl")[:answered]
         prompts_text = [prompt_text(tokenizer, ctx.recipe.data_format, r) for r in records]
         prompts = [
             tokenizer(p, add_special_tokens=ctx.recipe.data_format == "completion")["input_ids"]
@@ -500,14 +529,29 @@ def step_eval(ctx: RunContext) -> StepRecord:
             outs = ev.greedy_gguf(llm, prompts, settings.max_new_tokens, stop_ids)
             answers[target] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
             llm.close()
+        references = [reference_answer(ctx.recipe.data_format, r) for r in records]
+        questions = [question_text(ctx.recipe.data_format, r) for r in records]
+        outputs: dict[str, Any] = {"evaluation": {}}
+        notes = [
+            f"{t}: not evaluated (a quantized transformers checkpoint needs CUDA; none here)"
+            for t in hf_targets(ctx.recipe)
+            if t not in quantized
+        ]
+        task = _task_metrics(settings.task_metrics, answers, references)
+        judged = _judge(ctx, judge_file, questions, answers, outputs)
         gates = ev.decide_gates(
             scores, settings.require_improvement, settings.max_perplexity_delta_pct
+        ) + ev.decide_comparison_gates(
+            settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
         result = ev.as_json(scores, gates)
+        result["task_metrics"], result["judge"], result["notes"] = task, judged, notes
+        result["samples_shown"] = settings.sample_answers
         result["samples"] = [
             {
                 "prompt": p,
-                "reference": reference_answer(ctx.recipe.data_format, r),
+                "question": questions[i],
+                "reference": references[i],
                 "answers": {m: a[i] for m, a in answers.items()},
             }
             for i, (p, r) in enumerate(zip(prompts_text, records, strict=True))
@@ -522,11 +566,123 @@ def step_eval(ctx: RunContext) -> StepRecord:
                 f"[eval] gate {gate.name}: {'pass' if gate.passed else 'FAIL'} ({gate.detail})",
                 flush=True,
             )
+        for note in notes:
+            print(f"[eval] note: {note}", flush=True)
         write_json_atomic(ctx.out.evaluation, result)
-        return {"evaluation": describe_path(ctx.out.evaluation)}, {"passed": result["passed"]}
+        outputs["evaluation"] = describe_path(ctx.out.evaluation)
+        return outputs, {"passed": result["passed"]}
 
     record, _ = run_step(ctx.out, "eval", inputs, ctx.force, body)
     return record
+
+
+def _judge_file(ctx: RunContext) -> Path | None:
+    """The judge's GGUF when the recipe names one; None for no judge or `base` (made in the step)."""
+    judge = ctx.recipe.evaluate.judge
+    if not judge.enabled or judge.model == "base":
+        return None
+    path = Path(judge.model)
+    if not path.is_file():
+        raise RuntimeFailure(
+            f"evaluate.judge.model: {judge.model} is not a file. Name a GGUF file inside the image, "
+            "or 'base' to judge with the base model's own GGUF, or set evaluate.judge.enabled: false."
+        )
+    return path
+
+
+def _task_metrics(
+    enabled: bool, answers: dict[str, list[str]], references: list[str]
+) -> dict[str, Any]:
+    """Exact match, token F1 and ROUGE-L per model, or why they were skipped."""
+    from gapforge_runtime.taskmetrics import score_models
+
+    if not enabled:
+        print("[eval] task metrics skipped (evaluate.task_metrics: false)", flush=True)
+        return {"enabled": False, "note": "skipped: evaluate.task_metrics is false", "models": {}}
+    models = score_models(answers, references)
+    for name, m in models.items():
+        print(
+            f"[eval] {name:<12} EM {m['exact_match']:.1f}  F1 {m['token_f1']:.1f}  "
+            f"ROUGE-L {m['rouge_l']:.1f}  (n={m['n']})",
+            flush=True,
+        )
+    return {"enabled": True, "note": "", "prompts": len(references), "models": models}
+
+
+def _judge(
+    ctx: RunContext,
+    judge_file: Path | None,
+    questions: list[str],
+    answers: dict[str, list[str]],
+    outputs: dict[str, Any],
+) -> dict[str, Any]:
+    """Every model judged pairwise against the base (quantized ones also against merged)."""
+    from gapforge_runtime import judge as jd
+
+    spec = ctx.recipe.evaluate.judge
+    if not spec.enabled:
+        print("[eval] judge skipped (evaluate.judge.enabled: false)", flush=True)
+        return {"enabled": False, "note": "skipped: evaluate.judge.enabled is false"}
+    started = time.monotonic()
+    if judge_file is None:  # `base`: the base model's own GGUF f16, made here once per evaluation
+        from gapforge_runtime.quantize import check_llama_cpp, convert_to_f16
+
+        judge_file = ctx.out.gguf / f"{ctx.recipe.name}-base-f16.gguf"
+        print(f"[eval] judge: base model → {judge_file.name}", flush=True)
+        check_cpu_features()
+        convert_to_f16(check_llama_cpp(ctx.llama_cpp), ctx.model_dir, judge_file)
+        outputs["judge:base-gguf"] = describe_path(judge_file)
+    n = min(spec.prompts, len(questions))
+    pairs = jd.comparisons_for(list(answers))
+    prompts = [(questions[i], answers[c][i], answers[r][i]) for c, r in pairs for i in range(n)]
+    n_ctx, trained = jd.fitted_n_ctx(judge_file, prompts)
+    judge = jd.LlamaJudge(judge_file, n_ctx)
+    try:
+        comparisons = []
+        for candidate, reference in pairs:
+            c = jd.compare(
+                candidate,
+                reference,
+                questions[:n],
+                answers[candidate][:n],
+                answers[reference][:n],
+                judge.ask,
+                spec.bootstrap,
+            )
+            print(
+                f"[eval] judge {candidate} vs {reference}: win rate {c.win_rate:.3f} "
+                f"[{c.ci_low:.3f}, {c.ci_high:.3f}]  {c.wins}W {c.losses}L {c.ties}T "
+                f"({c.inconsistent} inconsistent, {c.unparseable} unparseable)",
+                flush=True,
+            )
+            comparisons.append(asdict(c))
+        calls, too_long = judge.calls, judge.too_long
+    finally:
+        judge.close()
+    limits = [
+        "A small judge (the base model itself, for small recipes) is weak and position-biased: "
+        "each pair is judged in both orders and disagreements are ties; read win rates near 0.5 "
+        "as 'no difference found', not as equal quality."
+    ]
+    if n_ctx > trained:
+        limits.append(f"judge context {n_ctx} exceeds its training context {trained}")
+    if too_long:
+        limits.append(f"{too_long} judge prompts did not fit the context (counted as unparseable)")
+    return {
+        "enabled": True,
+        "note": "",
+        "model": spec.model,
+        "file": judge_file.name,
+        "prompts": n,
+        "orders": 2,
+        "calls": calls,
+        "n_ctx": n_ctx,
+        "max_verdict_tokens": jd.MAX_VERDICT_TOKENS,
+        "bootstrap": spec.bootstrap,
+        "seconds": round(time.monotonic() - started, 2),
+        "limits": limits,
+        "comparisons": comparisons,
+    }
 
 
 def evaluation_passed(ctx: RunContext) -> bool | None:

@@ -91,6 +91,134 @@ def _table(headers: list[str], rows: list[list[Any]]) -> tuple[str, str]:
     return "\n".join(md), f"<table><tr>{cells}</tr>{body}</table>"
 
 
+def hygiene_rows(hygiene: dict[str, Any]) -> list[list[Any]]:
+    """The data step's hygiene section as rows: counts, lines and actions, never a found value."""
+    rows: list[list[Any]] = []
+    pii = hygiene.get("pii", {})
+    if pii.get("status") != "checked":
+        rows.append(["personal data", pii.get("status", "not checked")])
+    else:
+        for kind, splits in sorted(pii["counts"].items()):
+            where = ", ".join(f"{n} in {split}" for split, n in splits.items())
+            lines = sorted({f["line"] for f in pii["findings"] if f["type"] == kind})
+            shown = ", ".join(map(str, lines[:20])) + (" …" if len(lines) > 20 else "")
+            rows.append([f"{kind} (policy {pii['policy'][kind]})", f"{where}; lines {shown}"])
+        if not pii["counts"]:
+            rows.append(["personal data", "none found"])
+    dedupe = hygiene.get("dedupe", {})
+    if dedupe.get("status") != "checked":
+        rows.append(["near-duplicates", dedupe.get("status", "not checked")])
+    else:
+        for group in dedupe["groups"][:20]:
+            dropped = ", ".join(f"{d['line']} (J={d['jaccard']:.2f})" for d in group["dropped"])
+            rows.append(["near-duplicates", f"kept line {group['kept_line']}, dropped {dropped}"])
+        for leak in dedupe["leaks"][:20]:
+            rows.append([
+                "leak into training",
+                f"{leak['split']} line {leak['held_out_line']} ~ training line "
+                f"{leak['train_line']} (J={leak['jaccard']:.2f}): training copy dropped",
+            ])  # fmt: skip
+        if not dedupe["groups"] and not dedupe["leaks"]:
+            rows.append(["near-duplicates", "none found"])
+    lengths = hygiene.get("lengths", {})
+    for split in ("train", "validation", "test"):
+        stats = lengths.get(split) or {}
+        if stats.get("examples"):
+            rows.append([
+                f"{split} length ({lengths['unit']})",
+                f"min {stats['min']}, median {stats['median']}, p95 {stats['p95']}, max "
+                f"{stats['max']}; max_seq_length {lengths['max_seq_length']} cuts "
+                f"{stats['cut_examples']} examples ({stats['cut_tokens']} tokens)",
+            ])  # fmt: skip
+    rows += [["not checked", note] for note in hygiene.get("not_checked", [])]
+    return rows
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _model_order(names: Any) -> list[str]:
+    """base, merged, then the quantized artefacts (JSON files keep keys sorted, not in run order)."""
+    first = [n for n in ("base", "merged") if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
+    """The judge's win rates, the task metrics and the answers side by side."""
+    judge = evaluation.get("judge") or {}
+    if judge.get("enabled"):
+        rows = [
+            [
+                f"{c['candidate']} vs {c['reference']}",
+                f"{c['win_rate']:.3f}",
+                f"{c['ci_low']:.3f} to {c['ci_high']:.3f}",
+                c["wins"],
+                c["losses"],
+                c["ties"],
+                c["inconsistent"],
+                c["unparseable"],
+                c["n"],
+            ]
+            for c in judge.get("comparisons", [])
+        ]
+        md_table, html_table = _table(
+            [
+                "pair",
+                "win rate",
+                "95% CI",
+                "wins",
+                "losses",
+                "ties",
+                "orders disagree",
+                "unparseable verdicts",
+                "prompts",
+            ],
+            rows,
+        )
+        about = (
+            f"Judge: `{judge.get('model')}` ({judge.get('file')}), llama.cpp, greedy, "
+            f"{judge.get('max_verdict_tokens')} verdict tokens, n_ctx {judge.get('n_ctx')}; "
+            f"{judge.get('prompts')} prompts x 2 orders, {judge.get('calls')} calls in "
+            f"{judge.get('seconds')} s. Win rate = (wins + ties/2) / n, 95% percentile bootstrap "
+            f"({judge.get('bootstrap')} resamples). Limits: " + " ".join(judge.get("limits", []))
+        )
+        section(
+            "Judged against the base",
+            f"{about}\n\n{md_table}",
+            f"<p>{html.escape(about)}</p>{html_table}",
+        )
+    elif judge:
+        section(
+            "Judged against the base", judge.get("note", ""), html.escape(judge.get("note", ""))
+        )
+    task = evaluation.get("task_metrics") or {}
+    if task.get("enabled"):
+        rows = [
+            [name, f"{m['exact_match']:.1f}", f"{m['token_f1']:.1f}", f"{m['rouge_l']:.1f}", m["n"]]
+            for name, m in ((n, task["models"][n]) for n in _model_order(task.get("models", {})))
+        ]
+        section(
+            "Task metrics (points, against the test split's references)",
+            *_table(["model", "exact match", "token F1", "ROUGE-L", "prompts"], rows),
+        )
+    elif task:
+        section("Task metrics", task.get("note", ""), html.escape(task.get("note", "")))
+    for note in evaluation.get("notes", []):
+        section("Note", note, html.escape(note))
+    samples = evaluation.get("samples", [])[: evaluation.get("samples_shown", 3)]
+    if samples:
+        models = _model_order(samples[0]["answers"])
+        rows = [
+            [_short(s.get("question", s["prompt"])), _short(s["reference"])]
+            + [_short(s["answers"].get(m, "")) for m in models]
+            for s in samples
+        ]
+        md_table, html_table = _table(["prompt", "reference", *models], rows)
+        section("Answers side by side (greedy)", md_table, html_table)
+
+
 def write_report(
     out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -117,6 +245,8 @@ def write_report(
     if data:
         rows = [[k, v] for k, v in data.items() if not isinstance(v, dict | list)]
         section("Data", *_table(["item", "value"], rows))
+        if data.get("hygiene"):
+            section("Data hygiene", *_table(["check", "result"], hygiene_rows(data["hygiene"])))
     training = manifest.get("training") or {}
     if training:
         rows = [[k, v] for k, v in training.items() if not isinstance(v, dict | list)]
@@ -149,22 +279,7 @@ def write_report(
                 f"![{name}](plots/{chart.name})",
                 f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">',
             )
-    answers = evaluation.get("samples", [])
-    if answers:
-        md_lines, html_lines = [], []
-        for i, sample in enumerate(answers, start=1):
-            md_lines.append(
-                f"### Prompt {i}\n\n```\n{sample['prompt']}\n```\n\nExpected: {sample['reference']}\n"
-            )
-            html_lines.append(
-                f"<h3>Prompt {i}</h3><pre>{html.escape(sample['prompt'])}</pre><p>Expected: {html.escape(sample['reference'])}</p><ul>"
-            )
-            for model, answer in sample["answers"].items():
-                md_lines.append(f"- **{model}**: {answer}")
-                html_lines.append(f"<li><b>{html.escape(model)}</b>: {html.escape(answer)}</li>")
-            md_lines.append("")
-            html_lines.append("</ul>")
-        section("Sample answers (greedy)", "\n".join(md_lines), "".join(html_lines))
+    _comparison_sections(evaluation, section)
     outputs = manifest.get("outputs", {})
     o_rows = [
         [name, o.get("path", ""), o.get("size", 0), str(o.get("sha256", ""))[:16]]
