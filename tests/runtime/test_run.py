@@ -200,3 +200,23 @@ if os.environ.get("GAPFORGE_WRITE_GOLDEN"):  # regenerate: GAPFORGE_WRITE_GOLDEN
     def test_write_golden(finished_run: tuple[Path, Any, Any]) -> None:
         manifest = json.loads((finished_run[0] / "manifest.json").read_text())
         GOLDEN.write_text(json.dumps(manifest_shape(manifest), indent=1, sort_keys=True) + "\n")
+
+
+def test_a_gate_above_what_the_run_reaches_fails_it_naming_the_gate(
+    tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any, tmp_path: Path
+) -> None:
+    """A win rate the fine-tune cannot reach: exit 1, the gate named, the report still written."""
+    recipe = write_recipe(tmp_path / "recipe")
+    spec = json.loads(recipe.read_text())
+    spec["evaluate"]["judge"] = {"prompts": 2}
+    spec["evaluate"]["gates"]["min_win_rate_vs_base"] = 0.99
+    recipe.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    args = ["run", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--llama-cpp", str(llama_cpp_dir)]
+    result = subprocess.run(runtime_command(*args), capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "min_win_rate_vs_base" in result.stdout
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    failed = [gate["name"] for gate in evaluation["gates"] if not gate["passed"]]
+    assert failed == ["min_win_rate_vs_base"], evaluation["gates"]
+    assert "min_win_rate_vs_base" in (out / "report.md").read_text() and (out / "report.html").is_file()
