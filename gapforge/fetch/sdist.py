@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,20 @@ def build_key(
         [sdist_sha256, build_lock.sha256, root_lock_sha256, python, settings, __version__, "v3"]
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _unpack_sdist(sdist: Path, dest: Path) -> None:
+    """Unpack a .tar.gz or (older sdists, such as word2number's) .zip sdist into `dest`."""
+    if sdist.name.endswith(".zip"):
+        with zipfile.ZipFile(sdist) as archive:
+            for member in archive.namelist():
+                target = (dest / member).resolve()
+                if not target.is_relative_to(dest.resolve()):
+                    raise FetchError(f"{sdist.name}: member {member!r} leaves the archive's folder")
+            archive.extractall(dest)
+        return
+    with tarfile.open(sdist) as archive:
+        archive.extractall(dest, filter="data")
 
 
 class BuildRootSource(Protocol):
@@ -142,8 +157,7 @@ class SdistBuilder:
             (work / "out").mkdir()
             for tool in tools:
                 shutil.copyfile(tool, work / "tools" / tool.name)
-            with tarfile.open(sdist) as archive:
-                archive.extractall(work / "src", filter="data")
+            _unpack_sdist(sdist, work / "src")
             tops = [p for p in (work / "src").iterdir() if p.is_dir()]
             if len(tops) != 1:
                 raise FetchError(
