@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gapforge_runtime import __version__
 from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
 from gapforge_runtime.gguf_import import DTYPES
+from gapforge_runtime.nodes import DEFAULT_PORT, nodes_from_args
 from gapforge_runtime.offline import force_offline
 
 if TYPE_CHECKING:
@@ -112,6 +113,14 @@ def _context(args: argparse.Namespace) -> RunContext:
         force=args.force,
         resume=getattr(args, "resume", False),
         nproc=getattr(args, "nproc", None) or recipe.train.nproc,
+        nodes=nodes_from_args(
+            getattr(args, "nnodes", None),
+            getattr(args, "node_rank", None),
+            getattr(args, "rdzv_endpoint", None),
+            getattr(args, "rdzv_id", None),
+            recipe.train.nnodes,
+            getattr(args, "rdzv_timeout", None),
+        ),  # fmt: skip
     )
 
 
@@ -143,7 +152,10 @@ def cmd_step(args: argparse.Namespace) -> int:
             pipeline.step_eval,
         ],
     }[args.command]
-    if args.command == "run":
+    if ctx.nodes.multi and not ctx.nodes.lead and args.command in ("run", "train"):
+        # Every node trains; node 0 finishes the run (merge, quantize, evaluate, report).
+        steps = [pipeline.step_train]
+    elif args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
         from gapforge_runtime.quantize import check_llama_cpp
 
@@ -153,6 +165,13 @@ def cmd_step(args: argparse.Namespace) -> int:
     ):
         for step in steps:
             step(ctx)
+        if ctx.nodes.multi and not ctx.nodes.lead and args.command in ("run", "train"):
+            print(
+                f"node {ctx.nodes.node_rank} of {ctx.nodes.nnodes}: training done; its adapter and "
+                f"checkpoints are in {ctx.out.root}. Node 0 merges, quantizes, evaluates and writes "
+                "the report in its own output folder."
+            )
+            return 0
         manifest = write_manifest_and_report(ctx)
     print(f"outputs in {ctx.out.root} (manifest.json, report.md, report.html)")
     if args.command in ("run", "eval") and manifest["passed"] is False:
@@ -233,6 +252,29 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_node_options(parser: argparse.ArgumentParser) -> None:
+    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.nodes)."""
+    group = parser.add_argument_group(
+        "across nodes (every node runs the same command, its own --out)"
+    )
+    group.add_argument(
+        "--nnodes", type=int, help="nodes in the job (default: the recipe's train.nnodes)"
+    )
+    group.add_argument(
+        "--node-rank", type=int, help="this node's rank, 0 to nnodes-1 (0 finishes the run)"
+    )
+    group.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help=f"node 0's name and rendezvous port (default port {DEFAULT_PORT})",
+    )
+    group.add_argument(
+        "--rdzv-id", help="the job's name, the same on every node (default: gapforge)"
+    )
+    group.add_argument("--rdzv-timeout", type=int, metavar="SECONDS",
+                       help="how long a node waits for the others to join (default 900)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                 type=int,
                 help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)",
             )
+            _add_node_options(step)
             step.add_argument(
                 "--metrics-port",
                 type=int,

@@ -64,6 +64,8 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     nproc: int = 1
     """Processes (one per GPU) for data-parallel training; the CLI's --nproc overrides it."""
+    nnodes: int = 1
+    """Nodes the training spans; the CLI's --nnodes overrides it (gapforge_runtime.nodes)."""
     distributed: str = "auto"
     """auto | ddp | fsdp (with nproc > 1)."""
 

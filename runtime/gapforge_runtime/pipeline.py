@@ -24,6 +24,7 @@ from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, 
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
 from gapforge_runtime.judge import question_text
+from gapforge_runtime.nodes import Nodes
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
 from gapforge_runtime.preflight import (
     check_cpu_features,
@@ -50,6 +51,8 @@ class RunContext:
     resume: bool = False
     nproc: int = 1
     """Training processes (torchrun); 1 trains in this process."""
+    nodes: Nodes = field(default_factory=Nodes)
+    """This node's place in a job across nodes (gapforge_runtime.nodes); one node by default."""
     observers: list[Any] = field(default_factory=list)
     """TrainingObservers (MLflow, Prometheus) that see every logging step of training."""
     _digests: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -204,7 +207,7 @@ def step_train(ctx: RunContext) -> StepRecord:
             shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
         if not ctx.resume:
             ctx.out.train_log.unlink(missing_ok=True)
-        if ctx.nproc > 1:
+        if ctx.nproc > 1 or ctx.nodes.multi:
             from gapforge_runtime.distributed import launch_training
 
             spec = {
@@ -212,7 +215,7 @@ def step_train(ctx: RunContext) -> StepRecord:
                 "checkpoints": str(ctx.out.checkpoints), "adapter": str(ctx.out.adapter),
                 "log_file": str(ctx.out.train_log), "resume": ctx.resume,
             }  # fmt: skip
-            result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps))
+            result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps, ctx.nodes))
             replay_train_log(ctx.out.train_log, result.global_step, ctx.observers)
         else:
             tokenizer = load_tokenizer(ctx.model_dir)

@@ -165,6 +165,9 @@ class TrainSpec(_Strict):
     """Recompute activations in the backward pass (less memory, ~30% slower); QLoRA always uses it."""
     nproc: Annotated[int, Field(ge=1, le=64)] = 1
     """Processes (one per GPU) for data-parallel training through torchrun; `--nproc` overrides it."""
+    nnodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Nodes the training spans (torchrun's c10d rendezvous; every node runs the image with
+    `--node-rank` and `--rdzv-endpoint`); `--nnodes` overrides it. `gapforge deploy` writes the job."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
     """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
     fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""

@@ -232,6 +232,7 @@ def train_adapter(
     log_file: Path,
     resume: bool,
     observers: Sequence[TrainingObserver] = (),
+    nnodes: int = 1,
 ) -> TrainResult:
     """Train a LoRA adapter and save it (with the tokenizer) to `adapter_dir`.
 
@@ -306,6 +307,8 @@ def train_adapter(
         dataloader_pin_memory=False,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.nodes).
+        save_on_each_node=nnodes > 1,
         **_distributed_args(recipe, device),
     )
 
@@ -313,7 +316,7 @@ def train_adapter(
         """Append every log entry to the training log as one JSON line."""
 
         def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
-            if not state.is_world_process_zero:
+            if not (state.is_local_process_zero if nnodes > 1 else state.is_world_process_zero):
                 return
             entry = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
             with log_file.open("a", encoding="utf-8") as handle:
@@ -365,6 +368,10 @@ def train_adapter(
     )
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
+    if nnodes > 1:
+        from gapforge_runtime.nodes import check_nodes_agree
+
+        check_nodes_agree(resumed_from)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
     seconds = time.monotonic() - started
@@ -377,7 +384,7 @@ def train_adapter(
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if size > 1:
         trainer.save_model(str(checkpoints / "final"))
-    if trainer.is_world_process_zero():
+    if trainer.is_local_process_zero() if nnodes > 1 else trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as tmp:
             if size > 1:
                 for item in (checkpoints / "final").glob("adapter_*"):
