@@ -120,7 +120,7 @@ def _context(args: argparse.Namespace) -> RunContext:
             getattr(args, "rdzv_id", None),
             recipe.train.nnodes,
             getattr(args, "rdzv_timeout", None),
-        ),  # fmt: skip
+        ),
     )
 
 

@@ -64,7 +64,7 @@ def nodes(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
             stderr=subprocess.STDOUT,
             text=True,
             env=_env(),
-        )  # fmt: skip
+        )
         for rank in (0, 1)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
