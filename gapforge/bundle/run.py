@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
+from gapforge.multinode import NodeRun, check_internal_network
 from gapforge.progress import step
 
 DATA_DIR = "/data"
@@ -223,12 +224,16 @@ def sealed_run(
 def run_image(
     target: str, data: Path, out: Path, gpus: str = "auto", validation: Path | None = None,
     test: Path | None = None, extra: list[str] | None = None, timeout: float | None = None,
-    *, anchor: Anchor | None, insecure: bool = False,
+    *, anchor: Anchor | None, insecure: bool = False, node: NodeRun | None = None,
 ) -> int:  # fmt: skip
-    """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status."""
+    """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status.
+    With `node`, this is one node of a training job across nodes, on an internal network."""
     from gapforge import engine
 
     client = engine.connect()
+    if node is not None:
+        check_internal_network(client, node.network)
+        extra = [*(extra or []), *node.runtime_args()]
     resolved = resolve_target(client, target, anchor, insecure)
     files = (
         {"--data": data}
@@ -236,7 +241,11 @@ def run_image(
         | ({"--test": test} if test else {})
     )
     run, args = sealed_run(resolved, ["run", *(extra or [])], files, out, use_gpus(gpus, resolved))
-    step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  (--network none --read-only, user {run.user}"
+    network = "--network none"
+    if node is not None:
+        run = replace(run, network=node.network, hostname=node.hostname)
+        network = f"--network {node.network} (internal) as {node.hostname}"
+    step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  ({network} --read-only, user {run.user}"
          f"{', --gpus all' if run.gpus else ''}) → {out}")  # fmt: skip
 
     def passthrough(chunk: bytes) -> None:

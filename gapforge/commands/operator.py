@@ -268,6 +268,28 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
+    nodes = run.add_argument_group(
+        "across nodes (one `gapforge run` per node, each with its own --out; RUNBOOK: across nodes)"
+    )
+    nodes.add_argument("--nnodes", type=int, help="nodes in the training job")
+    nodes.add_argument(
+        "--node-rank", type=int, help="this node's rank, 0 to nnodes-1 (0 writes the report)"
+    )
+    nodes.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="node 0's --hostname and port (default gapforge-node0:29400)",
+    )
+    nodes.add_argument(
+        "--rdzv-id", help="the job's name, the same on every node (default gapforge)"
+    )
+    nodes.add_argument(
+        "--network",
+        help="an internal Docker network the nodes share (docker network create --internal)",
+    )
+    nodes.add_argument(
+        "--hostname", help="this node's name on that network (default gapforge-node<rank>)"
+    )
     add_trust_options(
         run,
         "run a bundle that does not authenticate, or an image no verified load imported "
@@ -277,11 +299,17 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gapforge.bundle.run import run_image
+    from gapforge.multinode import node_run
 
+    node = node_run(args.nnodes, args.node_rank, args.rdzv_endpoint, args.network, args.hostname,
+                    args.rdzv_id)  # fmt: skip
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
-                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure)  # fmt: skip
+                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure,
+                       node=node)  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
+    if node is not None and node.node_rank != 0:
+        verdict[0] = f"[green]node {node.node_rank} trained[/] (node 0 writes the report)"
     console.print(
         f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
     )
