@@ -501,3 +501,18 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 ARGUMENTS["trust"] = trust_arguments
+
+
+def deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    from gapforge.deploy.cli import deploy_arguments as arguments
+
+    arguments(parser)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from gapforge.deploy.cli import cmd_deploy as run
+
+    return run(args)
+
+
+ARGUMENTS["deploy"] = deploy_arguments

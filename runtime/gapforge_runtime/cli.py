@@ -209,7 +209,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         targets=recipe.lora.target_modules if recipe else "all-linear",
         gradient_checkpointing=args.gradient_checkpointing
         or bool(train and train.gradient_checkpointing),
-        nproc=args.nproc or (train.nproc if train else 1),
+        nproc=(args.nproc or (train.nproc if train else 1))
+        * (args.nnodes or (train.nnodes if train else 1)),
         distributed=args.distributed
         or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
     )
@@ -219,10 +220,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else memplan.gpu_memory_bytes()
     )
     plan = memplan.estimate(shape, training, memory)
+    per_node = args.gpus_per_node or 8
+    needed = memplan.nodes_needed(shape, training, memory, per_node) if memory else None
     if args.json:
-        print(json.dumps(plan.as_json(), indent=2, sort_keys=True))
+        facts = plan.as_json()
+        if memory:
+            facts["nodes_needed"] = (
+                {"nodes": needed[0], "gpus_per_node": per_node, "distributed": needed[1]}
+                if needed
+                else None
+            )
+        print(json.dumps(facts, indent=2, sort_keys=True))
     else:
         print(memplan.describe(plan))
+        if memory:
+            print(memplan.describe_nodes(needed, per_node, memory))
         if memory is None:
             print("[plan] no GPU visible: pass --gpu-memory-gib to check the fit for a given GPU")
     return 0 if plan.fits is not False else EXIT_GATE_FAILED
@@ -314,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--gradient-checkpointing", action="store_true", help="assume activation recomputation"
     )
-    plan.add_argument("--nproc", type=int, help="GPUs the run is spread over")
+    plan.add_argument("--nproc", type=int, help="GPUs per node the run is spread over")
+    plan.add_argument(
+        "--nnodes", type=int, help="nodes the run is spread over (GPUs: nnodes x nproc)"
+    )
+    plan.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="GPUs of one node, to say how many nodes are needed (default 8)",
+    )
     plan.add_argument("--distributed", choices=["ddp", "fsdp"], help="how the GPUs share the model")
     plan.add_argument(
         "--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)"
