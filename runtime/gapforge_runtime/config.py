@@ -68,6 +68,12 @@ class TrainSettings:
     """Nodes the training spans; the CLI's --nnodes overrides it (gapforge_runtime.nodes)."""
     distributed: str = "auto"
     """auto | ddp | fsdp (with nproc > 1)."""
+    packing: bool = True
+    """Padding-free (flattened) batches, see packing.py."""
+    pack_tokens: int | None = None
+    """Token budget of a packed batch; None: `batch_size` examples a batch."""
+    liger: bool | str = "auto"
+    """Liger kernels: auto | True | False."""
 
     @property
     def uses_gradient_checkpointing(self) -> bool:

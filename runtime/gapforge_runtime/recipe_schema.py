@@ -171,6 +171,17 @@ class TrainSpec(_Strict):
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
     """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
     fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
+    packing: bool = True
+    """Padding-free batches: each batch's examples laid end to end in one row, position ids restarting
+    per example, attention kept inside each example (a block-diagonal mask built from the position
+    ids); exact: the same loss as padded batches, with no compute spent on padding. false pads."""
+    pack_tokens: Annotated[int | None, Field(ge=16)] = None
+    """With packing: form batches by this token budget per forward pass (as many whole examples as
+    fit, in a seeded order) instead of `batch_size` examples; a longer example is a batch of its own.
+    null: `batch_size` examples a batch."""
+    liger: bool | Literal["auto"] = "auto"
+    """Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) where the architecture has
+    them, on CUDA with the 'cuda' profile; `auto` uses them where they can run, true requires them."""
 
 
 class GptqSpec(_Strict):

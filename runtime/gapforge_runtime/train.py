@@ -69,6 +69,31 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     }
 
 
+def sft_batching(
+    recipe: RecipeSettings, train_set: list[Encoded], validation_set: list[Encoded], pad_id: int
+) -> tuple[Any, Any, Any, int]:
+    """(train dataset, eval dataset, collator, examples-per-batch for Trainer) of SFT training.
+
+    With `train.packing` every batch is one padding-free row (packing.py); with `train.pack_tokens`
+    too, a training batch is a group of examples under that token budget (Trainer takes 1 a batch).
+    """
+    from gapforge_runtime import packing
+
+    settings = recipe.train
+    if not settings.packing:
+        return (ListDataset(train_set), ListDataset(validation_set),
+                lambda features: pad_batch(features, pad_id), settings.batch_size)  # fmt: skip
+    if settings.pack_tokens:
+        train_data: Any = packing.PackedDataset(train_set, settings.pack_tokens, settings.seed)
+        return train_data, ListDataset(validation_set), packing.flatten_batch, 1
+    return (
+        ListDataset(train_set),
+        ListDataset(validation_set),
+        packing.flatten_batch,
+        settings.batch_size,
+    )
+
+
 def world() -> tuple[int, int]:
     """(local rank, world size) of this process: (0, 1) unless started by torchrun."""
     return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -270,7 +295,15 @@ def train_adapter(
     from transformers import set_seed
 
     set_seed(settings.seed)
+    from gapforge_runtime.packing import apply_liger
+
+    # Liger patches the architecture's classes, so it comes before the model is loaded
+    liger = apply_liger(settings.liger, model_dir, device)
+    if liger and rank == 0:
+        print(f"[train] {liger}", flush=True)
     model = _lora_model(recipe, model_dir, device, dtype)
+    if settings.packing:
+        model.config.use_cache = False  # with a KV cache transformers builds no per-example mask
     if rank == 0:
         model.print_trainable_parameters()
     if device == "cuda":
@@ -279,9 +312,12 @@ def train_adapter(
         torch.cuda.reset_peak_memory_stats()
 
     early = settings.early_stopping_patience > 0
+    train_data, eval_data, collator, per_batch = sft_batching(
+        recipe, train_set, validation_set, tokenizer.pad_token_id
+    )
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=per_batch,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation,
         learning_rate=settings.learning_rate,
@@ -306,7 +342,9 @@ def train_adapter(
         bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
         dataloader_pin_memory=False,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        # packed batches hold no padding (and no attention mask to count it by)
+        include_num_input_tokens_seen="all" if settings.packing else "non_padding",
+        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
         # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.nodes).
         save_on_each_node=nnodes > 1,
         **_distributed_args(recipe, device),
@@ -361,9 +399,9 @@ def train_adapter(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=ListDataset(train_set),
-        eval_dataset=ListDataset(validation_set),
-        data_collator=lambda features: pad_batch(features, tokenizer.pad_token_id),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=collator,
         callbacks=callbacks,
     )
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
