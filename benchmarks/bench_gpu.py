@@ -29,6 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "runtime"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 SHAPES = {
     # Llama-3.1-8B's shape
@@ -216,12 +217,19 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="also for LoRA")
     parser.add_argument("--methods", default="lora,qlora")
+    parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
+                        help="the fixed-length figures (--batch x --seq) of --methods")
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                        help="realistic lengths: plain transformers + PEFT vs the runtime (bench_gpu_packing.py)")
     parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gptq-samples", type=int, default=32)
     parser.add_argument("--gptq-seq", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gapforge-bench-gpu"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method in this process (internal)
+    import bench_gpu_packing
+
+    bench_gpu_packing.add_arguments(parser)
     args = parser.parse_args()
     if args.only:
         # A fresh process per method: its CUDA memory and peak counter start from zero.
@@ -254,7 +262,7 @@ def main() -> int:
     figures["params"] = params
     figures["write_model_seconds"] = round(time.monotonic() - started, 1)
     log(f"{args.shape}: {params / 1e9:.2f}B parameters written in {figures['write_model_seconds']}s")
-    for method in args.methods.split(","):
+    for method in args.methods.split(",") if args.fixed else []:
         log(f"{method}: {args.warmup} warm-up + {args.steps} timed steps of {args.batch} x {args.seq} tokens")
         result = args.work / f"{method}.json"
         child = [sys.executable, __file__, "--only", method, "--json", str(result), "--work", str(args.work),
@@ -268,6 +276,10 @@ def main() -> int:
         figures[method] = r = json.loads(result.read_text())
         log(f"{method}: {r['tokens_per_second']} tokens/s, MFU {r['mfu_pct']}%, peak {r['peak_memory_gib']} GiB "
             f"(planner {r['planner_allocated_gib']} GiB allocated, {r['planner_total_gib']} GiB with context)")  # fmt: skip
+        save()
+    if args.compare:
+        log("realistic lengths: plain transformers + PEFT (padded) vs the runtime (packed, Liger, fused AdamW)")
+        figures["realistic"] = bench_gpu_packing.compare(args, args.work / "model", shape, params, log)
         save()
     if args.gptq:
         log(f"gptq: GPTQ INT4 of the {args.shape} model, {args.gptq_samples} x {args.gptq_seq} calibration tokens")
