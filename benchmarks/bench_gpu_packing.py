@@ -109,7 +109,9 @@ def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespac
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a logic check with --shape tiny
     cuda = device == "cuda"
     liger = packing.apply_liger(True, folder, device) if runtime and args.liger and cuda else None
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": args.attn if runtime else "sdpa"}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": "sdpa"}
+    if runtime:
+        kwargs["attn_implementation"] = "flex_attention" if variant == "runtime-flex" else args.attn
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
