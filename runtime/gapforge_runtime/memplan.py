@@ -248,8 +248,12 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
     if memory is None:
         return None
     train = recipe.train
+    batch, seq = train.batch_size, train.max_seq_length
+    if getattr(train, "packing", False) and getattr(train, "pack_tokens", None):
+        # a packed batch is one row of at most pack_tokens tokens (a longer example is alone)
+        batch, seq = 1, max(train.pack_tokens, train.max_seq_length)
     shape = TrainingShape(
-        method=train.method, batch=train.batch_size, seq=train.max_seq_length, rank=recipe.lora.r,
+        method=train.method, batch=batch, seq=seq, rank=recipe.lora.r,
         targets=recipe.lora.target_modules, gradient_checkpointing=train.gradient_checkpointing,
         nproc=nproc, distributed="fsdp" if train.distributed == "fsdp" else "ddp",
     )  # fmt: skip

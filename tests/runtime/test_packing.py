@@ -184,3 +184,28 @@ def test_liger_required_on_the_cpu_is_a_clear_failure(tiny_model: Path) -> None:
     assert apply_liger(False, tiny_model, "cuda") is None
     with pytest.raises(RuntimeFailure, match=r"train\.liger is true.*CPU.*'auto'"):
         apply_liger(True, tiny_model, "cpu")
+
+
+def test_the_memory_plan_of_a_token_budget_is_one_row_of_that_many_tokens(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gapforge_runtime import memplan
+    from gapforge_runtime.config import load_recipe_settings
+
+    monkeypatch.setattr(memplan, "gpu_memory_bytes", lambda: 80 * memplan.GiB)  # as on an 80 GB GPU
+    counted = load_recipe_settings(str(write_recipe(tmp_path / "a", batch_size=4)))
+    budget = load_recipe_settings(str(write_recipe(tmp_path / "b", batch_size=4, pack_tokens=4096)))
+    by_count, by_budget = (
+        memplan.plan_for_run(tiny_model, counted),
+        memplan.plan_for_run(tiny_model, budget),
+    )
+    assert by_count is not None and by_budget is not None
+    model = memplan.ModelShape.from_config(memplan.read_config(tiny_model))
+    assert (
+        by_count.activations
+        == memplan.estimate(model, memplan.TrainingShape("lora", 4, 96, 8)).activations
+    )
+    assert (
+        by_budget.activations
+        == memplan.estimate(model, memplan.TrainingShape("lora", 1, 4096, 8)).activations
+    )
