@@ -136,7 +136,8 @@ def _gpu_env() -> dict[str, str]:
 
 @nox.session(name="bench-gpu", default=False, venv_backend="none")
 def bench_gpu(session: nox.Session) -> None:
-    """GPU figures on an 8B-shaped model: LoRA/QLoRA tokens/s, MFU, peak memory vs planner, GPTQ time."""
+    """GPU figures on an 8B-shaped model: LoRA/QLoRA tokens/s, MFU, peak memory vs planner, GPTQ time,
+    and realistic lengths side by side: plain padded transformers + PEFT vs the runtime's packed path."""
     # Runs in the current environment: the cuda image, or a venv from lockfiles/cuda.txt, on a GPU.
     session.run(
         "python", "benchmarks/bench_gpu.py", *session.posargs, env=_gpu_env(), external=True

@@ -12,6 +12,8 @@ random token ids, every token trained. The same example list feeds every variant
   (`packing.token_budget_groups`, in order here), flattened into one padding-free row
   (`packing.flatten_batch`, position ids restarting, block-diagonal mask built by transformers), Liger
   kernels (`packing.apply_liger`), fused AdamW;
+- `runtime-flex`: the same with flex attention (a block mask that skips other examples' blocks;
+  Triton compiles it on first use, so give it 3 warm-up steps);
 - `plain-b8`: padded batches of 8, to see whether a padded run holds what a packed row holds.
 
 Reported per variant: real (non-padding) tokens/s over the timed steps, MFU counting only real work
