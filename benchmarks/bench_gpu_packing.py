@@ -14,6 +14,8 @@ random token ids, every token trained. The same example list feeds every variant
   kernels (`packing.apply_liger`), fused AdamW;
 - `runtime-flex`: the same with flex attention (a block mask that skips other examples' blocks;
   Triton compiles it on first use, so give it 3 warm-up steps);
+- `runtime-bf16` (QLoRA): the runtime's path with the frozen weights that
+  `prepare_model_for_kbit_training` upcast to fp32 (embeddings, lm_head, norms) back in bf16;
 - `plain-b8`: padded batches of 8, to see whether a padded run holds what a packed row holds.
 
 Reported per variant: real (non-padding) tokens/s over the timed steps, MFU counting only real work
@@ -127,6 +129,12 @@ def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespac
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+        if variant == "runtime-bf16":
+            # prepare_model_for_kbit_training upcasts every frozen non-4-bit weight (embeddings,
+            # lm_head, norms) to fp32: back to bf16, so the lm_head matmul runs on the tensor cores
+            for param in model.parameters():
+                if param.dtype == torch.float32 and not param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
     else:
         model = model.to(device)
     model.config.use_cache = False
@@ -235,6 +243,8 @@ def compare(args: argparse.Namespace, folder: Path, shape: dict[str, int], param
         for variant in args.variants.split(","):
             if variant == "plain-b8" and method not in args.b8_methods.split(","):
                 continue
+            if variant == "runtime-bf16" and method != "qlora":
+                continue  # only QLoRA's preparation upcasts
             out = args.work / f"cmp-{method}-{variant}.json"
             child = [sys.executable, __file__, "--only", f"{method}:{variant}", "--json", str(out),
                      "--work", str(args.work), "--shape", args.shape, *forwarded(args)]  # fmt: skip
