@@ -72,6 +72,8 @@ class TrainSettings:
     """Padding-free (flattened) batches, see packing.py."""
     pack_tokens: int | None = None
     """Token budget of a packed batch; None: `batch_size` examples a batch."""
+    packed_attention: str = "auto"
+    """auto | sdpa | eager | flex_attention (packed batches)."""
     liger: bool | str = "auto"
     """Liger kernels: auto | True | False."""
 

@@ -118,6 +118,35 @@ def _model_type(model_dir: Path) -> str:
         return ""
 
 
+def triton_compiler() -> str | None:
+    """The C compiler Triton builds its kernel launcher with at first use ($CC, gcc or clang), or
+    None: Triton's kernels (Liger, flex attention) cannot run without one, and the sealed image
+    carries none unless its profile adds one."""
+    import os
+    import shutil
+
+    found = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
+    return found or None
+
+
+def packed_attention(setting: str, device: str) -> str | None:
+    """The attention implementation of packed training: flex attention (a block mask that skips other
+    examples' blocks; measured 2x SDPA's dense block-diagonal mask on an H200) on CUDA where Triton
+    can compile it, else None (the model's default, SDPA, with the block-diagonal mask)."""
+    if setting in ("sdpa", "eager"):
+        return setting
+    flex = setting == "flex_attention"
+    if device != "cuda" or (setting == "auto" and triton_compiler() is None):
+        if flex:
+            raise RuntimeFailure(
+                "recipe: train.packed_attention is 'flex_attention', but "
+                + ("training runs on the CPU" if device != "cuda" else "Triton finds no C compiler")
+                + " (flex attention's backward needs a CUDA GPU and Triton). Set it to 'auto' or 'sdpa'."
+            )
+        return None
+    return "flex_attention"
+
+
 def apply_liger(setting: bool | str, model_dir: Path, device: str) -> str | None:
     """Patch the model's architecture with Liger kernels before the model is loaded.
 
@@ -131,6 +160,8 @@ def apply_liger(setting: bool | str, model_dir: Path, device: str) -> str | None
     reason = None
     if device != "cuda":
         reason = "Liger kernels are Triton GPU kernels and the training runs on the CPU"
+    elif triton_compiler() is None:
+        reason = "Triton finds no C compiler to build its kernel launcher with ($CC, gcc, clang)"
     elif model_type not in LIGER_ARCHITECTURES:
         reason = f"liger-kernel has no kernels for the architecture '{model_type or 'unknown'}'"
     patch = None

@@ -179,6 +179,9 @@ class TrainSpec(_Strict):
     """With packing: form batches by this token budget per forward pass (as many whole examples as
     fit, in a seeded order) instead of `batch_size` examples; a longer example is a batch of its own.
     null: `batch_size` examples a batch."""
+    packed_attention: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
+    """Attention of packed batches: flex attention skips other examples' blocks (2x SDPA's dense
+    block-diagonal mask on an H200); `auto` takes it on CUDA where Triton finds a C compiler."""
     liger: bool | Literal["auto"] = "auto"
     """Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) where the architecture has
     them, on CUDA with the 'cuda' profile; `auto` uses them where they can run, true requires them."""

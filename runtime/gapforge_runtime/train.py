@@ -304,6 +304,13 @@ def train_adapter(
     model = _lora_model(recipe, model_dir, device, dtype)
     if settings.packing:
         model.config.use_cache = False  # with a KV cache transformers builds no per-example mask
+        from gapforge_runtime.packing import packed_attention
+
+        attention = packed_attention(settings.packed_attention, device)
+        if attention:
+            model.get_base_model().set_attn_implementation(attention)
+            if rank == 0:
+                print(f"[train] packed batches: {attention} attention", flush=True)
     if rank == 0:
         model.print_trainable_parameters()
     if device == "cuda":

@@ -209,3 +209,34 @@ def test_the_memory_plan_of_a_token_budget_is_one_row_of_that_many_tokens(
         by_budget.activations
         == memplan.estimate(model, memplan.TrainingShape("lora", 1, 4096, 8)).activations
     )
+
+
+def test_a_packed_training_with_another_attention_follows_the_padded_curve_too(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """train.packed_attention switches the loaded model's attention (here eager, on the CPU)."""
+    require_module("torch")
+    padded = train_losses(tmp_path, tiny_model, "padded", packing=False)
+    eager = train_losses(tmp_path, tiny_model, "eager", packing=True, packed_attention="eager")
+    for a, b in zip(padded, eager, strict=True):
+        assert abs(a - b) <= 2e-3 * abs(a), (padded, eager)
+
+
+def test_triton_kernels_need_a_c_compiler_and_auto_steps_aside_without_one(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gapforge_runtime.errors import RuntimeFailure
+    from gapforge_runtime.packing import apply_liger, packed_attention, triton_compiler
+
+    assert packed_attention("auto", "cpu") is None and packed_attention("sdpa", "cuda") == "sdpa"
+    with pytest.raises(RuntimeFailure, match=r"packed_attention is 'flex_attention'.*CPU"):
+        packed_attention("flex_attention", "cpu")
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv(
+        "PATH", str(tiny_model)
+    )  # a folder without gcc or clang, as in the sealed image
+    assert triton_compiler() is None
+    assert packed_attention("auto", "cuda") is None  # SDPA with the block-diagonal mask instead
+    assert apply_liger("auto", tiny_model, "cuda") is None
+    with pytest.raises(RuntimeFailure, match=r"train\.liger is true.*no C compiler"):
+        apply_liger(True, tiny_model, "cuda")
