@@ -413,6 +413,16 @@ def train_adapter(
     )
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
+    if settings.packing and not uses_fsdp(recipe):
+        from gapforge_runtime.packing import check_packing
+
+        # on the model as it will train (its device, dtype, attention, kernels), before step 1
+        leak = check_packing(trainer.model, train_set, exact=device == "cpu")
+        if rank == 0 and leak is not None:
+            print(
+                f"[train] packed batches checked: an example packed vs alone differs by {leak:.2g}",
+                flush=True,
+            )
     if nnodes > 1:
         from gapforge_runtime.nodes import check_nodes_agree
 

@@ -240,3 +240,22 @@ def test_triton_kernels_need_a_c_compiler_and_auto_steps_aside_without_one(
     assert apply_liger("auto", tiny_model, "cuda") is None
     with pytest.raises(RuntimeFailure, match=r"train\.liger is true.*no C compiler"):
         apply_liger(True, tiny_model, "cuda")
+
+
+def test_the_leak_check_passes_the_masked_model_and_refuses_one_that_lets_examples_mix(
+    tiny_model: Path, encoded: list[Any]
+) -> None:
+    from gapforge_runtime.errors import RuntimeFailure
+    from gapforge_runtime.packing import check_packing, packing_leak
+
+    model = load_model(tiny_model, "sdpa")
+    model.config.use_cache = False  # as packed training sets it
+    leak = check_packing(model, encoded, exact=True)
+    assert leak is not None and leak < 1e-5
+    assert packing_leak(model, encoded[:1]) is None  # one example: nothing to check
+    model.config.use_cache = True  # with a KV cache transformers builds no per-example mask
+    assert (packing_leak(model, encoded) or 0.0) > 0.1
+    with pytest.raises(
+        RuntimeFailure, match=r"train\.packing is true.*llama.*see each other.*packing: false"
+    ):
+        check_packing(model, encoded, exact=True)
