@@ -250,7 +250,11 @@ def summarize_results(results: dict[str, Any]) -> dict[str, Any]:
         metrics: dict[str, float] = {}
         stderr: dict[str, float] = {}
         for key, value in values.items():
-            if key == "alias" or not isinstance(value, int | float) or isinstance(value, bool):
+            if (
+                key in ("alias", "sample_len")
+                or not isinstance(value, int | float)
+                or isinstance(value, bool)
+            ):
                 continue
             metric, _, filt = key.partition(",")
             if metric.endswith("_stderr"):

@@ -207,6 +207,16 @@ def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: P
     assert gen_gguf == gen_hf and gen_hf[0]  # greedy on the same weights: the same text
 
 
+def test_the_shipped_example_runs_in_lm_eval(tiny_model: Path, tmp_path: Path) -> None:
+    require_module("lm_eval")
+    from gapforge_runtime.lmeval import run_lm_eval
+
+    result = run_lm_eval(EXAMPLE, tmp_path / "work", {"merged": tiny_model}, tiny_model, limit=2)
+    found = result["targets"]["merged"]["desk_qa"]
+    assert found["n"] == 2 and found["n_total"] == 6
+    assert set(found["metrics"]) == {"acc", "acc_norm"} and found["higher_is_better"]["acc"] is True
+
+
 def test_run_lm_eval_scores_every_target_offline(
     tiny_model: Path, tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
