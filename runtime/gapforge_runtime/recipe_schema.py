@@ -68,13 +68,16 @@ class ModelSpec(_Strict):
     """Where the weights come from: `type` is gguf, hf or local."""
 
 
-PiiType = Literal["email", "phone", "ip", "card", "iban", "secret", "person", "location"]
+PiiType = Literal[
+    "email", "phone", "ip", "card", "iban", "secret", "person", "location", "national_id"
+]
 PiiPolicy = Literal["redact", "drop", "fail"]
 
 
 def _default_pii_policy() -> dict[PiiType, PiiPolicy]:
     return {"email": "redact", "phone": "redact", "ip": "redact", "card": "drop",
-            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact"}  # fmt: skip
+            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact",
+            "national_id": "drop"}  # fmt: skip
 
 
 class PiiSpec(_Strict):
