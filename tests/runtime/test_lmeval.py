@@ -182,7 +182,9 @@ def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: P
     require_module("lm_eval")
     from gapforge_runtime.lmeval import local_hf_lm
     from gapforge_runtime.lmeval_gguf import GapforgeGGUFLM
+    from lm_eval.api.registry import get_model
 
+    assert get_model("gapforge-gguf") is GapforgeGGUFLM  # usable by name, as lm-eval's own models are
     hf = local_hf_lm(tiny_model)
     gguf = GapforgeGGUFLM(model_path=str(tiny_gguf), tokenizer=str(tiny_model))
     pairs = [("How do I check the digest?", " Desk answer: follow step 1."),
