@@ -99,8 +99,25 @@ class TaskProblem:
 
 
 def task_files(folder: Path) -> list[Path]:
-    """The task YAMLs of a folder, at any depth, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix in TASK_SUFFIXES and p.is_file())
+    """The task YAMLs of a folder, at any depth, and the files of the folder they `include:`
+    (lm-eval's templates, often named without a .yaml suffix, can hold the data settings); sorted."""
+    root = folder.resolve()
+    found = {p for p in folder.rglob("*") if p.suffix in TASK_SUFFIXES and p.is_file()}
+    queue = sorted(found)
+    while queue:
+        path = queue.pop()
+        try:
+            config = read_task_yaml(path)
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            continue  # the check reports it
+        include = config.get("include") if isinstance(config, dict) else None
+        if not isinstance(include, str):
+            continue
+        target = path.parent / include
+        if target.resolve().is_relative_to(root) and target.is_file() and target not in found:
+            found.add(target)
+            queue.append(target)
+    return sorted(found)
 
 
 def _data_file_names(data_files: Any) -> list[Any] | None:
@@ -313,7 +330,7 @@ def local_hf_lm(folder: Path, batch_size: int = 1) -> Any:
         trust_remote_code=False,
         device="cuda:0" if on_gpu else "cpu",
         dtype="bfloat16" if on_gpu else "float32",
-        batch_size=batch_size,
+        batch_size=batch_size if not on_gpu else max(batch_size, 8),
     )
 
 

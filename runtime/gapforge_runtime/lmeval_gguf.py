@@ -116,6 +116,7 @@ class GapforgeGGUFLM(TemplateLM):  # type: ignore[misc]
         """log p(continuation | context) and whether greedy decoding would give exactly it."""
         import numpy as np
 
+        continuation = continuation[-self._max_length :]  # as lm-eval's hf model: the end is scored
         ids = (context + continuation)[-(self._max_length + 1) :]
         inputs = ids[:-1]  # the last token is only predicted, never fed
         self.llm.reset()

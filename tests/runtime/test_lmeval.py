@@ -24,13 +24,16 @@ from tests.runtime.conftest import write_jsonl
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "recipes" / "smollm2" / "data" / "lm_eval"
 
-MC_TASK = """\
-task: tiny_mc
+MC_TEMPLATE = """\
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: data/mc.jsonl
 test_split: test
+"""
+MC_TASK = """\
+task: tiny_mc
+include: _mc_template
 output_type: multiple_choice
 doc_to_text: "How do I {{topic}}?"
 doc_to_choice: "{{choices}}"
@@ -71,6 +74,7 @@ def make_task_folder(folder: Path) -> Path:
     """Three tasks (multiple choice, rolling, generation) over JSONL in a subfolder, one `!function`."""
     folder.mkdir(parents=True)
     (folder / "tiny_mc.yaml").write_text(MC_TASK)
+    (folder / "_mc_template").write_text(MC_TEMPLATE)  # data settings in an included template
     (folder / "tiny_rolling.yaml").write_text(ROLLING_TASK)
     (folder / "tiny_gen.yaml").write_text(GEN_TASK)
     (folder / "utils.py").write_text("def keep_all(dataset):\n    return dataset\n")
@@ -101,8 +105,9 @@ def test_a_task_folder_that_would_fetch_is_refused_naming_file_field_and_value(t
     (folder / "gone.yaml").write_text("task: g\ndataset_path: json\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n")
     (folder / "out.yaml").write_text("task: o\ndataset_path: json\ndataset_kwargs: {data_files: ../../secret.jsonl}\n")
     (folder / "nodata.yaml").write_text("task: n\ndataset_path: json\n")
+    (folder / "_mc_template").write_text("dataset_path: openai/gsm8k\n")  # an included template too
     texts = [p.text(folder) for p in check_task_folder(folder)]
-    assert len(texts) == 5, texts
+    assert len(texts) == 6, texts
     joined = "\n".join(texts)
     assert "remote.yaml: dataset_path: names a data set to download" in joined and "'cais/mmlu'" in joined
     assert "dataset_path: json" in joined  # the fix is named
@@ -110,9 +115,10 @@ def test_a_task_folder_that_would_fetch_is_refused_naming_file_field_and_value(t
     assert "gone.yaml: dataset_kwargs.data_files: no such file" in joined and "'nope.jsonl'" in joined
     assert "out.yaml: dataset_kwargs.data_files: leads out of the task folder" in joined
     assert "nodata.yaml: dataset_kwargs.data_files: must name the task's data files" in joined
+    assert "_mc_template: dataset_path: names a data set to download (got 'openai/gsm8k')" in joined
     with pytest.raises(RuntimeFailure) as failure:
         prepare_task_folder(folder, tmp_path / "work")
-    assert "evaluate.lm_eval.tasks" in failure.value.message and len(failure.value.details) == 5
+    assert "evaluate.lm_eval.tasks" in failure.value.message and len(failure.value.details) == 6
     assert check_task_folder(tmp_path / "missing")[0].message.startswith("no such folder of lm-eval task YAMLs")
     (tmp_path / "empty").mkdir()
     assert "holds no task YAML" in check_task_folder(tmp_path / "empty")[0].message
@@ -124,8 +130,9 @@ def test_prepare_makes_data_paths_absolute_and_keeps_function_tags(tmp_path: Pat
     copy = prepare_task_folder(folder, tmp_path / "work")
     assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # source untouched
     mc = read_task_yaml(copy / "tiny_mc.yaml")
-    assert mc["dataset_kwargs"]["data_files"] == {"test": str((copy / "data" / "mc.jsonl").resolve())}
-    assert mc["dataset_kwargs"]["cache_dir"] == str(tmp_path / "work" / "datasets-cache")
+    template = read_task_yaml(copy / "_mc_template")  # found through tiny_mc's `include:`
+    assert template["dataset_kwargs"]["data_files"] == {"test": str((copy / "data" / "mc.jsonl").resolve())}
+    assert template["dataset_kwargs"]["cache_dir"] == str(tmp_path / "work" / "datasets-cache")
     tagged = mc["process_docs"]  # written back under its tag: lm-eval still finds the function
     assert (tagged.tag, tagged.value) == ("!function", "utils.keep_all")
     assert read_task_yaml(copy / "tiny_rolling.yaml")["dataset_kwargs"]["data_files"] == str(copy / "data" / "text.jsonl")
