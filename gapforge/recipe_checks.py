@@ -258,17 +258,17 @@ def _check_lm_eval(problems: _Problems, get: _Values) -> None:
     for target in gates:
         if lm_eval is None:
             problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
-                         "a gate on lm-eval scores without evaluate.lm_eval: add it or drop the gate", target)  # fmt: skip
+                         "a gate on lm-eval scores without evaluate.lm_eval", target, fix="add evaluate.lm_eval or drop the gate")  # fmt: skip
         elif not target.startswith("gguf:") or target not in get("quantize"):
             problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
-                         "lm-eval gates are for the GGUF targets this recipe builds: add it to quantize or drop the gate", target)  # fmt: skip
+                         "lm-eval gates are for the GGUF targets this recipe builds", target, fix="add it to quantize or drop the gate")  # fmt: skip
     if lm_eval is None:
         return
     built = {"base", "merged", "gguf:f16", *get("quantize")}
     for index, target in enumerate(lm_eval.get("targets") or []):
         if target not in built:
             problems.add(("evaluate", "lm_eval", "targets", index),
-                         "a target this recipe does not build: add it to quantize or drop it here", target)  # fmt: skip
+                         "a target this recipe does not build", target, fix="add it to quantize or drop it here")  # fmt: skip
     folder = _inside_folder(problems, get, "evaluate", "lm_eval", "tasks")
     if folder is None:
         return

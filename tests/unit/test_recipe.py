@@ -267,7 +267,10 @@ def test_an_lm_eval_task_that_would_download_is_refused_with_file_field_value_an
         "to download (got 'cais/mmlu'): the image runs offline: ship the data as JSONL" in text
     )
     assert "data/lm_eval/desk.yaml: dataset_kwargs.data_files: no such file" in text and "(got 'gone.jsonl')" in text
-    assert "evaluate.gates.max_lm_eval_drop_pts.gguf:f16: lm-eval gates are for the GGUF targets" in text
+    assert (
+        "evaluate.gates.max_lm_eval_drop_pts.gguf:f16: lm-eval gates are for the GGUF targets this "
+        "recipe builds (got 'gguf:f16'): add it to quantize or drop the gate" in text
+    )
 
 
 def test_a_missing_lm_eval_folder_is_refused(tmp_path: Path) -> None:
@@ -277,3 +280,28 @@ def test_a_missing_lm_eval_folder_is_refused(tmp_path: Path) -> None:
         load_recipe(_write(tmp_path, data))
     (problem,) = caught.value.problems
     assert "evaluate.lm_eval.tasks: data/nope: no such folder of lm-eval task YAMLs: create it" in problem
+
+
+def test_an_lm_eval_target_the_recipe_does_not_build_is_refused(tmp_path: Path) -> None:
+    path = _lm_eval_recipe(tmp_path, targets=["base", "gguf:f16", "gguf:q8_0"])
+    data = yaml.safe_load(path.read_text())
+    data["quantize"] = ["gguf:q4_k_m"]
+    data["evaluate"]["gates"]["max_perplexity_delta_pct"] = {"gguf:q4_k_m": 20.0}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    assert "evaluate.lm_eval.targets[2]: a target this recipe does not build" in problem
+    assert "(got 'gguf:q8_0'): add it to quantize or drop it here" in problem
+
+
+def test_an_lm_eval_gate_without_lm_eval_is_refused(tmp_path: Path) -> None:
+    data = _good()
+    data["evaluate"]["gates"]["max_lm_eval_drop_pts"] = {"gguf:q4_k_m": 5.0}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    (problem,) = caught.value.problems
+    assert problem.endswith(
+        "evaluate.gates.max_lm_eval_drop_pts.gguf:q4_k_m: a gate on lm-eval scores without "
+        "evaluate.lm_eval (got 'gguf:q4_k_m'): add evaluate.lm_eval or drop the gate"
+    )
