@@ -294,3 +294,78 @@ def test_a_run_with_lm_eval_reports_every_target_and_gates_on_it(
     assert "## lm-evaluation-harness tasks" in report and "| tiny_mc | acc |" in report
     assert "[eval] lm-eval merged" in result.stdout
     assert not (out / ".lm_eval").exists()
+
+
+FORCED_RIGHT = " Ticket closed."
+FORCED_WRONG = [" dog", " fox"]
+"""Shorter than the right answer: a model without a preference gives them the higher likelihood."""
+
+
+def make_forced_model(tiny_model: Path, folder: Path, favored: list[int]) -> Path:
+    """The tiny model rewired to put nearly all probability on `favored` tokens whatever it reads:
+    attention and MLP outputs zeroed, every embedding the unit vector e0, the final norm keeping e0
+    only, and the head scoring e0 for the favored tokens alone."""
+    torch = require_module("torch")
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[favored, 0] = 2.0
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
+
+
+def test_a_model_forced_to_the_right_answers_scores_full_marks_as_hf_and_as_gguf_f16(
+    tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any, tmp_path: Path
+) -> None:
+    """Multiple choice with the right answer at every position: a model that can only say the right
+    answer's tokens gets acc 1.0, through transformers and through its f16 GGUF; the untouched model
+    does not."""
+    import os
+    import subprocess
+    import sys
+
+    require_module("lm_eval")
+    from gapforge_runtime.lmeval import run_lm_eval
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    context = "How do I check the digest?"
+
+    def continuation(text: str) -> set[int]:
+        return set(tokenizer.encode(context + text)[len(tokenizer.encode(context)) :])
+
+    right = continuation(FORCED_RIGHT)
+    assert all(not right & continuation(w) for w in FORCED_WRONG)  # no shared token to blur it
+    forced = make_forced_model(tiny_model, tmp_path / "forced", sorted(right))
+    gguf = tmp_path / "forced-f16.gguf"
+    env = {**os.environ, "PYTHONPATH": f"{llama_cpp_dir / 'gguf-py'}:{llama_cpp_dir}"}
+    subprocess.run([sys.executable, str(llama_cpp_dir / "convert_hf_to_gguf.py"), str(forced),
+                    "--outfile", str(gguf), "--outtype", "f16"], check=True, env=env, capture_output=True)  # fmt: skip
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "forced.yaml").write_text(
+        "task: forced\ndataset_path: json\ndataset_kwargs: {data_files: {test: forced.jsonl}}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+        "doc_to_choice: '{{c}}'\ndoc_to_target: a\nmetric_list: [{metric: acc}]\n"
+    )
+    rows = []
+    for i in range(3):  # the right answer first, second and last
+        choices = list(FORCED_WRONG)
+        choices.insert(i, FORCED_RIGHT)
+        rows.append({"q": context, "c": choices, "a": i})
+    write_jsonl(folder / "forced.jsonl", rows)
+    result = run_lm_eval(folder, tmp_path / "work", {"base": tiny_model, "merged": forced, "gguf:f16": gguf},
+                         tokenizer_dir=forced)  # fmt: skip
+    acc = {t: result["targets"][t]["forced"]["metrics"]["acc"] for t in result["targets"]}
+    assert acc["merged"] == 1.0 and acc["gguf:f16"] == 1.0
+    assert acc["base"] < 1.0  # the random model, near uniform, takes the shorter answers
