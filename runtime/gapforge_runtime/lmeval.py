@@ -370,6 +370,7 @@ def run_lm_eval(
             if close is not None:
                 close()
             del lm
+            _free_memory()  # the next model loads into what this one held (a GPU's, too)
         seconds[label] = round(time.monotonic() - began, 2)
         for task, found in targets[label].items():
             shown = "  ".join(f"{k} {v:.4f}" for k, v in found["metrics"].items())
@@ -387,6 +388,16 @@ def run_lm_eval(
         "total_seconds": round(time.monotonic() - started, 2),
         "lm_eval_version": _lm_eval_version(),
     }
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _lm_eval_version() -> str:
