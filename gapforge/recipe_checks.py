@@ -127,6 +127,7 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
         _check_gates,
         _check_sample,
         _check_local_model,
+        _check_lm_eval,
     )
     for check in checks:
         try:
@@ -246,3 +247,31 @@ def _check_local_model(problems: _Problems, get: _Values) -> None:
     local = _inside_folder(problems, get, "model", "source", "path")
     if local is not None and not local.is_dir():
         problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
+
+
+def _check_lm_eval(problems: _Problems, get: _Values) -> None:
+    """evaluate.lm_eval: a task folder inside the recipe's that runs offline, targets it builds."""
+    from gapforge_runtime.lmeval import check_task_folder
+
+    lm_eval = get("evaluate", "lm_eval")
+    gates = get("evaluate", "gates", "max_lm_eval_drop_pts")
+    for target in gates:
+        if lm_eval is None:
+            problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
+                         "a gate on lm-eval scores without evaluate.lm_eval", target, fix="add evaluate.lm_eval or drop the gate")  # fmt: skip
+        elif not target.startswith("gguf:") or target not in get("quantize"):
+            problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
+                         "lm-eval gates are for the GGUF targets this recipe builds", target, fix="add it to quantize or drop the gate")  # fmt: skip
+    if lm_eval is None:
+        return
+    built = {"base", "merged", "gguf:f16", *get("quantize")}
+    for index, target in enumerate(lm_eval.get("targets") or []):
+        if target not in built:
+            problems.add(("evaluate", "lm_eval", "targets", index),
+                         "a target this recipe does not build", target, fix="add it to quantize or drop it here")  # fmt: skip
+    folder = _inside_folder(problems, get, "evaluate", "lm_eval", "tasks")
+    if folder is None:
+        return
+    for found in check_task_folder(folder):
+        # one problem per task YAML's fault: its file (under the recipe's folder), field, value, fix
+        problems.add(("evaluate", "lm_eval", "tasks"), found.text(get.directory), show=False)

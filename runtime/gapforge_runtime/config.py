@@ -117,6 +117,18 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class LmEvalSettings:
+    """`evaluate.lm_eval`: lm-evaluation-harness custom tasks over local JSONL, offline."""
+
+    tasks: str
+    """The task folder, relative to the recipe JSON's folder (the builder ships it there)."""
+    limit: int | None = None
+    targets: list[str] | None = None
+    """None: merged plus the recipe's GGUF targets."""
+    num_fewshot: int | None = None
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     """What to measure and which gates decide pass/fail."""
 
@@ -128,6 +140,8 @@ class EvaluateSettings:
     max_task_f1_drop_pts: dict[str, float] = field(default_factory=dict)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     task_metrics: bool = True
+    lm_eval: LmEvalSettings | None = None
+    max_lm_eval_drop_pts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,6 +233,10 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             max_task_f1_drop_pts={t: pts for t, pts in gates.max_task_f1_drop_pts.items()},
             judge=_settings(JudgeSettings, spec.evaluate.judge),
             task_metrics=spec.evaluate.task_metrics,
+            lm_eval=_settings(LmEvalSettings, spec.evaluate.lm_eval)
+            if spec.evaluate.lm_eval is not None
+            else None,
+            max_lm_eval_drop_pts={t: pts for t, pts in gates.max_lm_eval_drop_pts.items()},
         ),
         raw=raw,
         spec=spec,

@@ -474,6 +474,9 @@ def step_eval(ctx: RunContext) -> StepRecord:
     }
     if judge_file is not None:
         inputs["judge"] = sha256_file(judge_file)
+    lm_eval_tasks = _lm_eval_tasks(ctx)
+    if lm_eval_tasks is not None:
+        inputs["lm_eval_tasks"] = ctx.digest("lm_eval_tasks", lm_eval_tasks)
     if quantize is None:
         print("[eval] no GGUF files yet: scoring the base and merged models only", flush=True)
 
@@ -542,12 +545,16 @@ def step_eval(ctx: RunContext) -> StepRecord:
         ]
         task = _task_metrics(settings.task_metrics, answers, references)
         judged = _judge(ctx, judge_file, questions, answers, outputs)
+        harness = _lm_eval(ctx, lm_eval_tasks, ggufs)
         gates = ev.decide_gates(
             scores, settings.require_improvement, settings.max_perplexity_delta_pct
         ) + ev.decide_comparison_gates(
             settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
+        gates += ev.decide_lm_eval_gates(settings.max_lm_eval_drop_pts, harness)
         result = ev.as_json(scores, gates)
+        if harness is not None:
+            result["lm_eval"] = harness
         result["task_metrics"], result["judge"], result["notes"] = task, judged, notes
         result["samples_shown"] = settings.sample_answers
         result["samples"] = [
@@ -591,6 +598,57 @@ def _judge_file(ctx: RunContext) -> Path | None:
             "or 'base' to judge with the base model's own GGUF, or set evaluate.judge.enabled: false."
         )
     return path
+
+
+def _lm_eval_tasks(ctx: RunContext) -> Path | None:
+    """The recipe's lm-eval task folder (beside recipe.json, where the builder ships it), or None."""
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None:
+        return None
+    folder = (ctx.recipe.path.parent / spec.tasks).resolve()
+    if not folder.is_dir():
+        raise RuntimeFailure(
+            f"evaluate.lm_eval.tasks: {spec.tasks} is not a folder beside the recipe "
+            f"({folder}). The builder ships the task folder with the recipe: rebuild the image, "
+            "or drop evaluate.lm_eval from the recipe."
+        )
+    return folder
+
+
+def lm_eval_targets(ctx: RunContext) -> list[str]:
+    """The models lm-eval runs on: the recipe's list, or merged plus the recipe's GGUF targets."""
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None:
+        return []
+    if spec.targets is not None:
+        return list(spec.targets)
+    return ["merged", *[t for t in ctx.recipe.quantize if t in GGUF_TARGETS]]
+
+
+def _lm_eval(ctx: RunContext, tasks: Path | None, ggufs: dict[str, Path]) -> dict[str, Any] | None:
+    """lm-evaluation-harness over the recipe's custom tasks (None when the recipe has none)."""
+    from gapforge_runtime.lmeval import run_lm_eval
+
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None or tasks is None:
+        return None
+    models: dict[str, Path] = {}
+    notes = []
+    for target in lm_eval_targets(ctx):
+        path = {"base": ctx.model_dir, "merged": ctx.out.merged}.get(target) or ggufs.get(target)
+        if path is None:
+            notes.append(f"{target}: not built by this run, so not evaluated by lm-eval")
+            continue
+        models[target] = path
+    work = ctx.out.root / ".lm_eval"
+    try:
+        result = run_lm_eval(tasks, work, models, ctx.out.merged, spec.limit, spec.num_fewshot)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the copied tasks and the `datasets` cache
+    result["notes"] = notes
+    for note in notes:
+        print(f"[eval] lm-eval note: {note}", flush=True)
+    return result
 
 
 def _task_metrics(

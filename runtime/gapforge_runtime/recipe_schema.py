@@ -68,13 +68,16 @@ class ModelSpec(_Strict):
     """Where the weights come from: `type` is gguf, hf or local."""
 
 
-PiiType = Literal["email", "phone", "ip", "card", "iban", "secret", "person", "location"]
+PiiType = Literal[
+    "email", "phone", "ip", "card", "iban", "secret", "person", "location", "national_id"
+]
 PiiPolicy = Literal["redact", "drop", "fail"]
 
 
 def _default_pii_policy() -> dict[PiiType, PiiPolicy]:
     return {"email": "redact", "phone": "redact", "ip": "redact", "card": "drop",
-            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact"}  # fmt: skip
+            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact",
+            "national_id": "drop"}  # fmt: skip
 
 
 class PiiSpec(_Strict):
@@ -201,6 +204,11 @@ class GatesSpec(_Strict):
         default_factory=dict
     )
     """Per quantization target: the most task token-F1 points it may lose against the merged model."""
+    max_lm_eval_drop_pts: dict[QuantTarget, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """Per GGUF target: the most points (metric x 100) any lm-eval task metric where higher is
+    better may lose against the merged model (needs `evaluate.lm_eval` with both as targets)."""
 
 
 class JudgeSpec(_Strict):
@@ -216,6 +224,24 @@ class JudgeSpec(_Strict):
     """Bootstrap resamples for the win rate's 95 % interval."""
 
 
+LmEvalTarget = Literal["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]
+
+
+class LmEvalSpec(_Strict):
+    """lm-evaluation-harness over custom task YAMLs and local JSONL, run offline (absent: off)."""
+
+    tasks: Annotated[str, Field(min_length=1)]
+    """A folder of lm-eval task YAMLs beside the recipe (shipped in the image with it); each task's
+    data is `dataset_path: json` with `dataset_kwargs: {data_files: ...}` relative to its YAML."""
+    limit: Annotated[int | None, Field(ge=1)] = None
+    """At most this many documents per task (all when unset)."""
+    targets: Annotated[list[LmEvalTarget] | None, Field(min_length=1)] = None
+    """The models evaluated: `base`, `merged` and GGUF files (llama.cpp, in process). Unset: the
+    merged model and every GGUF target the recipe quantizes to."""
+    num_fewshot: Annotated[int | None, Field(ge=0, le=32)] = None
+    """Few-shot examples per prompt, overriding the tasks' own `num_fewshot` (0 where unset)."""
+
+
 class EvaluateSpec(_Strict):
     """What the evaluation measures and reports."""
 
@@ -228,6 +254,8 @@ class EvaluateSpec(_Strict):
     """The base, the fine-tune and every quantized artefact, judged pairwise against the base."""
     task_metrics: bool = True
     """Exact match, token F1 and ROUGE-L of every model's answers against the references."""
+    lm_eval: LmEvalSpec | None = None
+    """lm-evaluation-harness custom tasks over local JSONL (off when absent)."""
 
 
 class Recipe(_Strict):

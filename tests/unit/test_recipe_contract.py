@@ -22,7 +22,7 @@ from gapforge.errors import RecipeError
 from gapforge.recipe import LoadedRecipe, load_recipe, recipe_json
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 IDS = [p.relative_to(REPO).as_posix() for p in SHIPPED]
 
 NOT_READ_BY_RUNTIME = {"description", "model"}
@@ -68,6 +68,8 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
+        "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.max_lm_eval_drop_pts,
+        "evaluate.lm_eval": asdict(settings.evaluate.lm_eval) if settings.evaluate.lm_eval else None,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
