@@ -369,9 +369,10 @@ def train_adapter(
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
     if nnodes > 1:
-        from gapforge_runtime.nodes import check_nodes_agree
+        from gapforge_runtime.nodes import agree_on_checkpoint
 
-        check_nodes_agree(resumed_from)
+        previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
+        resumed_from = _checkpoint_step(previous) if previous is not None else None
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
     seconds = time.monotonic() - started
