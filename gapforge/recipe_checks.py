@@ -128,6 +128,7 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
         _check_sample,
         _check_local_model,
         _check_lm_eval,
+        _check_models,
     )
     for check in checks:
         try:
@@ -247,6 +248,44 @@ def _check_local_model(problems: _Problems, get: _Values) -> None:
     local = _inside_folder(problems, get, "model", "source", "path")
     if local is not None and not local.is_dir():
         problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
+
+
+def _check_models(problems: _Problems, get: _Values) -> None:
+    """`models:` entries (local ones inside the recipe's folder) and the judge that names one."""
+    models = get("models")
+    ids = {get("model", "id"): "model"}
+    for name, spec in models.items():
+        where = f"models.{name}"
+        if spec["id"] in ids:
+            problems.add(("models", name, "id"), f"the id is already used by {ids[spec['id']]}: each "
+                         "model has its own lock (lockfiles/models/<id>.json), so give this one its own id",
+                         spec["id"])  # fmt: skip
+        ids[spec["id"]] = where
+        if spec["source"]["type"] == "local":
+            local = _inside_folder(problems, get, "models", name, "source", "path")
+            if local is not None and not local.is_dir():
+                problems.add(
+                    ("models", name, "source", "path"), f"no such directory {local}", str(local)
+                )
+    judge = get("evaluate", "judge", "model")
+    if not get("evaluate", "judge", "enabled") or judge == "base":
+        return
+    if judge not in models:
+        names = ", ".join(sorted(models)) or "none yet"
+        problems.add(("evaluate", "judge", "model"),
+                     f"names no entry of models: ({names}): use 'base', or add the judge under models: "
+                     "with a gguf source (or a local folder holding one .gguf file)", judge)  # fmt: skip
+        return
+    source = models[judge]["source"]
+    if source["type"] == "hf" or (source["type"] == "local" and _gguf_files(get, source) != 1):
+        problems.add(("models", judge, "source"),
+                     "the judge runs through llama.cpp, so it must be a GGUF: a gguf source, or a local "
+                     "folder holding exactly one .gguf file", source["type"])  # fmt: skip
+
+
+def _gguf_files(get: _Values, source: dict[str, Any]) -> int:
+    folder = (get.directory / source["path"]).resolve()
+    return len(list(folder.glob("*.gguf"))) if folder.is_dir() else 0
 
 
 def _check_lm_eval(problems: _Problems, get: _Values) -> None:

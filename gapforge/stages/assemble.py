@@ -51,6 +51,10 @@ def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
         f"locks/{locks.python.path.name}": locks.python.path.read_bytes(),
         f"locks/{locks.debian_path.name}": locks.debian_path.read_bytes(),
         f"locks/models/{locks.model.path.name}": locks.model.path.read_bytes(),
+        **{
+            f"locks/models/{lock.path.name}": lock.path.read_bytes()
+            for _, lock in locks.extra_models
+        },
     }
 
 
@@ -112,6 +116,10 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
         plan_base(profile, inputs.rootfs_tar, locks.debian_sha256),
         *plan_wheel_layers(profile, inputs.wheels),
         plan_model(plan.loaded.recipe.model.id, inputs.model_files),
+        *(
+            plan_model(plan.loaded.recipe.models[name].id, files, name)
+            for name, files in sorted(inputs.extra_models.items())
+        ),
         plan_runtime(inputs.runtime_wheel, inputs.llama_sdist, profile),
         plan_recipe(files),
     ]

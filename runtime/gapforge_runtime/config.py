@@ -23,6 +23,16 @@ RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
 MODEL_ENV = "GAPFORGE_MODEL_DIR"
 DEFAULT_MODEL = "/opt/gapforge/model"
+MODELS_ENV = "GAPFORGE_MODELS_DIR"
+DEFAULT_MODELS = "/opt/gapforge/models"
+"""The recipe's `models:` entries (a judge, a teacher), one folder per name."""
+
+
+def shipped_model_dir(name: str) -> Path:
+    """Where the image holds the recipe's `models:` entry `name`."""
+    return Path(os.environ.get(MODELS_ENV) or DEFAULT_MODELS) / name
+
+
 OUT_ENV = "GAPFORGE_OUT"
 LLAMA_CPP_ENV = "GAPFORGE_LLAMA_CPP"
 DEFAULT_LLAMA_CPP = "/opt/gapforge/llama.cpp"

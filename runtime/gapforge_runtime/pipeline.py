@@ -591,13 +591,17 @@ def _judge_file(ctx: RunContext) -> Path | None:
     judge = ctx.recipe.evaluate.judge
     if not judge.enabled or judge.model == "base":
         return None
-    path = Path(judge.model)
-    if not path.is_file():
+    from gapforge_runtime.config import shipped_model_dir
+
+    folder = shipped_model_dir(judge.model)
+    found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if len(found) != 1:
         raise RuntimeFailure(
-            f"evaluate.judge.model: {judge.model} is not a file. Name a GGUF file inside the image, "
-            "or 'base' to judge with the base model's own GGUF, or set evaluate.judge.enabled: false."
+            f"evaluate.judge.model: '{judge.model}' should be the image's models/{judge.model}/ with one "
+            f"GGUF file; {folder} holds {len(found)}. Name an entry of the recipe's models: with a gguf "
+            "source (the builder ships it there), or 'base', or set evaluate.judge.enabled: false."
         )
-    return path
+    return found[0]
 
 
 def _lm_eval_tasks(ctx: RunContext) -> Path | None:

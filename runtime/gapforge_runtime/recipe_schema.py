@@ -217,7 +217,8 @@ class JudgeSpec(_Strict):
     enabled: bool = True
     """Off only by an explicit `enabled: false`."""
     model: str = "base"
-    """`base`: the base model's own GGUF (a small judge, for small recipes); or a GGUF file in the image."""
+    """`base`: the base model's own GGUF (a small judge, for small recipes); or the name of an entry
+    of `models:` whose source is a GGUF (a stronger judge, shipped in the image)."""
     prompts: Annotated[int, Field(ge=1, le=1000)] = 8
     """Held-out prompts judged (each twice: both orders)."""
     bootstrap: Annotated[int, Field(ge=100, le=100000)] = 1000
@@ -276,6 +277,10 @@ class Recipe(_Strict):
     """The formats to ship; GPTQ and bitsandbytes targets need the 'cuda' profile."""
     gptq: GptqSpec = Field(default_factory=GptqSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    models: dict[Annotated[str, Field(pattern=SLUG)], ModelSpec] = Field(default_factory=dict)
+    """More models shipped in the image beside the base, each locked like it (`lockfiles/models/<id>.json`)
+    and in a layer of its own at `/opt/gapforge/models/<name>/`: a judge (`evaluate.judge.model:
+    <name>`, a GGUF source, shipped as the file itself), a teacher for distillation. The key is the name."""
 
 
 def json_schema() -> dict[str, Any]:

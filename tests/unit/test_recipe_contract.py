@@ -25,9 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 IDS = [p.relative_to(REPO).as_posix() for p in SHIPPED]
 
-NOT_READ_BY_RUNTIME = {"description", "model"}
+NOT_READ_BY_RUNTIME = {"description", "model", "models"}
 """Recipe fields the runtime keeps (RecipeSettings.spec, and raw for the manifest) but does not act
-on: the builder puts the model into the image, and the runtime takes its folder from --model."""
+on: the builder puts the model into the image, and the runtime takes its folder from --model; the
+`models:` entries lie in the image's models/<name>/, found by the name that names them (a judge)."""
 
 
 def _image_recipe(loaded: LoadedRecipe, folder: Path) -> Path:
