@@ -190,7 +190,9 @@ def lock_hf(spec: ModelSpec, lock_dir: Path, cache: Cache, hub: HubClient) -> Mo
     return _write(model_lock_path(lock_dir, spec.id), spec, files, {})
 
 
-def lock_local(spec: ModelSpec, lock_dir: Path, folder: Path, allow_gguf: bool = False) -> ModelLock:
+def lock_local(
+    spec: ModelSpec, lock_dir: Path, folder: Path, allow_gguf: bool = False
+) -> ModelLock:
     """Pin a `local` source: the allowed files of the folder and their sha256. With `allow_gguf` (an
     entry of `models:`, such as a judge that llama.cpp runs), a folder of GGUF files is one too."""
     if not folder.is_dir():

@@ -63,7 +63,9 @@ def lock_recipe_models(recipes: list[Path], lock_dir: Path, cache: Cache) -> Non
         for name, spec in loaded.all_models():
             step(f"locking {name} {spec.id} ({spec.source.type}) for {path}")
             try:
-                lock = lock_model(spec, lock_dir, cache, loaded.local_path_of(spec), allow_gguf=name != "model")
+                lock = lock_model(
+                    spec, lock_dir, cache, loaded.local_path_of(spec), allow_gguf=name != "model"
+                )
             except GapforgeError as error:
                 note(f"not locked: {error}")
                 failures.append(f"{path} ({name} {spec.id}): {error}")
