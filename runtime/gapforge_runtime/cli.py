@@ -127,7 +127,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     checked = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
         args.command, (args.command,)
     )
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, checked, ctx.nproc)
+    check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, checked, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],

@@ -58,10 +58,9 @@ def launch_training(spec: dict[str, Any], nproc: int, work: Path) -> dict[str, A
 def worker(spec_path: Path) -> int:
     """One rank: read the spec, train, and (rank 0) write the result."""
     from gapforge_runtime.config import load_recipe_settings
-    from gapforge_runtime.encoding import encoded_split
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.offline import force_offline
-    from gapforge_runtime.train import train_adapter, world
+    from gapforge_runtime.train import train_adapter, training_items, world
 
     force_offline()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -71,8 +70,8 @@ def worker(spec_path: Path) -> int:
     tokenizer = load_tokenizer(model_dir)
     result = train_adapter(
         recipe, model_dir, tokenizer,
-        encoded_split(recipe, tokenizer, data_dir, "train"),
-        encoded_split(recipe, tokenizer, data_dir, "validation"),
+        training_items(recipe, tokenizer, data_dir, "train"),
+        training_items(recipe, tokenizer, data_dir, "validation"),
         Path(spec["checkpoints"]), Path(spec["adapter"]), Path(spec["log_file"]), bool(spec["resume"]),
     )  # fmt: skip
     rank, _ = world()

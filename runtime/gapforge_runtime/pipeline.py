@@ -183,9 +183,9 @@ def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
 def step_train(ctx: RunContext) -> StepRecord:
     """Train the LoRA adapter (resumable), after checking the method's hardware and the free disk."""
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import TrainResult, train_adapter
+    from gapforge_runtime.train import TrainResult, train_adapter, training_items
 
-    check_method(ctx.recipe.train.method)
+    check_method(ctx.recipe.train.adapter_method)
     check_targets(ctx.recipe.quantize)
     if gguf_targets(ctx.recipe):
         check_cpu_features()  # before hours of training, not at the first quantization
@@ -220,8 +220,8 @@ def step_train(ctx: RunContext) -> StepRecord:
                 ctx.recipe,
                 ctx.model_dir,
                 tokenizer,
-                _encoded(ctx, tokenizer, "train"),
-                _encoded(ctx, tokenizer, "validation"),
+                training_items(ctx.recipe, tokenizer, ctx.out.data, "train"),
+                training_items(ctx.recipe, tokenizer, ctx.out.data, "validation"),
                 ctx.out.checkpoints,
                 ctx.out.adapter,
                 ctx.out.train_log,
@@ -325,7 +325,7 @@ def step_merge(ctx: RunContext) -> StepRecord:
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
         details = merge_adapter(
-            ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.method
+            ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.adapter_method
         )
         return {"merged": describe_path(ctx.out.merged)}, details
 
@@ -491,6 +491,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
         stop_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
         scores: dict[str, ev.ModelScore] = {}
         answers: dict[str, list[str]] = {}
+        pairs = _preference_pairs(ctx)
+        pair_scores: dict[str, list[tuple[float, float]]] = {}
         # On a GPU the full-precision models are scored in bf16 there (a 7B in float32 on CPU is hours).
         on_gpu = torch.cuda.is_available()
         full = (
@@ -513,6 +515,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
             scores[label] = ev.ModelScore(label, loss, ev.perplexity(loss), count, size)
             outs = ev.greedy_transformers(model, prompts, settings.max_new_tokens, stop_ids)
             answers[label] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+            if pairs and label in ("base", "merged"):
+                pair_scores[label] = _score_pairs(ctx, model, tokenizer, pairs, label)
             del model
             _free_gpu()
         longest = max((len(i.input_ids) for i in items), default=16)
@@ -544,7 +548,11 @@ def step_eval(ctx: RunContext) -> StepRecord:
         ) + ev.decide_comparison_gates(
             settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
+        preference = _preference_summary(ctx, pair_scores)
+        gates += _preference_gates(settings.min_preference_accuracy, preference)
         result = ev.as_json(scores, gates)
+        if preference is not None:
+            result["preference"] = preference
         result["task_metrics"], result["judge"], result["notes"] = task, judged, notes
         result["samples_shown"] = settings.sample_answers
         result["samples"] = [
@@ -574,6 +582,44 @@ def step_eval(ctx: RunContext) -> StepRecord:
 
     record, _ = run_step(ctx.out, "eval", inputs, ctx.force, body)
     return record
+
+
+def _preference_pairs(ctx: RunContext) -> list[dict[str, Any]]:
+    """The held-out preference pairs (the test split of a `preference` recipe), else none."""
+    if ctx.recipe.data_format != "preference":
+        return []
+    return data_mod.read_split_file(ctx.out.data / "test.jsonl")
+
+
+def _score_pairs(
+    ctx: RunContext, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], label: str
+) -> list[tuple[float, float]]:
+    from gapforge_runtime.preference import score_pairs
+
+    print(f"[eval] preference: {label} on {len(pairs)} held-out pairs", flush=True)
+    return score_pairs(model, tokenizer, pairs, ctx.recipe.train.max_seq_length)
+
+
+def _preference_summary(
+    ctx: RunContext, pair_scores: dict[str, list[tuple[float, float]]]
+) -> dict[str, Any] | None:
+    """Preference accuracy and margins, before (the starting model) and after training."""
+    from gapforge_runtime.preference import summarize
+
+    if "base" not in pair_scores or "merged" not in pair_scores:
+        return None
+    summary = summarize(pair_scores["base"], pair_scores["merged"], ctx.recipe.train.dpo.beta)
+    for key in ("logp_accuracy", "reward_accuracy", "reward_margin"):
+        values = summary[key]
+        print(f"[eval] preference {key}: start {values['start']:.3f} → trained "
+              f"{values['trained']:.3f}", flush=True)  # fmt: skip
+    return summary
+
+
+def _preference_gates(limit: float | None, summary: dict[str, Any] | None) -> list[Any]:
+    from gapforge_runtime.preference import preference_gate
+
+    return preference_gate(summary, limit)
 
 
 def _judge_file(ctx: RunContext) -> Path | None:

@@ -219,6 +219,29 @@ def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
         section("Answers side by side (greedy)", md_table, html_table)
 
 
+def preference_table(preference: dict[str, Any]) -> tuple[str, str]:
+    """DPO's held-out pairs, before (the starting model) and after training."""
+    rows = [
+        [label, preference[key]["start"], preference[key]["trained"]]
+        for key, label in (
+            ("reward_accuracy", "preference accuracy (implicit reward, chosen above rejected)"),
+            ("reward_margin", "mean reward margin (beta x log-ratio, chosen minus rejected)"),
+            (
+                "logp_accuracy",
+                "log-prob accuracy (the model alone: log p(chosen) > log p(rejected))",
+            ),
+            ("logp_margin", "mean log-prob margin (chosen minus rejected)"),
+        )
+    ]
+    md, html_text = _table(["measure", "starting model", "trained"], rows)
+    note = (
+        f"{preference['pairs']} held-out pairs, beta {preference['beta']}. The reference of the "
+        "implicit reward is the starting model, so before training every margin is 0 and the "
+        "accuracy 0.5 (ties count half)."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
 def write_report(
     out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -267,6 +290,9 @@ def write_report(
             "Test split quality",
             *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows),
         )
+    preference = evaluation.get("preference")
+    if preference:
+        section("Preference accuracy", *preference_table(preference))
     gates = evaluation.get("gates", [])
     if gates:
         g_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["detail"]] for g in gates]

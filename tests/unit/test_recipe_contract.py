@@ -68,6 +68,7 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
+        "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
@@ -76,6 +77,8 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
     for section in ("lora", "train", "gptq"):
         for key, value in asdict(getattr(settings, section)).items():
             values[f"{section}.{key}"] = value
+    for key, item in values.pop("train.dpo").items():  # a section inside train
+        values[f"train.dpo.{key}"] = item
     values.pop("gptq.bits")  # the runtime's own constant: GPTQ here is always INT4
     return values
 
