@@ -135,3 +135,16 @@ def test_dpo_run_raises_preference_accuracy_over_the_starting_model(
     assert "## Preference accuracy" in report and "min_preference_accuracy" in report
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert any("rewards/accuracies" in entry for entry in log), "TRL's DPO metrics reach the training log"
+
+
+def test_shipped_pairs_read_and_method_needs_its_format(tmp_path: Path) -> None:
+    from gapforge_runtime.config import load_recipe_settings
+
+    shipped = Path(__file__).resolve().parents[2] / "recipes" / "smollm2" / "data" / "prefs.jsonl"
+    assert len(read_examples(shipped, "preference")) == 64
+    path = dpo_recipe(tmp_path, preference_pairs(3))
+    spec = json.loads(path.read_text())
+    spec["data"]["format"] = "chat"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(RuntimeFailure, match="train.method 'dpo' with data.format 'chat': DPO trains on preference pairs"):
+        load_recipe_settings(str(path))

@@ -215,3 +215,23 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_recipe(bad)
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_dpo_needs_preference_data_and_a_gpu_for_qlora(tmp_path: Path) -> None:
+    data = _good()  # completion data
+    data["train"]["method"] = "dpo"
+    data["train"]["dpo"] = {"beta": 0.2, "qlora": True}  # on cpu
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert any(f"line {_line_of(path, 'format: completion')}: data.format: DPO trains on preference pairs" in p
+               and "(got 'completion')" in p for p in problems), problems
+    assert any(f"line {_line_of(path, 'qlora: true')}: train.dpo.qlora: QLoRA needs a CUDA GPU" in p for p in problems)
+    data = _good()
+    data["data"]["format"] = "preference"  # with method lora
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    assert "train.method: DPO trains on preference pairs" in caught.value.problems[0]
+    assert "(got 'lora')" in caught.value.problems[0]
