@@ -146,5 +146,6 @@ def test_shipped_pairs_read_and_method_needs_its_format(tmp_path: Path) -> None:
     spec = json.loads(path.read_text())
     spec["data"]["format"] = "chat"
     path.write_text(json.dumps(spec))
-    with pytest.raises(RuntimeFailure, match="train.method 'dpo' with data.format 'chat': DPO trains on preference pairs"):
+    with pytest.raises(RuntimeFailure) as caught:
         load_recipe_settings(str(path))
+    assert "train.method 'dpo' with data.format 'chat': DPO trains on preference pairs" in str(caught.value)
