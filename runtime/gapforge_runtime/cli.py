@@ -100,10 +100,16 @@ def _context(args: argparse.Namespace) -> RunContext:
 
     recipe = load_recipe_settings(args.recipe)
     out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
+    base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
+    parent = None
+    if getattr(args, "parent", None):
+        from gapforge_runtime.continual import load_parent
+
+        parent = load_parent(Path(args.parent).resolve())
     llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
     return RunContext(
         recipe=recipe,
-        model_dir=Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve(),
+        model_dir=parent.merged if parent is not None else base,
         data_file=Path(args.data).resolve() if args.data else recipe.sample,
         out=Layout(out),
         llama_cpp=Path(llama_cpp),
@@ -112,6 +118,8 @@ def _context(args: argparse.Namespace) -> RunContext:
         force=args.force,
         resume=getattr(args, "resume", False),
         nproc=getattr(args, "nproc", None) or recipe.train.nproc,
+        parent=parent,
+        base_dir=base if parent is not None else None,
     )
 
 
@@ -225,6 +233,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
+    )
+    parser.add_argument(
+        "--parent",
+        metavar="OUT_OLD",
+        help="continue from an earlier run: its output folder (checked against its manifest.json); "
+        "training starts from its merged model, replays its data (data.replay_ratio) and is scored "
+        "on its test set too",
     )
     parser.add_argument(
         "--no-tracking",

@@ -146,6 +146,7 @@ class EvaluateSettings:
     min_win_rate_vs_base: float | None = None
     max_task_f1_drop_pts: dict[str, float] = field(default_factory=dict)
     min_preference_accuracy: float | None = None
+    max_forgetting_pct: float | None = None
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     task_metrics: bool = True
 
@@ -172,6 +173,8 @@ class RecipeSettings:
     profile: str = "cpu"
     pii: PiiSettings = field(default_factory=PiiSettings)
     dedupe: DedupeSettings = field(default_factory=DedupeSettings)
+    replay_ratio: float = 0.0
+    """`data.replay_ratio`: the parent run's share of the training set (continual runs)."""
 
     @property
     def sha256(self) -> str:
@@ -249,6 +252,7 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             min_win_rate_vs_base=gates.min_win_rate_vs_base,
             max_task_f1_drop_pts={t: pts for t, pts in gates.max_task_f1_drop_pts.items()},
             min_preference_accuracy=gates.min_preference_accuracy,
+            max_forgetting_pct=gates.max_forgetting_pct,
             judge=_settings(JudgeSettings, spec.evaluate.judge),
             task_metrics=spec.evaluate.task_metrics,
         ),
@@ -258,4 +262,5 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
         profile=spec.profile,
         pii=_settings(PiiSettings, spec.data.pii),
         dedupe=_settings(DedupeSettings, spec.data.dedupe),
+        replay_ratio=spec.data.replay_ratio,
     )

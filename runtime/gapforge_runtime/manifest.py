@@ -74,6 +74,15 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     if ctx.out.train_log.is_file():
         outputs["train_log"] = _entry(describe_path(ctx.out.train_log), root)
     lineage = [{"id": "base", "parents": [], "sha256": inputs["model"]["sha256"]}]
+    if ctx.parent is not None:  # a continual run: its starting model is the parent's merged model
+        parent = ctx.parent.lineage()
+        lineage = [
+            {"id": "parent", "parents": [], "sha256": parent["manifest_sha256"], **parent},
+            {"id": "base", "parents": ["parent"], "sha256": inputs["model"]["sha256"]},
+        ]
+        inputs["parent"] = {"path": parent["path"], "sha256": parent["manifest_sha256"]}
+        if ctx.base_dir is not None:  # the image's base model, which a continual chain shares
+            inputs["base_model"] = _entry(ctx.describe("base", ctx.base_dir))
     if "adapter" in outputs:
         lineage.append(
             {"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]}

@@ -114,6 +114,9 @@ class DataSpec(_Strict):
     """Personal data: found by pattern and checksum, then redacted, dropped or failed per type."""
     dedupe: DedupeSpec = Field(default_factory=DedupeSpec)
     """Near-duplicates and test-into-training leakage, removed before training."""
+    replay_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Continual runs (`--parent OUT_OLD`): the share of the final training set drawn from the
+    parent run's training split, against forgetting; 0 replays nothing."""
 
 
 class LoraSpec(_Strict):
@@ -216,6 +219,8 @@ class GatesSpec(_Strict):
     """Per quantization target: the most task token-F1 points it may lose against the merged model."""
     min_preference_accuracy: Annotated[float | None, Field(ge=0, le=1)] = None
     """DPO: the share of held-out pairs whose implicit reward puts chosen above rejected (ties half)."""
+    max_forgetting_pct: Annotated[float | None, Field(ge=0)] = None
+    """Continual runs (`--parent OUT_OLD`): how much the loss on the parent's test set may rise, in %."""
 
 
 class JudgeSpec(_Strict):

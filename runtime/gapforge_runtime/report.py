@@ -219,6 +219,26 @@ def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
         section("Answers side by side (greedy)", md_table, html_table)
 
 
+def continual_table(continual: dict[str, Any]) -> tuple[str, str]:
+    """Loss on the parent's test set and the new one, before (the parent) and after."""
+    old, new = continual["old_test"], continual["new_test"]
+    rows = [
+        ["parent's test set (forgetting)", old["start"], old["trained"],
+         f"{continual['forgetting_pct']:+.2f}%"],
+        ["this run's test set", new["start"], new["trained"],
+         f"{(new['trained'] - new['start']) / new['start'] * 100:+.2f}%" if new["start"] else ""],
+    ]  # fmt: skip
+    md, html_text = _table(["test set", "loss of the parent", "loss after", "change"], rows)
+    parent = continual["parent"]
+    note = (
+        f"Continued from {parent['recipe']['name']} {parent['recipe']['version']} "
+        f"({parent['path']}; manifest sha256 {parent['manifest_sha256'][:16]}, adapter "
+        f"{parent['adapter_sha256'][:16]}); {continual['replay_ratio']:.0%} of the training set "
+        "replayed from its training split. Here `base` is the parent's merged model."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
 def preference_table(preference: dict[str, Any]) -> tuple[str, str]:
     """DPO's held-out pairs, before (the starting model) and after training."""
     rows = [
@@ -290,6 +310,9 @@ def write_report(
             "Test split quality",
             *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows),
         )
+    continual = evaluation.get("continual")
+    if continual:
+        section("Continual learning", *continual_table(continual))
     preference = evaluation.get("preference")
     if preference:
         section("Preference accuracy", *preference_table(preference))

@@ -69,6 +69,8 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
         "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,
+        "evaluate.gates.max_forgetting_pct": settings.evaluate.max_forgetting_pct,
+        "data.replay_ratio": settings.replay_ratio,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
