@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from gapforge.progress import step
 
 DATA_DIR = "/data"
 OUTPUTS = "/outputs"
+PARENT_DIR = "/parent"
+"""Where `--parent OUT_OLD` (an earlier run's output folder) is mounted, read-only."""
 GPU_CHOICES = ("auto", "all", "none")
 
 
@@ -220,10 +222,22 @@ def sealed_run(
     return run, args
 
 
+def parent_mount(parent: Path, out: Path) -> tuple[str, str]:
+    """`--parent OUT_OLD`: the earlier run's output folder, mounted read-only (host, inside)."""
+    if not (parent / "manifest.json").is_file():
+        raise BundleError(
+            f"--parent {parent}: no manifest.json there: pass the --out folder of an earlier, "
+            "finished run"
+        )
+    if parent.resolve() == out.resolve():
+        raise BundleError(f"--parent {parent}: it is the --out folder too: pass a new --out")
+    return str(parent.resolve()), PARENT_DIR
+
+
 def run_image(
     target: str, data: Path, out: Path, gpus: str = "auto", validation: Path | None = None,
     test: Path | None = None, extra: list[str] | None = None, timeout: float | None = None,
-    *, anchor: Anchor | None, insecure: bool = False,
+    *, anchor: Anchor | None, insecure: bool = False, parent: Path | None = None,
 ) -> int:  # fmt: skip
     """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status."""
     from gapforge import engine
@@ -235,7 +249,13 @@ def run_image(
         | ({"--validation": validation} if validation else {})
         | ({"--test": test} if test else {})
     )
-    run, args = sealed_run(resolved, ["run", *(extra or [])], files, out, use_gpus(gpus, resolved))
+    extra = list(extra or [])
+    mounted = parent_mount(parent, out) if parent is not None else None
+    if mounted is not None:
+        extra += ["--parent", mounted[1]]
+    run, args = sealed_run(resolved, ["run", *extra], files, out, use_gpus(gpus, resolved))
+    if mounted is not None:
+        run = replace(run, read_only_mounts={**run.read_only_mounts, mounted[0]: mounted[1]})
     step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  (--network none --read-only, user {run.user}"
          f"{', --gpus all' if run.gpus else ''}) → {out}")  # fmt: skip
 

@@ -268,6 +268,11 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
+    run.add_argument(
+        "--parent", type=Path, metavar="OUT_OLD",
+        help="continue an earlier run: its --out folder (mounted read-only; checked against "
+        "its manifest.json): start from its merged model, replay its data, score its test set",
+    )  # fmt: skip
     add_trust_options(
         run,
         "run a bundle that does not authenticate, or an image no verified load imported "
@@ -280,7 +285,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
-                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure)  # fmt: skip
+                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure,
+                       parent=getattr(args, "parent", None))  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
     console.print(
         f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"

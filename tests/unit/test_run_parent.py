@@ -1,0 +1,21 @@
+"""`gapforge run --parent OUT_OLD`: the earlier run's output folder is mounted read-only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gapforge.bundle.run import PARENT_DIR, parent_mount
+from gapforge.errors import BundleError
+
+
+def test_parent_is_a_finished_run_folder_and_not_the_new_out(tmp_path: Path) -> None:
+    old = tmp_path / "out1"
+    old.mkdir()
+    with pytest.raises(BundleError, match=r"no manifest\.json there"):
+        parent_mount(old, tmp_path / "out2")
+    (old / "manifest.json").write_text("{}\n")
+    assert parent_mount(old, tmp_path / "out2") == (str(old.resolve()), PARENT_DIR)
+    with pytest.raises(BundleError, match="it is the --out folder too"):
+        parent_mount(old, old)
