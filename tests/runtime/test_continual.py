@@ -130,3 +130,41 @@ def test_a_parent_that_does_not_match_its_manifest_is_refused(
                          "--parent", str(parent_run)])  # fmt: skip
     assert "it was trained on a base model with sha256" in err
     assert not (tmp_path / "o3" / "data").exists()
+
+
+def test_dpo_from_an_sft_run_uses_it_as_start_and_reference(
+    parent_run: Path, tiny_model: Path, llama_cpp_dir: Path, tmp_path: Path
+) -> None:
+    """Preference alignment of an earlier SFT run: its merged model is DPO's start and reference,
+    and its (chat) test set is scored for forgetting; replay is off (another data format)."""
+    from test_dpo import dpo_recipe, preference_pairs
+
+    recipe = dpo_recipe(tmp_path / "recipe", preference_pairs(60))
+    spec = json.loads(recipe.read_text())
+    spec["train"]["max_steps"] = 8
+    spec["evaluate"]["gates"]["max_forgetting_pct"] = 100.0
+    recipe.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    result = run("run", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out),
+                 "--llama-cpp", str(llama_cpp_dir), "--no-tracking", "--parent", str(parent_run))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["preference"]["reward_accuracy"]["trained"] > 0.5, evaluation["preference"]
+    assert evaluation["continual"]["old_test"]["examples"] == 3
+    assert "replay_examples" not in json.loads((out / "manifest.json").read_text())["data"]
+    assert {g["name"] for g in evaluation["gates"]} >= {"min_preference_accuracy", "max_forgetting_pct"}
+
+
+def test_replay_share_and_forgetting_gate() -> None:
+    from gapforge_runtime.continual import forgetting_gate, replay_count
+
+    assert replay_count(36, 0.25, 100) == 12  # 12 / 48 = 25 %
+    assert replay_count(36, 0.5, 10) == 10  # no more than the parent has
+    assert replay_count(36, 0.0, 100) == 0
+    summary = {"forgetting_pct": 12.5, "old_test": {"start": 2.0, "trained": 2.25}}
+    [passed] = forgetting_gate(summary, 15.0)
+    [failed] = forgetting_gate(summary, 10.0)
+    assert passed.passed and not failed.passed and "2.0000 -> 2.2500 (+12.50%)" in failed.detail
+    [unmeasured] = forgetting_gate(None, 10.0)
+    assert not unmeasured.passed and "no --parent" in unmeasured.detail
+    assert forgetting_gate(summary, None) == []
