@@ -15,6 +15,8 @@ from gapforge_runtime.data import read_examples
 from gapforge_runtime.errors import RuntimeFailure
 from test_run import runtime_command
 
+from tests.requirements import require_module
+
 # The random starting model gives the rejected ending the higher log-probability (by about 6
 # nats) on every pair: DPO has to turn that round.
 CHOSEN_END = "The lazy dog."
@@ -149,3 +151,38 @@ def test_shipped_pairs_read_and_method_needs_its_format(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure) as caught:
         load_recipe_settings(str(path))
     assert "train.method 'dpo' with data.format 'chat': DPO trains on preference pairs" in str(caught.value)
+
+
+def test_dpo_training_resumes_from_a_checkpoint_to_the_same_adapter(tiny_model: Path, tmp_path: Path) -> None:
+    """DPO's checkpoints (TRL keeps a frozen 'ref' copy of the adapter beside it) resume like SFT's."""
+    import shutil
+    import sys
+
+    torch = require_module("torch")
+    load_file = require_module("safetensors.torch").load_file
+
+    recipe = dpo_recipe(tmp_path / "recipe", preference_pairs(40))
+    spec = json.loads(recipe.read_text())
+    spec["train"].update(max_steps=8, eval_every=4)
+    recipe.write_text(json.dumps(spec))
+
+    def train(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gapforge_runtime.cli", "train", "--recipe", str(recipe), "--model",
+                   str(tiny_model), "--out", str(out), "--no-tracking", *extra]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+
+    whole = train(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = tmp_path / "cut"
+    assert train(cut).returncode == 0
+    # As if killed after the checkpoint of step 4: no adapter, no train record, no later checkpoint.
+    shutil.rmtree(cut / "adapter")
+    (cut / "steps" / "train.json").unlink()
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-8")
+    resumed = train(cut, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 4; finished at step 8" in resumed.stdout
+    a = load_file(str(tmp_path / "whole" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(cut / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(".ref." not in k for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
