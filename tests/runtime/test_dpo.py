@@ -186,3 +186,22 @@ def test_dpo_training_resumes_from_a_checkpoint_to_the_same_adapter(tiny_model: 
     b = load_file(str(cut / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(".ref." not in k for k in a)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_memory_plan_of_a_qlora_dpo_run(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DPO with dpo.qlora is planned as QLoRA (a 4-bit base), with chosen and rejected in each batch."""
+    from gapforge_runtime import memplan
+    from gapforge_runtime.config import load_recipe_settings
+
+    monkeypatch.setattr(memplan, "gpu_memory_bytes", lambda: 24 * memplan.GiB)  # no GPU needed to plan
+    recipe = dpo_recipe(tmp_path / "dpo", preference_pairs(3), qlora=True)
+    spec = json.loads(recipe.read_text())
+    spec["profile"] = "cuda"
+    recipe.write_text(json.dumps(spec))
+    dpo = memplan.plan_for_run(tiny_model, load_recipe_settings(str(recipe)))
+    sft_path = tmp_path / "sft.json"
+    sft_path.write_text(json.dumps(recipe_dict("chat", method="qlora", batch_size=8)))
+    sft = memplan.plan_for_run(tiny_model, load_recipe_settings(str(sft_path)))
+    assert dpo is not None and sft is not None
+    assert dpo.method == "qlora" and dpo.weights == sft.weights
+    assert dpo.activations == sft.activations  # batch 4 pairs = 8 sequences
