@@ -222,6 +222,18 @@ def sealed_run(
     return run, args
 
 
+def sealed_identity(target: Target) -> dict[str, str]:
+    """What the runtime records in its manifest of the image it ran in (a continual run's lineage
+    then names the parent's image and bundle): the image ID, and the bundle's SHA256SUMS digest."""
+    from gapforge.hashing import sha256_file
+
+    identity = {"GAPFORGE_IMAGE_DIGEST": target.config_digest}
+    sums = target.bundle / "SHA256SUMS" if target.bundle is not None else None
+    if sums is not None and sums.is_file():
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(sums)
+    return identity
+
+
 def parent_mount(parent: Path, out: Path) -> tuple[str, str]:
     """`--parent OUT_OLD`: the earlier run's output folder, mounted read-only (host, inside)."""
     if not (parent / "manifest.json").is_file():
@@ -256,6 +268,7 @@ def run_image(
     run, args = sealed_run(resolved, ["run", *extra], files, out, use_gpus(gpus, resolved))
     if mounted is not None:
         run = replace(run, read_only_mounts={**run.read_only_mounts, mounted[0]: mounted[1]})
+    run = replace(run, environment={**run.environment, **sealed_identity(resolved)})
     step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  (--network none --read-only, user {run.user}"
          f"{', --gpus all' if run.gpus else ''}) → {out}")  # fmt: skip
 

@@ -37,6 +37,8 @@ class Parent:
     data_format: str
     base_sha256: str
     """The digest of the base model the parent trained on (its manifest's inputs.model)."""
+    image: dict[str, str]
+    """The parent's image ID and bundle SHA256SUMS digest, where `gapforge run` recorded them."""
     digests: dict[str, str]
     """sha256 of each output in USED_OUTPUTS, as the manifest records it and the files match."""
 
@@ -62,6 +64,7 @@ class Parent:
                        "sha256": self.recipe_sha256},
             "data_format": self.data_format,
             "base_sha256": self.base_sha256,
+            "image": self.image,
             "adapter_sha256": self.digests["adapter"],
             "merged_sha256": self.digests["merged"],
             "train_split_sha256": self.digests["split:train"],
@@ -120,6 +123,7 @@ def load_parent(folder: Path) -> Parent:
         recipe_sha256=str(manifest.get("recipe_sha256")),
         data_format=str(recipe.get("data", {}).get("format")),
         base_sha256=str(base),
+        image={str(k): str(v) for k, v in (manifest.get("image") or {}).items()},
         digests=digests,
     )
 

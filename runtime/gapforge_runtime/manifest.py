@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     evaluation = None
     if ctx.out.evaluation.is_file():
         evaluation = json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))
-    return {
+    manifest = {
         "schema": SCHEMA,
         "runtime": {
             "version": __version__,
@@ -130,6 +131,20 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
         "evaluation": evaluation,
         "passed": None if evaluation is None else evaluation["passed"],
     }
+    image = sealed_image()
+    if image:
+        manifest["image"] = image
+    return manifest
+
+
+def sealed_image() -> dict[str, str]:
+    """The image this run ran in and the bundle it came from, as `gapforge run` tells the runtime
+    (empty when the runtime was started another way)."""
+    found = {
+        "config_digest": os.environ.get("GAPFORGE_IMAGE_DIGEST", ""),
+        "bundle_sha256sums": os.environ.get("GAPFORGE_BUNDLE_SHA256SUMS", ""),
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def write_manifest_and_report(ctx: RunContext) -> dict[str, Any]:

@@ -5,6 +5,7 @@ and names the parent in its lineage; a parent that does not match its manifest i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,9 +44,13 @@ def write_run_recipe(folder: Path, rows: list[dict[str, Any]], **data: Any) -> P
     return path
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(runtime_command(*args), capture_output=True, text=True, check=False, timeout=600)
-    return result
+PARENT_IMAGE = {"config_digest": "sha256:" + "ab" * 32, "bundle_sha256sums": "cd" * 32}
+"""What `gapforge run` tells the runtime of the image and bundle it runs (its environment)."""
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(runtime_command(*args), capture_output=True, text=True, check=False, timeout=600, env=environment)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +62,9 @@ def parent_run(tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any, tm
     del spec["evaluate"]["gates"]["max_forgetting_pct"]  # not a continual run
     recipe.write_text(json.dumps(spec))
     result = run("run", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(root / "out"),
-                 "--llama-cpp", str(llama_cpp_dir), "--no-tracking")  # fmt: skip
+                 "--llama-cpp", str(llama_cpp_dir), "--no-tracking",
+                 env={"GAPFORGE_IMAGE_DIGEST": PARENT_IMAGE["config_digest"],
+                      "GAPFORGE_BUNDLE_SHA256SUMS": PARENT_IMAGE["bundle_sha256sums"]})  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "out"
 
@@ -95,6 +102,8 @@ def test_continual_run_scores_old_and_new_test_sets_and_names_its_parent(
     assert node["id"] == "parent" and node["sha256"] == sha256_file(parent_run / "manifest.json")
     assert node["adapter_sha256"] == parent_manifest["outputs"]["adapter"]["sha256"]
     assert node["merged_sha256"] == parent_manifest["outputs"]["merged"]["sha256"]
+    assert node["image"] == PARENT_IMAGE == parent_manifest["image"], "the parent's image and bundle"
+    assert "image" not in manifest, "this run was not started by `gapforge run`"
     assert manifest["lineage"][1] == {"id": "base", "parents": ["parent"], "sha256": node["merged_sha256"]}
     assert manifest["inputs"]["base_model"]["sha256"] == parent_manifest["inputs"]["model"]["sha256"]
     assert "## Continual learning" in (out / "report.md").read_text()
