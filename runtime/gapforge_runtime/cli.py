@@ -191,7 +191,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ) from None
     train = recipe.train if recipe else None
     training = memplan.TrainingShape(
-        method=args.method or (train.method if train else "lora"),
+        method=args.method or (train.adapter_method if train else "lora"),
         batch=args.batch or (train.batch_size if train else 1),
         seq=args.seq or (train.max_seq_length if train else 2048),
         rank=args.rank or (recipe.lora.r if recipe else 16),

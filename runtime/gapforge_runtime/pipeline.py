@@ -591,10 +591,13 @@ def step_eval(ctx: RunContext) -> StepRecord:
         ) + ev.decide_comparison_gates(
             settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
+        from gapforge_runtime.continual import forgetting_gate
+        from gapforge_runtime.preference import preference_gate
+
         preference = _preference_summary(ctx, pair_scores)
-        gates += _preference_gates(settings.min_preference_accuracy, preference)
+        gates += preference_gate(preference, settings.min_preference_accuracy)
         continual = _continual_summary(ctx, scores, old_losses, len(old_items))
-        gates += _forgetting_gates(settings.max_forgetting_pct, continual)
+        gates += forgetting_gate(continual, settings.max_forgetting_pct)
         result = ev.as_json(scores, gates)
         if continual is not None:
             result["continual"] = continual
@@ -663,12 +666,6 @@ def _continual_summary(
     return summary
 
 
-def _forgetting_gates(limit: float | None, summary: dict[str, Any] | None) -> list[Any]:
-    from gapforge_runtime.continual import forgetting_gate
-
-    return forgetting_gate(summary, limit)
-
-
 def _preference_pairs(ctx: RunContext) -> list[dict[str, Any]]:
     """The held-out preference pairs (the test split of a `preference` recipe), else none."""
     if ctx.recipe.data_format != "preference":
@@ -699,12 +696,6 @@ def _preference_summary(
         print(f"[eval] preference {key}: start {values['start']:.3f} → trained "
               f"{values['trained']:.3f}", flush=True)  # fmt: skip
     return summary
-
-
-def _preference_gates(limit: float | None, summary: dict[str, Any] | None) -> list[Any]:
-    from gapforge_runtime.preference import preference_gate
-
-    return preference_gate(summary, limit)
 
 
 def _judge_file(ctx: RunContext) -> Path | None:
