@@ -122,6 +122,7 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
     checks = (
         _check_steps,
         _check_method,
+        _check_preference,
         _check_distributed,
         _check_quantize,
         _check_gates,
@@ -154,6 +155,23 @@ def _check_method(problems: _Problems, get: _Values) -> None:
             ("train", "method"),
             "QLoRA needs a CUDA GPU: use profile 'cuda', or method 'lora' on 'cpu'",
             method,
+        )
+
+
+def _check_preference(problems: _Problems, get: _Values) -> None:
+    method, data_format = get("train", "method"), get("data", "format")
+    if (method == "dpo") != (data_format == "preference"):
+        problems.add(
+            ("data", "format") if method == "dpo" else ("train", "method"),
+            "DPO trains on preference pairs: use train.method 'dpo' with data.format 'preference', "
+            "or another method with alpaca, chat or completion data",
+            data_format if method == "dpo" else method,
+        )
+    if method == "dpo" and get("train", "dpo", "qlora") and get("profile") == "cpu":
+        problems.add(
+            ("train", "dpo", "qlora"),
+            "QLoRA needs a CUDA GPU: use profile 'cuda', or qlora: false on 'cpu'",
+            True,
         )
 
 

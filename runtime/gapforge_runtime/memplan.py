@@ -248,9 +248,12 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
     if memory is None:
         return None
     train = recipe.train
+    # DPO: a LoRA or QLoRA adapter whose forward pass holds chosen and rejected of each pair.
+    pairs = 2 if train.method == "dpo" else 1
     shape = TrainingShape(
-        method=train.method, batch=train.batch_size, seq=train.max_seq_length, rank=recipe.lora.r,
-        targets=recipe.lora.target_modules, gradient_checkpointing=train.gradient_checkpointing,
+        method=train.adapter_method, batch=train.batch_size * pairs, seq=train.max_seq_length,
+        rank=recipe.lora.r, targets=recipe.lora.target_modules,
+        gradient_checkpointing=train.gradient_checkpointing,
         nproc=nproc, distributed="fsdp" if train.distributed == "fsdp" else "ddp",
     )  # fmt: skip
     return estimate(ModelShape.from_config(read_config(model_dir)), shape, memory)

@@ -109,14 +109,17 @@ class DedupeSpec(_Strict):
 class DataSpec(_Strict):
     """The training data's format, the sample shipped with the recipe, and its hygiene."""
 
-    format: Literal["alpaca", "chat", "completion"]
-    """The shape of each JSONL record."""
+    format: Literal["alpaca", "chat", "completion", "preference"]
+    """The shape of each JSONL record; `preference` (prompt, chosen, rejected) for `train.method: dpo`."""
     sample: Annotated[str, Field(min_length=1)]
     """A small JSONL sample shipped beside the recipe, used by the pretest; relative to the recipe."""
     pii: PiiSpec = Field(default_factory=PiiSpec)
     """Personal data: found by pattern and checksum, then redacted, dropped or failed per type."""
     dedupe: DedupeSpec = Field(default_factory=DedupeSpec)
     """Near-duplicates and test-into-training leakage, removed before training."""
+    replay_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Continual runs (`--parent OUT_OLD`): the share of the final training set drawn from the
+    parent run's training split, against forgetting; 0 replays nothing."""
 
 
 class LoraSpec(_Strict):
@@ -139,11 +142,25 @@ class LoraSpec(_Strict):
         return value
 
 
+class DpoSpec(_Strict):
+    """Direct preference optimization (`train.method: dpo`, TRL's DPOTrainer) on preference pairs."""
+
+    beta: Annotated[float, Field(gt=0, le=10)] = 0.1
+    """How far the policy may move from the starting model (the reference): higher stays closer."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """sigmoid is the DPO paper's loss; ipo, hinge and robust (noisy labels) as TRL defines them."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    """The assumed share of flipped labels (conservative DPO, `robust`)."""
+    qlora: bool = False
+    """Train the adapter on a 4-bit NF4 base (QLoRA; needs the 'cuda' profile)."""
+
+
 class TrainSpec(_Strict):
     """How to train; set exactly one of `epochs` and `max_steps`."""
 
-    method: Literal["lora", "qlora"] = "lora"
-    """LoRA on the full-precision model, or QLoRA on a 4-bit one (needs the 'cuda' profile)."""
+    method: Literal["lora", "qlora", "dpo"] = "lora"
+    """LoRA on the full-precision model, QLoRA on a 4-bit one (needs the 'cuda' profile), or DPO
+    (a LoRA adapter trained on preference pairs; `dpo.qlora` for a 4-bit base)."""
     epochs: Annotated[float | None, Field(gt=0)] = None
     """Passes over the training split (fractions allowed)."""
     max_steps: Annotated[int | None, Field(gt=0)] = None
@@ -174,6 +191,8 @@ class TrainSpec(_Strict):
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
     """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
     fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
+    """DPO's settings (read with `method: dpo` only)."""
 
 
 class GptqSpec(_Strict):
@@ -209,6 +228,10 @@ class GatesSpec(_Strict):
     )
     """Per GGUF target: the most points (metric x 100) any lm-eval task metric where higher is
     better may lose against the merged model (needs `evaluate.lm_eval` with both as targets)."""
+    min_preference_accuracy: Annotated[float | None, Field(ge=0, le=1)] = None
+    """DPO: the share of held-out pairs whose implicit reward puts chosen above rejected (ties half)."""
+    max_forgetting_pct: Annotated[float | None, Field(ge=0)] = None
+    """Continual runs (`--parent OUT_OLD`): how much the loss on the parent's test set may rise, in %."""
 
 
 class JudgeSpec(_Strict):

@@ -272,6 +272,49 @@ def _lm_eval_section(evaluation: dict[str, Any], section: Any) -> None:
     )
 
 
+def continual_table(continual: dict[str, Any]) -> tuple[str, str]:
+    """Loss on the parent's test set and the new one, before (the parent) and after."""
+    old, new = continual["old_test"], continual["new_test"]
+    rows = [
+        ["parent's test set (forgetting)", old["start"], old["trained"],
+         f"{continual['forgetting_pct']:+.2f}%"],
+        ["this run's test set", new["start"], new["trained"],
+         f"{(new['trained'] - new['start']) / new['start'] * 100:+.2f}%" if new["start"] else ""],
+    ]  # fmt: skip
+    md, html_text = _table(["test set", "loss of the parent", "loss after", "change"], rows)
+    parent = continual["parent"]
+    note = (
+        f"Continued from {parent['recipe']['name']} {parent['recipe']['version']} "
+        f"({parent['path']}; manifest sha256 {parent['manifest_sha256'][:16]}, adapter "
+        f"{parent['adapter_sha256'][:16]}); {continual['replay_ratio']:.0%} of the training set "
+        "replayed from its training split. Here `base` is the parent's merged model."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
+def preference_table(preference: dict[str, Any]) -> tuple[str, str]:
+    """DPO's held-out pairs, before (the starting model) and after training."""
+    rows = [
+        [label, preference[key]["start"], preference[key]["trained"]]
+        for key, label in (
+            ("reward_accuracy", "preference accuracy (implicit reward, chosen above rejected)"),
+            ("reward_margin", "mean reward margin (beta x log-ratio, chosen minus rejected)"),
+            (
+                "logp_accuracy",
+                "log-prob accuracy (the model alone: log p(chosen) > log p(rejected))",
+            ),
+            ("logp_margin", "mean log-prob margin (chosen minus rejected)"),
+        )
+    ]
+    md, html_text = _table(["measure", "starting model", "trained"], rows)
+    note = (
+        f"{preference['pairs']} held-out pairs, beta {preference['beta']}. The reference of the "
+        "implicit reward is the starting model, so before training every margin is 0 and the "
+        "accuracy 0.5 (ties count half)."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
 def write_report(
     out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -320,6 +363,12 @@ def write_report(
             "Test split quality",
             *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows),
         )
+    continual = evaluation.get("continual")
+    if continual:
+        section("Continual learning", *continual_table(continual))
+    preference = evaluation.get("preference")
+    if preference:
+        section("Preference accuracy", *preference_table(preference))
     gates = evaluation.get("gates", [])
     if gates:
         g_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["detail"]] for g in gates]

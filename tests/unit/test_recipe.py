@@ -305,3 +305,23 @@ def test_an_lm_eval_gate_without_lm_eval_is_refused(tmp_path: Path) -> None:
         "evaluate.gates.max_lm_eval_drop_pts.gguf:q4_k_m: a gate on lm-eval scores without "
         "evaluate.lm_eval (got 'gguf:q4_k_m'): add evaluate.lm_eval or drop the gate"
     )
+
+
+def test_dpo_needs_preference_data_and_a_gpu_for_qlora(tmp_path: Path) -> None:
+    data = _good()  # completion data
+    data["train"]["method"] = "dpo"
+    data["train"]["dpo"] = {"beta": 0.2, "qlora": True}  # on cpu
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert any(f"line {_line_of(path, 'format: completion')}: data.format: DPO trains on preference pairs" in p
+               and "(got 'completion')" in p for p in problems), problems
+    assert any(f"line {_line_of(path, 'qlora: true')}: train.dpo.qlora: QLoRA needs a CUDA GPU" in p for p in problems)
+    data = _good()
+    data["data"]["format"] = "preference"  # with method lora
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    assert "train.method: DPO trains on preference pairs" in caught.value.problems[0]
+    assert "(got 'lora')" in caught.value.problems[0]

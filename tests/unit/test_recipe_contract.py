@@ -71,6 +71,9 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.task_metrics": settings.evaluate.task_metrics,
         "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.max_lm_eval_drop_pts,
         "evaluate.lm_eval": asdict(settings.evaluate.lm_eval) if settings.evaluate.lm_eval else None,
+        "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,
+        "evaluate.gates.max_forgetting_pct": settings.evaluate.max_forgetting_pct,
+        "data.replay_ratio": settings.replay_ratio,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
@@ -79,6 +82,8 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
     for section in ("lora", "train", "gptq"):
         for key, value in asdict(getattr(settings, section)).items():
             values[f"{section}.{key}"] = value
+    for key, item in values.pop("train.dpo").items():  # a section inside train
+        values[f"train.dpo.{key}"] = item
     values.pop("gptq.bits")  # the runtime's own constant: GPTQ here is always INT4
     return values
 
