@@ -290,6 +290,11 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
     nodes.add_argument(
         "--hostname", help="this node's name on that network (default gapforge-node<rank>)"
     )
+    run.add_argument(
+        "--parent", type=Path, metavar="OUT_OLD",
+        help="continue an earlier run: its --out folder (mounted read-only; checked against "
+        "its manifest.json): start from its merged model, replay its data, score its test set",
+    )  # fmt: skip
     add_trust_options(
         run,
         "run a bundle that does not authenticate, or an image no verified load imported "
@@ -306,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
                        extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure,
-                       node=node)  # fmt: skip
+                       parent=getattr(args, "parent", None), node=node)  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
     if node is not None and node.node_rank != 0:
         verdict[0] = f"[green]node {node.node_rank} trained[/] (node 0 writes the report)"

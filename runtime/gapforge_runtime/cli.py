@@ -101,10 +101,16 @@ def _context(args: argparse.Namespace) -> RunContext:
 
     recipe = load_recipe_settings(args.recipe)
     out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
+    base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
+    parent = None
+    if getattr(args, "parent", None):
+        from gapforge_runtime.continual import load_parent
+
+        parent = load_parent(Path(args.parent).resolve())
     llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
     return RunContext(
         recipe=recipe,
-        model_dir=Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve(),
+        model_dir=parent.merged if parent is not None else base,
         data_file=Path(args.data).resolve() if args.data else recipe.sample,
         out=Layout(out),
         llama_cpp=Path(llama_cpp),
@@ -121,6 +127,8 @@ def _context(args: argparse.Namespace) -> RunContext:
             recipe.train.nnodes,
             getattr(args, "rdzv_timeout", None),
         ),
+        parent=parent,
+        base_dir=base if parent is not None else None,
     )
 
 
@@ -136,7 +144,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     checked = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
         args.command, (args.command,)
     )
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, checked, ctx.nproc)
+    check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, checked, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],
@@ -202,7 +210,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ) from None
     train = recipe.train if recipe else None
     training = memplan.TrainingShape(
-        method=args.method or (train.method if train else "lora"),
+        method=args.method or (train.adapter_method if train else "lora"),
         batch=args.batch or (train.batch_size if train else 1),
         seq=args.seq or (train.max_seq_length if train else 2048),
         rank=args.rank or (recipe.lora.r if recipe else 16),
@@ -256,6 +264,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
+    )
+    parser.add_argument(
+        "--parent",
+        metavar="OUT_OLD",
+        help="continue from an earlier run: its output folder (checked against its manifest.json); "
+        "training starts from its merged model, replays its data (data.replay_ratio) and is scored "
+        "on its test set too",
     )
     parser.add_argument(
         "--no-tracking",

@@ -73,9 +73,8 @@ def worker(spec_path: Path) -> int:
 
 def _train_rank(spec: dict[str, Any]) -> int:
     from gapforge_runtime.config import load_recipe_settings
-    from gapforge_runtime.encoding import encoded_split
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import train_adapter, world
+    from gapforge_runtime.train import train_adapter, training_items, world
 
     recipe = load_recipe_settings(spec["recipe"])
     model_dir = Path(spec["model_dir"])
@@ -83,8 +82,8 @@ def _train_rank(spec: dict[str, Any]) -> int:
     tokenizer = load_tokenizer(model_dir)
     result = train_adapter(
         recipe, model_dir, tokenizer,
-        encoded_split(recipe, tokenizer, data_dir, "train"),
-        encoded_split(recipe, tokenizer, data_dir, "validation"),
+        training_items(recipe, tokenizer, data_dir, "train"),
+        training_items(recipe, tokenizer, data_dir, "validation"),
         Path(spec["checkpoints"]), Path(spec["adapter"]), Path(spec["log_file"]), bool(spec["resume"]),
         nnodes=int(spec.get("nnodes", 1)),
     )  # fmt: skip

@@ -248,13 +248,20 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
     if memory is None:
         return None
     train = recipe.train
-    batch, seq = train.batch_size, train.max_seq_length
-    if getattr(train, "packing", False) and getattr(train, "pack_tokens", None):
-        # a packed batch is one row of at most pack_tokens tokens (a longer example is alone)
+    # DPO: a LoRA or QLoRA adapter whose forward pass holds chosen and rejected of each pair.
+    pairs = 2 if train.method == "dpo" else 1
+    batch, seq = train.batch_size * pairs, train.max_seq_length
+    if (
+        train.method != "dpo"
+        and getattr(train, "packing", False)
+        and getattr(train, "pack_tokens", None)
+    ):
+        # a packed SFT batch is one row of at most pack_tokens tokens (a longer example is alone)
         batch, seq = 1, max(train.pack_tokens, train.max_seq_length)
     shape = TrainingShape(
-        method=train.method, batch=batch, seq=seq, rank=recipe.lora.r,
-        targets=recipe.lora.target_modules, gradient_checkpointing=train.gradient_checkpointing,
+        method=train.adapter_method, batch=batch, seq=seq,
+        rank=recipe.lora.r, targets=recipe.lora.target_modules,
+        gradient_checkpointing=train.gradient_checkpointing,
         nproc=nproc, distributed="fsdp" if train.distributed == "fsdp" else "ddp",
     )  # fmt: skip
     return estimate(ModelShape.from_config(read_config(model_dir)), shape, memory)

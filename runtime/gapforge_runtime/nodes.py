@@ -8,9 +8,9 @@ the checkpoints (Trainer's save_on_each_node): no shared storage is needed, and 
 each node still writes to its own folder. After training, node 0 merges, quantizes, evaluates and
 writes the report; the other nodes stop with their adapter and checkpoints (identical to node 0's).
 
-The resume rule: run the same command with `--resume` on every node. Each node resumes from its
-newest complete checkpoint; the nodes compare their steps before training and stop, naming them,
-if they differ (copy node 0's checkpoints to the others, or remove the newer ones).
+The resume rule: run the same command with `--resume` on every node. The nodes compare their
+complete checkpoints before training and all resume from the newest step every node holds (a node
+killed while saving has one fewer); newer checkpoints of the abandoned run are removed.
 
 A node that stops (a crash, a lost network) ends the job: torchrun's agents on the other nodes see
 the rendezvous close, stop their workers and exit non-zero; each node says so, and keeps the
@@ -143,21 +143,37 @@ def failure_message(status: int, nproc: int, nodes: Nodes) -> str:
     )
 
 
-def check_nodes_agree(resumed_from: int | None) -> None:
-    """Before training across nodes: every rank resumes from the same step, or none resumes."""
+def agree_on_checkpoint(checkpoints: Path, newest: Path | None, first_on_node: bool) -> Path | None:
+    """Across nodes, before training: the checkpoint every node holds complete, newest first (a node
+    killed mid-save has fewer). Checkpoints newer than it belong to the abandoned run and are
+    removed on each node; with none in common, every node starts from step 0."""
+    import shutil
+
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return
-    steps: list[int | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(steps, resumed_from)
-    if len(set(steps)) > 1:
+        return newest
+    complete = sorted(
+        int(p.name.split("-", 1)[1])
+        for p in checkpoints.glob("checkpoint-*")
+        if p.name.split("-", 1)[1].isdigit() and (p / ".complete").is_file()
+    ) if newest is not None else []  # fmt: skip
+    held: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(held, complete)
+    common = set.intersection(*(set(steps or []) for steps in held))
+    chosen = max(common) if common else None
+    if newest is not None and (chosen is None or f"checkpoint-{chosen}" != newest.name):
         described = ", ".join(
-            f"rank {rank}: {'none' if step is None else f'step {step}'}"
-            for rank, step in enumerate(steps)
+            f"rank {r}: {steps[-1] if steps else 'none'}" for r, steps in enumerate(held)
         )
-        raise RuntimeFailure(
-            f"--resume: the nodes hold different checkpoints ({described}). Every node must resume "
-            "from the same step: copy node 0's OUT/checkpoints to the other nodes (or remove the "
-            "newer checkpoint folders), then run again with --resume on every node."
+        print(
+            f"[train] --resume across nodes: the newest checkpoints differ ({described}); every node "
+            f"resumes from {'step ' + str(chosen) if chosen else 'step 0'}, the newest they all hold",
+            flush=True,
         )
+        if first_on_node:
+            for step in complete:
+                if chosen is None or step > chosen:
+                    shutil.rmtree(checkpoints / f"checkpoint-{step}", ignore_errors=True)
+    dist.barrier()
+    return checkpoints / f"checkpoint-{chosen}" if chosen is not None else None

@@ -102,7 +102,7 @@ class PackedDataset:
         }
 
 
-def packing_leak(model: Any, examples: Sequence[Encoded], limit: int = 64) -> float | None:
+def packing_leak(model: Any, examples: Sequence[Any], limit: int = 64) -> float | None:
     """How much packing changes what the model computes: the relative L2 difference between the
     logits of an example run alone and the same example packed after another (two training examples,
     at most `limit` tokens each, no gradients, eval mode). About 1e-7 in fp32 and a few 1e-2 in bf16
@@ -131,7 +131,7 @@ def packing_leak(model: Any, examples: Sequence[Encoded], limit: int = 64) -> fl
     return float((packed - alone).norm() / alone.norm().clamp_min(1e-12))
 
 
-def check_packing(model: Any, examples: Sequence[Encoded], exact: bool) -> float | None:
+def check_packing(model: Any, examples: Sequence[Any], exact: bool) -> float | None:
     """Refuse to train on packed batches that would leak between examples (RuntimeFailure); returns
     the measured difference. `exact`: fp32 weights (tolerance 1e-3), else bf16/fp16 (0.1)."""
     leak = packing_leak(model, examples)

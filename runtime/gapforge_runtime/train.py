@@ -40,7 +40,7 @@ class TrainResult:
 class ListDataset:
     """A map-style dataset over encoded examples (what Trainer needs, without `datasets`)."""
 
-    def __init__(self, items: list[Encoded]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self.items = items
 
     def __len__(self) -> int:
@@ -69,8 +69,13 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     }
 
 
+def packs(recipe: RecipeSettings) -> bool:
+    """Packed batches: SFT with train.packing (DPO's trainer brings its own pair batches)."""
+    return recipe.train.packing and recipe.train.method != "dpo"
+
+
 def sft_batching(
-    recipe: RecipeSettings, train_set: list[Encoded], validation_set: list[Encoded], pad_id: int
+    recipe: RecipeSettings, train_set: list[Any], validation_set: list[Any], pad_id: int
 ) -> tuple[Any, Any, Any, int]:
     """(train dataset, eval dataset, collator, examples-per-batch for Trainer) of SFT training.
 
@@ -80,7 +85,7 @@ def sft_batching(
     from gapforge_runtime import packing
 
     settings = recipe.train
-    if not settings.packing:
+    if not packs(recipe):
         return (ListDataset(train_set), ListDataset(validation_set),
                 lambda features: pad_batch(features, pad_id), settings.batch_size)  # fmt: skip
     if settings.pack_tokens:
@@ -111,7 +116,7 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
     lora = recipe.lora
     rank, _ = world()
     checkpointing = {"use_reentrant": False}
-    if recipe.train.method == "qlora":
+    if recipe.train.adapter_method == "qlora":
         import torch
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -250,8 +255,8 @@ def train_adapter(
     recipe: RecipeSettings,
     model_dir: Path,
     tokenizer: Any,
-    train_set: list[Encoded],
-    validation_set: list[Encoded],
+    train_set: list[Encoded] | list[dict[str, Any]],
+    validation_set: list[Encoded] | list[dict[str, Any]],
     checkpoints: Path,
     adapter_dir: Path,
     log_file: Path,
@@ -298,11 +303,11 @@ def train_adapter(
     from gapforge_runtime.packing import apply_liger
 
     # Liger patches the architecture's classes, so it comes before the model is loaded
-    liger = apply_liger(settings.liger, model_dir, device)
+    liger = apply_liger(settings.liger if settings.method != "dpo" else False, model_dir, device)
     if liger and rank == 0:
         print(f"[train] {liger}", flush=True)
     model = _lora_model(recipe, model_dir, device, dtype)
-    if settings.packing:
+    if packs(recipe):
         model.config.use_cache = False  # with a KV cache transformers builds no per-example mask
         from gapforge_runtime.packing import packed_attention
 
@@ -322,7 +327,8 @@ def train_adapter(
     train_data, eval_data, collator, per_batch = sft_batching(
         recipe, train_set, validation_set, tokenizer.pad_token_id
     )
-    args = TrainingArguments(
+    arguments_type, method_args = _method_arguments(recipe, TrainingArguments)
+    args = arguments_type(
         output_dir=str(checkpoints),
         per_device_train_batch_size=per_batch,
         per_device_eval_batch_size=settings.batch_size,
@@ -350,11 +356,12 @@ def train_adapter(
         dataloader_pin_memory=False,
         remove_unused_columns=False,
         # packed batches hold no padding (and no attention mask to count it by)
-        include_num_input_tokens_seen="all" if settings.packing else "non_padding",
+        include_num_input_tokens_seen="all" if packs(recipe) else "non_padding",
         optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
         # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.nodes).
         save_on_each_node=nnodes > 1,
         **_distributed_args(recipe, device),
+        **method_args,
     )
 
     class LogToFile(TrainerCallback):  # type: ignore[misc]
@@ -403,7 +410,7 @@ def train_adapter(
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)
         )
-    trainer = Trainer(
+    trainer = _trainer_type(recipe, Trainer, tokenizer)(
         model=model,
         args=args,
         train_dataset=train_data,
@@ -413,7 +420,7 @@ def train_adapter(
     )
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
-    if settings.packing and not uses_fsdp(recipe):
+    if packs(recipe) and not uses_fsdp(recipe):
         from gapforge_runtime.packing import check_packing
 
         # on the model as it will train (its device, dtype, attention, kernels), before step 1
@@ -424,9 +431,10 @@ def train_adapter(
                 flush=True,
             )
     if nnodes > 1:
-        from gapforge_runtime.nodes import check_nodes_agree
+        from gapforge_runtime.nodes import agree_on_checkpoint
 
-        check_nodes_agree(resumed_from)
+        previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
+        resumed_from = _checkpoint_step(previous) if previous is not None else None
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
     seconds = time.monotonic() - started
@@ -444,8 +452,8 @@ def train_adapter(
             if size > 1:
                 for item in (checkpoints / "final").glob("adapter_*"):
                     os.replace(item, tmp / item.name)
-            else:
-                trainer.model.save_pretrained(tmp)
+            else:  # only the trained adapter: DPO's frozen reference copy ("ref") stays behind
+                trainer.model.save_pretrained(tmp, selected_adapters=["default"])
             tokenizer.save_pretrained(tmp)
         write_text_atomic(
             adapter_dir.parent / "train_history.json",
@@ -471,6 +479,44 @@ def train_adapter(
         world_size=size,
         peak_gpu_memory_bytes=peak,
     )
+
+
+def training_items(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
+    """A split as its trainer takes it: encoded examples, or (DPO) the pair records themselves."""
+    if recipe.train.method == "dpo":
+        from gapforge_runtime.data import read_split_file
+
+        return read_split_file(data_dir / f"{split}.jsonl")
+    from gapforge_runtime.encoding import encoded_split
+
+    return encoded_split(recipe, tokenizer, data_dir, split)
+
+
+def _method_arguments(recipe: RecipeSettings, default: type) -> tuple[type, dict[str, Any]]:
+    """The arguments class of the recipe's method and its own settings (DPO: TRL's DPOConfig)."""
+    if recipe.train.method == "dpo":
+        from trl import DPOConfig
+
+        from gapforge_runtime.preference import dpo_arguments
+
+        return DPOConfig, dpo_arguments(recipe)
+    return default, {}
+
+
+def _trainer_type(recipe: RecipeSettings, default: Any, tokenizer: Any) -> Any:
+    """The trainer of the recipe's method, called as Trainer is (DPO: TRL's DPOTrainer, which
+    tokenizes the pairs itself and brings its own collator)."""
+    if recipe.train.method != "dpo":
+        return default
+    from gapforge_runtime.preference import dpo_trainer
+
+    def make(*, model: Any, args: Any, train_dataset: ListDataset, eval_dataset: ListDataset,
+             callbacks: list[Any], **_ignored: Any) -> Any:  # fmt: skip
+        return dpo_trainer(
+            model, args, tokenizer, list(train_dataset.items), list(eval_dataset.items), callbacks
+        )
+
+    return make
 
 
 def summarize_encoding(name: str, stats: EncodingStats, max_length: int) -> str:

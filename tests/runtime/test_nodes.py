@@ -5,6 +5,7 @@ peer never joins stops with a clear message."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -137,3 +138,54 @@ def test_bad_node_options_exit_2(
                          capture_output=True, text=True, check=False, timeout=120, env=_env())  # fmt: skip
     assert bad.returncode == 2 and needle in bad.stderr, bad.stderr[-1500:]
     assert "Traceback" not in bad.stderr and not (tmp_path / "out" / "adapter").exists()
+
+
+def _kill_node(folder: Path) -> None:
+    """SIGKILL every process whose command line names `folder`, as a node's death would (torchrun
+    starts its workers in a session of their own, so killing the launcher's group is not enough)."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if str(folder).encode() in command and int(proc.name) != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def test_a_node_killed_mid_run_ends_the_job_and_resume_continues(tiny_model: Path, tmp_path: Path) -> None:
+    import time
+
+    recipe = write_recipe(tmp_path / "r", batch_size=2, max_steps=200, eval_every=4)
+    endpoint = f"127.0.0.1:{_free_port()}"
+
+    def start(rank: int, *extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            _command(recipe, tiny_model, tmp_path / f"node-{rank}", "--nnodes", "2", "--node-rank", str(rank),
+                     "--rdzv-endpoint", endpoint, "--rdzv-id", "killed", *extra),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True,
+        )  # fmt: skip
+
+    first = [start(0), start(1)]
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "node-1" / "checkpoints").glob("checkpoint-*/.complete")):
+        assert time.monotonic() < deadline and first[1].poll() is None, "node 1 never wrote a checkpoint"
+        time.sleep(0.05)
+    _kill_node(tmp_path / "node-1")  # the whole node: its runtime, torchrun agent and worker
+    text = first[0].communicate(timeout=300)[0]
+    first[1].communicate(timeout=60)
+    assert first[0].returncode == 2, text[-3000:]
+    assert "node 0 of 2: the training job ended with an error" in text and "--resume on every node" in text
+    # both nodes kept at least one complete checkpoint; the same commands with --resume finish the job
+    again = [start(0, "--resume"), start(1, "--resume")]
+    outputs = [p.communicate(timeout=600)[0] for p in again]
+    for rank, (proc, out) in enumerate(zip(again, outputs, strict=True)):
+        assert proc.returncode == 0, f"node {rank}:\n{out[-4000:]}"
+    record = json.loads((tmp_path / "node-0" / "steps" / "train.json").read_text())
+    assert record["details"]["resumed_from_step"] and record["details"]["global_step"] == 200
+    adapters = [tmp_path / f"node-{r}" / "adapter" / "adapter_model.safetensors" for r in (0, 1)]
+    assert _sha(adapters[0]) == _sha(adapters[1])
