@@ -194,7 +194,8 @@ class TrainSpec(_Strict):
     packing: bool = True
     """Padding-free batches: each batch's examples laid end to end in one row, position ids restarting
     per example, attention kept inside each example (a block-diagonal mask built from the position
-    ids); exact: the same loss as padded batches, with no compute spent on padding. false pads."""
+    ids); exact: the same loss as padded batches, with no compute spent on padding. false pads.
+    SFT only: DPO's trainer batches its pairs itself."""
     pack_tokens: Annotated[int | None, Field(ge=16)] = None
     """With packing: form batches by this token budget per forward pass (as many whole examples as
     fit, in a seeded order) instead of `batch_size` examples; a longer example is a batch of its own.
