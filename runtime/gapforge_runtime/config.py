@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.recipe_schema import Recipe, schema_problems
+from gapforge_runtime.recipe_schema import Recipe, SweepSpec, schema_problems
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
@@ -150,6 +150,8 @@ class RecipeSettings:
     profile: str = "cpu"
     pii: PiiSettings = field(default_factory=PiiSettings)
     dedupe: DedupeSettings = field(default_factory=DedupeSettings)
+    sweep: SweepSpec | None = None
+    """`sweep:` as validated (None: the recipe defines no sweep)."""
 
     @property
     def sha256(self) -> str:
@@ -224,4 +226,5 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
         profile=spec.profile,
         pii=_settings(PiiSettings, spec.data.pii),
         dedupe=_settings(DedupeSettings, spec.data.dedupe),
+        sweep=spec.sweep,
     )

@@ -123,11 +123,28 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def add_sweep(ctx: RunContext, manifest: dict[str, Any]) -> None:
+    """A sweep's summary, its journal and the trial the shipped adapter came from (none: no change)."""
+    summary_file = ctx.out.root / "sweep" / "sweep.json"
+    if not summary_file.is_file():
+        return
+    root = ctx.out.root.resolve()
+    manifest["sweep"] = json.loads(summary_file.read_text(encoding="utf-8"))
+    manifest["outputs"]["sweep:summary"] = _entry(describe_path(summary_file), root)
+    journal = ctx.out.root / "sweep" / "journal.log"
+    if journal.is_file():
+        manifest["outputs"]["sweep:journal"] = _entry(describe_path(journal), root)
+    for node in manifest["lineage"]:
+        if node["id"] == "adapter":
+            node["sweep_trial"] = manifest["sweep"]["best"]["number"]
+
+
 def write_manifest_and_report(ctx: RunContext) -> dict[str, Any]:
     """Write report.md/.html (and charts), then manifest.json naming them too."""
     from gapforge_runtime.report import write_report
 
     manifest = build_manifest(ctx)
+    add_sweep(ctx, manifest)
     history_file = ctx.out.root / "train_history.json"
     history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
     written = write_report(ctx.out.root, manifest, history)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 GIT_COMMIT = r"^[0-9a-f]{40}$"
@@ -227,6 +227,62 @@ class EvaluateSpec(_Strict):
     """Exact match, token F1 and ROUGE-L of every model's answers against the references."""
 
 
+SweptSetting = Literal[
+    "train.learning_rate", "lora.r", "lora.alpha", "lora.dropout", "train.max_steps", "train.epochs",
+    "train.warmup_steps", "train.batch_size", "train.gradient_accumulation", "train.scheduler",
+]  # fmt: skip
+INTEGER_SETTINGS = frozenset({"lora.r", "train.max_steps", "train.warmup_steps", "train.batch_size",
+                              "train.gradient_accumulation"})  # fmt: skip
+
+
+class SweepRange(_Strict):
+    """One searched setting: a range (`low` to `high`; `log: true` for log-uniform) or `choices`."""
+
+    low: float | None = None
+    """The range's lower end (integers for integer settings such as lora.r)."""
+    high: float | None = None
+    """The range's upper end, included."""
+    log: bool = False
+    """Sample the range log-uniformly (learning rates)."""
+    choices: Annotated[list[int | float | str] | None, Field(min_length=1)] = None
+    """A list of values to pick from, instead of a range."""
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepRange:
+        has_range = self.low is not None or self.high is not None
+        if has_range == (self.choices is not None):
+            raise ValueError(
+                "give either low and high (a range) or choices (a list), not both or neither"
+            )
+        if has_range:
+            if self.low is None or self.high is None or self.low >= self.high:
+                raise ValueError(f"a range needs low < high (got low {self.low}, high {self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class SweepSpec(_Strict):
+    """A hyper-parameter sweep (`gapforge-runtime sweep`): Optuna trials, each in its own process."""
+
+    space: Annotated[dict[SweptSetting, SweepRange], Field(min_length=1)]
+    """The searched settings by dotted name, such as `train.learning_rate: {low: 1e-5, high: 1e-3, log: true}`."""
+    trials: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Trials that finish (complete or pruned); failed trials are retried. `--trials` overrides it."""
+    parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    """Trials run at once, each its own process; with GPUs, each process gets one (round robin)."""
+    metric: Literal["eval_loss"] = "eval_loss"
+    """What the sweep minimizes: the validation loss of the trial's adapter."""
+    seed: int = 0
+    """Seeds Optuna's sampler (TPE), for repeatable suggestions."""
+    pruning: bool = True
+    """Stop a trial early whose validation loss is worse than the median of earlier trials at that step."""
+    prune_startup_trials: Annotated[int, Field(ge=0)] = 2
+    """Trials that finish before any is pruned."""
+    prune_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps of each trial before it may be pruned."""
+
+
 class Recipe(_Strict):
     """A fine-tuning recipe: what to train, on which base model, and what to ship."""
 
@@ -245,6 +301,8 @@ class Recipe(_Strict):
     """The formats to ship; GPTQ and bitsandbytes targets need the 'cuda' profile."""
     gptq: GptqSpec = Field(default_factory=GptqSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    sweep: SweepSpec | None = None
+    """A hyper-parameter sweep over this recipe's settings; `gapforge-runtime sweep` runs it."""
 
 
 def json_schema() -> dict[str, Any]:

@@ -68,6 +68,7 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
+        "sweep": settings.sweep.model_dump() if settings.sweep is not None else None,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
