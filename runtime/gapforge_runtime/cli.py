@@ -145,6 +145,10 @@ def cmd_step(args: argparse.Namespace) -> int:
             pipeline.step_eval,
         ],
     }[args.command]
+    if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
+        from gapforge_runtime.distill import step_train_distilled
+
+        steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
     if args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
         from gapforge_runtime.quantize import check_llama_cpp

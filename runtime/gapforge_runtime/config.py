@@ -66,6 +66,8 @@ class TrainSettings:
     """Processes (one per GPU) for data-parallel training; the CLI's --nproc overrides it."""
     distributed: str = "auto"
     """auto | ddp | fsdp (with nproc > 1)."""
+    distill: dict[str, Any] | None = None
+    """`train.distill` (teacher, mode, filters) for method distill; read by distill.py."""
 
     @property
     def uses_gradient_checkpointing(self) -> bool:

@@ -136,11 +136,29 @@ class LoraSpec(_Strict):
         return value
 
 
+class DistillSpec(_Strict):
+    """Distillation (`train.method: distill`): a teacher answers the training prompts, the student learns them."""
+
+    teacher: Annotated[str, Field(min_length=1)]
+    """The teacher: a Hugging Face folder or a .gguf file inside the image (relative to the recipe's folder)."""
+    mode: Literal["sequence", "gkd"] = "sequence"
+    """`sequence`: fine-tune on the teacher's answers; `gkd`: logit distillation (needs a shared vocabulary)."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    """Tokens the teacher may write per answer; an answer cut off there is dropped unless keep_truncated."""
+    batch_size: Annotated[int, Field(ge=1, le=512)] = 8
+    """Prompts the teacher answers at once (transformers teacher)."""
+    keep_truncated: bool = False
+    """Keep answers cut off at max_new_tokens (no end-of-sequence token)."""
+    max_ngram_repeats: Annotated[int, Field(ge=1)] = 3
+    """An answer where one 4-word sequence occurs more often than this is dropped (degenerate loops)."""
+
+
 class TrainSpec(_Strict):
     """How to train; set exactly one of `epochs` and `max_steps`."""
 
-    method: Literal["lora", "qlora"] = "lora"
-    """LoRA on the full-precision model, or QLoRA on a 4-bit one (needs the 'cuda' profile)."""
+    method: Literal["lora", "qlora", "distill"] = "lora"
+    """LoRA on the full-precision model, or QLoRA on a 4-bit one (needs the 'cuda' profile); `distill`
+    trains a LoRA student on a teacher's answers (`train.distill`)."""
     epochs: Annotated[float | None, Field(gt=0)] = None
     """Passes over the training split (fractions allowed)."""
     max_steps: Annotated[int | None, Field(gt=0)] = None
@@ -168,6 +186,16 @@ class TrainSpec(_Strict):
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
     """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
     fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
+    distill: DistillSpec | None = None
+    """The teacher and its answers' filters, for `method: distill`."""
+
+    @model_validator(mode="after")
+    def _distill_needs_a_teacher(self) -> TrainSpec:
+        if self.method == "distill" and self.distill is None:
+            raise ValueError(
+                "method 'distill' needs train.distill with a teacher: add train.distill.teacher"
+            )
+        return self
 
 
 class GptqSpec(_Strict):
