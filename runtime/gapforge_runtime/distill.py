@@ -4,8 +4,9 @@ LoRA adapter is trained on what is kept through the normal SFT path (train.train
 
 The teacher is a Hugging Face folder (batched greedy generation with transformers) or a GGUF file
 (llama.cpp through llama-cpp-python). Its digest and the generated data's sha256 enter the train
-step's inputs and the lineage manifest. Logit distillation (`mode: gkd`) needs the teacher and the
-student to share one vocabulary; a mismatch is refused before anything loads.
+step's inputs and the lineage manifest. Logit distillation (`mode: gkd`, TRL's GKDTrainer from
+trl.experimental) needs the teacher and the student to share one vocabulary; a mismatch is refused
+before any model loads.
 """
 
 from __future__ import annotations
@@ -212,6 +213,100 @@ def teacher_answers(
     return summary
 
 
+def _messages(data_format: str, record: dict[str, Any]) -> list[dict[str, str]]:
+    from gapforge_runtime.encoding import alpaca_messages
+
+    return alpaca_messages(record) if data_format == "alpaca" else list(record["messages"])
+
+
+def train_gkd(
+    ctx: Any, spec: DistillSpec, teacher: Path, out: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Logit distillation with TRL's GKDTrainer: the student's LoRA adapter learns the teacher's
+    next-token distributions on the training split (and, for a `gkd_lmbda` share of batches, on its
+    own sampled answers). The validation loss of the adapter is measured as for any run."""
+    import os
+    import shutil
+
+    from peft import LoraConfig
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # known: GKD lives in trl.experimental
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from gapforge_runtime.data import read_split_file
+    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.evaluate import score_transformers
+    from gapforge_runtime.files import atomic_dir
+    from gapforge_runtime.modelio import device_and_dtype, load_causal_lm, load_tokenizer
+
+    recipe = ctx.recipe
+    if recipe.data_format == "completion":
+        raise RuntimeFailure(
+            f"recipe {recipe.path}: train.distill.mode 'gkd' needs prompts and answers (data.format "
+            "chat or alpaca), not completion text."
+        )
+    settings_ = recipe.train
+    device, dtype = device_and_dtype()
+    tokenizer = load_tokenizer(ctx.model_dir)
+    records = read_split_file(ctx.out.data / "train.jsonl")
+    dataset = Dataset.from_list([{"messages": _messages(recipe.data_format, r)} for r in records])
+    lora = recipe.lora
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    args = GKDConfig(
+        output_dir=str(ctx.out.checkpoints), per_device_train_batch_size=settings_.batch_size,
+        gradient_accumulation_steps=settings_.gradient_accumulation,
+        learning_rate=settings_.learning_rate, lr_scheduler_type=settings_.scheduler,
+        warmup_steps=settings_.warmup_steps, num_train_epochs=settings_.epochs or 1.0,
+        max_steps=settings_.max_steps or -1, seed=settings_.seed, data_seed=settings_.seed,
+        max_length=settings_.max_seq_length, max_new_tokens=spec.max_new_tokens,
+        lmbda=spec.gkd_lmbda, beta=spec.gkd_beta, logging_steps=1, report_to="none",
+        save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
+        bf16=device == "cuda" and str(dtype) == "torch.bfloat16", dataloader_pin_memory=False,
+        gradient_checkpointing=settings_.uses_gradient_checkpointing,
+    )  # fmt: skip
+    from transformers import set_seed
+
+    set_seed(settings_.seed)
+    student = load_causal_lm(ctx.model_dir, dtype=dtype)
+    teacher_model = load_causal_lm(teacher, dtype=dtype)
+    trainer = GKDTrainer(model=student, teacher_model=teacher_model, args=args,
+                         train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)  # fmt: skip
+    print(f"[distill] GKD: {len(records)} prompts, teacher {teacher.name}, lmbda {spec.gkd_lmbda}, "
+          f"beta {spec.gkd_beta}", flush=True)  # fmt: skip
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    with atomic_dir(ctx.out.adapter) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    history = list(trainer.state.log_history)
+    write_text_atomic(
+        ctx.out.train_log,
+        "".join(json.dumps({"step": h.get("step", 0), **h}) + "\n" for h in history),
+    )
+    write_text_atomic(ctx.out.root / "train_history.json", json.dumps(history, indent=1) + "\n")
+    shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
+    validation, _ = encode_split(tokenizer, recipe.data_format,
+                                 read_split_file(ctx.out.data / "validation.jsonl"), settings_.max_seq_length)  # fmt: skip
+    loss, _ = score_transformers(trainer.model, validation)
+    summary = {
+        "teacher": {"path": str(teacher), "sha256": describe_path(teacher)["sha256"], "kind": "transformers"},
+        "mode": "gkd", "prompts": len(records), "data": None,
+        "settings": spec.model_dump(mode="json"), "seconds": round(seconds, 2),
+    }  # fmt: skip
+    write_json_atomic(out / SUMMARY, summary)
+    details = {"global_step": trainer.state.global_step, "train_seconds": round(seconds, 3),
+               "device": device, "validation_loss": loss,
+               "distill": {"mode": "gkd", "teacher": summary["teacher"], "prompts": len(records)}}  # fmt: skip
+    print(
+        f"[distill] GKD done: {trainer.state.global_step} steps, validation loss {loss:.4f}",
+        flush=True,
+    )
+    return {"adapter": describe_path(ctx.out.adapter)}, details
+
+
 def step_train_distilled(ctx: Any) -> Any:
     """The train step of `method: distill`: the data step, the teacher's answers, the student's adapter."""
     from gapforge_runtime import pipeline
@@ -226,10 +321,6 @@ def step_train_distilled(ctx: Any) -> Any:
     teacher = teacher_path(recipe, spec)
     if spec.mode == "gkd":
         check_vocabularies(ctx.model_dir, teacher)
-        raise RuntimeFailure(
-            "train.distill.mode 'gkd': the teacher and student share a vocabulary, but logit "
-            "distillation is not in this runtime yet. Use mode: sequence."
-        )
     pipeline.step_data(ctx)
     out = ctx.out.root / DISTILL_DIR
     inputs = {
@@ -241,6 +332,8 @@ def step_train_distilled(ctx: Any) -> Any:
     }
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
+        if spec.mode == "gkd":
+            return train_gkd(ctx, spec, teacher, out)
         records = read_split_file(ctx.out.data / "train.jsonl")
         summary = teacher_answers(recipe, spec, teacher, records, out, ctx.model_dir)
         tokenizer = load_tokenizer(ctx.model_dir)

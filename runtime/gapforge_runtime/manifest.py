@@ -148,13 +148,15 @@ def add_distill(ctx: RunContext, manifest: dict[str, Any]) -> None:
     manifest["distill"] = summary
     manifest["inputs"]["teacher"] = {"path": summary["teacher"]["path"],
                                      "sha256": summary["teacher"]["sha256"]}  # fmt: skip
-    manifest["lineage"][1:1] = [
-        {"id": "teacher", "parents": [], "sha256": summary["teacher"]["sha256"]},
-        {"id": "teacher_data", "parents": ["teacher"], "sha256": summary["data"]["sha256"]},
-    ]
+    nodes = [{"id": "teacher", "parents": [], "sha256": summary["teacher"]["sha256"]}]
+    if summary.get("data"):  # sequence-level: the teacher's answers; GKD learns from its logits
+        nodes.append(
+            {"id": "teacher_data", "parents": ["teacher"], "sha256": summary["data"]["sha256"]}
+        )
+    manifest["lineage"][1:1] = nodes
     for node in manifest["lineage"]:
         if node["id"] == "adapter":
-            node["parents"] = [*node["parents"], "teacher_data"]
+            node["parents"] = [*node["parents"], nodes[-1]["id"]]
 
 
 def write_manifest_and_report(ctx: RunContext) -> dict[str, Any]:

@@ -151,6 +151,10 @@ class DistillSpec(_Strict):
     """Keep answers cut off at max_new_tokens (no end-of-sequence token)."""
     max_ngram_repeats: Annotated[int, Field(ge=1)] = 3
     """An answer where one 4-word sequence occurs more often than this is dropped (degenerate loops)."""
+    gkd_lmbda: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """`gkd`: the share of batches whose answers the student writes itself (on-policy)."""
+    gkd_beta: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """`gkd`: the generalized Jensen-Shannon divergence's weight (0: forward KL, 1: reverse KL)."""
 
 
 class TrainSpec(_Strict):

@@ -115,3 +115,30 @@ def test_a_gguf_teacher_answers_through_llama_cpp(tmp_path: Path, tiny_model: Pa
     summary = json.loads((out / "distill" / "distill.json").read_text())
     assert summary["teacher"]["kind"] == "gguf" and summary["teacher"]["sha256"] == sha256_file(tiny_gguf)
     assert summary["kept"] + sum(summary["dropped"].values()) == summary["prompts"] and summary["kept"] > 0
+
+
+def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(tmp_path: Path, tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model, teacher)
+    model = AutoModelForCausalLM.from_pretrained(teacher)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(teacher)
+    recipe = distill_recipe(tmp_path / "recipe", teacher, mode="gkd")
+    out = tmp_path / "out"
+    args = ["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
+    assert main(args) == 0
+    summary = json.loads((out / "distill" / "distill.json").read_text())
+    assert summary["mode"] == "gkd" and summary["data"] is None
+    record = json.loads((out / "steps" / "train.json").read_text())
+    assert record["details"]["global_step"] == 2 and record["inputs"]["teacher"] == summary["teacher"]["sha256"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    history = json.loads((out / "train_history.json").read_text())
+    assert any("loss" in h for h in history), "GKD's divergence was logged at each step"
+    lineage = {n["id"]: n for n in json.loads((out / "manifest.json").read_text())["lineage"]}
+    assert "teacher" in lineage["adapter"]["parents"] and "teacher_data" not in lineage
