@@ -59,8 +59,8 @@ def resumed_sweep(tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any,
     root = tmp_path_factory.mktemp("sweep")
     recipe, out = sweep_recipe(root / "recipe", pruning=False), root / "out"
     outputs = []
-    for trials in ("2", "3"):
-        result = subprocess.run(sweep_command(recipe, tiny_model, out, llama_cpp_dir, "--trials", trials),
+    for trials, parallel in (("2", "2"), ("3", "1")):  # the first two trials run at once
+        result = subprocess.run(sweep_command(recipe, tiny_model, out, llama_cpp_dir, "--trials", trials, "--parallel", parallel),
                                 capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         outputs.append(result.stdout)
@@ -112,35 +112,68 @@ def test_a_resumed_sweep_runs_only_the_missing_trials(resumed_sweep: tuple[Path,
     assert "[sweep] resuming: 2 of 3 trials already finished" in second
 
 
-def test_a_killed_sweep_retries_the_cut_off_trial(tmp_path: Path, tiny_model: Path, llama_cpp_dir: Path,
-                                                  llama_cpp_binding: Any) -> None:  # fmt: skip
-    recipe, out = sweep_recipe(tmp_path / "recipe", trials=2), tmp_path / "out"
+def test_a_sweep_of_4_killed_during_trial_3_resumes_to_4_and_ships_the_best(
+    tmp_path: Path, tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any
+) -> None:
+    recipe, out = sweep_recipe(tmp_path / "recipe", trials=4, pruning=False), tmp_path / "out"
     command = sweep_command(recipe, tiny_model, out, llama_cpp_dir)
     with (tmp_path / "first.log").open("wb") as log:
         sweep = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        second_trial = out / "sweep" / "trials" / "trial-0001" / "trial.log"
+        third_trial = out / "sweep" / "trials" / "trial-0002" / "trial.log"
         deadline = time.monotonic() + 300
-        while not second_trial.is_file() and time.monotonic() < deadline and sweep.poll() is None:
+        while not third_trial.is_file() and time.monotonic() < deadline and sweep.poll() is None:
             time.sleep(0.2)
-        assert second_trial.is_file(), (tmp_path / "first.log").read_text()
+        assert third_trial.is_file(), (tmp_path / "first.log").read_text()
         time.sleep(1.0)  # the trial is running
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait()
     # The trial's process dies with the sweep's (no orphan keeps writing to the journal).
-    spec = json.loads((out / "sweep" / "trials" / "trial-0001" / "spec.json").read_text())
+    spec = json.loads((out / "sweep" / "trials" / "trial-0002" / "spec.json").read_text())
     time.sleep(1.0)
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _runs_spec(p, spec)]
     states = [t.state.name for t in study_trials(out)]
-    assert states == ["COMPLETE", "RUNNING"]
+    assert states == ["COMPLETE", "COMPLETE", "RUNNING"]
 
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "[sweep] trials [1] were cut off by a killed sweep" in result.stdout
+    assert "[sweep] trials [2] were cut off by a killed sweep" in result.stdout
+    assert "[sweep] resuming: 2 of 4 trials already finished" in result.stdout
     trials = study_trials(out)
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2
+    best = min((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert json.loads((out / "manifest.json").read_text())["training"]["sweep_trial"] == best.number
     assert (out / "gguf" / "tiny-desk-q8_0.gguf").is_file()
     assert "its process died" in (out / "report.md").read_text()
+
+
+def test_a_trial_worse_than_the_median_is_pruned(tmp_path: Path, tiny_model: Path, llama_cpp_dir: Path,
+                                                  llama_cpp_binding: Any) -> None:  # fmt: skip
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    recipe = sweep_recipe(tmp_path / "recipe", trials=2, prune_startup_trials=1)
+    out = tmp_path / "out"
+    # The data step claims the folder; then two settings are queued the Optuna way: a learning rate
+    # that learns, then one too small to move the loss, which the median of the first must stop.
+    assert main(["data", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 0
+    (out / "sweep").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(out / "sweep" / "journal.log")))
+    study = optuna.create_study(study_name="gapforge-sweep", storage=storage, direction="minimize")
+    study.enqueue_trial({"train.learning_rate": 0.05, "lora.r": 8, "lora.alpha": 16})
+    study.enqueue_trial({"train.learning_rate": 0.0001, "lora.r": 4, "lora.alpha": 8})
+    result = subprocess.run(sweep_command(recipe, tiny_model, out, llama_cpp_dir), capture_output=True,
+                            text=True, check=False, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    trials = study_trials(out)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"], result.stdout[-3000:]
+    assert list(trials[1].intermediate_values) == [2], "stopped at its first evaluation, not at step 4"
+    assert trials[1].intermediate_values[2] > trials[0].intermediate_values[2]
+    assert "[sweep] trial 1 pruned at step 2" in result.stdout
+    summary = json.loads((out / "sweep" / "sweep.json").read_text())
+    assert summary["best"]["number"] == 0
+    assert "| PRUNED |" in (out / "report.md").read_text()
 
 
 def _runs_spec(proc: Path, spec: dict[str, Any]) -> bool:
