@@ -133,6 +133,11 @@ def generate_transformers(
             answers.append((tokenizer.decode(ids, skip_special_tokens=True).strip(), not ended))
         print(f"[distill] teacher answered {len(answers)}/{len(prompts)} prompts", flush=True)
     del model
+    import gc
+
+    gc.collect()
+    if device == "cuda":  # the student trains next, on the same GPU
+        torch.cuda.empty_cache()
     return answers
 
 

@@ -128,7 +128,11 @@ def sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     best = sweep.get("best", {}).get("number")
     rows = []
     for t in sweep.get("trials", []):
-        params = [t["params"].get(n, "") for n in names]
+        # 3 significant digits: learning rates such as 2.5e-05 must not print as 0.0000
+        params = [
+            f"{v:.3g}" if isinstance(v, float) else v
+            for v in (t["params"].get(n, "") for n in names)
+        ]
         loss = t.get("eval_loss")
         rows.append([f"{t['number']}{' (best)' if t['number'] == best else ''}", *params,
                      "" if loss is None else float(loss), t["state"],

@@ -490,6 +490,12 @@ def check_recipe(recipe: RecipeSettings) -> SweepSpec:
             "(for example `space: {train.learning_rate: {low: 1e-5, high: 1e-3, log: true}}`), or "
             "run `gapforge-runtime run` to train with the recipe's own settings."
         )
+    if recipe.train.method not in ("lora", "qlora"):
+        raise RuntimeFailure(
+            f"recipe {recipe.path}: train.method {recipe.train.method!r} with a sweep: the sweep's "
+            "trials train LoRA or QLoRA adapters on the data as it is. Sweep a lora or qlora recipe, "
+            "or run this one with `gapforge-runtime run`."
+        )
     check_space(recipe, recipe.sweep)
     return recipe.sweep
 
@@ -578,9 +584,20 @@ def run_trial(spec: dict[str, Any]) -> int:
     )  # the adapter is kept; disk is not free
     # One definition of the metric for every trial: the token-weighted validation loss of the saved
     # adapter (Trainer's last evaluation may not fall on the last step).
+    import gc
+
+    import torch
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_causal_lm(model_dir), folder / "adapter")
+    gc.collect()  # the trained model is gone with train_adapter's frame: return its memory first
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    # As the eval step scores: bf16 on the GPU (an 8B model in float32 on CPU would take hours).
+    placement = (
+        {"dtype": torch.bfloat16, "device_map": {"": 0}} if on_gpu else {"dtype": torch.float32}
+    )
+    model = PeftModel.from_pretrained(load_causal_lm(model_dir, **placement), folder / "adapter")
     loss, tokens = score_transformers(model, validation)
     details = {k: v for k, v in result.__dict__.items() if k != "log_history"}
     write_json_atomic(folder / "result.json", {"state": "COMPLETE", "eval_loss": loss,

@@ -201,3 +201,41 @@ def test_recipe_without_a_sweep_or_with_a_bad_space(tmp_path: Path, tiny_model: 
     assert "sweep.space.train.learning_rate: the value 2.0 makes an invalid recipe" in err
     assert str(bad) in err and "Narrow the ranges" in err
     assert not (tmp_path / "o2" / "sweep").exists(), "refused before any trial"
+
+
+def test_settings_land_in_the_trial_recipe() -> None:
+    from gapforge_runtime.sweep import apply_settings
+
+    raw = recipe_dict(max_steps=4)
+    trial = apply_settings(raw, {"train.epochs": 2.0, "lora.r": 16.0, "train.scheduler": "cosine"})
+    assert trial["train"]["epochs"] == 2.0 and trial["train"]["max_steps"] is None
+    assert trial["lora"]["r"] == 16 and isinstance(trial["lora"]["r"], int)
+    assert trial["train"]["scheduler"] == "cosine" and raw["train"]["max_steps"] == 4, "the recipe is not changed"
+    again = apply_settings(trial, {"train.max_steps": 8})
+    assert again["train"]["max_steps"] == 8 and again["train"]["epochs"] is None
+
+
+def test_a_changed_space_or_a_distill_recipe_is_refused(tmp_path: Path, tiny_model: Path, llama_cpp_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    recipe, out = sweep_recipe(tmp_path / "recipe"), tmp_path / "out"
+    base = ["--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
+    assert main(["data", *base]) == 0
+    (out / "sweep").mkdir()
+    storage = JournalStorage(JournalFileBackend(str(out / "sweep" / "journal.log")))
+    study = optuna.create_study(study_name="gapforge-sweep", storage=storage)
+    study.set_user_attr("space_sha256", "another space")
+    assert main(["sweep", *base, "--llama-cpp", str(llama_cpp_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "another search space" in err and "--force" in err and str(recipe) in err
+    assert not (out / "sweep" / "trials").exists()
+
+    raw = json.loads(recipe.read_text())
+    raw["train"]["method"] = "distill"
+    raw["train"]["distill"] = {"teacher": str(tiny_model)}
+    recipe.write_text(json.dumps(raw))
+    assert main(["sweep", *base, "--out", str(tmp_path / "out2")]) == 2
+    assert "train.method 'distill' with a sweep" in capsys.readouterr().err
