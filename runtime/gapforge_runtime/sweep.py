@@ -205,7 +205,7 @@ def recover_dead_trials(study: Any) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage = study._storage
         storage.set_trial_user_attr(trial._trial_id, "failure", "its process died (sweep killed)")
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         retried.append(trial.number)
     return retried
@@ -330,7 +330,7 @@ def _reap(study: Any, run: Running, layout: SweepLayout) -> bool:
     if frozen.state == TrialState.RUNNING:  # the process died before telling the study
         reason = f"its process exited with status {code}"
         storage.set_trial_user_attr(run.trial_id, "failure", reason)
-        storage.set_trial_state_values(run.trial_id, state=TrialState.FAIL)
+        study.tell(run.number, state=TrialState.FAIL)
         log = layout.trial_dir(run.number) / "trial.log"
         print(
             f"[sweep] trial {run.number} FAILED ({reason}, {seconds}s); the end of {log}:",

@@ -239,3 +239,16 @@ def test_a_changed_space_or_a_distill_recipe_is_refused(tmp_path: Path, tiny_mod
     recipe.write_text(json.dumps(raw))
     assert main(["sweep", *base, "--out", str(tmp_path / "out2")]) == 2
     assert "train.method 'distill' with a sweep" in capsys.readouterr().err
+
+
+def test_trials_that_keep_failing_stop_the_sweep_with_their_log(tmp_path: Path, tiny_model: Path, llama_cpp_dir: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    recipe, out = sweep_recipe(tmp_path / "recipe"), tmp_path / "out"
+    base = ["--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
+    assert main(["data", *base]) == 0
+    (out / "data" / "train.jsonl").write_text("not json\n")  # every trial's process fails reading it
+    assert main(["sweep", *base, "--llama-cpp", str(llama_cpp_dir)]) == 2
+    captured = capsys.readouterr()
+    assert "3 trials in a row failed" in captured.err and "trial.log" in captured.err
+    assert "[sweep] trial 0 FAILED (its process exited with status 1" in captured.out
+    assert [t.state.name for t in study_trials(out)] == ["FAIL"] * 3
