@@ -519,6 +519,9 @@ def run_sweep(ctx: Any, trials: int | None = None, parallel: int | None = None) 
         step_data(ctx)
         wanted = trials or sweep.trials
         at_once = parallel or sweep.parallel
+        if recipe.train.nproc > 1:
+            print(f"[sweep] note: each trial trains in one process on one GPU (train.nproc "
+                  f"{recipe.train.nproc} is for `run`); use sweep.parallel to use the GPUs", flush=True)  # fmt: skip
         study = run_trials(recipe, ctx.out.root, ctx.model_dir, wanted, at_once)
         from optuna.trial import TrialState
 

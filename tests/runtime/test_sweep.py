@@ -59,9 +59,12 @@ def resumed_sweep(tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any,
     root = tmp_path_factory.mktemp("sweep")
     recipe, out = sweep_recipe(root / "recipe", pruning=False), root / "out"
     outputs = []
-    for trials, parallel in (("2", "2"), ("3", "1")):  # the first two trials run at once
+    # The first two trials run at once, each given its own one of the visible GPUs (none exists on
+    # a CPU machine, where CPU torch ignores the variable: only the assignment is checked here).
+    for trials, parallel in (("2", "2"), ("3", "1")):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "5,7"}
         result = subprocess.run(sweep_command(recipe, tiny_model, out, llama_cpp_dir, "--trials", trials, "--parallel", parallel),
-                                capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+                                capture_output=True, text=True, check=False, timeout=600, env=env)  # fmt: skip
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         outputs.append(result.stdout)
     return out, outputs[0].splitlines(), outputs[1].splitlines()
@@ -106,7 +109,9 @@ def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(resumed_sweep:
 
 def test_a_resumed_sweep_runs_only_the_missing_trials(resumed_sweep: tuple[Path, list[str], list[str]]) -> None:
     _, first, second = resumed_sweep
-    assert sum("started" in line for line in first if line.startswith("[sweep] trial")) == 2
+    started_first = [line for line in first if line.startswith("[sweep] trial") and "started" in line]
+    assert [line.split(":")[0] for line in started_first] == ["[sweep] trial 0 started on GPU 5",
+                                                              "[sweep] trial 1 started on GPU 7"]  # fmt: skip
     started = [line for line in second if line.startswith("[sweep] trial") and "started" in line]
     assert len(started) == 1 and started[0].startswith("[sweep] trial 2 started"), second
     assert "[sweep] resuming: 2 of 3 trials already finished" in second
