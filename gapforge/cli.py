@@ -1,6 +1,6 @@
 """The gapforge command line, by user: lock, build and keygen for build engineers (connected side);
 release, diff, delta and split for release managers (connected side); trust, verify, load,
-preflight, run, inspect, inventory and join for operators (inside the gap); and the helpers the
+preflight, run, inspect, deploy, inventory and join for operators (inside the gap); and the helpers the
 tests and benchmarks use."""
 
 # Wiring only: COMMANDS maps each command to the module under gapforge/commands/ that holds it (one
@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
                          "go/no-go before a run: image, offline start, data, disk, GPU"),
     "inspect": Command(_OPERATOR, "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest"),
+    "deploy": Command(_OPERATOR, "cmd_deploy",
+                      "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest"),
     "trust": Command(_OPERATOR, "cmd_trust",
                      "pin the release repository's root once; show or update what the site trusts"),
     "release": Command(_RELEASE_MANAGER, "cmd_release",

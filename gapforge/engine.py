@@ -142,6 +142,10 @@ class SealedRun:
     home: str = HOME
     gpus: bool = False
     environment: dict[str, str] = field(default_factory=dict)
+    network: str | None = None
+    """An internal Docker network (a node of a job across nodes, gapforge.multinode); else none."""
+    hostname: str | None = None
+    """The container's host name and its alias on `network`, by which the other nodes reach it."""
 
     @property
     def tmpfs(self) -> dict[str, str]:
@@ -154,7 +158,7 @@ class SealedRun:
     def describe(self) -> dict[str, Any]:
         """The sandbox, as evidence: what the image could and could not touch."""
         return {
-            "network": "none",
+            "network": f"internal:{self.network}" if self.network else "none",
             "read_only_rootfs": True,
             "user": self.user,
             "tmpfs": sorted(self.tmpfs),
@@ -178,10 +182,18 @@ def run_sealed(
         host: {"bind": inside, "mode": "ro"} for host, inside in run.read_only_mounts.items()
     }
     requests = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if run.gpus else []
+    network: dict[str, Any] = {"network_mode": "none"}
+    if run.network:  # one node of a job across nodes: an internal network, reachable by its name
+        endpoint = client.api.create_endpoint_config(
+            aliases=[run.hostname] if run.hostname else None
+        )
+        network = {"network": run.network, "networking_config": {run.network: endpoint}}
+        if run.hostname:
+            network["hostname"] = run.hostname
     container = client.containers.run(
-        run.image, run.command, detach=True, network_mode="none", read_only=True, user=run.user,
+        run.image, run.command, detach=True, read_only=True, user=run.user,
         tmpfs=run.tmpfs, volumes=volumes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-        device_requests=requests, environment=run.environment,
+        device_requests=requests, environment=run.environment, **network,
     )  # fmt: skip
     timer = threading.Timer(timeout, container.kill) if timeout else None
     try:

@@ -32,6 +32,8 @@ from gapforge.progress import byte_progress, note
 PREFIX = "opt/gapforge"
 VENV = f"{PREFIX}/venv"
 MODEL_DIR = f"{PREFIX}/model"
+MODELS_DIR = f"{PREFIX}/models"
+"""The recipe's `models:` entries (a judge, a teacher), each in a folder named after its key."""
 RECIPE_DIR = f"{PREFIX}/recipe"
 LLAMA_CPP_DIR = f"{PREFIX}/llama.cpp"
 LAYER_FORMAT = "v1"  # bump when the way a layer is written changes: every cached layer is rewritten
@@ -166,14 +168,25 @@ def plan_wheel_layers(profile: Profile, wheels: dict[str, Path]) -> list[LayerPl
     return plans
 
 
-def plan_model(model_id: str, files: list[ModelFile]) -> LayerPlan:
+def plan_model(model_id: str, files: list[ModelFile], name: str | None = None) -> LayerPlan:
+    """The base model's layer, or (with `name`) that of an entry of the recipe's `models:`, at
+    MODELS_DIR/<name>/: a layer of its own, shared by every image that ships the same files."""
+    folder = MODEL_DIR if name is None else f"{MODELS_DIR}/{name}"
+
     def entries(_stage: Path) -> list[Entry]:
         return with_parents(
-            Entry(f"{MODEL_DIR}/{f.path}", "file", 0o644, size=f.size, source=f.blob) for f in files
+            Entry(f"{folder}/{f.path}", "file", 0o644, size=f.size, source=f.blob) for f in files
         )
 
-    return LayerPlan("model", [model_id, *(f"{f.path}={f.sha256}" for f in files)], entries,
-                     created_by=f"gapforge: model {model_id}")  # fmt: skip
+    layer = "model" if name is None else f"model-{name}"
+    what = f"model {model_id}" if name is None else f"{name} model {model_id}"
+    parts = [
+        model_id,
+        *([] if name is None else [folder]),
+        *(f"{f.path}={f.sha256}" for f in files),
+    ]
+    return LayerPlan(layer, parts, entries,
+                     created_by=f"gapforge: {what}")  # fmt: skip
 
 
 def plan_runtime(runtime_wheel: Path, llama_sdist: Path, profile: Profile) -> LayerPlan:
@@ -251,6 +264,8 @@ def image_env(profile: Profile) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "HF_UPDATE_DOWNLOAD_COUNTS": "0",
         # Every library's telemetry off, whatever the runtime imports (MLflow sends it by default).
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -263,6 +278,7 @@ def image_env(profile: Profile) -> dict[str, str]:
         "HOME": HOME,
         "GAPFORGE_RECIPE": f"/{RECIPE_DIR}/recipe.json",
         "GAPFORGE_MODEL_DIR": f"/{MODEL_DIR}",
+        "GAPFORGE_MODELS_DIR": f"/{MODELS_DIR}",
         "GAPFORGE_LLAMA_CPP": f"/{LLAMA_CPP_DIR}",
         "GAPFORGE_OUT": "/outputs",
         "GAPFORGE_PROFILE": profile.name,

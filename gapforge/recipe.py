@@ -108,10 +108,17 @@ class LoadedRecipe(BaseModel):
         return (self.directory / self.recipe.data.sample).resolve()
 
     def local_model_path(self) -> Path | None:
-        source = self.recipe.model.source
-        if isinstance(source, LocalSource):
-            return (self.directory / source.path).resolve()
+        return self.local_path_of(self.recipe.model)
+
+    def local_path_of(self, spec: ModelSpec) -> Path | None:
+        """The folder of a `local` model source (the base or an entry of `models:`), else None."""
+        if isinstance(spec.source, LocalSource):
+            return (self.directory / spec.source.path).resolve()
         return None
+
+    def all_models(self) -> list[tuple[str, ModelSpec]]:
+        """The base model (named `model`) and every entry of `models:`, in that order."""
+        return [("model", self.recipe.model), *sorted(self.recipe.models.items())]
 
 
 # --- problem collection -------------------------------------------------------------------------

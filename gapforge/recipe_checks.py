@@ -122,11 +122,14 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
     checks = (
         _check_steps,
         _check_method,
+        _check_preference,
         _check_distributed,
         _check_quantize,
         _check_gates,
         _check_sample,
         _check_local_model,
+        _check_lm_eval,
+        _check_models,
     )
     for check in checks:
         try:
@@ -152,6 +155,23 @@ def _check_method(problems: _Problems, get: _Values) -> None:
             ("train", "method"),
             "QLoRA needs a CUDA GPU: use profile 'cuda', or method 'lora' on 'cpu'",
             method,
+        )
+
+
+def _check_preference(problems: _Problems, get: _Values) -> None:
+    method, data_format = get("train", "method"), get("data", "format")
+    if (method == "dpo") != (data_format == "preference"):
+        problems.add(
+            ("data", "format") if method == "dpo" else ("train", "method"),
+            "DPO trains on preference pairs: use train.method 'dpo' with data.format 'preference', "
+            "or another method with alpaca, chat or completion data",
+            data_format if method == "dpo" else method,
+        )
+    if method == "dpo" and get("train", "dpo", "qlora") and get("profile") == "cpu":
+        problems.add(
+            ("train", "dpo", "qlora"),
+            "QLoRA needs a CUDA GPU: use profile 'cuda', or qlora: false on 'cpu'",
+            True,
         )
 
 
@@ -246,3 +266,69 @@ def _check_local_model(problems: _Problems, get: _Values) -> None:
     local = _inside_folder(problems, get, "model", "source", "path")
     if local is not None and not local.is_dir():
         problems.add(("model", "source", "path"), f"no such directory {local}", str(local))
+
+
+def _check_models(problems: _Problems, get: _Values) -> None:
+    """`models:` entries (local ones inside the recipe's folder) and the judge that names one."""
+    models = get("models")
+    ids = {get("model", "id"): "model"}
+    for name, spec in models.items():
+        where = f"models.{name}"
+        if spec["id"] in ids:
+            problems.add(("models", name, "id"), f"the id is already used by {ids[spec['id']]}: each "
+                         "model has its own lock (lockfiles/models/<id>.json), so give this one its own id",
+                         spec["id"])  # fmt: skip
+        ids[spec["id"]] = where
+        if spec["source"]["type"] == "local":
+            local = _inside_folder(problems, get, "models", name, "source", "path")
+            if local is not None and not local.is_dir():
+                problems.add(
+                    ("models", name, "source", "path"), f"no such directory {local}", str(local)
+                )
+    judge = get("evaluate", "judge", "model")
+    if not get("evaluate", "judge", "enabled") or judge == "base":
+        return
+    if judge not in models:
+        names = ", ".join(sorted(models)) or "none yet"
+        problems.add(("evaluate", "judge", "model"),
+                     f"names no entry of models: ({names}): use 'base', or add the judge under models: "
+                     "with a gguf source (or a local folder holding one .gguf file)", judge)  # fmt: skip
+        return
+    source = models[judge]["source"]
+    if source["type"] == "hf" or (source["type"] == "local" and _gguf_files(get, source) != 1):
+        problems.add(("models", judge, "source"),
+                     "the judge runs through llama.cpp, so it must be a GGUF: a gguf source, or a local "
+                     "folder holding exactly one .gguf file", source["type"])  # fmt: skip
+
+
+def _gguf_files(get: _Values, source: dict[str, Any]) -> int:
+    folder = (get.directory / source["path"]).resolve()
+    return len(list(folder.glob("*.gguf"))) if folder.is_dir() else 0
+
+
+def _check_lm_eval(problems: _Problems, get: _Values) -> None:
+    """evaluate.lm_eval: a task folder inside the recipe's that runs offline, targets it builds."""
+    from gapforge_runtime.lmeval import check_task_folder
+
+    lm_eval = get("evaluate", "lm_eval")
+    gates = get("evaluate", "gates", "max_lm_eval_drop_pts")
+    for target in gates:
+        if lm_eval is None:
+            problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
+                         "a gate on lm-eval scores without evaluate.lm_eval", target, fix="add evaluate.lm_eval or drop the gate")  # fmt: skip
+        elif not target.startswith("gguf:") or target not in get("quantize"):
+            problems.add(("evaluate", "gates", "max_lm_eval_drop_pts", target),
+                         "lm-eval gates are for the GGUF targets this recipe builds", target, fix="add it to quantize or drop the gate")  # fmt: skip
+    if lm_eval is None:
+        return
+    built = {"base", "merged", "gguf:f16", *get("quantize")}
+    for index, target in enumerate(lm_eval.get("targets") or []):
+        if target not in built:
+            problems.add(("evaluate", "lm_eval", "targets", index),
+                         "a target this recipe does not build", target, fix="add it to quantize or drop it here")  # fmt: skip
+    folder = _inside_folder(problems, get, "evaluate", "lm_eval", "tasks")
+    if folder is None:
+        return
+    for found in check_task_folder(folder):
+        # one problem per task YAML's fault: its file (under the recipe's folder), field, value, fix
+        problems.add(("evaluate", "lm_eval", "tasks"), found.text(get.directory), show=False)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 for tool in dockerd:docker.io mmdebstrap:mmdebstrap skopeo:skopeo unshare:util-linux \
-            docker-registry:docker-registry openssl:openssl bwrap:bubblewrap clamscan:clamav; do
+            docker-registry:docker-registry openssl:openssl bwrap:bubblewrap clamscan:clamav shellcheck:shellcheck; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 # `python3 -m venv` needs ensurepip, which Debian ships in python3-venv (it pulls in python3).

@@ -68,6 +68,7 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
         "created": index.get("created"),
         "image": index.get("image", {}),
         "model": index.get("model", {}),
+        "models": index.get("models", {}),
         "recipe": {
             "method": recipe.get("train", {}).get("method"),
             "data_format": recipe.get("data", {}).get("format"),
@@ -122,6 +123,13 @@ def bundle_table(facts: dict[str, Any]) -> Table:
         (
             "model",
             f"{model.get('id')} ({model.get('source', {}).get('type')}, {model.get('revision')})",
+        ),
+        *(
+            (
+                f"models: {name}",
+                f"{m.get('id')} ({m.get('source', {}).get('type')}, {m.get('revision')})",
+            )
+            for name, m in sorted(facts.get("models", {}).items())
         ),
         (
             "recipe",

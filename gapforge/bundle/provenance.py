@@ -29,7 +29,7 @@ from in_toto_attestation.v1.statement import Statement
 
 from gapforge.bundle.dsse import open_envelope, sign_envelope
 from gapforge.bundle.sign import SigningKey
-from gapforge.bundle.source import BundleSource
+from gapforge.bundle.source import BundleSource, ModelInfo
 from gapforge.errors import BuildError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -53,12 +53,12 @@ def _resolved_dependencies(source: BundleSource) -> list[dict[str, Any]]:
         {"name": name, "uri": f"file:lockfiles/{name}", "digest": {"sha256": digest}}
         for name, digest in sorted(source.locks.items())
     ]
-    model = source.model
-    deps += [
-        {"name": f"model:{model.id}/{f.name}", "uri": _model_uri(source, f.name),
-         "digest": {"sha256": f.sha256}, "annotations": {"revision": model.revision}}
-        for f in model.locked
-    ]  # fmt: skip
+    for model in (source.model, *(m for _, m in source.extra_models)):
+        deps += [
+            {"name": f"model:{model.id}/{f.name}", "uri": _model_uri(model.source, f.name),
+             "digest": {"sha256": f.sha256}, "annotations": {"revision": model.revision}}
+            for f in model.locked
+        ]  # fmt: skip
     deps.append({"name": source.runtime.file.name, "uri": f"file:{source.runtime.file.name}",
                  "digest": {"sha256": source.runtime.file.sha256}})  # fmt: skip
     deps.append({"name": source.llama_cpp.name, "uri": f"pkg:pypi/llama-cpp-python#{source.llama_cpp.name}",
@@ -70,8 +70,7 @@ def _resolved_dependencies(source: BundleSource) -> list[dict[str, Any]]:
     return deps
 
 
-def _model_uri(source: BundleSource, name: str) -> str:
-    model = source.model.source
+def _model_uri(model: dict[str, Any], name: str) -> str:
     if model.get("type") == "hf":
         return f"https://huggingface.co/{model['repo']}/resolve/{model['revision']}/{name}"
     if model.get("type") == "gguf":
@@ -94,8 +93,8 @@ def portable_path(path: str) -> str:
     return pure.name
 
 
-def _model_source(source: BundleSource) -> dict[str, Any]:
-    model = dict(source.model.source)
+def _model_source(source: BundleSource, info: ModelInfo | None = None) -> dict[str, Any]:
+    model = dict((info or source.model).source)
     if model.get("type") == "local" and isinstance(model.get("path"), str):
         model["path"] = portable_path(model["path"])
     return model
@@ -135,6 +134,20 @@ def _predicate(source: BundleSource) -> dict[str, Any]:
                     "source": _model_source(source),
                     "revision": source.model.revision,
                 },
+                **(
+                    {
+                        "models": {
+                            name: {
+                                "id": m.id,
+                                "source": _model_source(source, m),
+                                "revision": m.revision,
+                            }
+                            for name, m in source.extra_models
+                        }
+                    }
+                    if source.extra_models
+                    else {}
+                ),
                 "layers": [
                     {"name": layer.name, "digest": layer.digest, "size": layer.size}
                     for layer in image.layers

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,13 @@ from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
+from gapforge.multinode import NodeRun, check_internal_network
 from gapforge.progress import step
 
 DATA_DIR = "/data"
 OUTPUTS = "/outputs"
+PARENT_DIR = "/parent"
+"""Where `--parent OUT_OLD` (an earlier run's output folder) is mounted, read-only."""
 GPU_CHOICES = ("auto", "all", "none")
 
 
@@ -220,23 +223,63 @@ def sealed_run(
     return run, args
 
 
+def sealed_identity(target: Target) -> dict[str, str]:
+    """What the runtime records in its manifest of the image it ran in (a continual run's lineage
+    then names the parent's image and bundle): the image ID, and the bundle's SHA256SUMS digest."""
+    from gapforge.hashing import sha256_file
+
+    identity = {"GAPFORGE_IMAGE_DIGEST": target.config_digest}
+    sums = target.bundle / "SHA256SUMS" if target.bundle is not None else None
+    if sums is not None and sums.is_file():
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(sums)
+    return identity
+
+
+def parent_mount(parent: Path, out: Path) -> tuple[str, str]:
+    """`--parent OUT_OLD`: the earlier run's output folder, mounted read-only (host, inside)."""
+    if not (parent / "manifest.json").is_file():
+        raise BundleError(
+            f"--parent {parent}: no manifest.json there: pass the --out folder of an earlier, "
+            "finished run"
+        )
+    if parent.resolve() == out.resolve():
+        raise BundleError(f"--parent {parent}: it is the --out folder too: pass a new --out")
+    return str(parent.resolve()), PARENT_DIR
+
+
 def run_image(
     target: str, data: Path, out: Path, gpus: str = "auto", validation: Path | None = None,
     test: Path | None = None, extra: list[str] | None = None, timeout: float | None = None,
-    *, anchor: Anchor | None, insecure: bool = False,
+    *, anchor: Anchor | None, insecure: bool = False, parent: Path | None = None,
+    node: NodeRun | None = None,
 ) -> int:  # fmt: skip
-    """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status."""
+    """Run the recipe on `data` into `out`; the runtime's output streams to stdout. Returns its status.
+    With `node`, this is one node of a training job across nodes, on an internal network."""
     from gapforge import engine
 
     client = engine.connect()
+    if node is not None:
+        check_internal_network(client, node.network)
+        extra = [*(extra or []), *node.runtime_args()]
     resolved = resolve_target(client, target, anchor, insecure)
     files = (
         {"--data": data}
         | ({"--validation": validation} if validation else {})
         | ({"--test": test} if test else {})
     )
-    run, args = sealed_run(resolved, ["run", *(extra or [])], files, out, use_gpus(gpus, resolved))
-    step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  (--network none --read-only, user {run.user}"
+    extra = list(extra or [])
+    mounted = parent_mount(parent, out) if parent is not None else None
+    if mounted is not None:
+        extra += ["--parent", mounted[1]]
+    run, args = sealed_run(resolved, ["run", *extra], files, out, use_gpus(gpus, resolved))
+    if mounted is not None:
+        run = replace(run, read_only_mounts={**run.read_only_mounts, mounted[0]: mounted[1]})
+    run = replace(run, environment={**run.environment, **sealed_identity(resolved)})
+    network = "--network none"
+    if node is not None:
+        run = replace(run, network=node.network, hostname=node.hostname)
+        network = f"--network {node.network} (internal) as {node.hostname}"
+    step(f"{resolved.ref} (image {resolved.config_digest[:19]}…) {' '.join(args)}  ({network} --read-only, user {run.user}"
          f"{', --gpus all' if run.gpus else ''}) → {out}")  # fmt: skip
 
     def passthrough(chunk: bytes) -> None:

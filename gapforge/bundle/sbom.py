@@ -86,7 +86,7 @@ def _file_component(file: FileDigest, prefix: str) -> Component:
     )
 
 
-def _model_component(model: ModelInfo) -> Component:
+def _model_component(model: ModelInfo, name: str | None = None) -> Component:
     source = model.source
     properties = [
         Property(name=f"gapforge:source:{k}", value=str(v)) for k, v in sorted(source.items())
@@ -112,7 +112,11 @@ def _model_component(model: ModelInfo) -> Component:
         name=model.id,
         version=model.revision,
         bom_ref=f"model:{model.id}",
-        description=f"base model weights in /opt/gapforge/model ({len(model.files)} files)",
+        description=(
+            f"base model weights in /opt/gapforge/model ({len(model.files)} files)"
+            if name is None
+            else f"the recipe's {name} model in /opt/gapforge/models/{name} ({len(model.files)} files)"
+        ),
         components=[_file_component(f, f"model:{model.id}") for f in model.files],
         properties=properties,
         external_references=references,
@@ -175,6 +179,7 @@ def build_bom(source: BundleSource) -> Bom:
     python = [_python_component(p) for p in source.python_packages]
     debian = _debian_components(source)
     model = _model_component(source.model)
+    extras = [_model_component(m, name) for name, m in source.extra_models]
     runtime = _runtime_components(source)
     bom = Bom(
         serial_number=uuid.uuid5(SBOM_NAMESPACE, image.manifest_digest),
@@ -183,9 +188,9 @@ def build_bom(source: BundleSource) -> Bom:
             tools=ToolRepository(components=[tool]),
             timestamp=datetime.fromtimestamp(source.source_date_epoch, tz=UTC),
         ),
-        components=[*python, *debian, model, *runtime],
+        components=[*python, *debian, model, *extras, *runtime],
     )
-    bom.register_dependency(subject, [*python, *debian, model, *runtime])
+    bom.register_dependency(subject, [*python, *debian, model, *extras, *runtime])
     return bom
 
 

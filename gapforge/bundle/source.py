@@ -100,6 +100,9 @@ class BundleSource:
     """evidence.json, log.txt, report.md written by the pretest."""
     operator_wheels: tuple[Path, ...]
     git: dict[str, str] = field(default_factory=dict)
+    extra_models: tuple[tuple[str, ModelInfo], ...] = ()
+    """The recipe's `models:` entries (a judge, a teacher) by name; their files are named
+    `models/<name>/<path>`, as they lie under /opt/gapforge."""
     """commit and dirty state of the builder's checkout, when it is one."""
     started: str = ""
     finished: str = ""

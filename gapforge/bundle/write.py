@@ -114,6 +114,16 @@ def bundle_index(source: BundleSource, key: SigningKey, evidence: dict[str, Any]
             "source": source.model.source,
             "revision": source.model.revision,
         },
+        **(
+            {
+                "models": {
+                    name: {"id": m.id, "source": m.source, "revision": m.revision}
+                    for name, m in source.extra_models
+                }
+            }
+            if source.extra_models
+            else {}
+        ),
         "packages": {"python": len(source.python_packages), "debian": len(source.debian_packages)},
         "locks": source.locks,
         "pretest": {

@@ -40,7 +40,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     from gapforge.lock.update import all_profiles, lock_profile, lock_recipe_models
 
     cache = cache_of(args)
-    recipes = [Path(r) for r in args.recipes] or sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
+    recipes = [Path(r) for r in args.recipes] or sorted((REPO_ROOT / "recipes").glob("*/*.yaml"))
     if not args.models_only:
         for profile in args.profile or all_profiles(args.images_dir):
             lock_profile(profile, args.lock_dir, args.images_dir, cache, debian=not args.no_debian)

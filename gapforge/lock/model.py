@@ -190,14 +190,21 @@ def lock_hf(spec: ModelSpec, lock_dir: Path, cache: Cache, hub: HubClient) -> Mo
     return _write(model_lock_path(lock_dir, spec.id), spec, files, {})
 
 
-def lock_local(spec: ModelSpec, lock_dir: Path, folder: Path) -> ModelLock:
-    """Pin a `local` source: the allowed files of the folder and their sha256."""
+def lock_local(
+    spec: ModelSpec, lock_dir: Path, folder: Path, allow_gguf: bool = False
+) -> ModelLock:
+    """Pin a `local` source: the allowed files of the folder and their sha256. With `allow_gguf` (an
+    entry of `models:`, such as a judge that llama.cpp runs), a folder of GGUF files is one too."""
     if not folder.is_dir():
         raise ModelSourceError(
             f"{folder}: no such model folder: fix model.source.path in the recipe"
         )
     names = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()]
-    chosen = select_model_files(names, str(folder))
+    ggufs = sorted(n for n in names if n.endswith(".gguf"))
+    if allow_gguf and ggufs and not any(n.endswith(".safetensors") for n in names):
+        chosen = ggufs  # GGUF holds tensors and metadata only: no code runs when it is read
+    else:
+        chosen = select_model_files(names, str(folder))
     files = [LockedFile(n, sha256_file(folder / n), (folder / n).stat().st_size) for n in chosen]
     return _write(model_lock_path(lock_dir, spec.id), spec, files, {})
 
@@ -265,11 +272,12 @@ def lock_model(
     cache: Cache,
     local_path: Path | None,
     hub: HubClient | None = None,
+    allow_gguf: bool = False,
 ) -> ModelLock:
-    """Pin any model source."""
+    """Pin any model source (`allow_gguf`: a local folder of GGUF files, for `models:` entries)."""
     if isinstance(spec.source, LocalSource):
         assert local_path is not None
-        return lock_local(spec, lock_dir, local_path)
+        return lock_local(spec, lock_dir, local_path, allow_gguf)
     if isinstance(spec.source, HfSource):
         return lock_hf(spec, lock_dir, cache, hub or HuggingFaceHub())
     return lock_gguf(spec, lock_dir, cache)

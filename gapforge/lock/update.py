@@ -60,16 +60,17 @@ def lock_recipe_models(recipes: list[Path], lock_dir: Path, cache: Cache) -> Non
     failures: list[str] = []
     for path in recipes:
         loaded = load_recipe(path)
-        step(
-            f"locking model {loaded.recipe.model.id} ({loaded.recipe.model.source.type}) for {path}"
-        )
-        try:
-            lock = lock_model(loaded.recipe.model, lock_dir, cache, loaded.local_model_path())
-        except GapforgeError as error:
-            note(f"not locked: {error}")
-            failures.append(f"{path}: {error}")
-            continue
-        note(f"models/{lock.path.name}: {len(lock.files)} files pinned")
+        for name, spec in loaded.all_models():
+            step(f"locking {name} {spec.id} ({spec.source.type}) for {path}")
+            try:
+                lock = lock_model(
+                    spec, lock_dir, cache, loaded.local_path_of(spec), allow_gguf=name != "model"
+                )
+            except GapforgeError as error:
+                note(f"not locked: {error}")
+                failures.append(f"{path} ({name} {spec.id}): {error}")
+                continue
+            note(f"models/{lock.path.name}: {len(lock.files)} files pinned")
     if failures:
         raise LockError(
             f"{len(failures)} of {len(recipes)} model locks could not be made (the others were "

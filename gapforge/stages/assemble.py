@@ -26,7 +26,7 @@ from gapforge.image import (
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
 from gapforge.profile import profile_env, profile_labels
 from gapforge.progress import byte_progress, note, step
-from gapforge.recipe import recipe_json
+from gapforge.recipe import LoadedRecipe, recipe_json
 from gapforge.stages.fetch import Inputs
 from gapforge.stages.locks import Locks
 from gapforge.stages.plan import BuildPlan
@@ -47,9 +47,28 @@ def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
         "recipe.yaml": loaded.path.read_bytes(),
         "recipe.json": normalized,
         loaded.recipe.data.sample: loaded.sample_data.read_bytes(),
+        **lm_eval_task_files(loaded),
         f"locks/{locks.python.path.name}": locks.python.path.read_bytes(),
         f"locks/{locks.debian_path.name}": locks.debian_path.read_bytes(),
         f"locks/models/{locks.model.path.name}": locks.model.path.read_bytes(),
+        **{
+            f"locks/models/{lock.path.name}": lock.path.read_bytes()
+            for _, lock in locks.extra_models
+        },
+    }
+
+
+def lm_eval_task_files(loaded: LoadedRecipe) -> dict[str, bytes]:
+    """The recipe's lm-eval task folder (YAMLs, JSONL, helper scripts), at the same path relative to
+    recipe.json as to the recipe YAML; the recipe check keeps it inside the recipe's folder."""
+    spec = loaded.recipe.evaluate.lm_eval
+    if spec is None:
+        return {}
+    folder = (loaded.directory / spec.tasks).resolve()
+    return {
+        path.relative_to(loaded.directory).as_posix(): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
     }
 
 
@@ -97,6 +116,10 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
         plan_base(profile, inputs.rootfs_tar, locks.debian_sha256),
         *plan_wheel_layers(profile, inputs.wheels),
         plan_model(plan.loaded.recipe.model.id, inputs.model_files),
+        *(
+            plan_model(plan.loaded.recipe.models[name].id, files, name)
+            for name, files in sorted(inputs.extra_models.items())
+        ),
         plan_runtime(inputs.runtime_wheel, inputs.llama_sdist, profile),
         plan_recipe(files),
     ]

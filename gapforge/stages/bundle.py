@@ -95,6 +95,7 @@ def bundle_source(
             locks.python.path.name: locks.python.sha256,
             locks.debian_path.name: locks.debian_sha256,
             f"models/{locks.model.path.name}": locks.model.sha256,
+            **{f"models/{lock.path.name}": lock.sha256 for _, lock in locks.extra_models},
         },
         python_packages=python,
         debian_suite=plan.profile.debian.suite,
@@ -113,6 +114,21 @@ def bundle_source(
         source_date_epoch=plan.profile.source_date_epoch,
         pretest_dir=result.folder,
         operator_wheels=tuple(inputs.operator_wheels),
+        extra_models=tuple(
+            (
+                name,
+                ModelInfo(
+                    id=recipe.models[name].id,
+                    source=lock.source,
+                    files=tuple(
+                        FileDigest(f"models/{name}/{f.path}", f.sha256, f.size)
+                        for f in inputs.extra_models.get(name, [])
+                    ),
+                    locked=tuple(FileDigest(f.path, f.sha256, f.size) for f in lock.files),
+                ),
+            )
+            for name, lock in locks.extra_models
+        ),
         git=git_state(),
         started=_iso(plan.started),
         finished=_iso(time.time()),

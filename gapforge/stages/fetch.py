@@ -11,7 +11,7 @@ from pathlib import Path
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.cache import Cache
 from gapforge.fetch.debian import DebianInputs, DebianRefresh
-from gapforge.fetch.model import ModelFile, fetch_model
+from gapforge.fetch.model import ModelFile, fetch_extra_model, fetch_model
 from gapforge.fetch.sdist import SdistBuilder
 from gapforge.fetch.wheels import build_flit_wheel, fetch_locked_files, make_venv
 from gapforge.hashing import sha256_file
@@ -32,6 +32,8 @@ class Inputs:
     runtime_wheel: Path
     model_files: list[ModelFile]
     sdists: dict[str, Path] = field(default_factory=dict)
+    extra_models: dict[str, list[ModelFile]] = field(default_factory=dict)
+    """The files of each `models:` entry (a judge, a teacher), by name."""
     operator_wheels: list[Path] = field(default_factory=list)
     """gapforge and its locked dependencies as wheels, for the bundle's wheels/."""
     debian_refreshes: list[DebianRefresh] = field(default_factory=list)
@@ -97,9 +99,14 @@ def fetch(plan: BuildPlan, locks: Locks) -> tuple[Inputs, Locks]:
     model_files = fetch_model(
         cache, plan.loaded.recipe.model, locks.model, plan.loaded.local_model_path(), toolchain
     )
+    extra_locks = dict(locks.extra_models)
+    extra_models = {
+        name: fetch_extra_model(cache, spec, extra_locks[name], plan.loaded.local_path_of(spec))
+        for name, spec in sorted(plan.loaded.recipe.models.items())
+    }
     runtime_wheel = build_runtime_wheel(cache, profile.source_date_epoch)
     llama_key = "llama-cpp-python"
     operator_wheels = fetch_operator_wheels(cache, profile) if plan.options.bundle else []
     inputs = Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files,
-                    sdists, operator_wheels, debian.refreshes, python.build_seconds)  # fmt: skip
+                    sdists, extra_models, operator_wheels, debian.refreshes, python.build_seconds)  # fmt: skip
     return inputs, locks

@@ -24,6 +24,8 @@ class Locks:
     model: ModelLock
     build_debian_path: Path | None = None
     """The sdist build root's Debian lock (profiles that build sdists)."""
+    extra_models: tuple[tuple[str, ModelLock], ...] = ()
+    """The locks of the recipe's `models:` entries (a judge, a teacher), by name."""
 
     def digests(self) -> dict[str, str]:
         """Every lock this build used: file name → sha256."""
@@ -32,6 +34,7 @@ class Locks:
             self.build.path.name: self.build.sha256,
             self.debian_path.name: self.debian_sha256,
             f"models/{self.model.path.name}": self.model.sha256,
+            **{f"models/{lock.path.name}": lock.sha256 for _, lock in self.extra_models},
         }
         if self.build_debian_path is not None:
             found[self.build_debian_path.name] = sha256_file(self.build_debian_path)
@@ -79,6 +82,10 @@ def check_locks(plan: BuildPlan) -> Locks:
         build_debian = debian_lock_path(plan.options.lock_dir, profile.name, "build")
         _check_debian_fresh(build_debian, profile, "build")
     model = read_model_lock(plan.options.lock_dir, plan.loaded.recipe.model)
+    extra = tuple(
+        (name, read_model_lock(plan.options.lock_dir, spec))
+        for name, spec in sorted(plan.loaded.recipe.models.items())
+    )
     missing_builds = [k for k in profile.sdist_builds if k not in python.by_name()]
     if missing_builds:
         raise LockError(
@@ -87,4 +94,4 @@ def check_locks(plan: BuildPlan) -> Locks:
     note(
         f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}"
     )
-    return Locks(python, build, debian_path, sha256_file(debian_path), model, build_debian)
+    return Locks(python, build, debian_path, sha256_file(debian_path), model, build_debian, extra)

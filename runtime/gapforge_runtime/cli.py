@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from gapforge_runtime import __version__
 from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
 from gapforge_runtime.gguf_import import DTYPES
+from gapforge_runtime.nodes import DEFAULT_PORT, nodes_from_args
 from gapforge_runtime.offline import force_offline
 
 if TYPE_CHECKING:
@@ -100,10 +101,16 @@ def _context(args: argparse.Namespace) -> RunContext:
 
     recipe = load_recipe_settings(args.recipe)
     out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
+    base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
+    parent = None
+    if getattr(args, "parent", None):
+        from gapforge_runtime.continual import load_parent
+
+        parent = load_parent(Path(args.parent).resolve())
     llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
     return RunContext(
         recipe=recipe,
-        model_dir=Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve(),
+        model_dir=parent.merged if parent is not None else base,
         data_file=Path(args.data).resolve() if args.data else recipe.sample,
         out=Layout(out),
         llama_cpp=Path(llama_cpp),
@@ -112,6 +119,16 @@ def _context(args: argparse.Namespace) -> RunContext:
         force=args.force,
         resume=getattr(args, "resume", False),
         nproc=getattr(args, "nproc", None) or recipe.train.nproc,
+        nodes=nodes_from_args(
+            getattr(args, "nnodes", None),
+            getattr(args, "node_rank", None),
+            getattr(args, "rdzv_endpoint", None),
+            getattr(args, "rdzv_id", None),
+            recipe.train.nnodes,
+            getattr(args, "rdzv_timeout", None),
+        ),
+        parent=parent,
+        base_dir=base if parent is not None else None,
     )
 
 
@@ -129,7 +146,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     checked = {"run": ("train", "quantize"), "train": ("train", "quantize")}.get(
         args.command, (args.command,)
     )
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, checked, ctx.nproc)
+    check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, checked, ctx.nproc)
     pipeline.prepare(ctx)
     steps = {
         "data": [pipeline.step_data],
@@ -145,20 +162,30 @@ def cmd_step(args: argparse.Namespace) -> int:
             pipeline.step_eval,
         ],
     }[args.command]
-    if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
-        from gapforge_runtime.distill import step_train_distilled
-
-        steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
-    if args.command == "run":
+    if ctx.nodes.multi and not ctx.nodes.lead and args.command in ("run", "train"):
+        # Every node trains; node 0 finishes the run (merge, quantize, evaluate, report).
+        steps = [pipeline.step_train]
+    elif args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
         from gapforge_runtime.quantize import check_llama_cpp
 
         check_llama_cpp(ctx.llama_cpp)
+    if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
+        from gapforge_runtime.distill import step_train_distilled
+
+        steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
     with pipeline.observed_run(
         ctx, tracking=not args.no_tracking, metrics_port=getattr(args, "metrics_port", None)
     ):
         for step in steps:
             step(ctx)
+        if ctx.nodes.multi and not ctx.nodes.lead and args.command in ("run", "train"):
+            print(
+                f"node {ctx.nodes.node_rank} of {ctx.nodes.nnodes}: training done; its adapter and "
+                f"checkpoints are in {ctx.out.root}. Node 0 merges, quantizes, evaluates and writes "
+                "the report in its own output folder."
+            )
+            return 0
         manifest = write_manifest_and_report(ctx)
     print(f"outputs in {ctx.out.root} (manifest.json, report.md, report.html)")
     if args.command in ("run", "eval") and manifest["passed"] is False:
@@ -179,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     ctx = _context(args)
     check_recipe(ctx.recipe)
-    check_hardware(ctx.recipe.train.method, ctx.recipe.quantize, ("train", "quantize"), 1)
+    check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, ("train", "quantize"), 1)
     check_targets(ctx.recipe.quantize)
     pipeline.prepare(ctx)
     check_llama_cpp(ctx.llama_cpp)  # before hours of trials, not after
@@ -227,14 +254,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ) from None
     train = recipe.train if recipe else None
     training = memplan.TrainingShape(
-        method=args.method or (train.method if train else "lora"),
+        method=args.method or (train.adapter_method if train else "lora"),
         batch=args.batch or (train.batch_size if train else 1),
         seq=args.seq or (train.max_seq_length if train else 2048),
         rank=args.rank or (recipe.lora.r if recipe else 16),
         targets=recipe.lora.target_modules if recipe else "all-linear",
         gradient_checkpointing=args.gradient_checkpointing
         or bool(train and train.gradient_checkpointing),
-        nproc=args.nproc or (train.nproc if train else 1),
+        nproc=(args.nproc or (train.nproc if train else 1))
+        * (args.nnodes or (train.nnodes if train else 1)),
         distributed=args.distributed
         or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
     )
@@ -244,10 +272,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else memplan.gpu_memory_bytes()
     )
     plan = memplan.estimate(shape, training, memory)
+    per_node = args.gpus_per_node or 8
+    needed = memplan.nodes_needed(shape, training, memory, per_node) if memory else None
     if args.json:
-        print(json.dumps(plan.as_json(), indent=2, sort_keys=True))
+        facts = plan.as_json()
+        if memory:
+            facts["nodes_needed"] = (
+                {"nodes": needed[0], "gpus_per_node": per_node, "distributed": needed[1]}
+                if needed
+                else None
+            )
+        print(json.dumps(facts, indent=2, sort_keys=True))
     else:
         print(memplan.describe(plan))
+        if memory:
+            print(memplan.describe_nodes(needed, per_node, memory))
         if memory is None:
             print("[plan] no GPU visible: pass --gpu-memory-gib to check the fit for a given GPU")
     return 0 if plan.fits is not False else EXIT_GATE_FAILED
@@ -271,10 +310,40 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
     parser.add_argument(
+        "--parent",
+        metavar="OUT_OLD",
+        help="continue from an earlier run: its output folder (checked against its manifest.json); "
+        "training starts from its merged model, replays its data (data.replay_ratio) and is scored "
+        "on its test set too",
+    )
+    parser.add_argument(
         "--no-tracking",
         action="store_true",
         help="no MLflow run in OUT/mlflow (by default every run is tracked there, on SQLite)",
     )
+
+
+def _add_node_options(parser: argparse.ArgumentParser) -> None:
+    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.nodes)."""
+    group = parser.add_argument_group(
+        "across nodes (every node runs the same command, its own --out)"
+    )
+    group.add_argument(
+        "--nnodes", type=int, help="nodes in the job (default: the recipe's train.nnodes)"
+    )
+    group.add_argument(
+        "--node-rank", type=int, help="this node's rank, 0 to nnodes-1 (0 finishes the run)"
+    )
+    group.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help=f"node 0's name and rendezvous port (default port {DEFAULT_PORT})",
+    )
+    group.add_argument(
+        "--rdzv-id", help="the job's name, the same on every node (default: gapforge)"
+    )
+    group.add_argument("--rdzv-timeout", type=int, metavar="SECONDS",
+                       help="how long a node waits for the others to join (default 900)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,7 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--gradient-checkpointing", action="store_true", help="assume activation recomputation"
     )
-    plan.add_argument("--nproc", type=int, help="GPUs the run is spread over")
+    plan.add_argument("--nproc", type=int, help="GPUs per node the run is spread over")
+    plan.add_argument(
+        "--nnodes", type=int, help="nodes the run is spread over (GPUs: nnodes x nproc)"
+    )
+    plan.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="GPUs of one node, to say how many nodes are needed (default 8)",
+    )
     plan.add_argument("--distributed", choices=["ddp", "fsdp"], help="how the GPUs share the model")
     plan.add_argument(
         "--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)"
@@ -346,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                 type=int,
                 help="training processes, one per GPU, through torchrun (default: the recipe's train.nproc)",
             )
+            _add_node_options(step)
             step.add_argument(
                 "--metrics-port",
                 type=int,

@@ -23,6 +23,16 @@ RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
 MODEL_ENV = "GAPFORGE_MODEL_DIR"
 DEFAULT_MODEL = "/opt/gapforge/model"
+MODELS_ENV = "GAPFORGE_MODELS_DIR"
+DEFAULT_MODELS = "/opt/gapforge/models"
+"""The recipe's `models:` entries (a judge, a teacher), one folder per name."""
+
+
+def shipped_model_dir(name: str) -> Path:
+    """Where the image holds the recipe's `models:` entry `name`."""
+    return Path(os.environ.get(MODELS_ENV) or DEFAULT_MODELS) / name
+
+
 OUT_ENV = "GAPFORGE_OUT"
 LLAMA_CPP_ENV = "GAPFORGE_LLAMA_CPP"
 DEFAULT_LLAMA_CPP = "/opt/gapforge/llama.cpp"
@@ -46,6 +56,16 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
+class DpoSettings:
+    """`train.dpo`: DPO's settings."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    qlora: bool = False
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """How to train; mirrors `train:` of the recipe."""
 
@@ -64,15 +84,28 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     nproc: int = 1
     """Processes (one per GPU) for data-parallel training; the CLI's --nproc overrides it."""
+    nnodes: int = 1
+    """Nodes the training spans; the CLI's --nnodes overrides it (gapforge_runtime.nodes)."""
     distributed: str = "auto"
     """auto | ddp | fsdp (with nproc > 1)."""
     distill: dict[str, Any] | None = None
     """`train.distill` (teacher, mode, filters) for method distill; read by distill.py."""
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dpo, dict):  # from the validated section's model_dump()
+            object.__setattr__(self, "dpo", DpoSettings(**self.dpo))
 
     @property
     def uses_gradient_checkpointing(self) -> bool:
         """QLoRA always recomputes activations: it is what makes 4-bit training fit."""
-        return self.gradient_checkpointing or self.method == "qlora"
+        return self.gradient_checkpointing or self.adapter_method == "qlora"
+
+    @property
+    def adapter_method(self) -> str:
+        """How the adapter is trained on the model: `qlora` (a 4-bit base) or `lora`."""
+        quantized = self.method == "qlora" or (self.method == "dpo" and self.dpo.qlora)
+        return "qlora" if quantized else "lora"
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,18 @@ class JudgeSettings:
 
 
 @dataclass(frozen=True)
+class LmEvalSettings:
+    """`evaluate.lm_eval`: lm-evaluation-harness custom tasks over local JSONL, offline."""
+
+    tasks: str
+    """The task folder, relative to the recipe JSON's folder (the builder ships it there)."""
+    limit: int | None = None
+    targets: list[str] | None = None
+    """None: merged plus the recipe's GGUF targets."""
+    num_fewshot: int | None = None
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     """What to measure and which gates decide pass/fail."""
 
@@ -126,8 +171,12 @@ class EvaluateSettings:
     max_perplexity_delta_pct: dict[str, float] = field(default_factory=dict)
     min_win_rate_vs_base: float | None = None
     max_task_f1_drop_pts: dict[str, float] = field(default_factory=dict)
+    min_preference_accuracy: float | None = None
+    max_forgetting_pct: float | None = None
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     task_metrics: bool = True
+    lm_eval: LmEvalSettings | None = None
+    max_lm_eval_drop_pts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +203,8 @@ class RecipeSettings:
     dedupe: DedupeSettings = field(default_factory=DedupeSettings)
     sweep: SweepSpec | None = None
     """`sweep:` as validated (None: the recipe defines no sweep)."""
+    replay_ratio: float = 0.0
+    """`data.replay_ratio`: the parent run's share of the training set (continual runs)."""
 
     @property
     def sha256(self) -> str:
@@ -185,6 +236,16 @@ def validate_recipe(raw: dict[str, Any], shown: str) -> Recipe:
         ) from None
 
 
+def check_method_format(method: str, data_format: str, shown: str) -> None:
+    """DPO trains on preference pairs, and preference pairs only train DPO."""
+    if (method == "dpo") != (data_format == "preference"):
+        raise RuntimeFailure(
+            f"recipe {shown}: train.method {method!r} with data.format {data_format!r}: DPO trains "
+            "on preference pairs (prompt, chosen, rejected). Use train.method 'dpo' with "
+            "data.format 'preference', or another method with alpaca, chat or completion data."
+        )
+
+
 def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
     """Read the recipe JSON (from --recipe, $GAPFORGE_RECIPE or the image's default)."""
     path = Path(path_arg or os.environ.get(RECIPE_ENV) or DEFAULT_RECIPE)
@@ -202,6 +263,7 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
     if not isinstance(raw, dict) or "data" not in raw or "train" not in raw:
         raise RuntimeFailure(f"recipe {path}: not a gapforge recipe (no 'data'/'train' sections).")
     spec = validate_recipe(raw, str(path))
+    check_method_format(spec.train.method, spec.data.format, str(path))
     gates = spec.evaluate.gates
     return RecipeSettings(
         path=path.resolve(),
@@ -219,8 +281,14 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             max_perplexity_delta_pct={t: pct for t, pct in gates.max_perplexity_delta_pct.items()},
             min_win_rate_vs_base=gates.min_win_rate_vs_base,
             max_task_f1_drop_pts={t: pts for t, pts in gates.max_task_f1_drop_pts.items()},
+            min_preference_accuracy=gates.min_preference_accuracy,
+            max_forgetting_pct=gates.max_forgetting_pct,
             judge=_settings(JudgeSettings, spec.evaluate.judge),
             task_metrics=spec.evaluate.task_metrics,
+            lm_eval=_settings(LmEvalSettings, spec.evaluate.lm_eval)
+            if spec.evaluate.lm_eval is not None
+            else None,
+            max_lm_eval_drop_pts={t: pts for t, pts in gates.max_lm_eval_drop_pts.items()},
         ),
         raw=raw,
         spec=spec,
@@ -229,4 +297,5 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
         pii=_settings(PiiSettings, spec.data.pii),
         dedupe=_settings(DedupeSettings, spec.data.dedupe),
         sweep=spec.sweep,
+        replay_ratio=spec.data.replay_ratio,
     )

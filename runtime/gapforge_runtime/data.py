@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.preference_data import check_preference, form_of
 
-FORMATS = ("alpaca", "chat", "completion")
+FORMATS = ("alpaca", "chat", "completion", "preference")
 ROLES = ("system", "user", "assistant")
 SMALL_DATASET = 10_000
 MAX_LISTED = 200
@@ -100,7 +101,27 @@ def _check_completion(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[
     return {"text": obj["text"]}, []
 
 
-CHECKS = {"alpaca": _check_alpaca, "chat": _check_chat, "completion": _check_completion}
+CHECKS = {
+    "alpaca": _check_alpaca,
+    "chat": _check_chat,
+    "completion": _check_completion,
+    "preference": check_preference,
+}
+
+
+def _mixed_forms(examples: list[Example]) -> list[str]:
+    """Preference pairs in both TRL forms in one file: the lines of the rarer form."""
+    lines: dict[str, list[int]] = {}
+    for example in examples:
+        lines.setdefault(form_of(example.record), []).append(example.line)
+    if len(lines) < 2:
+        return []
+    common, rare = sorted(lines, key=lambda form: -len(lines[form]))
+    return [
+        f"line {n}: a {rare} pair among {common} ones: write every pair in one form "
+        "(all strings, or all message lists)"
+        for n in lines[rare]
+    ]
 
 
 def read_examples(path: Path, data_format: str, *, label: str = "--data") -> list[Example]:
@@ -137,6 +158,8 @@ def read_examples(path: Path, data_format: str, *, label: str = "--data") -> lis
         problems.extend(f"line {number}: {p}" for p in found)
         if record is not None:
             examples.append(Example(line=number, record=record))
+    if data_format == "preference" and not problems:
+        problems = _mixed_forms(examples)
     if problems:
         shown = problems[:MAX_LISTED]
         if len(problems) > MAX_LISTED:

@@ -39,7 +39,24 @@ def settings(recipe: Any) -> DistillSpec:
 
 
 def teacher_path(recipe: Any, spec: DistillSpec) -> Path:
-    """The teacher's folder or GGUF file, relative to the recipe's folder; it must be there."""
+    """The teacher: the recipe's `models:` entry of that name, shipped by the builder under
+    models/<name>/ (a model folder, or one GGUF file), or else a folder or .gguf file relative to the
+    recipe's folder. It must be there."""
+    if spec.teacher in recipe.spec.models:
+        from gapforge_runtime.config import shipped_model_dir
+
+        folder = shipped_model_dir(spec.teacher)
+        ggufs = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+        if (folder / "config.json").is_file():
+            return folder
+        if len(ggufs) == 1:
+            return ggufs[0]
+        raise RuntimeFailure(
+            f"recipe {recipe.path}: train.distill.teacher: '{spec.teacher}' names the recipe's "
+            f"models: entry, which the image should hold at {folder} (a model folder with "
+            f"config.json, or one .gguf file); it holds {len(ggufs)} GGUF files and no config.json. "
+            "Rebuild the image (the builder ships models: entries), or point teacher at a folder."
+        )
     path = (Path(recipe.path).parent / spec.teacher).resolve()
     usable = (
         (path / "config.json").is_file()

@@ -80,6 +80,10 @@ def chat_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, lis
 
 def prompt_text(tokenizer: Any, data_format: str, record: dict[str, Any]) -> str:
     """The prompt of a test example (everything before its last answer), for sample answers."""
+    if data_format == "preference":
+        from gapforge_runtime.preference_data import prompt_of
+
+        return prompt_of(tokenizer, record)
     if data_format == "completion":
         words = record["text"].split()
         return " ".join(words[: max(1, len(words) // 2)])
@@ -92,6 +96,10 @@ def prompt_text(tokenizer: Any, data_format: str, record: dict[str, Any]) -> str
 
 def reference_answer(data_format: str, record: dict[str, Any]) -> str:
     """The expected answer of a test example."""
+    if data_format == "preference":
+        from gapforge_runtime.preference_data import chosen_answer
+
+        return chosen_answer(record)
     if data_format == "completion":
         words = record["text"].split()
         return " ".join(words[max(1, len(words) // 2) :])
@@ -103,6 +111,12 @@ def encode_record(
     tokenizer: Any, data_format: str, record: dict[str, Any], max_length: int
 ) -> Encoded:
     """Token ids and labels for one record, truncated to `max_length`."""
+    if data_format == "preference":  # the prompt and its chosen answer; labels on the answer
+        from gapforge_runtime.preference_data import completion_tokens
+
+        ids, start = completion_tokens(tokenizer, record, "chosen")
+        labels = [IGNORE_INDEX] * start + ids[start:]
+        return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
     if data_format == "completion":
         ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
         if tokenizer.eos_token_id is not None:

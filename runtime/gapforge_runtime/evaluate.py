@@ -281,3 +281,35 @@ def decide_comparison_gates(
             )
         )
     return gates
+
+
+def decide_lm_eval_gates(
+    max_drop_pts: dict[str, float], lm_eval: dict[str, Any] | None
+) -> list[Gate]:
+    """Per GGUF target: no lm-eval task metric (higher is better) may lose more than the limit in
+    points against the merged model; a gate whose measure was not taken fails, saying why."""
+    from gapforge_runtime.lmeval import worst_drop_pts
+
+    gates = []
+    for target, limit in sorted(max_drop_pts.items()):
+        name = f"max_lm_eval_drop_pts[{target}]"
+        drop, where = worst_drop_pts(lm_eval or {}, target)
+        if not where:
+            why = (
+                "evaluate.lm_eval is not set"
+                if lm_eval is None
+                else f"lm-eval did not score both merged and {target}"
+            )
+            gates.append(Gate(name, False, float("nan"), limit, f"no lm-eval scores: {why}"))
+            continue
+        gates.append(
+            Gate(
+                name,
+                drop <= limit,
+                drop,
+                limit,
+                f"{target} loses {drop:+.1f} points against merged at worst ({where}; "
+                f"limit {limit})",
+            )
+        )
+    return gates

@@ -42,6 +42,10 @@ _POINTS: dict[Outcome, float] = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 def question_text(data_format: str, record: dict[str, Any]) -> str:
     """What the user asked in a test record, without any chat-template markup."""
+    if data_format == "preference":
+        from gapforge_runtime.preference_data import question_of
+
+        return question_of(record)
     if data_format == "completion":
         words = record["text"].split()
         return "Continue this text: " + " ".join(words[: max(1, len(words) // 2)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,15 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     if ctx.out.train_log.is_file():
         outputs["train_log"] = _entry(describe_path(ctx.out.train_log), root)
     lineage = [{"id": "base", "parents": [], "sha256": inputs["model"]["sha256"]}]
+    if ctx.parent is not None:  # a continual run: its starting model is the parent's merged model
+        parent = ctx.parent.lineage()
+        lineage = [
+            {"id": "parent", "parents": [], "sha256": parent["manifest_sha256"], **parent},
+            {"id": "base", "parents": ["parent"], "sha256": inputs["model"]["sha256"]},
+        ]
+        inputs["parent"] = {"path": parent["path"], "sha256": parent["manifest_sha256"]}
+        if ctx.base_dir is not None:  # the image's base model, which a continual chain shares
+            inputs["base_model"] = _entry(ctx.describe("base", ctx.base_dir))
     if "adapter" in outputs:
         lineage.append(
             {"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]}
@@ -97,7 +107,7 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     evaluation = None
     if ctx.out.evaluation.is_file():
         evaluation = json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))
-    return {
+    manifest = {
         "schema": SCHEMA,
         "runtime": {
             "version": __version__,
@@ -121,6 +131,20 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
         "evaluation": evaluation,
         "passed": None if evaluation is None else evaluation["passed"],
     }
+    image = sealed_image()
+    if image:
+        manifest["image"] = image
+    return manifest
+
+
+def sealed_image() -> dict[str, str]:
+    """The image this run ran in and the bundle it came from, as `gapforge run` tells the runtime
+    (empty when the runtime was started another way)."""
+    found = {
+        "config_digest": os.environ.get("GAPFORGE_IMAGE_DIGEST", ""),
+        "bundle_sha256sums": os.environ.get("GAPFORGE_BUNDLE_SHA256SUMS", ""),
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def add_sweep(ctx: RunContext, manifest: dict[str, Any]) -> None:

@@ -181,6 +181,48 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
     )  # fmt: skip
 
 
+def nodes_needed(
+    model: ModelShape,
+    train: TrainingShape,
+    gpu_memory: int,
+    gpus_per_node: int,
+    max_nodes: int = 128,
+) -> tuple[int, str, MemoryPlan] | None:
+    """The fewest nodes of `gpus_per_node` GPUs (of `gpu_memory` each) the training fits on, how the
+    GPUs share the model (ddp when one GPU holds it, else fsdp over every GPU of the job), and the
+    plan; None when even `max_nodes` nodes are not enough."""
+    from dataclasses import replace
+
+    alone = estimate(model, replace(train, nproc=1, distributed="ddp"), gpu_memory)
+    if alone.fits:
+        return 1, "ddp", alone
+    for nodes in range(1, max_nodes + 1):
+        world = nodes * gpus_per_node
+        plan = estimate(model, replace(train, nproc=world, distributed="fsdp"), gpu_memory)
+        if plan.fits:
+            return nodes, "fsdp", plan
+    return None
+
+
+def describe_nodes(
+    needed: tuple[int, str, MemoryPlan] | None, gpus_per_node: int, gpu_memory: int
+) -> str:
+    """The planner's answer to 'how many nodes of which GPU'."""
+    size = f"{gpus_per_node} x {gpu_memory / GiB:.0f} GiB GPUs"
+    if needed is None:
+        return f"[plan] does not fit on any number of nodes of {size}: use qlora or a shorter max_seq_length"
+    nodes, how, plan = needed
+    spread = (
+        "each GPU holds the whole model (ddp); more nodes only add speed"
+        if how == "ddp"
+        else (f"fsdp shards the model over all {nodes * gpus_per_node} GPUs")
+    )
+    return (
+        f"[plan] needs {nodes} node{'s' if nodes > 1 else ''} of {size}: {spread}; "
+        f"{plan.total / GiB:.1f} GiB per GPU (train.nnodes: {nodes}, train.distributed: {how})"
+    )
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """config.json of a model folder (or the file itself)."""
     file = path / "config.json" if path.is_dir() else path
@@ -206,9 +248,12 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
     if memory is None:
         return None
     train = recipe.train
+    # DPO: a LoRA or QLoRA adapter whose forward pass holds chosen and rejected of each pair.
+    pairs = 2 if train.method == "dpo" else 1
     shape = TrainingShape(
-        method=train.method, batch=train.batch_size, seq=train.max_seq_length, rank=recipe.lora.r,
-        targets=recipe.lora.target_modules, gradient_checkpointing=train.gradient_checkpointing,
+        method=train.adapter_method, batch=train.batch_size * pairs, seq=train.max_seq_length,
+        rank=recipe.lora.r, targets=recipe.lora.target_modules,
+        gradient_checkpointing=train.gradient_checkpointing,
         nproc=nproc, distributed="fsdp" if train.distributed == "fsdp" else "ddp",
     )  # fmt: skip
     return estimate(ModelShape.from_config(read_config(model_dir)), shape, memory)

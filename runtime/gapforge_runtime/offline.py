@@ -12,6 +12,8 @@ OFFLINE_VARIABLES = {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_EVALUATE_OFFLINE": "1",  # the `evaluate` library, which lm-eval tasks may load metrics with
+    "HF_UPDATE_DOWNLOAD_COUNTS": "0",  # `datasets` pings the hub to count a data set's downloads
     "DISABLE_TELEMETRY": "1",  # the older name huggingface_hub still honours
     # https://donottrack.sh; huggingface_hub honours "1", MLflow 3.x only "true": hence the next line.
     "DO_NOT_TRACK": "1",

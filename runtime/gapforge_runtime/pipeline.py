@@ -24,6 +24,7 @@ from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, 
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
 from gapforge_runtime.judge import question_text
+from gapforge_runtime.nodes import Nodes
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
 from gapforge_runtime.preflight import (
     check_cpu_features,
@@ -50,8 +51,14 @@ class RunContext:
     resume: bool = False
     nproc: int = 1
     """Training processes (torchrun); 1 trains in this process."""
+    nodes: Nodes = field(default_factory=Nodes)
+    """This node's place in a job across nodes (gapforge_runtime.nodes); one node by default."""
     observers: list[Any] = field(default_factory=list)
     """TrainingObservers (MLflow, Prometheus) that see every logging step of training."""
+    parent: Any = None
+    """continual.Parent: the earlier run this one continues (`--parent`); `model_dir` is then its
+    merged model, and `base_dir` the image's base model."""
+    base_dir: Path | None = None
     _digests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def describe(self, name: str, path: Path, refresh: bool = False) -> dict[str, Any]:
@@ -72,6 +79,8 @@ def _section_digest(*parts: Any) -> str:
 def data_identity(ctx: RunContext) -> dict[str, str]:
     """What makes a run this run: the recipe, the data and the base model."""
     identity = {"recipe_sha256": ctx.recipe.sha256, "data_sha256": sha256_file(ctx.data_file)}
+    if ctx.parent is not None:
+        identity["parent_manifest_sha256"] = ctx.parent.manifest_sha256
     for label, path in (("validation_sha256", ctx.validation_file), ("test_sha256", ctx.test_file)):
         if path is not None:
             identity[label] = sha256_file(path)
@@ -85,7 +94,17 @@ def prepare(ctx: RunContext) -> None:
         raise RuntimeFailure(
             f"--data {ctx.data_file}: no such file. Pass your JSONL data file with --data."
         )
+    _check_parent(ctx)
     claim_output(ctx.out, data_identity(ctx), ctx.force)
+
+
+def _check_parent(ctx: RunContext) -> None:
+    """A continual run: the parent was trained on this base, and its data can be replayed."""
+    from gapforge_runtime.continual import check_replay, check_same_base
+
+    check_replay(ctx.parent, ctx.recipe.replay_ratio, ctx.recipe.data_format)
+    if ctx.parent is not None and ctx.base_dir is not None:
+        check_same_base(ctx.parent, ctx.digest("base", ctx.base_dir), ctx.base_dir)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -116,6 +135,8 @@ def step_data(ctx: RunContext) -> StepRecord:
     }
     extra = {"validation": ctx.validation_file, "test": ctx.test_file}
     inputs.update({k: sha256_file(v) for k, v in extra.items() if v is not None})
+    if ctx.parent is not None and recipe.replay_ratio > 0:
+        inputs["replay"] = _section_digest(recipe.replay_ratio, ctx.parent.digests["split:train"])
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
         fmt = recipe.data_format
@@ -133,6 +154,7 @@ def step_data(ctx: RunContext) -> StepRecord:
         }
         # Before anything is written: a `fail` finding stops the run with no split on disk.
         hygiene = apply_hygiene(split, sources, recipe.pii, recipe.dedupe)
+        replayed = _replay(ctx, split)
         paths = data_mod.write_split(split, ctx.out.data)
         tokenizer = load_tokenizer(ctx.model_dir)
         hygiene["lengths"] = measure_lengths(
@@ -153,6 +175,9 @@ def step_data(ctx: RunContext) -> StepRecord:
             else "{:.0%}/{:.0%}/{:.0%}".format(*split.ratios),
             "seed": recipe.train.seed,
         }
+        if replayed:
+            details["replay_examples"] = replayed
+            details["replay_ratio"] = recipe.replay_ratio
         print(
             f"[data] {len(examples)} examples read, {split.duplicates_removed} exact duplicates removed",
             flush=True,
@@ -173,6 +198,21 @@ def step_data(ctx: RunContext) -> StepRecord:
     return record
 
 
+def _replay(ctx: RunContext, split: data_mod.DataSplit) -> int:
+    """Mix the parent's training examples into the training split (already cleaned in its run)."""
+    from gapforge_runtime.continual import replay_records
+
+    if ctx.parent is None or ctx.recipe.replay_ratio <= 0:
+        return 0
+    records = replay_records(
+        ctx.parent, len(split.train), ctx.recipe.replay_ratio, ctx.recipe.train.seed
+    )
+    split.train += [data_mod.Example(line=0, record=r) for r in records]
+    print(f"[data] replay: {len(records)} examples of the parent's training split "
+          f"({ctx.recipe.replay_ratio:.0%} of the training set)", flush=True)  # fmt: skip
+    return len(records)
+
+
 def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
     return encoded_split(ctx.recipe, tokenizer, ctx.out.data, split)
 
@@ -183,9 +223,9 @@ def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
 def step_train(ctx: RunContext) -> StepRecord:
     """Train the LoRA adapter (resumable), after checking the method's hardware and the free disk."""
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import TrainResult, train_adapter
+    from gapforge_runtime.train import TrainResult, train_adapter, training_items
 
-    check_method(ctx.recipe.train.method)
+    check_method(ctx.recipe.train.adapter_method)
     check_targets(ctx.recipe.quantize)
     if gguf_targets(ctx.recipe):
         check_cpu_features()  # before hours of training, not at the first quantization
@@ -204,7 +244,7 @@ def step_train(ctx: RunContext) -> StepRecord:
             shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
         if not ctx.resume:
             ctx.out.train_log.unlink(missing_ok=True)
-        if ctx.nproc > 1:
+        if ctx.nproc > 1 or ctx.nodes.multi:
             from gapforge_runtime.distributed import launch_training
 
             spec = {
@@ -212,7 +252,7 @@ def step_train(ctx: RunContext) -> StepRecord:
                 "checkpoints": str(ctx.out.checkpoints), "adapter": str(ctx.out.adapter),
                 "log_file": str(ctx.out.train_log), "resume": ctx.resume,
             }  # fmt: skip
-            result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps))
+            result = TrainResult(**launch_training(spec, ctx.nproc, ctx.out.steps, ctx.nodes))
             replay_train_log(ctx.out.train_log, result.global_step, ctx.observers)
         else:
             tokenizer = load_tokenizer(ctx.model_dir)
@@ -220,8 +260,8 @@ def step_train(ctx: RunContext) -> StepRecord:
                 ctx.recipe,
                 ctx.model_dir,
                 tokenizer,
-                _encoded(ctx, tokenizer, "train"),
-                _encoded(ctx, tokenizer, "validation"),
+                training_items(ctx.recipe, tokenizer, ctx.out.data, "train"),
+                training_items(ctx.recipe, tokenizer, ctx.out.data, "validation"),
                 ctx.out.checkpoints,
                 ctx.out.adapter,
                 ctx.out.train_log,
@@ -325,7 +365,7 @@ def step_merge(ctx: RunContext) -> StepRecord:
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:
         details = merge_adapter(
-            ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.method
+            ctx.model_dir, ctx.out.adapter, ctx.out.merged, ctx.recipe.train.adapter_method
         )
         return {"merged": describe_path(ctx.out.merged)}, details
 
@@ -471,6 +511,11 @@ def step_eval(ctx: RunContext) -> StepRecord:
     }
     if judge_file is not None:
         inputs["judge"] = sha256_file(judge_file)
+    lm_eval_tasks = _lm_eval_tasks(ctx)
+    if lm_eval_tasks is not None:
+        inputs["lm_eval_tasks"] = ctx.digest("lm_eval_tasks", lm_eval_tasks)
+    if ctx.parent is not None:
+        inputs["parent_test"] = ctx.parent.digests["split:test"]
     if quantize is None:
         print("[eval] no GGUF files yet: scoring the base and merged models only", flush=True)
 
@@ -491,6 +536,10 @@ def step_eval(ctx: RunContext) -> StepRecord:
         stop_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
         scores: dict[str, ev.ModelScore] = {}
         answers: dict[str, list[str]] = {}
+        pairs = _preference_pairs(ctx)
+        pair_scores: dict[str, list[tuple[float, float]]] = {}
+        old_items = _parent_test_items(ctx, tokenizer)
+        old_losses: dict[str, float] = {}
         # On a GPU the full-precision models are scored in bf16 there (a 7B in float32 on CPU is hours).
         on_gpu = torch.cuda.is_available()
         full = (
@@ -513,6 +562,10 @@ def step_eval(ctx: RunContext) -> StepRecord:
             scores[label] = ev.ModelScore(label, loss, ev.perplexity(loss), count, size)
             outs = ev.greedy_transformers(model, prompts, settings.max_new_tokens, stop_ids)
             answers[label] = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
+            if pairs and label in ("base", "merged"):
+                pair_scores[label] = _score_pairs(ctx, model, tokenizer, pairs, label)
+            if old_items and label in ("base", "merged"):
+                old_losses[label] = ev.score_transformers(model, old_items)[0]
             del model
             _free_gpu()
         longest = max((len(i.input_ids) for i in items), default=16)
@@ -539,12 +592,27 @@ def step_eval(ctx: RunContext) -> StepRecord:
         ]
         task = _task_metrics(settings.task_metrics, answers, references)
         judged = _judge(ctx, judge_file, questions, answers, outputs)
+        harness = _lm_eval(ctx, lm_eval_tasks, ggufs)
         gates = ev.decide_gates(
             scores, settings.require_improvement, settings.max_perplexity_delta_pct
         ) + ev.decide_comparison_gates(
             settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
+        gates += ev.decide_lm_eval_gates(settings.max_lm_eval_drop_pts, harness)
+        from gapforge_runtime.continual import forgetting_gate
+        from gapforge_runtime.preference import preference_gate
+
+        preference = _preference_summary(ctx, pair_scores)
+        gates += preference_gate(preference, settings.min_preference_accuracy)
+        continual = _continual_summary(ctx, scores, old_losses, len(old_items))
+        gates += forgetting_gate(continual, settings.max_forgetting_pct)
         result = ev.as_json(scores, gates)
+        if harness is not None:
+            result["lm_eval"] = harness
+        if continual is not None:
+            result["continual"] = continual
+        if preference is not None:
+            result["preference"] = preference
         result["task_metrics"], result["judge"], result["notes"] = task, judged, notes
         result["samples_shown"] = settings.sample_answers
         result["samples"] = [
@@ -576,18 +644,137 @@ def step_eval(ctx: RunContext) -> StepRecord:
     return record
 
 
+def _parent_test_items(ctx: RunContext, tokenizer: Any) -> list[Any]:
+    """The parent run's test split, encoded in the parent's data format (continual runs)."""
+    if ctx.parent is None:
+        return []
+    records = data_mod.read_split_file(ctx.parent.test_split)
+    items, _ = encode_split(
+        tokenizer, ctx.parent.data_format, records, ctx.recipe.train.max_seq_length
+    )
+    return items
+
+
+def _continual_summary(
+    ctx: RunContext, scores: dict[str, Any], old_losses: dict[str, float], examples: int
+) -> dict[str, Any] | None:
+    """Loss on the parent's test set and on the new one, before (the parent) and after."""
+    from gapforge_runtime.continual import forgetting
+
+    if ctx.parent is None or "base" not in old_losses or "merged" not in old_losses:
+        return None
+    pct = forgetting(old_losses["base"], old_losses["merged"])
+    summary = {
+        "parent": ctx.parent.lineage(),
+        "replay_ratio": ctx.recipe.replay_ratio,
+        "old_test": {"start": old_losses["base"], "trained": old_losses["merged"], "examples": examples},
+        "new_test": {"start": scores["base"].loss, "trained": scores["merged"].loss},
+        "forgetting_pct": pct,
+    }  # fmt: skip
+    print(f"[eval] parent's test set: loss {old_losses['base']:.4f} → {old_losses['merged']:.4f} "
+          f"({pct:+.2f}%)", flush=True)  # fmt: skip
+    return summary
+
+
+def _preference_pairs(ctx: RunContext) -> list[dict[str, Any]]:
+    """The held-out preference pairs (the test split of a `preference` recipe), else none."""
+    if ctx.recipe.data_format != "preference":
+        return []
+    return data_mod.read_split_file(ctx.out.data / "test.jsonl")
+
+
+def _score_pairs(
+    ctx: RunContext, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], label: str
+) -> list[tuple[float, float]]:
+    from gapforge_runtime.preference import score_pairs
+
+    print(f"[eval] preference: {label} on {len(pairs)} held-out pairs", flush=True)
+    return score_pairs(model, tokenizer, pairs, ctx.recipe.train.max_seq_length)
+
+
+def _preference_summary(
+    ctx: RunContext, pair_scores: dict[str, list[tuple[float, float]]]
+) -> dict[str, Any] | None:
+    """Preference accuracy and margins, before (the starting model) and after training."""
+    from gapforge_runtime.preference import summarize
+
+    if "base" not in pair_scores or "merged" not in pair_scores:
+        return None
+    summary = summarize(pair_scores["base"], pair_scores["merged"], ctx.recipe.train.dpo.beta)
+    for key in ("logp_accuracy", "reward_accuracy", "reward_margin"):
+        values = summary[key]
+        print(f"[eval] preference {key}: start {values['start']:.3f} → trained "
+              f"{values['trained']:.3f}", flush=True)  # fmt: skip
+    return summary
+
+
 def _judge_file(ctx: RunContext) -> Path | None:
     """The judge's GGUF when the recipe names one; None for no judge or `base` (made in the step)."""
     judge = ctx.recipe.evaluate.judge
     if not judge.enabled or judge.model == "base":
         return None
-    path = Path(judge.model)
-    if not path.is_file():
+    from gapforge_runtime.config import shipped_model_dir
+
+    folder = shipped_model_dir(judge.model)
+    found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if len(found) != 1:
         raise RuntimeFailure(
-            f"evaluate.judge.model: {judge.model} is not a file. Name a GGUF file inside the image, "
-            "or 'base' to judge with the base model's own GGUF, or set evaluate.judge.enabled: false."
+            f"evaluate.judge.model: '{judge.model}' should be the image's models/{judge.model}/ with one "
+            f"GGUF file; {folder} holds {len(found)}. Name an entry of the recipe's models: with a gguf "
+            "source (the builder ships it there), or 'base', or set evaluate.judge.enabled: false."
         )
-    return path
+    return found[0]
+
+
+def _lm_eval_tasks(ctx: RunContext) -> Path | None:
+    """The recipe's lm-eval task folder (beside recipe.json, where the builder ships it), or None."""
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None:
+        return None
+    folder = (ctx.recipe.path.parent / spec.tasks).resolve()
+    if not folder.is_dir():
+        raise RuntimeFailure(
+            f"evaluate.lm_eval.tasks: {spec.tasks} is not a folder beside the recipe "
+            f"({folder}). The builder ships the task folder with the recipe: rebuild the image, "
+            "or drop evaluate.lm_eval from the recipe."
+        )
+    return folder
+
+
+def lm_eval_targets(ctx: RunContext) -> list[str]:
+    """The models lm-eval runs on: the recipe's list, or merged plus the recipe's GGUF targets."""
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None:
+        return []
+    if spec.targets is not None:
+        return list(spec.targets)
+    return ["merged", *[t for t in ctx.recipe.quantize if t in GGUF_TARGETS]]
+
+
+def _lm_eval(ctx: RunContext, tasks: Path | None, ggufs: dict[str, Path]) -> dict[str, Any] | None:
+    """lm-evaluation-harness over the recipe's custom tasks (None when the recipe has none)."""
+    from gapforge_runtime.lmeval import run_lm_eval
+
+    spec = ctx.recipe.evaluate.lm_eval
+    if spec is None or tasks is None:
+        return None
+    models: dict[str, Path] = {}
+    notes = []
+    for target in lm_eval_targets(ctx):
+        path = {"base": ctx.model_dir, "merged": ctx.out.merged}.get(target) or ggufs.get(target)
+        if path is None:
+            notes.append(f"{target}: not built by this run, so not evaluated by lm-eval")
+            continue
+        models[target] = path
+    work = ctx.out.root / ".lm_eval"
+    try:
+        result = run_lm_eval(tasks, work, models, ctx.out.merged, spec.limit, spec.num_fewshot)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the copied tasks and the `datasets` cache
+    result["notes"] = notes
+    for note in notes:
+        print(f"[eval] lm-eval note: {note}", flush=True)
+    return result
 
 
 def _task_metrics(

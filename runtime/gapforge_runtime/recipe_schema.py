@@ -68,13 +68,16 @@ class ModelSpec(_Strict):
     """Where the weights come from: `type` is gguf, hf or local."""
 
 
-PiiType = Literal["email", "phone", "ip", "card", "iban", "secret", "person", "location"]
+PiiType = Literal[
+    "email", "phone", "ip", "card", "iban", "secret", "person", "location", "national_id"
+]
 PiiPolicy = Literal["redact", "drop", "fail"]
 
 
 def _default_pii_policy() -> dict[PiiType, PiiPolicy]:
     return {"email": "redact", "phone": "redact", "ip": "redact", "card": "drop",
-            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact"}  # fmt: skip
+            "iban": "drop", "secret": "fail", "person": "redact", "location": "redact",
+            "national_id": "drop"}  # fmt: skip
 
 
 class PiiSpec(_Strict):
@@ -106,14 +109,17 @@ class DedupeSpec(_Strict):
 class DataSpec(_Strict):
     """The training data's format, the sample shipped with the recipe, and its hygiene."""
 
-    format: Literal["alpaca", "chat", "completion"]
-    """The shape of each JSONL record."""
+    format: Literal["alpaca", "chat", "completion", "preference"]
+    """The shape of each JSONL record; `preference` (prompt, chosen, rejected) for `train.method: dpo`."""
     sample: Annotated[str, Field(min_length=1)]
     """A small JSONL sample shipped beside the recipe, used by the pretest; relative to the recipe."""
     pii: PiiSpec = Field(default_factory=PiiSpec)
     """Personal data: found by pattern and checksum, then redacted, dropped or failed per type."""
     dedupe: DedupeSpec = Field(default_factory=DedupeSpec)
     """Near-duplicates and test-into-training leakage, removed before training."""
+    replay_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Continual runs (`--parent OUT_OLD`): the share of the final training set drawn from the
+    parent run's training split, against forgetting; 0 replays nothing."""
 
 
 class LoraSpec(_Strict):
@@ -140,7 +146,8 @@ class DistillSpec(_Strict):
     """Distillation (`train.method: distill`): a teacher answers the training prompts, the student learns them."""
 
     teacher: Annotated[str, Field(min_length=1)]
-    """The teacher: a Hugging Face folder or a .gguf file inside the image (relative to the recipe's folder)."""
+    """The teacher: the name of a `models:` entry (shipped at /opt/gapforge/models/<name>/), or a
+    Hugging Face folder or .gguf file inside the image (relative to the recipe's folder)."""
     mode: Literal["sequence", "gkd"] = "sequence"
     """`sequence`: fine-tune on the teacher's answers; `gkd`: logit distillation (needs a shared vocabulary)."""
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
@@ -157,12 +164,26 @@ class DistillSpec(_Strict):
     """`gkd`: the generalized Jensen-Shannon divergence's weight (0: forward KL, 1: reverse KL)."""
 
 
+class DpoSpec(_Strict):
+    """Direct preference optimization (`train.method: dpo`, TRL's DPOTrainer) on preference pairs."""
+
+    beta: Annotated[float, Field(gt=0, le=10)] = 0.1
+    """How far the policy may move from the starting model (the reference): higher stays closer."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """sigmoid is the DPO paper's loss; ipo, hinge and robust (noisy labels) as TRL defines them."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    """The assumed share of flipped labels (conservative DPO, `robust`)."""
+    qlora: bool = False
+    """Train the adapter on a 4-bit NF4 base (QLoRA; needs the 'cuda' profile)."""
+
+
 class TrainSpec(_Strict):
     """How to train; set exactly one of `epochs` and `max_steps`."""
 
-    method: Literal["lora", "qlora", "distill"] = "lora"
-    """LoRA on the full-precision model, or QLoRA on a 4-bit one (needs the 'cuda' profile); `distill`
-    trains a LoRA student on a teacher's answers (`train.distill`)."""
+    method: Literal["lora", "qlora", "dpo", "distill"] = "lora"
+    """LoRA on the full-precision model, QLoRA on a 4-bit one (needs the 'cuda' profile), DPO
+    (a LoRA adapter trained on preference pairs; `dpo.qlora` for a 4-bit base), or `distill` (a LoRA
+    student trained on a teacher's answers or logits; `train.distill`)."""
     epochs: Annotated[float | None, Field(gt=0)] = None
     """Passes over the training split (fractions allowed)."""
     max_steps: Annotated[int | None, Field(gt=0)] = None
@@ -187,6 +208,9 @@ class TrainSpec(_Strict):
     """Recompute activations in the backward pass (less memory, ~30% slower); QLoRA always uses it."""
     nproc: Annotated[int, Field(ge=1, le=64)] = 1
     """Processes (one per GPU) for data-parallel training through torchrun; `--nproc` overrides it."""
+    nnodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Nodes the training spans (torchrun's c10d rendezvous; every node runs the image with
+    `--node-rank` and `--rdzv-endpoint`); `--nnodes` overrides it. `gapforge deploy` writes the job."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
     """With nproc > 1: DDP replicates the model on every GPU; FSDP shards it (for models that do not
     fit one GPU). `auto` picks DDP unless the memory planner says one GPU is too small."""
@@ -200,6 +224,9 @@ class TrainSpec(_Strict):
                 "method 'distill' needs train.distill with a teacher: add train.distill.teacher"
             )
         return self
+
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
+    """DPO's settings (read with `method: dpo` only)."""
 
 
 class GptqSpec(_Strict):
@@ -230,6 +257,15 @@ class GatesSpec(_Strict):
         default_factory=dict
     )
     """Per quantization target: the most task token-F1 points it may lose against the merged model."""
+    max_lm_eval_drop_pts: dict[QuantTarget, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """Per GGUF target: the most points (metric x 100) any lm-eval task metric where higher is
+    better may lose against the merged model (needs `evaluate.lm_eval` with both as targets)."""
+    min_preference_accuracy: Annotated[float | None, Field(ge=0, le=1)] = None
+    """DPO: the share of held-out pairs whose implicit reward puts chosen above rejected (ties half)."""
+    max_forgetting_pct: Annotated[float | None, Field(ge=0)] = None
+    """Continual runs (`--parent OUT_OLD`): how much the loss on the parent's test set may rise, in %."""
 
 
 class JudgeSpec(_Strict):
@@ -238,11 +274,30 @@ class JudgeSpec(_Strict):
     enabled: bool = True
     """Off only by an explicit `enabled: false`."""
     model: str = "base"
-    """`base`: the base model's own GGUF (a small judge, for small recipes); or a GGUF file in the image."""
+    """`base`: the base model's own GGUF (a small judge, for small recipes); or the name of an entry
+    of `models:` whose source is a GGUF (a stronger judge, shipped in the image)."""
     prompts: Annotated[int, Field(ge=1, le=1000)] = 8
     """Held-out prompts judged (each twice: both orders)."""
     bootstrap: Annotated[int, Field(ge=100, le=100000)] = 1000
     """Bootstrap resamples for the win rate's 95 % interval."""
+
+
+LmEvalTarget = Literal["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]
+
+
+class LmEvalSpec(_Strict):
+    """lm-evaluation-harness over custom task YAMLs and local JSONL, run offline (absent: off)."""
+
+    tasks: Annotated[str, Field(min_length=1)]
+    """A folder of lm-eval task YAMLs beside the recipe (shipped in the image with it); each task's
+    data is `dataset_path: json` with `dataset_kwargs: {data_files: ...}` relative to its YAML."""
+    limit: Annotated[int | None, Field(ge=1)] = None
+    """At most this many documents per task (all when unset)."""
+    targets: Annotated[list[LmEvalTarget] | None, Field(min_length=1)] = None
+    """The models evaluated: `base`, `merged` and GGUF files (llama.cpp, in process). Unset: the
+    merged model and every GGUF target the recipe quantizes to."""
+    num_fewshot: Annotated[int | None, Field(ge=0, le=32)] = None
+    """Few-shot examples per prompt, overriding the tasks' own `num_fewshot` (0 where unset)."""
 
 
 class EvaluateSpec(_Strict):
@@ -257,6 +312,8 @@ class EvaluateSpec(_Strict):
     """The base, the fine-tune and every quantized artefact, judged pairwise against the base."""
     task_metrics: bool = True
     """Exact match, token F1 and ROUGE-L of every model's answers against the references."""
+    lm_eval: LmEvalSpec | None = None
+    """lm-evaluation-harness custom tasks over local JSONL (off when absent)."""
 
 
 SweptSetting = Literal[
@@ -335,6 +392,10 @@ class Recipe(_Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     sweep: SweepSpec | None = None
     """A hyper-parameter sweep over this recipe's settings; `gapforge-runtime sweep` runs it."""
+    models: dict[Annotated[str, Field(pattern=SLUG)], ModelSpec] = Field(default_factory=dict)
+    """More models shipped in the image beside the base, each locked like it (`lockfiles/models/<id>.json`)
+    and in a layer of its own at `/opt/gapforge/models/<name>/`: a judge (`evaluate.judge.model:
+    <name>`, a GGUF source, shipped as the file itself), a teacher for distillation. The key is the name."""
 
 
 def json_schema() -> dict[str, Any]:

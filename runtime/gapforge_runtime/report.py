@@ -282,6 +282,102 @@ def _comparison_sections(evaluation: dict[str, Any], section: Any) -> None:
         section("Answers side by side (greedy)", md_table, html_table)
 
 
+def lm_eval_rows(lm_eval: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """lm-eval's scores as a table: one row per task and metric, one column per model."""
+    targets = _model_order(lm_eval.get("targets", {}))
+    rows: list[list[Any]] = []
+    for task in lm_eval.get("tasks", []):
+        metrics = sorted(
+            {m for t in targets for m in lm_eval["targets"][t].get(task, {}).get("metrics", {})}
+        )
+        for metric in metrics:
+            row: list[Any] = [task, metric]
+            for target in targets:
+                found = lm_eval["targets"][target].get(task, {})
+                value, err = (
+                    found.get("metrics", {}).get(metric),
+                    found.get("stderr", {}).get(metric),
+                )
+                cell = "" if value is None else f"{value:.4f}" + (f" ± {err:.4f}" if err else "")
+                row.append(cell)
+            n = next(
+                (
+                    lm_eval["targets"][t][task].get("n")
+                    for t in targets
+                    if task in lm_eval["targets"][t]
+                ),
+                "",
+            )
+            rows.append([*row, n])
+    return ["task", "metric", *targets, "documents"], rows
+
+
+def _lm_eval_section(evaluation: dict[str, Any], section: Any) -> None:
+    """The lm-evaluation-harness tasks, when the recipe runs them."""
+    lm_eval = evaluation.get("lm_eval")
+    if not lm_eval:
+        return
+    headers, rows = lm_eval_rows(lm_eval)
+    md_table, html_table = _table(headers, rows)
+    about = (
+        f"lm-evaluation-harness {lm_eval.get('lm_eval_version')}, custom tasks of "
+        f"`{lm_eval.get('tasks_folder')}/` over local JSONL, offline; limit "
+        f"{lm_eval.get('limit') or 'none'}, few-shot {lm_eval.get('num_fewshot') or 'as the tasks say'}; "
+        "GGUF files through llama.cpp in process (greedy generation), with the merged model's "
+        f"tokenizer; {lm_eval.get('total_seconds')} s. ± is lm-eval's standard error."
+    )
+    notes = " ".join(lm_eval.get("notes", []))
+    text = about + (f" Notes: {notes}" if notes else "")
+    section(
+        "lm-evaluation-harness tasks",
+        f"{text}\n\n{md_table}",
+        f"<p>{html.escape(text)}</p>{html_table}",
+    )
+
+
+def continual_table(continual: dict[str, Any]) -> tuple[str, str]:
+    """Loss on the parent's test set and the new one, before (the parent) and after."""
+    old, new = continual["old_test"], continual["new_test"]
+    rows = [
+        ["parent's test set (forgetting)", old["start"], old["trained"],
+         f"{continual['forgetting_pct']:+.2f}%"],
+        ["this run's test set", new["start"], new["trained"],
+         f"{(new['trained'] - new['start']) / new['start'] * 100:+.2f}%" if new["start"] else ""],
+    ]  # fmt: skip
+    md, html_text = _table(["test set", "loss of the parent", "loss after", "change"], rows)
+    parent = continual["parent"]
+    note = (
+        f"Continued from {parent['recipe']['name']} {parent['recipe']['version']} "
+        f"({parent['path']}; manifest sha256 {parent['manifest_sha256'][:16]}, adapter "
+        f"{parent['adapter_sha256'][:16]}); {continual['replay_ratio']:.0%} of the training set "
+        "replayed from its training split. Here `base` is the parent's merged model."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
+def preference_table(preference: dict[str, Any]) -> tuple[str, str]:
+    """DPO's held-out pairs, before (the starting model) and after training."""
+    rows = [
+        [label, preference[key]["start"], preference[key]["trained"]]
+        for key, label in (
+            ("reward_accuracy", "preference accuracy (implicit reward, chosen above rejected)"),
+            ("reward_margin", "mean reward margin (beta x log-ratio, chosen minus rejected)"),
+            (
+                "logp_accuracy",
+                "log-prob accuracy (the model alone: log p(chosen) > log p(rejected))",
+            ),
+            ("logp_margin", "mean log-prob margin (chosen minus rejected)"),
+        )
+    ]
+    md, html_text = _table(["measure", "starting model", "trained"], rows)
+    note = (
+        f"{preference['pairs']} held-out pairs, beta {preference['beta']}. The reference of the "
+        "implicit reward is the starting model, so before training every margin is 0 and the "
+        "accuracy 0.5 (ties count half)."
+    )
+    return md + "\n\n" + note, html_text + f"<p>{html.escape(note)}</p>"
+
+
 def write_report(
     out_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]
 ) -> dict[str, Path]:
@@ -339,6 +435,12 @@ def write_report(
             "Test split quality",
             *_table(["model", "loss", "perplexity", "Δ ppl vs merged", "size"], rows),
         )
+    continual = evaluation.get("continual")
+    if continual:
+        section("Continual learning", *continual_table(continual))
+    preference = evaluation.get("preference")
+    if preference:
+        section("Preference accuracy", *preference_table(preference))
     gates = evaluation.get("gates", [])
     if gates:
         g_rows = [[g["name"], "pass" if g["passed"] else "FAIL", g["detail"]] for g in gates]
@@ -352,6 +454,7 @@ def write_report(
                 f'<img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">',
             )
     _comparison_sections(evaluation, section)
+    _lm_eval_section(evaluation, section)
     outputs = manifest.get("outputs", {})
     o_rows = [
         [name, o.get("path", ""), o.get("size", 0), str(o.get("sha256", ""))[:16]]

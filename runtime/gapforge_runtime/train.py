@@ -40,7 +40,7 @@ class TrainResult:
 class ListDataset:
     """A map-style dataset over encoded examples (what Trainer needs, without `datasets`)."""
 
-    def __init__(self, items: list[Encoded]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self.items = items
 
     def __len__(self) -> int:
@@ -86,7 +86,7 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
     lora = recipe.lora
     rank, _ = world()
     checkpointing = {"use_reentrant": False}
-    if recipe.train.method == "qlora":
+    if recipe.train.adapter_method == "qlora":
         import torch
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -225,13 +225,14 @@ def train_adapter(
     recipe: RecipeSettings,
     model_dir: Path,
     tokenizer: Any,
-    train_set: list[Encoded],
-    validation_set: list[Encoded],
+    train_set: list[Encoded] | list[dict[str, Any]],
+    validation_set: list[Encoded] | list[dict[str, Any]],
     checkpoints: Path,
     adapter_dir: Path,
     log_file: Path,
     resume: bool,
     observers: Sequence[TrainingObserver] = (),
+    nnodes: int = 1,
 ) -> TrainResult:
     """Train a LoRA adapter and save it (with the tokenizer) to `adapter_dir`.
 
@@ -278,7 +279,8 @@ def train_adapter(
         torch.cuda.reset_peak_memory_stats()
 
     early = settings.early_stopping_patience > 0
-    args = TrainingArguments(
+    arguments_type, method_args = _method_arguments(recipe, TrainingArguments)
+    args = arguments_type(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
@@ -306,14 +308,17 @@ def train_adapter(
         dataloader_pin_memory=False,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.nodes).
+        save_on_each_node=nnodes > 1,
         **_distributed_args(recipe, device),
+        **method_args,
     )
 
     class LogToFile(TrainerCallback):  # type: ignore[misc]
         """Append every log entry to the training log as one JSON line."""
 
         def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
-            if not state.is_world_process_zero:
+            if not (state.is_local_process_zero if nnodes > 1 else state.is_world_process_zero):
                 return
             entry = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
             with log_file.open("a", encoding="utf-8") as handle:
@@ -355,7 +360,7 @@ def train_adapter(
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)
         )
-    trainer = Trainer(
+    trainer = _trainer_type(recipe, Trainer, tokenizer)(
         model=model,
         args=args,
         train_dataset=ListDataset(train_set),
@@ -365,6 +370,11 @@ def train_adapter(
     )
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
+    if nnodes > 1:
+        from gapforge_runtime.nodes import agree_on_checkpoint
+
+        previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
+        resumed_from = _checkpoint_step(previous) if previous is not None else None
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
     seconds = time.monotonic() - started
@@ -377,13 +387,13 @@ def train_adapter(
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if size > 1:
         trainer.save_model(str(checkpoints / "final"))
-    if trainer.is_world_process_zero():
+    if trainer.is_local_process_zero() if nnodes > 1 else trainer.is_world_process_zero():
         with atomic_dir(adapter_dir) as tmp:
             if size > 1:
                 for item in (checkpoints / "final").glob("adapter_*"):
                     os.replace(item, tmp / item.name)
-            else:
-                trainer.model.save_pretrained(tmp)
+            else:  # only the trained adapter: DPO's frozen reference copy ("ref") stays behind
+                trainer.model.save_pretrained(tmp, selected_adapters=["default"])
             tokenizer.save_pretrained(tmp)
         write_text_atomic(
             adapter_dir.parent / "train_history.json",
@@ -409,6 +419,44 @@ def train_adapter(
         world_size=size,
         peak_gpu_memory_bytes=peak,
     )
+
+
+def training_items(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
+    """A split as its trainer takes it: encoded examples, or (DPO) the pair records themselves."""
+    if recipe.train.method == "dpo":
+        from gapforge_runtime.data import read_split_file
+
+        return read_split_file(data_dir / f"{split}.jsonl")
+    from gapforge_runtime.encoding import encoded_split
+
+    return encoded_split(recipe, tokenizer, data_dir, split)
+
+
+def _method_arguments(recipe: RecipeSettings, default: type) -> tuple[type, dict[str, Any]]:
+    """The arguments class of the recipe's method and its own settings (DPO: TRL's DPOConfig)."""
+    if recipe.train.method == "dpo":
+        from trl import DPOConfig
+
+        from gapforge_runtime.preference import dpo_arguments
+
+        return DPOConfig, dpo_arguments(recipe)
+    return default, {}
+
+
+def _trainer_type(recipe: RecipeSettings, default: Any, tokenizer: Any) -> Any:
+    """The trainer of the recipe's method, called as Trainer is (DPO: TRL's DPOTrainer, which
+    tokenizes the pairs itself and brings its own collator)."""
+    if recipe.train.method != "dpo":
+        return default
+    from gapforge_runtime.preference import dpo_trainer
+
+    def make(*, model: Any, args: Any, train_dataset: ListDataset, eval_dataset: ListDataset,
+             callbacks: list[Any], **_ignored: Any) -> Any:  # fmt: skip
+        return dpo_trainer(
+            model, args, tokenizer, list(train_dataset.items), list(eval_dataset.items), callbacks
+        )
+
+    return make
 
 
 def summarize_encoding(name: str, stats: EncodingStats, max_length: int) -> str:

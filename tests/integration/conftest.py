@@ -232,6 +232,12 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a tiny recipe (local tiny model), its sample data and a lockfiles/ of its own."""
     root = tmp_path_factory.mktemp("tiny-project")
     make_tiny_model(root / "recipes" / "tiny" / "model")
+    # A judge shipped beside the base (models: judge): the tiny model's own f16 GGUF, made here
+    from gapforge_runtime.quantize import check_llama_cpp, convert_to_f16
+
+    (root / "recipes/tiny/judge").mkdir()
+    llama_cpp = check_llama_cpp(Path(os.environ.get("GAPFORGE_LLAMA_CPP", "/nonexistent")))
+    convert_to_f16(llama_cpp, root / "recipes/tiny/model", root / "recipes/tiny/judge/tiny-judge-f16.gguf")
     data = root / "recipes" / "tiny" / "data"
     data.mkdir()
     (data / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(40)))
@@ -244,7 +250,8 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train": {"max_steps": 6, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64,
                   "eval_every": 3, "seed": 7},
         "quantize": ["gguf:q8_0", "gguf:q4_k_m"],
-        "evaluate": {"sample_answers": 1, "max_new_tokens": 8,
+        "models": {"judge": {"id": "tiny-judge", "source": {"type": "local", "path": "judge"}}},
+        "evaluate": {"sample_answers": 1, "max_new_tokens": 8, "judge": {"model": "judge"},
                      "gates": {"require_improvement": True,
                                "max_perplexity_delta_pct": {"gguf:q8_0": 5.0, "gguf:q4_k_m": 60.0}}},
     }  # fmt: skip
@@ -256,7 +263,8 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(REPO_ROOT / "lockfiles" / name, locks / name)
     servable_debian_locks(locks)
     loaded = load_recipe(path)
-    lock_local(loaded.recipe.model, locks, loaded.local_model_path() or Path())
+    for name, spec in loaded.all_models():
+        lock_local(spec, locks, loaded.local_path_of(spec) or Path(), allow_gguf=name != "model")
     return root
 
 

@@ -85,8 +85,9 @@ def test_inspect_shows_recipe_model_packages_digests_pretest(built: Built) -> No
     facts = json.loads(gapforge("inspect", str(built.bundle), "--json", check=True).stdout)
     assert facts["image"]["manifest_digest"] == built.report["image"]["manifest_digest"]
     assert facts["model"]["id"] == "tiny-llama" and facts["recipe"]["quantize"] == ["gguf:q8_0", "gguf:q4_k_m"]
-    assert facts["packages"]["pypi"] > 50 and facts["packages"]["deb"] > 50 and facts["packages"]["model"] == 1
+    assert facts["packages"]["pypi"] > 50 and facts["packages"]["deb"] > 50 and facts["packages"]["model"] == 2
     assert facts["pretest"]["verdict"] == "PASS" and facts["signed"]
+    assert facts["models"]["judge"]["id"] == "tiny-judge"  # the base and the shipped judge: 2 models
     table = gapforge("inspect", str(built.bundle), check=True)
     assert "tiny-desk 0.0.1" in table.stdout + table.stderr
 
@@ -269,6 +270,10 @@ def test_run_on_fresh_data_produces_the_runtimes_outputs(built: Built, tmp_path:
         assert (out / name).is_file(), name  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["passed"] is True
+    # the judge is the one the recipe ships under models: judge, not the base model's own GGUF
+    judge = json.loads((out / "evaluation.json").read_text())["judge"]
+    assert judge["enabled"] and judge["file"] == "tiny-judge-f16.gguf" and judge["calls"] > 0
+    assert not (out / "gguf/tiny-desk-base-f16.gguf").exists()
     assert manifest["inputs"]["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert manifest["inputs"]["data"]["path"] == "/data/fresh.jsonl"
 
@@ -305,3 +310,14 @@ def test_failing_pretest_fails_the_build_and_writes_no_bundle(
     assert "sealed pretest" in result.stderr and "No bundle was written" in result.stderr
     assert (tmp_path / "build/tiny-desk-0.0.2-broken/pretest/evidence.json").is_file()
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_the_judge_ships_in_a_layer_of_its_own_and_is_listed(built: Built) -> None:
+    assert built.index["models"]["judge"]["id"] == "tiny-judge"
+    assert "model-judge" in [layer["name"] for layer in built.index["image"]["layers"]]
+    sbom = json.loads((built.bundle / "sbom.cdx.json").read_text())
+    judge = next(c for c in sbom["components"] if c.get("bom-ref") == "model:tiny-judge")
+    assert [f["name"] for f in judge["components"]] == ["models/judge/tiny-judge-f16.gguf"]
+    listed = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", built.ref,
+                             "-c", 'ls "$GAPFORGE_MODELS_DIR/judge"'], capture_output=True, text=True, check=True)  # fmt: skip
+    assert listed.stdout.split() == ["tiny-judge-f16.gguf"]

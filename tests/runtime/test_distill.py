@@ -142,3 +142,18 @@ def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(
     assert any("loss" in h for h in history), "GKD's divergence was logged at each step"
     lineage = {n["id"]: n for n in json.loads((out / "manifest.json").read_text())["lineage"]}
     assert "teacher" in lineage["adapter"]["parents"] and "teacher_data" not in lineage
+
+
+def test_the_teacher_is_a_models_entry_shipped_in_the_image(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "models"
+    shutil.copytree(tiny_model, shipped / "teacher")
+    monkeypatch.setenv("GAPFORGE_MODELS_DIR", str(shipped))
+    recipe = distill_recipe(tmp_path / "recipe", Path("unused"), keep_truncated=True, max_ngram_repeats=100)
+    raw = json.loads(recipe.read_text())
+    raw["train"]["distill"]["teacher"] = "teacher"
+    raw["models"] = {"teacher": {"id": "tiny-teacher", "source": {"type": "local", "path": "model"}}}
+    recipe.write_text(json.dumps(raw))
+    out = tmp_path / "out"
+    assert main(["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 0
+    summary = json.loads((out / "distill" / "distill.json").read_text())
+    assert summary["teacher"]["path"] == str(shipped / "teacher") and summary["kept"] > 0

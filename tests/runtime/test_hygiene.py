@@ -15,6 +15,8 @@ from gapforge_runtime.hygiene.dedupe import find_near_duplicates
 from gapforge_runtime.hygiene.lengths import length_stats
 from gapforge_runtime.hygiene.pii import PiiDetector, iban_valid, luhn_valid
 
+from tests.requirements import require_module
+
 PRIVATE_KEY_BODY = "MIIEpAIBAAKCAQEAvGapforgeTestKeyBodyNotARealKey0123456789abcdefXYZ"
 # value -> type; each in its own training row (line = position in PLANTED + 1 after the filler)
 PLANTED = {
@@ -32,6 +34,8 @@ PLANTED = {
     "AKIAIOSFODNN7EXAMPLE": "secret",
     "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8": "secret",
     f"-----BEGIN RSA PRIVATE KEY-----\n{PRIVATE_KEY_BODY}\n-----END RSA PRIVATE KEY-----": "secret",
+    "536-22-1845": "national_id",
+    "JG 10 37 59 A": "national_id",
 }
 NOT_PII = ["4111 1111 1111 1112", "DE89 3704 0044 0532 0130 01"]  # Luhn / mod-97 invalid
 LONG = (
@@ -41,7 +45,7 @@ LONG = (
     "each quantized model, and then files the signed receipt with the {word} change request."
 )
 FILLER = 20
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa"]
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo"]
 
 
 def chat(user: str, answer: str = "Noted, thank you.") -> dict[str, Any]:
@@ -112,6 +116,8 @@ def test_every_planted_item_is_found_with_its_type_and_line(hygiene_run: dict[st
         assert not [f for f in pii["findings"] if f["line"] == lines[value]]
     assert pii["counts"]["card"] == {"train": 2}
     assert pii["counts"]["phone"] == {"train": 4}
+    assert pii["counts"]["national_id"] == {"train": 2}
+    assert {f["action"] for f in pii["findings"] if f["type"] == "national_id"} == {"dropped"}
     assert {f["action"] for f in pii["findings"] if f["type"] == "card"} == {"dropped"}
     assert {f["action"] for f in pii["findings"] if f["type"] == "email"} == {"redacted"}
     assert pii["detectors"] == ["pattern+checksum", "presidio"]
@@ -176,6 +182,37 @@ def test_opting_out_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     assert hygiene["dedupe"] == {"status": "not checked (the recipe opts out)"}
 
 
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("SSN 536-22-1845 on file", True),
+        ("SSN 536 22 1845 on file", True),
+        ("SSN 000-22-1845", False),  # area 000 is never issued
+        ("SSN 666-22-1845", False),  # nor 666
+        ("SSN 912-22-1845", False),  # nor 900-999 (ITINs live there)
+        ("SSN 536-00-1845", False),  # group 00
+        ("SSN 536-22-0000", False),  # serial 0000
+        ("SSN 078-05-1120", False),  # the Woolworth wallet card: published, nobody's
+        ("ref 536-22-1845-7", False),  # part of a longer number
+        ("order 536221845", False),  # nine bare digits: too often something else
+        ("NI number JG 10 37 59 A", True),
+        ("NI number JG103759A", True),
+        ("NI number QQ 12 34 56 C", False),  # Q is never a first letter (the HMRC example)
+        ("NI number AO 12 34 56 C", False),  # O is never a second letter
+        ("NI number BG 12 34 56 A", False),  # BG is never allocated
+        ("NI number JG 10 37 59 E", False),  # suffixes run A to D
+    ],
+)
+def test_national_ids_follow_the_issuing_rules(text: str, found: bool) -> None:
+    from gapforge_runtime.hygiene.pii import find_patterns, resolve_overlaps
+
+    hits = resolve_overlaps(find_patterns(text))
+    assert any(h.type == "national_id" for h in hits) == found, hits
+    if found:  # the whole id is the span, and it wins over a phone reading of the same digits
+        (hit,) = [h for h in hits if h.type == "national_id"]
+        assert text[hit.start : hit.end] in ("536-22-1845", "536 22 1845", "JG 10 37 59 A", "JG103759A")
+
+
 def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(name, "1")
@@ -192,7 +229,7 @@ def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) 
     detector = PiiDetector(presidio=True)
     text = " ".join(f"{v} and" for v in PLANTED) + " mail bob@example.net"
     found = {f.type for f in detector.find(text)}
-    assert found == {"email", "phone", "card", "iban", "ip", "secret"}
+    assert found == {"email", "phone", "card", "iban", "ip", "secret", "national_id"}
     assert detector.find("case 1641, step 2024, version 1.2.3, at 12:30:45") == []  # no false positives
     assert find_near_duplicates([LONG.format(word="a"), LONG.format(word="b")], {}).groups
 
@@ -202,3 +239,54 @@ def test_checksums_and_length_stats() -> None:
     assert iban_valid("DE89370400440532013000") and not iban_valid("DE89370400440532013001")
     stats = length_stats([10, 20, 30, 200], 96)
     assert stats == {"examples": 4, "min": 10, "median": 20, "p95": 200, "max": 200, "cut_examples": 1, "cut_tokens": 104}
+
+
+def make_ner_pipeline(folder: Path) -> Path:
+    """A saved spaCy pipeline (blank English + an entity ruler) that finds two names and a city:
+    deterministic, no trained weights, no download; loaded from its folder like a shipped model."""
+    spacy = require_module("spacy")
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([
+        {"label": "PERSON", "pattern": [{"LOWER": "alice"}, {"LOWER": "marlowe"}]},
+        {"label": "PERSON", "pattern": "Tomasz Wielki"},
+        {"label": "GPE", "pattern": "Reykjavik"},
+    ])  # fmt: skip
+    nlp.to_disk(folder)
+    return folder
+
+
+def test_the_ner_model_finds_names_and_places_and_they_never_reach_outputs_or_logs(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ner = make_ner_pipeline(tmp_path / "ner")
+    recipe = recipe_dict()
+    recipe["data"]["pii"] = {"ner_model": str(ner), "policy": {"location": "drop"}}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
+    rows = [
+        *chat_examples(12),
+        chat("Please forward the receipt to Alice Marlowe today."),
+        chat("The bundle for the north site.", "Tomasz Wielki signs the change request."),
+        chat("Ship the drive to the Reykjavik office."),
+    ]
+    data = write_jsonl(tmp_path / "in" / "train.jsonl", rows)
+    out = tmp_path / "out"
+    status = main(["data", "--recipe", str(tmp_path / "recipe.json"), "--model", str(tiny_model),
+                   "--data", str(data), "--out", str(out)])  # fmt: skip
+    log = capsys.readouterr()
+    assert status == 0, log.err
+    pii = json.loads((out / "steps" / "data.json").read_text())["details"]["hygiene"]["pii"]
+    assert pii["detectors"] == ["pattern+checksum", "presidio", "ner"]
+    found = {(f["line"], f["field"], f["type"], f["action"]) for f in pii["findings"]}
+    assert found == {
+        (13, "messages[0].content", "person", "redacted"),
+        (14, "messages[1].content", "person", "redacted"),
+        (15, "messages[0].content", "location", "dropped"),
+    }
+    assert not any("NER" in note for note in pii["not_checked"])
+    written = "".join(p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.is_file())
+    for value in ("Alice Marlowe", "Tomasz Wielki", "Reykjavik"):
+        assert value not in written and value not in log.out + log.err
+    train = "".join((out / "data" / name).read_text() for name in ("train.jsonl", "validation.jsonl", "test.jsonl"))
+    assert "forward the receipt to <PERSON> today" in train and "<PERSON> signs the change request" in train
+    assert "office" not in train  # the location row was dropped by its policy

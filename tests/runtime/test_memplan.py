@@ -92,3 +92,26 @@ def test_plan_command_says_whether_it_fits(tmp_path: Path) -> None:
     assert as_json["fits"] is True and as_json["params"] == ModelShape.from_config(LLAMA3_8B).params
     missing = plan("--config", str(tmp_path / "nope.json"))
     assert missing.returncode == 2 and "config.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_planner_says_how_many_nodes_a_recipe_needs() -> None:
+    from gapforge_runtime import memplan
+
+    shape = memplan.ModelShape.from_config({
+        "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+    })  # fmt: skip
+    lora = memplan.TrainingShape(method="lora", batch=1, seq=4096, gradient_checkpointing=True)
+    gpu = 80 * memplan.GiB
+    # 70B in bf16 does not fit one 80 GiB GPU: sharded over the GPUs of enough 2-GPU nodes, it does
+    needed = memplan.nodes_needed(shape, lora, gpu, gpus_per_node=2)
+    assert needed is not None
+    nodes, how, plan = needed
+    assert how == "fsdp" and nodes >= 2 and plan.fits and plan.nproc == 2 * nodes
+    fewer = memplan.estimate(shape, memplan.TrainingShape(**{**lora.__dict__, "nproc": 2 * (nodes - 1),
+                                                              "distributed": "fsdp"}), gpu)  # fmt: skip
+    assert not fewer.fits  # one node fewer would not fit: the answer is the fewest
+    assert f"needs {nodes} nodes of 2 x 80 GiB GPUs" in memplan.describe_nodes(needed, 2, gpu)
+    # QLoRA of the same model fits one GPU: one node, DDP
+    qlora = memplan.TrainingShape(method="qlora", batch=1, seq=4096)
+    assert memplan.nodes_needed(shape, qlora, gpu, gpus_per_node=8)[:2] == (1, "ddp")  # type: ignore[index]

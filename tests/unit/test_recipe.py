@@ -13,7 +13,7 @@ from gapforge.errors import RecipeError
 from gapforge.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.relative_to(REPO).as_posix() for p in SHIPPED])
@@ -215,3 +215,113 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_recipe(bad)
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+# --- evaluate.lm_eval: a task folder that runs offline, shipped with the recipe ------------------
+
+LM_EVAL_TASK = (
+    "task: desk\ndataset_path: json\ndataset_kwargs: {data_files: {test: desk.jsonl}}\n"
+    "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+    "doc_to_choice: '{{c}}'\ndoc_to_target: a\n"
+)
+
+
+def _lm_eval_recipe(tmp_path: Path, **lm_eval: object) -> Path:
+    folder = tmp_path / "data" / "lm_eval"
+    folder.mkdir(parents=True)
+    (folder / "desk.yaml").write_text(LM_EVAL_TASK)
+    (folder / "desk.jsonl").write_text('{"q": "x?", "c": [" a", " b"], "a": 0}\n')
+    data = _good()
+    data["evaluate"]["lm_eval"] = {"tasks": "data/lm_eval", **lm_eval}
+    return _write(tmp_path, data)
+
+
+def test_an_lm_eval_task_folder_is_validated_and_shipped_with_the_recipe(tmp_path: Path) -> None:
+    from gapforge.stages.assemble import lm_eval_task_files
+
+    loaded = load_recipe(_lm_eval_recipe(tmp_path, limit=4, targets=["merged", "gguf:q4_k_m"]))
+    assert loaded.recipe.evaluate.lm_eval is not None and loaded.recipe.evaluate.lm_eval.limit == 4
+    shipped = lm_eval_task_files(loaded)
+    assert shipped == {
+        "data/lm_eval/desk.jsonl": (tmp_path / "data/lm_eval/desk.jsonl").read_bytes(),
+        "data/lm_eval/desk.yaml": LM_EVAL_TASK.encode(),
+    }
+    assert lm_eval_task_files(load_recipe(REPO / "recipes/smollm2/lora-q8-q4.yaml")) == {}  # off: nothing
+
+
+def test_an_lm_eval_task_that_would_download_is_refused_with_file_field_value_and_fix(tmp_path: Path) -> None:
+    path = _lm_eval_recipe(tmp_path)
+    (tmp_path / "data/lm_eval/mmlu.yaml").write_text("task: m\ndataset_path: cais/mmlu\n")
+    (tmp_path / "data/lm_eval/desk.yaml").write_text(LM_EVAL_TASK.replace("desk.jsonl", "gone.jsonl"))
+    data = yaml.safe_load(path.read_text())
+    data["evaluate"]["lm_eval"]["targets"] = ["merged", "gguf:f16"]
+    data["evaluate"]["gates"]["max_lm_eval_drop_pts"] = {"gguf:f16": 5}  # not a quantize target
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    text = "\n".join(caught.value.problems)
+    assert len(caught.value.problems) == 3, text
+    line = _line_of(path, "tasks: data/lm_eval")
+    assert (
+        f"line {line}: evaluate.lm_eval.tasks: data/lm_eval/mmlu.yaml: dataset_path: names a data set "
+        "to download (got 'cais/mmlu'): the image runs offline: ship the data as JSONL" in text
+    )
+    assert "data/lm_eval/desk.yaml: dataset_kwargs.data_files: no such file" in text and "(got 'gone.jsonl')" in text
+    assert (
+        "evaluate.gates.max_lm_eval_drop_pts.gguf:f16: lm-eval gates are for the GGUF targets this "
+        "recipe builds (got 'gguf:f16'): add it to quantize or drop the gate" in text
+    )
+
+
+def test_a_missing_lm_eval_folder_is_refused(tmp_path: Path) -> None:
+    data = _good()
+    data["evaluate"]["lm_eval"] = {"tasks": "data/nope"}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    (problem,) = caught.value.problems
+    assert "evaluate.lm_eval.tasks: data/nope: no such folder of lm-eval task YAMLs: create it" in problem
+
+
+def test_an_lm_eval_target_the_recipe_does_not_build_is_refused(tmp_path: Path) -> None:
+    path = _lm_eval_recipe(tmp_path, targets=["base", "gguf:f16", "gguf:q8_0"])
+    data = yaml.safe_load(path.read_text())
+    data["quantize"] = ["gguf:q4_k_m"]
+    data["evaluate"]["gates"]["max_perplexity_delta_pct"] = {"gguf:q4_k_m": 20.0}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    (problem,) = caught.value.problems
+    assert "evaluate.lm_eval.targets[2]: a target this recipe does not build" in problem
+    assert "(got 'gguf:q8_0'): add it to quantize or drop it here" in problem
+
+
+def test_an_lm_eval_gate_without_lm_eval_is_refused(tmp_path: Path) -> None:
+    data = _good()
+    data["evaluate"]["gates"]["max_lm_eval_drop_pts"] = {"gguf:q4_k_m": 5.0}
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    (problem,) = caught.value.problems
+    assert problem.endswith(
+        "evaluate.gates.max_lm_eval_drop_pts.gguf:q4_k_m: a gate on lm-eval scores without "
+        "evaluate.lm_eval (got 'gguf:q4_k_m'): add evaluate.lm_eval or drop the gate"
+    )
+
+
+def test_dpo_needs_preference_data_and_a_gpu_for_qlora(tmp_path: Path) -> None:
+    data = _good()  # completion data
+    data["train"]["method"] = "dpo"
+    data["train"]["dpo"] = {"beta": 0.2, "qlora": True}  # on cpu
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert any(f"line {_line_of(path, 'format: completion')}: data.format: DPO trains on preference pairs" in p
+               and "(got 'completion')" in p for p in problems), problems
+    assert any(f"line {_line_of(path, 'qlora: true')}: train.dpo.qlora: QLoRA needs a CUDA GPU" in p for p in problems)
+    data = _good()
+    data["data"]["format"] = "preference"  # with method lora
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_write(tmp_path, data))
+    assert "train.method: DPO trains on preference pairs" in caught.value.problems[0]
+    assert "(got 'lora')" in caught.value.problems[0]

@@ -22,12 +22,13 @@ from gapforge.errors import RecipeError
 from gapforge.recipe import LoadedRecipe, load_recipe, recipe_json
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 IDS = [p.relative_to(REPO).as_posix() for p in SHIPPED]
 
-NOT_READ_BY_RUNTIME = {"description", "model"}
+NOT_READ_BY_RUNTIME = {"description", "model", "models"}
 """Recipe fields the runtime keeps (RecipeSettings.spec, and raw for the manifest) but does not act
-on: the builder puts the model into the image, and the runtime takes its folder from --model."""
+on: the builder puts the model into the image, and the runtime takes its folder from --model; the
+`models:` entries lie in the image's models/<name>/, found by the name that names them (a judge)."""
 
 
 def _image_recipe(loaded: LoadedRecipe, folder: Path) -> Path:
@@ -69,6 +70,11 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
         "sweep": settings.sweep.model_dump() if settings.sweep is not None else None,
+        "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.max_lm_eval_drop_pts,
+        "evaluate.lm_eval": asdict(settings.evaluate.lm_eval) if settings.evaluate.lm_eval else None,
+        "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,
+        "evaluate.gates.max_forgetting_pct": settings.evaluate.max_forgetting_pct,
+        "data.replay_ratio": settings.replay_ratio,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
@@ -77,6 +83,8 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
     for section in ("lora", "train", "gptq"):
         for key, value in asdict(getattr(settings, section)).items():
             values[f"{section}.{key}"] = value
+    for key, item in values.pop("train.dpo").items():  # a section inside train
+        values[f"train.dpo.{key}"] = item
     values.pop("gptq.bits")  # the runtime's own constant: GPTQ here is always INT4
     return values
 

@@ -12,7 +12,7 @@ from gapforge.recipe import load_recipe, recipe_json
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_RECIPE = REPO / "recipes/smollm2/lora-q8-q4.yaml"
-GPU_RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "smollm2" not in p.parts)
+GPU_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if "smollm2" not in p.parts)
 
 
 def _write(tmp_path: Path, data: dict) -> Path:  # type: ignore[type-arg]

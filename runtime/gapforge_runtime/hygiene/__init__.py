@@ -27,6 +27,10 @@ ACTIONS = {"redact": "redacted", "drop": "dropped", "fail": "failed"}
 
 def record_texts(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, text) for every text field of a canonical record, in any of the three formats."""
+    if "chosen" in record:
+        from gapforge_runtime.preference_data import texts
+
+        return texts(record)
     if "messages" in record:
         return [(f"messages[{i}].content", m["content"]) for i, m in enumerate(record["messages"])]
     if "text" in record:
@@ -35,6 +39,10 @@ def record_texts(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _replace_texts(record: dict[str, Any], new: dict[str, str]) -> dict[str, Any]:
+    if "chosen" in record:
+        from gapforge_runtime.preference_data import replace_texts
+
+        return replace_texts(record, new)
     if "messages" in record:
         messages = [
             {**m, "content": new.get(f"messages[{i}].content", m["content"])}

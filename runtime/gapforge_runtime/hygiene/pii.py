@@ -1,7 +1,8 @@
 """Structured personal data and secrets, found by pattern and checksum (offline, no model needed).
 
 Our own detectors cover e-mail, phone (phonenumbers, valid numbers only), IPv4/IPv6, payment cards
-(Luhn and known IIN prefixes), IBANs (mod 97 and per-country length) and secrets. presidio-analyzer
+(Luhn and known IIN prefixes), IBANs (mod 97 and per-country length), national ids (US SSNs and UK
+National Insurance numbers, by their issuing rules) and secrets. presidio-analyzer
 adds its pattern/checksum recognizers on a blank spaCy pipeline; a spaCy NER pipeline folder, when the
 recipe names one, adds names and places. A finding holds the span and the type, never the value.
 """
@@ -24,9 +25,20 @@ from gapforge_runtime.errors import RuntimeFailure
 PLACEHOLDERS = {
     "email": "<EMAIL>", "phone": "<PHONE>", "ip": "<IP>", "card": "<CARD>", "iban": "<IBAN>",
     "secret": "<SECRET>", "person": "<PERSON>", "location": "<LOCATION>",
+    "national_id": "<NATIONAL_ID>",
 }  # fmt: skip
 # Where spans overlap, the most specific type wins (a card number also parses as a phone number).
-SPECIFICITY = ("secret", "card", "iban", "email", "ip", "phone", "person", "location")
+SPECIFICITY = (
+    "secret",
+    "card",
+    "iban",
+    "national_id",
+    "email",
+    "ip",
+    "phone",
+    "person",
+    "location",
+)
 PHONE_REGIONS = ("US", "GB", "DE", "FR")
 PRESIDIO_TYPES = {
     "CREDIT_CARD": "card", "IBAN_CODE": "iban", "IP_ADDRESS": "ip", "PHONE_NUMBER": "phone",
@@ -68,6 +80,14 @@ ASSIGNED_SECRET = re.compile(
     r"(?i)\b(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?key|token|auth[_-]?token|password|passwd)"
     r"[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9_\-+/=.]{16,})"
 )
+# US Social Security numbers, written with separators (`123-45-6789`, `123 45 6789`): nine bare
+# digits are too often something else to call an SSN without a checksum, and SSNs have none.
+US_SSN = re.compile(r"(?<![\d-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d-])")
+SSN_NOT_ISSUED = frozenset({"078-05-1120", "219-09-9999", "123-45-6789"})
+"""Numbers printed on sample cards and in advertising (never anybody's) and the textbook example."""
+# UK National Insurance numbers: two letters, six digits, a suffix A-D (`AB 12 34 56 C`).
+UK_NINO = re.compile(r"\b([A-Z]{2}) ?(\d{2}) ?(\d{2}) ?(\d{2}) ?([A-D])\b")
+NINO_NOT_ALLOCATED = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 MIN_SECRET_ENTROPY = 3.5
 """Bits per character: random keys score 4.5-6, words and repeated characters far less."""
 
@@ -191,6 +211,37 @@ def iban_valid(compact: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
 
 
+def ssn_valid(area: str, group: str, serial: str) -> bool:
+    """The SSA's rules: area not 000, 666 or 900-999; group not 00; serial not 0000; not one of the
+    published sample numbers."""
+    if area in ("000", "666") or area >= "900" or group == "00" or serial == "0000":
+        return False
+    return f"{area}-{group}-{serial}" not in SSN_NOT_ISSUED
+
+
+def nino_valid(prefix: str) -> bool:
+    """HMRC's prefix rules: first letter not D, F, I, Q, U or V; second not those or O; not one of
+    the prefixes never allocated."""
+    first, second = prefix[0], prefix[1]
+    if first in "DFIQUV" or second in "DFIQUVO":
+        return False
+    return prefix not in NINO_NOT_ALLOCATED
+
+
+def _national_ids(text: str) -> list[Finding]:
+    found = [
+        Finding(m.start(), m.end(), "national_id", "pattern")
+        for m in US_SSN.finditer(text)
+        if ssn_valid(m.group(1), m.group(3), m.group(4))
+    ]
+    found += [
+        Finding(m.start(), m.end(), "national_id", "pattern")
+        for m in UK_NINO.finditer(text)
+        if nino_valid(m.group(1))
+    ]
+    return found
+
+
 def shannon_entropy(value: str) -> float:
     """Bits per character of `value`'s own character distribution."""
     counts = Counter(value)
@@ -278,6 +329,8 @@ def find_patterns(text: str) -> list[Finding]:
     found = _emails(text) + _secrets(text)
     if "." in text or ":" in text:
         found += _ips(text)
+    if _digits(text) >= 6:  # a UK NINO has six digits, a US SSN nine
+        found += _national_ids(text)
     if _digits(text) >= MIN_PHONE_DIGITS:  # phones, cards and IBANs all need that many digits
         found += _cards(text) + _ibans(text) + _phones(text)
     return found
@@ -362,7 +415,11 @@ class PiiDetector:
         missing = (
             [] if self.ner else ["person/location: no NER model in the image (data.pii.ner_model)"]
         )
-        return [*missing, "national ids (e.g. US SSN): no PII type for them in the recipe schema"]
+        return [
+            *missing,
+            "national ids: US SSNs (written with separators) and UK National Insurance numbers "
+            "only; other countries' ids are not recognized",
+        ]
 
     def find(self, text: str) -> list[Finding]:
         """Every finding in `text`, one per span, most specific type kept."""
