@@ -130,6 +130,7 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
         _check_local_model,
         _check_lm_eval,
         _check_models,
+        _check_distill,
     )
     for check in checks:
         try:
@@ -299,6 +300,27 @@ def _check_models(problems: _Problems, get: _Values) -> None:
         problems.add(("models", judge, "source"),
                      "the judge runs through llama.cpp, so it must be a GGUF: a gguf source, or a local "
                      "folder holding exactly one .gguf file", source["type"])  # fmt: skip
+
+
+def _check_distill(problems: _Problems, get: _Values) -> None:
+    """train.distill's teacher: a models: entry (the builder ships only those), a GGUF not for GKD."""
+    if get("train", "method") != "distill":
+        return
+    teacher = get("train", "distill", "teacher")
+    models = get("models")
+    if teacher not in models:
+        names = ", ".join(sorted(models)) or "none yet"
+        problems.add(("train", "distill", "teacher"),
+                     f"names no entry of models: ({names}): add the teacher under models: (the builder "
+                     "locks it and ships it in the image beside the base)", teacher)  # fmt: skip
+        return
+    source = models[teacher]["source"]
+    gguf = source["type"] == "gguf" or (source["type"] == "local" and _gguf_files(get, source) > 0)
+    if get("train", "distill", "mode") == "gkd" and gguf:
+        problems.add(("train", "distill", "mode"),
+                     "gkd compares the teacher's logits through transformers: its teacher must be a "
+                     "Hugging Face model (an hf source, or a local folder of safetensors), not a GGUF; "
+                     "or use mode: sequence", "gkd")  # fmt: skip
 
 
 def _gguf_files(get: _Values, source: dict[str, Any]) -> int:

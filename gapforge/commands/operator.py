@@ -268,6 +268,12 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
     )
+    run.add_argument("--sweep", action="store_true",
+                     help="run the recipe's hyper-parameter sweep (resumes on the same --out), ship the best")  # fmt: skip
+    run.add_argument(
+        "--trials", type=int, help="with --sweep: trials to finish (default: the recipe's)"
+    )
+    run.add_argument("--parallel", type=int, help="with --sweep: trials at once, one process each")
     nodes = run.add_argument_group(
         "across nodes (one `gapforge run` per node, each with its own --out; RUNBOOK: across nodes)"
     )
@@ -309,6 +315,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     node = node_run(args.nnodes, args.node_rank, args.rdzv_endpoint, args.network, args.hostname,
                     args.rdzv_id)  # fmt: skip
     extra = [flag for flag, on in (("--resume", args.resume), ("--force", args.force)) if on]
+    if args.sweep:
+        extra.append("--sweep")
+        for flag, value in (("--trials", args.trials), ("--parallel", args.parallel)):
+            extra += [flag, str(value)] if value is not None else []
     status = run_image(args.target, args.data, args.out, args.gpus, args.validation, args.test,
                        extra, args.timeout, anchor=target_anchor(args), insecure=args.insecure,
                        parent=getattr(args, "parent", None), node=node)  # fmt: skip

@@ -138,6 +138,8 @@ def cmd_step(args: argparse.Namespace) -> int:
     from gapforge_runtime.manifest import write_manifest_and_report
     from gapforge_runtime.preflight import check_hardware
 
+    if getattr(args, "sweep", False):
+        return cmd_sweep(args)
     ctx = _context(args)
     # Before any work: a GPU-only method or target on a machine without a GPU stops here.
     # `train` checks the quantize targets too: better refused now than after hours of training.
@@ -168,6 +170,10 @@ def cmd_step(args: argparse.Namespace) -> int:
         from gapforge_runtime.quantize import check_llama_cpp
 
         check_llama_cpp(ctx.llama_cpp)
+    if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
+        from gapforge_runtime.distill import step_train_distilled
+
+        steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
     with pipeline.observed_run(
         ctx, tracking=not args.no_tracking, metrics_port=getattr(args, "metrics_port", None)
     ):
@@ -188,6 +194,44 @@ def cmd_step(args: argparse.Namespace) -> int:
     if manifest["passed"]:
         print("verdict: PASS")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """The recipe's sweep (trials in their own processes), then the best trial merged, quantized, evaluated."""
+    from gapforge_runtime import pipeline
+    from gapforge_runtime.manifest import write_manifest_and_report
+    from gapforge_runtime.preflight import check_hardware, check_targets
+    from gapforge_runtime.quantize import check_llama_cpp
+    from gapforge_runtime.sweep import check_recipe, run_sweep
+
+    ctx = _context(args)
+    check_recipe(ctx.recipe)
+    check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, ("train", "quantize"), 1)
+    check_targets(ctx.recipe.quantize)
+    pipeline.prepare(ctx)
+    check_llama_cpp(ctx.llama_cpp)  # before hours of trials, not after
+    best = run_sweep(ctx, args.trials, args.parallel)
+    with pipeline.observed_run(best, tracking=not args.no_tracking):
+        for step in (pipeline.step_merge, pipeline.step_quantize, pipeline.step_eval):
+            step(best)
+        manifest = write_manifest_and_report(best)
+    print(f"outputs in {best.out.root} (manifest.json, report.md, report.html, sweep/sweep.json)")
+    if manifest["passed"] is False:
+        print("verdict: FAIL (a gate failed; see report.md)", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    if manifest["passed"]:
+        print("verdict: PASS")
+    return 0
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trials", type=int, help="trials to finish, counting those a resumed sweep already ran "
+        "(default: the recipe's sweep.trials)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--parallel", type=int, help="trials at once, one process each (default: sweep.parallel)"
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -357,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(func=cmd_plan)
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="the recipe's hyper-parameter sweep, then the best trial merged, quantized, evaluated",
+        description="Optuna trials over the recipe's sweep.space, each in its own process, in a "
+        "journal at OUT/sweep/journal.log; run it again on the same --out to resume.",
+    )
+    _add_common(sweep)
+    _add_sweep_options(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
     for name, text in STEP_HELP.items():
         step = sub.add_parser(name, help=text, description=text)
         _add_common(step)
@@ -377,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="serve training metrics for Prometheus on 0.0.0.0:PORT/metrics (the textfile "
                 "OUT/metrics/gapforge.prom is written either way); publish the port: docker run -p PORT:PORT",
             )
+        if name == "run":
+            step.add_argument(
+                "--sweep", action="store_true", help="run the recipe's sweep instead (as `sweep`)"
+            )
+            _add_sweep_options(step)
         step.set_defaults(func=cmd_step)
     return parser
 

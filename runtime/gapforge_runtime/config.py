@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.recipe_schema import Recipe, schema_problems
+from gapforge_runtime.recipe_schema import Recipe, SweepSpec, schema_problems
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
 DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
@@ -96,6 +96,8 @@ class TrainSettings:
     """auto | sdpa | eager | flex_attention (packed batches)."""
     liger: bool | str = "auto"
     """Liger kernels: auto | True | False."""
+    distill: dict[str, Any] | None = None
+    """`train.distill` (teacher, mode, filters) for method distill; read by distill.py."""
     dpo: DpoSettings = field(default_factory=DpoSettings)
 
     def __post_init__(self) -> None:
@@ -207,6 +209,8 @@ class RecipeSettings:
     profile: str = "cpu"
     pii: PiiSettings = field(default_factory=PiiSettings)
     dedupe: DedupeSettings = field(default_factory=DedupeSettings)
+    sweep: SweepSpec | None = None
+    """`sweep:` as validated (None: the recipe defines no sweep)."""
     replay_ratio: float = 0.0
     """`data.replay_ratio`: the parent run's share of the training set (continual runs)."""
 
@@ -300,5 +304,6 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
         profile=spec.profile,
         pii=_settings(PiiSettings, spec.data.pii),
         dedupe=_settings(DedupeSettings, spec.data.dedupe),
+        sweep=spec.sweep,
         replay_ratio=spec.data.replay_ratio,
     )

@@ -147,11 +147,49 @@ def sealed_image() -> dict[str, str]:
     return {k: v for k, v in found.items() if v}
 
 
+def add_sweep(ctx: RunContext, manifest: dict[str, Any]) -> None:
+    """A sweep's summary, its journal and the trial the shipped adapter came from (none: no change)."""
+    summary_file = ctx.out.root / "sweep" / "sweep.json"
+    if not summary_file.is_file():
+        return
+    root = ctx.out.root.resolve()
+    manifest["sweep"] = json.loads(summary_file.read_text(encoding="utf-8"))
+    manifest["outputs"]["sweep:summary"] = _entry(describe_path(summary_file), root)
+    journal = ctx.out.root / "sweep" / "journal.log"
+    if journal.is_file():
+        manifest["outputs"]["sweep:journal"] = _entry(describe_path(journal), root)
+    for node in manifest["lineage"]:
+        if node["id"] == "adapter":
+            node["sweep_trial"] = manifest["sweep"]["best"]["number"]
+
+
+def add_distill(ctx: RunContext, manifest: dict[str, Any]) -> None:
+    """A distillation's teacher and generated data in the lineage (none: no change)."""
+    summary_file = ctx.out.root / "distill" / "distill.json"
+    if not summary_file.is_file():
+        return
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    manifest["distill"] = summary
+    manifest["inputs"]["teacher"] = {"path": summary["teacher"]["path"],
+                                     "sha256": summary["teacher"]["sha256"]}  # fmt: skip
+    nodes = [{"id": "teacher", "parents": [], "sha256": summary["teacher"]["sha256"]}]
+    if summary.get("data"):  # sequence-level: the teacher's answers; GKD learns from its logits
+        nodes.append(
+            {"id": "teacher_data", "parents": ["teacher"], "sha256": summary["data"]["sha256"]}
+        )
+    manifest["lineage"][1:1] = nodes
+    for node in manifest["lineage"]:
+        if node["id"] == "adapter":
+            node["parents"] = [*node["parents"], nodes[-1]["id"]]
+
+
 def write_manifest_and_report(ctx: RunContext) -> dict[str, Any]:
     """Write report.md/.html (and charts), then manifest.json naming them too."""
     from gapforge_runtime.report import write_report
 
     manifest = build_manifest(ctx)
+    add_sweep(ctx, manifest)
+    add_distill(ctx, manifest)
     history_file = ctx.out.root / "train_history.json"
     history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
     written = write_report(ctx.out.root, manifest, history)

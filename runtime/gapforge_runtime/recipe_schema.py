@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 GIT_COMMIT = r"^[0-9a-f]{40}$"
@@ -142,6 +142,28 @@ class LoraSpec(_Strict):
         return value
 
 
+class DistillSpec(_Strict):
+    """Distillation (`train.method: distill`): a teacher answers the training prompts, the student learns them."""
+
+    teacher: Annotated[str, Field(min_length=1)]
+    """The teacher: the name of a `models:` entry (shipped at /opt/gapforge/models/<name>/), or a
+    Hugging Face folder or .gguf file inside the image (relative to the recipe's folder)."""
+    mode: Literal["sequence", "gkd"] = "sequence"
+    """`sequence`: fine-tune on the teacher's answers; `gkd`: logit distillation (needs a shared vocabulary)."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    """Tokens the teacher may write per answer; an answer cut off there is dropped unless keep_truncated."""
+    batch_size: Annotated[int, Field(ge=1, le=512)] = 8
+    """Prompts the teacher answers at once (transformers teacher)."""
+    keep_truncated: bool = False
+    """Keep answers cut off at max_new_tokens (no end-of-sequence token)."""
+    max_ngram_repeats: Annotated[int, Field(ge=1)] = 3
+    """An answer where one 4-word sequence occurs more often than this is dropped (degenerate loops)."""
+    gkd_lmbda: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """`gkd`: the share of batches whose answers the student writes itself (on-policy)."""
+    gkd_beta: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """`gkd`: the generalized Jensen-Shannon divergence's weight (0: forward KL, 1: reverse KL)."""
+
+
 class DpoSpec(_Strict):
     """Direct preference optimization (`train.method: dpo`, TRL's DPOTrainer) on preference pairs."""
 
@@ -158,9 +180,10 @@ class DpoSpec(_Strict):
 class TrainSpec(_Strict):
     """How to train; set exactly one of `epochs` and `max_steps`."""
 
-    method: Literal["lora", "qlora", "dpo"] = "lora"
-    """LoRA on the full-precision model, QLoRA on a 4-bit one (needs the 'cuda' profile), or DPO
-    (a LoRA adapter trained on preference pairs; `dpo.qlora` for a 4-bit base)."""
+    method: Literal["lora", "qlora", "dpo", "distill"] = "lora"
+    """LoRA on the full-precision model, QLoRA on a 4-bit one (needs the 'cuda' profile), DPO
+    (a LoRA adapter trained on preference pairs; `dpo.qlora` for a 4-bit base), or `distill` (a LoRA
+    student trained on a teacher's answers or logits; `train.distill`)."""
     epochs: Annotated[float | None, Field(gt=0)] = None
     """Passes over the training split (fractions allowed)."""
     max_steps: Annotated[int | None, Field(gt=0)] = None
@@ -206,6 +229,17 @@ class TrainSpec(_Strict):
     liger: bool | Literal["auto"] = "auto"
     """Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) where the architecture has
     them, on CUDA with the 'cuda' profile; `auto` uses them where they can run, true requires them."""
+    distill: DistillSpec | None = None
+    """The teacher and its answers' filters, for `method: distill`."""
+
+    @model_validator(mode="after")
+    def _distill_needs_a_teacher(self) -> TrainSpec:
+        if self.method == "distill" and self.distill is None:
+            raise ValueError(
+                "method 'distill' needs train.distill with a teacher: add train.distill.teacher"
+            )
+        return self
+
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """DPO's settings (read with `method: dpo` only)."""
 
@@ -297,6 +331,62 @@ class EvaluateSpec(_Strict):
     """lm-evaluation-harness custom tasks over local JSONL (off when absent)."""
 
 
+SweptSetting = Literal[
+    "train.learning_rate", "lora.r", "lora.alpha", "lora.dropout", "train.max_steps", "train.epochs",
+    "train.warmup_steps", "train.batch_size", "train.gradient_accumulation", "train.scheduler",
+]  # fmt: skip
+INTEGER_SETTINGS = frozenset({"lora.r", "train.max_steps", "train.warmup_steps", "train.batch_size",
+                              "train.gradient_accumulation"})  # fmt: skip
+
+
+class SweepRange(_Strict):
+    """One searched setting: a range (`low` to `high`; `log: true` for log-uniform) or `choices`."""
+
+    low: float | None = None
+    """The range's lower end (integers for integer settings such as lora.r)."""
+    high: float | None = None
+    """The range's upper end, included."""
+    log: bool = False
+    """Sample the range log-uniformly (learning rates)."""
+    choices: Annotated[list[int | float | str] | None, Field(min_length=1)] = None
+    """A list of values to pick from, instead of a range."""
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepRange:
+        has_range = self.low is not None or self.high is not None
+        if has_range == (self.choices is not None):
+            raise ValueError(
+                "give either low and high (a range) or choices (a list), not both or neither"
+            )
+        if has_range:
+            if self.low is None or self.high is None or self.low >= self.high:
+                raise ValueError(f"a range needs low < high (got low {self.low}, high {self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0 (got {self.low})")
+        return self
+
+
+class SweepSpec(_Strict):
+    """A hyper-parameter sweep (`gapforge-runtime sweep`): Optuna trials, each in its own process."""
+
+    space: Annotated[dict[SweptSetting, SweepRange], Field(min_length=1)]
+    """The searched settings by dotted name, such as `train.learning_rate: {low: 1e-5, high: 1e-3, log: true}`."""
+    trials: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Trials that finish (complete or pruned); failed trials are retried. `--trials` overrides it."""
+    parallel: Annotated[int, Field(ge=1, le=64)] = 1
+    """Trials run at once, each its own process; with GPUs, each process gets one (round robin)."""
+    metric: Literal["eval_loss"] = "eval_loss"
+    """What the sweep minimizes: the validation loss of the trial's adapter."""
+    seed: int = 0
+    """Seeds Optuna's sampler (TPE), for repeatable suggestions."""
+    pruning: bool = True
+    """Stop a trial early whose validation loss is worse than the median of earlier trials at that step."""
+    prune_startup_trials: Annotated[int, Field(ge=0)] = 2
+    """Trials that finish before any is pruned."""
+    prune_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps of each trial before it may be pruned."""
+
+
 class Recipe(_Strict):
     """A fine-tuning recipe: what to train, on which base model, and what to ship."""
 
@@ -315,6 +405,8 @@ class Recipe(_Strict):
     """The formats to ship; GPTQ and bitsandbytes targets need the 'cuda' profile."""
     gptq: GptqSpec = Field(default_factory=GptqSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    sweep: SweepSpec | None = None
+    """A hyper-parameter sweep over this recipe's settings; `gapforge-runtime sweep` runs it."""
     models: dict[Annotated[str, Field(pattern=SLUG)], ModelSpec] = Field(default_factory=dict)
     """More models shipped in the image beside the base, each locked like it (`lockfiles/models/<id>.json`)
     and in a layer of its own at `/opt/gapforge/models/<name>/`: a judge (`evaluate.judge.model:

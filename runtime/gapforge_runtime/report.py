@@ -77,6 +77,69 @@ def plot_quality_vs_size(models: dict[str, Any], out: Path) -> Path | None:
     return out
 
 
+def plot_sweep(sweep: dict[str, Any], out: Path) -> Path | None:
+    """Each trial's validation loss against the step (pruned ones dashed), the best one bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = [
+        t
+        for t in sweep.get("trials", [])
+        if t.get("intermediate") or t.get("eval_loss") is not None
+    ]
+    if not trials:
+        return None
+    best = sweep.get("best", {}).get("number")
+    fig, (curves, finals) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for t in trials:
+        steps = [int(k) for k in t.get("intermediate", {})]
+        losses = list(t.get("intermediate", {}).values())
+        if steps:
+            curves.plot(steps, losses, marker="o", markersize=3,
+                        linestyle="--" if t["state"] == "PRUNED" else "-",
+                        linewidth=2.5 if t["number"] == best else 1.0, label=f"trial {t['number']}")  # fmt: skip
+    curves.set_xlabel("optimizer step")
+    curves.set_ylabel("validation loss")
+    curves.grid(alpha=0.3)
+    if len(trials) <= 12:
+        curves.legend(fontsize=7)
+    done = [t for t in trials if t.get("eval_loss") is not None]
+    finals.bar([str(t["number"]) for t in done], [t["eval_loss"] for t in done],
+               color=["tab:green" if t["number"] == best else "tab:gray" for t in done])  # fmt: skip
+    finals.set_xlabel("trial")
+    finals.set_ylabel("final validation loss")
+    if done:
+        low = min(t["eval_loss"] for t in done)
+        high = max(t["eval_loss"] for t in done)
+        finals.set_ylim(max(0.0, low - (high - low) * 0.5 - 0.01), high + (high - low) * 0.1 + 0.01)
+    finals.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
+def sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The sweep's trials side by side: settings, validation loss, state, seconds; best marked."""
+    names = sorted(sweep.get("space", {}))
+    best = sweep.get("best", {}).get("number")
+    rows = []
+    for t in sweep.get("trials", []):
+        # 3 significant digits: learning rates such as 2.5e-05 must not print as 0.0000
+        params = [
+            f"{v:.3g}" if isinstance(v, float) else v
+            for v in (t["params"].get(n, "") for n in names)
+        ]
+        loss = t.get("eval_loss")
+        rows.append([f"{t['number']}{' (best)' if t['number'] == best else ''}", *params,
+                     "" if loss is None else float(loss), t["state"],
+                     "" if t.get("seconds") is None else f"{t['seconds']:.1f}", t.get("note", "")])  # fmt: skip
+    return ["trial", *names, "eval loss", "state", "seconds", "note"], rows
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -326,6 +389,8 @@ def write_report(
         "Loss curves": plot_losses(history, plots / "loss.png"),
         "Quality vs size": plot_quality_vs_size(models, plots / "quality_vs_size.png"),
     }
+    if manifest.get("sweep"):
+        charts["Sweep"] = plot_sweep(manifest["sweep"], plots / "sweep.png")
     recipe = manifest["recipe"]
     title = f"{recipe.get('name')} {recipe.get('version')}: fine-tuning report"
     passed = evaluation.get("passed")
@@ -347,6 +412,13 @@ def write_report(
     if training:
         rows = [[k, v] for k, v in training.items() if not isinstance(v, dict | list)]
         section("Training", *_table(["item", "value"], rows))
+    sweep = manifest.get("sweep") or {}
+    if sweep:
+        headers, sweep_table = sweep_rows(sweep)
+        about = (f"{len(sweep_table)} trials (Optuna, journal {sweep.get('journal')}); metric "
+                 f"{sweep.get('metric')}, lower is better; the best trial's adapter is the one shipped.")  # fmt: skip
+        md_table, html_table = _table(headers, sweep_table)
+        section("Sweep", f"{about}\n\n{md_table}", f"<p>{html.escape(about)}</p>{html_table}")
     deltas = evaluation.get("delta_vs_merged_pct", {})
     rows = [
         [

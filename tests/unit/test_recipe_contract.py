@@ -69,6 +69,7 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
         "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
+        "sweep": settings.sweep.model_dump() if settings.sweep is not None else None,
         "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.max_lm_eval_drop_pts,
         "evaluate.lm_eval": asdict(settings.evaluate.lm_eval) if settings.evaluate.lm_eval else None,
         "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,

@@ -81,3 +81,27 @@ def test_an_extra_model_gets_a_layer_of_its_own_under_models(tmp_path: Path) -> 
     assert base.name == "model" and extra.name == "model-judge" and base.key != extra.key
     paths = [e.path for e in extra.entries(tmp_path)]
     assert f"{MODELS_DIR}/judge/judge.gguf" in paths
+
+
+def _distill_recipe(tmp_path: Path, models: dict, teacher: str, mode: str = "sequence") -> Path:
+    path = _recipe(tmp_path, models, judge="base")
+    data = yaml.safe_load(path.read_text())
+    data["data"] = {"format": "chat", "sample": "data/sample.jsonl"}
+    data["train"]["method"] = "distill"
+    data["train"]["distill"] = {"teacher": teacher, "mode": mode}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_distill_teacher_is_a_models_entry(tmp_path: Path) -> None:
+    hf = {"teacher": {"id": "t", "source": {"type": "hf", "repo": "org/teacher", "revision": "a" * 40}}}
+    loaded = load_recipe(_distill_recipe(tmp_path, hf, "teacher", mode="gkd"))
+    assert loaded.recipe.train.distill is not None and loaded.recipe.train.distill.teacher == "teacher"
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(_distill_recipe(tmp_path, {}, "teacher"))
+    assert "train.distill.teacher: names no entry of models: (none yet)" in " ".join(str(caught.value).split())
+    _gguf_folder(tmp_path / "judge")
+    local_gguf = {"teacher": {"id": "t", "source": {"type": "local", "path": "judge"}}}
+    assert load_recipe(_distill_recipe(tmp_path, local_gguf, "teacher")).recipe.train.method == "distill"
+    with pytest.raises(RecipeError, match="not a GGUF"):
+        load_recipe(_distill_recipe(tmp_path, local_gguf, "teacher", mode="gkd"))
