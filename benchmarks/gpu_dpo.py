@@ -23,8 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "runtime"), str(REPO / "tests")]
 
-WORDS = ("ticket queue escalate restart vpn token badge printer laptop password reset shift "
-         "handover outage incident ledger approve invoice release rollback deploy patch audit").split()  # fmt: skip
+WORDS = ["ticket", "queue", "escalate", "restart", "vpn", "token", "badge", "printer", "laptop", "password", "reset", "shift", "handover", "outage", "incident", "ledger", "approve", "invoice", "release", "rollback", "deploy", "patch", "audit"]  # fmt: skip
 
 
 def _text(rng: random.Random, words: int) -> str:
