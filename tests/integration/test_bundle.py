@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -257,12 +258,20 @@ def test_preflight_says_go_and_no_go(built: Built, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "NO-GO" in bad.stderr and "line 1" in bad.stderr
 
 
-def test_run_on_fresh_data_produces_the_runtimes_outputs(built: Built, tmp_path: Path) -> None:
-    data = _fresh_data(tmp_path / "fresh.jsonl")
-    out = tmp_path / "outputs"
+@pytest.fixture(scope="module")
+def fresh_run(built: Built, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+    """One run of the bundle on data the pretest never saw: (outputs, data, the CLI's result)."""
+    root = tmp_path_factory.mktemp("fresh-run")
+    data = _fresh_data(root / "fresh.jsonl")
+    out = root / "outputs"
     result = subprocess.run([sys.executable, "-m", "gapforge.cli", "run", str(built.bundle), "--key",
                              str(built.public_key), "--data", str(data), "--out", str(out)],
                             capture_output=True, text=True, check=False)  # fmt: skip
+    return out, data, result
+
+
+def test_run_on_fresh_data_produces_the_runtimes_outputs(fresh_run: tuple[Path, Path, Any]) -> None:
+    out, data, result = fresh_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[train]" in result.stdout and "verdict: PASS" in result.stdout  # the runtime's output streamed
     for name in ("manifest.json", "evaluation.json", "report.md", "report.html", "gguf/tiny-desk-q8_0.gguf",
@@ -276,6 +285,26 @@ def test_run_on_fresh_data_produces_the_runtimes_outputs(built: Built, tmp_path:
     assert not (out / "gguf/tiny-desk-base-f16.gguf").exists()
     assert manifest["inputs"]["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert manifest["inputs"]["data"]["path"] == "/data/fresh.jsonl"
+
+
+def test_continual_run_from_the_bundle_scores_both_test_sets_and_names_its_parent(
+    built: Built, fresh_run: tuple[Path, Path, Any], tmp_path: Path
+) -> None:
+    parent, data, first = fresh_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "continued"
+    result = gapforge("run", str(built.bundle), "--key", str(built.public_key), "--data", str(data),
+                      "--out", str(out), "--parent", str(parent))  # fmt: skip
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]  # 1: a quality gate
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    continual = evaluation["continual"]
+    assert continual["old_test"]["start"] > 0 and continual["old_test"]["trained"] > 0
+    assert continual["new_test"]["start"] > 0 and continual["new_test"]["trained"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    node = next(n for n in manifest["lineage"] if n["id"] == "parent")
+    sums = hashlib.sha256((built.bundle / "SHA256SUMS").read_bytes()).hexdigest()
+    assert node["image"] == {"config_digest": built.report["image"]["config_digest"], "bundle_sha256sums": sums}
+    assert node["sha256"] == hashlib.sha256((parent / "manifest.json").read_bytes()).hexdigest()
 
 
 def test_operator_installs_gapforge_from_the_bundle_with_no_index(built: Built, tmp_path: Path) -> None:
