@@ -91,7 +91,7 @@ def test_cuda_image_loads_and_records_what_the_host_needs(cuda_build: dict[str, 
 
 def test_big_cuda_wheels_sit_in_their_own_layers_below_the_rest(cuda_build: dict[str, Any]) -> None:
     names = [layer["name"] for layer in cuda_build["layers"]]
-    assert names[0] == "base" and names[-4:] == ["wheels", "model", "runtime", "recipe"]
+    assert names[0] == "base" and names[-5:] == ["wheels", "model", "model-judge", "runtime", "recipe"]
     own = [n.removeprefix("wheels:") for n in names if n.startswith("wheels:")]
     assert {"torch", "nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-nccl-cu13", "triton"} <= set(own)
 
