@@ -289,14 +289,10 @@ def _check_models(problems: _Problems, get: _Values) -> None:
     judge = get("evaluate", "judge", "model")
     if not get("evaluate", "judge", "enabled") or judge == "base":
         return
-    if judge not in models:
-        names = ", ".join(sorted(models)) or "none yet"
-        problems.add(("evaluate", "judge", "model"),
-                     f"names no entry of models: ({names}): use 'base', or add the judge under models: "
-                     "with a gguf source (or a local folder holding one .gguf file)", judge)  # fmt: skip
-        return
-    source = models[judge]["source"]
-    if source["type"] == "hf" or (source["type"] == "local" and _gguf_files(get, source) != 1):
+    source = _named_model(problems, get, ("evaluate", "judge", "model"), judge,
+                          "use 'base', or add the judge under models: with a gguf source "
+                          "(or a local folder holding one .gguf file)")  # fmt: skip
+    if source is not None and _gguf_files(get, source) != 1:
         problems.add(("models", judge, "source"),
                      "the judge runs through llama.cpp, so it must be a GGUF: a gguf source, or a local "
                      "folder holding exactly one .gguf file", source["type"])  # fmt: skip
@@ -307,23 +303,35 @@ def _check_distill(problems: _Problems, get: _Values) -> None:
     if get("train", "method") != "distill":
         return
     teacher = get("train", "distill", "teacher")
-    models = get("models")
-    if teacher not in models:
-        names = ", ".join(sorted(models)) or "none yet"
-        problems.add(("train", "distill", "teacher"),
-                     f"names no entry of models: ({names}): add the teacher under models: (the builder "
-                     "locks it and ships it in the image beside the base)", teacher)  # fmt: skip
+    source = _named_model(problems, get, ("train", "distill", "teacher"), teacher,
+                          "add the teacher under models: (the builder locks it and ships it in the "
+                          "image beside the base)")  # fmt: skip
+    if source is None:
         return
-    source = models[teacher]["source"]
-    gguf = source["type"] == "gguf" or (source["type"] == "local" and _gguf_files(get, source) > 0)
-    if get("train", "distill", "mode") == "gkd" and gguf:
+    if get("train", "distill", "mode") == "gkd" and _gguf_files(get, source) > 0:
         problems.add(("train", "distill", "mode"),
                      "gkd compares the teacher's logits through transformers: its teacher must be a "
                      "Hugging Face model (an hf source, or a local folder of safetensors), not a GGUF; "
                      "or use mode: sequence", "gkd")  # fmt: skip
 
 
+def _named_model(
+    problems: _Problems, get: _Values, path: tuple[str, ...], name: str, fix: str
+) -> dict[str, Any] | None:
+    """The source of the models: entry `name`; None, with a problem at `path`, where none has it."""
+    models = get("models")
+    if name in models:
+        source: dict[str, Any] = models[name]["source"]
+        return source
+    names = ", ".join(sorted(models)) or "none yet"
+    problems.add(path, f"names no entry of models: ({names}): {fix}", name)
+    return None
+
+
 def _gguf_files(get: _Values, source: dict[str, Any]) -> int:
+    """How many GGUF files a model source holds: a gguf source one, an hf source none."""
+    if source["type"] != "local":
+        return 1 if source["type"] == "gguf" else 0
     folder = (get.directory / source["path"]).resolve()
     return len(list(folder.glob("*.gguf"))) if folder.is_dir() else 0
 
