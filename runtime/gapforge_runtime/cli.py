@@ -188,10 +188,15 @@ def cmd_step(args: argparse.Namespace) -> int:
             return 0
         manifest = write_manifest_and_report(ctx)
     print(f"outputs in {ctx.out.root} (manifest.json, report.md, report.html)")
-    if args.command in ("run", "eval") and manifest["passed"] is False:
+    return _verdict(manifest["passed"], gated=args.command in ("run", "eval"))
+
+
+def _verdict(passed: bool | None, gated: bool = True) -> int:
+    """Say the gates' verdict; the exit status: EXIT_GATE_FAILED for a failed gate where `gated`."""
+    if gated and passed is False:
         print("verdict: FAIL (a gate failed; see report.md)", file=sys.stderr)
         return EXIT_GATE_FAILED
-    if manifest["passed"]:
+    if passed:
         print("verdict: PASS")
     return 0
 
@@ -216,12 +221,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             step(best)
         manifest = write_manifest_and_report(best)
     print(f"outputs in {best.out.root} (manifest.json, report.md, report.html, sweep/sweep.json)")
-    if manifest["passed"] is False:
-        print("verdict: FAIL (a gate failed; see report.md)", file=sys.stderr)
-        return EXIT_GATE_FAILED
-    if manifest["passed"]:
-        print("verdict: PASS")
-    return 0
+    return _verdict(manifest["passed"])
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
