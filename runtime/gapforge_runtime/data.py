@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.preference_data import check_preference, form_of
+from gapforge_runtime.preference_data import check_messages, check_preference, form_of
 
 FORMATS = ("alpaca", "chat", "completion", "preference")
-ROLES = ("system", "user", "assistant")
 SMALL_DATASET = 10_000
 MAX_LISTED = 200
 
@@ -68,29 +67,13 @@ def _check_chat(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     key = "messages" if "messages" in obj else "conversations" if "conversations" in obj else None
     if key is None:
         return None, ["missing field 'messages' (or 'conversations')"]
-    messages = obj[key]
-    if not isinstance(messages, list) or not messages:
-        return None, [f"field '{key}' must be a non-empty list of {{role, content}} objects"]
-    problems: list[str] = []
-    clean = []
-    for i, message in enumerate(messages):
-        where = f"{key}[{i}]"
-        if not isinstance(message, dict):
-            problems.append(f"{where} is not an object")
-            continue
-        role, content = message.get("role"), message.get("content")
-        if role is None:
-            problems.append(f"{where} has no 'role'")
-        elif role not in ROLES:
-            problems.append(f"{where} has unknown role {role!r} (use one of {', '.join(ROLES)})")
-        if "content" not in message:
-            problems.append(f"{where} has no 'content'")
-        elif not _non_empty_str(content):
-            problems.append(f"{where} has empty content")
-        clean.append({"role": role, "content": content})
-    if not problems and not any(m["role"] == "assistant" for m in clean):
-        problems.append(f"field '{key}' has no assistant message to learn from")
-    return (None if problems else {"messages": clean}), problems
+    problems = check_messages(obj[key], key)
+    if problems:
+        return None, problems
+    clean = [{"role": m["role"], "content": m["content"]} for m in obj[key]]
+    if not any(m["role"] == "assistant" for m in clean):
+        return None, [f"field '{key}' has no assistant message to learn from"]
+    return {"messages": clean}, []
 
 
 def _check_completion(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:

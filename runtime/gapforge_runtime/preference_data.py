@@ -2,7 +2,8 @@
 of the pipeline takes (its prompt, its chosen answer, its texts for the PII scan).
 
 A preference record is `prompt`, `chosen`, `rejected`: conversational (`prompt` a list of messages,
-`chosen`/`rejected` lists of assistant messages) or plain strings. This module imports no other
+`chosen`/`rejected` lists of assistant messages) or plain strings. `check_messages` checks a list
+of chat messages for these pairs and for data's chat examples alike. This module imports no other
 runtime module (data, encoding, hygiene and judge import it).
 """
 
@@ -15,21 +16,27 @@ ROLES = ("system", "user", "assistant")
 FORMS = ("conversational", "string")
 
 
-def _messages(value: Any, field: str, roles: Sequence[str]) -> list[str]:
-    """Problems of a message list (empty when it is well formed)."""
+def check_messages(value: Any, field: str, roles: Sequence[str] = ROLES) -> list[str]:
+    """Problems of a list of chat messages, each {role, content} with a role from `roles`."""
     if not isinstance(value, list) or not value:
         return [f"field '{field}' must be a non-empty list of {{role, content}} objects"]
-    problems = []
+    problems: list[str] = []
     for i, message in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(message, dict):
             problems.append(f"{where} is not an object")
             continue
         role, content = message.get("role"), message.get("content")
-        if role not in roles:
-            problems.append(f"{where} has role {role!r} (use one of {', '.join(roles)})")
-        if not isinstance(content, str) or not content.strip():
-            problems.append(f"{where} has empty or missing 'content'")
+        if role is None:
+            problems.append(f"{where} has no 'role'")
+        elif role not in roles:
+            # a known role in the wrong place (a user message as a chosen answer) is not "unknown"
+            unknown = "" if role in ROLES else "unknown "
+            problems.append(f"{where} has {unknown}role {role!r} (use one of {', '.join(roles)})")
+        if "content" not in message:
+            problems.append(f"{where} has no 'content'")
+        elif not isinstance(content, str) or not content.strip():
+            problems.append(f"{where} has empty content")
     return problems
 
 
@@ -48,7 +55,7 @@ def check_preference(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[s
                     f"(got {obj[key]!r:.40})"
                 )
     elif isinstance(prompt, list):
-        problems += _messages(prompt, "prompt", ROLES)
+        problems += check_messages(prompt, "prompt")
         for key in ("chosen", "rejected"):
             if isinstance(obj[key], str):
                 problems.append(
@@ -56,7 +63,7 @@ def check_preference(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, list[s
                     f'message list: write [{{"role": "assistant", "content": ...}}]'
                 )
             else:
-                problems += _messages(obj[key], key, ("assistant",))
+                problems += check_messages(obj[key], key, ("assistant",))
     else:
         problems.append(
             f"field 'prompt' must be a string or a list of messages (got {prompt!r:.40})"

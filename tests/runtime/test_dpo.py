@@ -71,7 +71,7 @@ def test_every_bad_pair_is_listed_with_its_line(tmp_path: Path) -> None:
         "line 3: field 'chosen' must be a list of assistant messages",
         "line 3: field 'rejected' must be a list of assistant messages",
         "line 4: chosen[0] has role 'user' (use one of assistant)",
-        "line 4: rejected[0] has empty or missing 'content'",
+        "line 4: rejected[0] has empty content",
         "line 5: 'chosen' and 'rejected' are the same",
         "line 6: not valid JSON",
         "line 7: field 'prompt' must be a string or a list of messages",
