@@ -53,6 +53,9 @@ class Profile:
     """Resolve the lock against the package index alone, ignoring this machine's pip config."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment of every image of this profile (`[env]`)."""
+    triton_launcher: bool = False
+    """`[triton] prebuilt_launcher`: compile Triton's CUDA driver module in the build root and ship
+    it, so Triton's kernels (flex attention, Liger) run in an image without a C compiler."""
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,6 +122,9 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
         }
         if builds and build_root is None:
             raise KeyError("build_root (the profile builds sdists, so it needs one)")
+        triton_launcher = bool(raw.get("triton", {}).get("prebuilt_launcher", False))
+        if triton_launcher and build_root is None:
+            raise KeyError("build_root (the profile pre-builds Triton's launcher, so it needs one)")
         return Profile(
             name=str(raw["name"]),
             directory=directory,
@@ -133,6 +139,7 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             * 1024,
             lock_isolated=bool(raw.get("lock", {}).get("isolated", False)),
             env={str(k): str(v) for k, v in raw.get("env", {}).items()},
+            triton_launcher=triton_launcher,
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -234,6 +241,11 @@ def llama_cpp_cpu_baseline(profile: Profile) -> str | None:
     return None
 
 
+TRITON_LAUNCHER_ENV = "GAPFORGE_TRITON_LAUNCHER"
+TRITON_LAUNCHER_DIR = "/opt/gapforge/triton"
+"""Where the image keeps Triton's pre-built CUDA driver module and its record (`launcher.json`)."""
+
+
 def profile_env(profile: Profile, lock: PythonLock) -> dict[str, str]:
     """The profile's own variables; for CUDA also NVIDIA_REQUIRE_CUDA, which the container toolkit
     checks; and the CPU baseline of llama.cpp, which the runtime checks before it loads the library."""
@@ -243,6 +255,8 @@ def profile_env(profile: Profile, lock: PythonLock) -> dict[str, str]:
     baseline = llama_cpp_cpu_baseline(profile)
     if baseline is not None:
         env[CPU_BASELINE_ENV] = baseline
+    if profile.triton_launcher:
+        env[TRITON_LAUNCHER_ENV] = TRITON_LAUNCHER_DIR
     return env
 
 

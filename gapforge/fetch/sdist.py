@@ -138,6 +138,11 @@ class SdistBuilder:
         note(f"{requirement.pin}: wheel built from its sdist is cached ({wheel.name})")
         return wheel
 
+    def root(self) -> Path:
+        """The locked build root, for other offline builds (Triton's launcher); made on first need."""
+        self.roots.prepare_build_root()
+        return self._root_and_tools()[0]
+
     def _root_and_tools(self) -> tuple[Path, list[Path]]:
         if self._root is None or self._tools is None:
             work = self._stack.enter_context(self.cache.tempdir("build-root-"))

@@ -13,6 +13,7 @@ from gapforge import __version__
 from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError
 from gapforge.fetch.rootfs import IMAGE_USER
+from gapforge.fetch.triton import plan_launcher
 from gapforge.image import (
     WrittenLayers,
     image_env,
@@ -115,6 +116,7 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     plans = [
         plan_base(profile, inputs.rootfs_tar, locks.debian_sha256),
         *plan_wheel_layers(profile, inputs.wheels),
+        *([plan_launcher(inputs.triton_launcher)] if inputs.triton_launcher else []),
         plan_model(plan.loaded.recipe.model.id, inputs.model_files),
         *(
             plan_model(plan.loaded.recipe.models[name].id, files, name)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.cache import Cache
+from gapforge.errors import FetchError
 from gapforge.fetch.debian import DebianInputs, DebianRefresh
 from gapforge.fetch.model import ModelFile, fetch_extra_model, fetch_model
 from gapforge.fetch.sdist import SdistBuilder
+from gapforge.fetch.triton import TritonLauncher, build_launcher
 from gapforge.fetch.wheels import build_flit_wheel, fetch_locked_files, make_venv
 from gapforge.hashing import sha256_file
 from gapforge.lock.python import PythonLock
@@ -39,6 +41,7 @@ class Inputs:
     debian_refreshes: list[DebianRefresh] = field(default_factory=list)
     """Debian locks rewritten because the archive no longer had their .debs."""
     sdist_build_seconds: float = 0.0
+    triton_launcher: TritonLauncher | None = None
 
 
 def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
@@ -63,6 +66,8 @@ class PythonInputs:
     """Wheels built from sdists in the locked Debian build root."""
     sdists: dict[str, Path]
     build_seconds: float
+    triton_launcher: TritonLauncher | None = None
+    """Triton's CUDA driver module compiled in the build root (`[triton] prebuilt_launcher`)."""
 
 
 def fetch_python(
@@ -78,7 +83,15 @@ def fetch_python(
             name: builder.wheel(python.by_name()[name], sdists[name])
             for name in sorted(sdist_names)
         }
-    return PythonInputs(wheels, built, sdists, builder.seconds)
+        launcher = None
+        if profile.triton_launcher:
+            if "triton" not in wheels:
+                raise FetchError(
+                    f"images/{profile.name}/profile.toml asks for [triton] prebuilt_launcher, but "
+                    "the profile's lock has no triton wheel: remove the setting, or lock triton"
+                )
+            launcher = build_launcher(cache, builder, profile, wheels["triton"])
+    return PythonInputs(wheels, built, sdists, builder.seconds, launcher)
 
 
 def fetch(plan: BuildPlan, locks: Locks) -> tuple[Inputs, Locks]:
@@ -108,5 +121,6 @@ def fetch(plan: BuildPlan, locks: Locks) -> tuple[Inputs, Locks]:
     llama_key = "llama-cpp-python"
     operator_wheels = fetch_operator_wheels(cache, profile) if plan.options.bundle else []
     inputs = Inputs(rootfs_tar, {**wheels, **built}, sdists[llama_key], runtime_wheel, model_files,
-                    sdists, extra_models, operator_wheels, debian.refreshes, python.build_seconds)  # fmt: skip
+                    sdists, extra_models, operator_wheels, debian.refreshes, python.build_seconds,
+                    python.triton_launcher)  # fmt: skip
     return inputs, locks

@@ -165,14 +165,12 @@ def _model_type(model_dir: Path) -> str:
 
 
 def triton_compiler() -> str | None:
-    """The C compiler Triton builds its kernel launcher with at first use ($CC, gcc or clang), or
-    None: Triton's kernels (Liger, flex attention) cannot run without one, and the sealed image
-    carries none unless its profile adds one."""
-    import os
-    import shutil
+    """How Triton builds its kernel launcher at first use: the module pre-built in the image
+    (`$GAPFORGE_TRITON_LAUNCHER`), or a C compiler ($CC, gcc or clang); None: Triton's kernels
+    (Liger, flex attention) cannot run."""
+    from gapforge_runtime.triton_launcher import how_triton_builds
 
-    found = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")
-    return found or None
+    return how_triton_builds()
 
 
 def packed_attention(setting: str, device: str) -> str | None:
@@ -186,7 +184,11 @@ def packed_attention(setting: str, device: str) -> str | None:
         if flex:
             raise RuntimeFailure(
                 "recipe: train.packed_attention is 'flex_attention', but "
-                + ("training runs on the CPU" if device != "cuda" else "Triton finds no C compiler")
+                + (
+                    "training runs on the CPU"
+                    if device != "cuda"
+                    else "Triton has no pre-built launcher and finds no C compiler"
+                )
                 + " (flex attention's backward needs a CUDA GPU and Triton). Set it to 'auto' or 'sdpa'."
             )
         return None
@@ -207,7 +209,10 @@ def apply_liger(setting: bool | str, model_dir: Path, device: str) -> str | None
     if device != "cuda":
         reason = "Liger kernels are Triton GPU kernels and the training runs on the CPU"
     elif triton_compiler() is None:
-        reason = "Triton finds no C compiler to build its kernel launcher with ($CC, gcc, clang)"
+        reason = (
+            "Triton has no pre-built launcher ($GAPFORGE_TRITON_LAUNCHER) and finds no C "
+            "compiler to build one with ($CC, gcc, clang)"
+        )
     elif model_type not in LIGER_ARCHITECTURES:
         reason = f"liger-kernel has no kernels for the architecture '{model_type or 'unknown'}'"
     patch = None

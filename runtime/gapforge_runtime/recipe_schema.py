@@ -225,7 +225,8 @@ class TrainSpec(_Strict):
     null: `batch_size` examples a batch."""
     packed_attention: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
     """Attention of packed batches: flex attention skips other examples' blocks (2x SDPA's dense
-    block-diagonal mask on an H200); `auto` takes it on CUDA where Triton finds a C compiler."""
+    block-diagonal mask on an H200); `auto` takes it on CUDA where Triton can build its launcher
+    (pre-built in the 'cuda' image, or a C compiler)."""
     liger: bool | Literal["auto"] = "auto"
     """Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) where the architecture has
     them, on CUDA with the 'cuda' profile; `auto` uses them where they can run, true requires them."""

@@ -91,7 +91,8 @@ def test_cuda_image_loads_and_records_what_the_host_needs(cuda_build: dict[str, 
 
 def test_big_cuda_wheels_sit_in_their_own_layers_below_the_rest(cuda_build: dict[str, Any]) -> None:
     names = [layer["name"] for layer in cuda_build["layers"]]
-    assert names[0] == "base" and names[-5:] == ["wheels", "model", "model-judge", "runtime", "recipe"]
+    assert names[0] == "base"
+    assert names[-6:] == ["wheels", "triton-launcher", "model", "model-judge", "runtime", "recipe"]
     own = [n.removeprefix("wheels:") for n in names if n.startswith("wheels:")]
     assert {"torch", "nvidia-cudnn-cu13", "nvidia-cublas", "nvidia-nccl-cu13", "triton"} <= set(own)
 
@@ -125,6 +126,27 @@ def test_gpu_libraries_import_and_torch_sees_no_gpu_here(cuda_build: dict[str, A
     run = _python_in_image(cuda_build["image"]["ref"], probe)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-2:] == ["13.0", "False"]
+
+
+def test_tritons_own_build_gets_the_prebuilt_launcher_with_no_compiler_in_the_image(
+    cuda_build: dict[str, Any],
+) -> None:
+    """Triton's real compile path, on the image's own driver.c, answered by the module built in the
+    locked build root (loading it needs the driver's libcuda.so.1, which only a GPU host mounts)."""
+    probe = (
+        "import os, shutil, filecmp; from gapforge_runtime.triton_launcher import how_triton_builds; "
+        "said = how_triton_builds(); import triton, triton.backends.nvidia.driver as d; "
+        "from triton.runtime.build import compile_so_from_file; "
+        "so = compile_so_from_file(os.path.join(os.path.dirname(d.__file__), 'driver.c'), "
+        "'cuda_utils', [], d.include_dirs, d.libraries); "
+        "print(triton.__version__, shutil.which('gcc'), shutil.which('cc'), "
+        "filecmp.cmp(so, '/opt/gapforge/triton/cuda_utils.so', shallow=False)); print(said)"
+    )
+    run = _python_in_image(cuda_build["image"]["ref"], probe)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, said = run.stdout.strip().splitlines()[-2:]
+    assert first == "3.8.0 None None True", run.stdout
+    assert said.startswith("pre-built in the image (triton 3.8.0"), said
 
 
 def test_sealed_pretest_ran_a_tiny_lora_on_the_cpu(cuda_build: dict[str, Any]) -> None:

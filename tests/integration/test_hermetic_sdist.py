@@ -95,3 +95,67 @@ def test_the_host_toolchain_and_environment_change_nothing(
     assert b"tiny.c" in binary  # __FILE__ is there, rewritten to the fixed build path
     assert str(cache.root).encode() not in binary and str(tmp_path).encode() not in binary
     assert b"/build/src" not in binary, "the prefix map should have made source paths relative"
+
+
+DRIVER_C = r"""
+#include <Python.h>
+#include "cuda.h"
+static PyObject *init(PyObject *self, PyObject *args) { return PyLong_FromLong(cuInit(0)); }
+static PyMethodDef methods[] = {{"init", init, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "cuda_utils", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_cuda_utils(void) { return PyModule_Create(&module); }
+"""
+
+
+def _fake_triton_wheel(folder: Path) -> Path:
+    """A wheel laid out as triton's: driver.c (a `cuda_utils` module calling the driver's cuInit)
+    and the CUDA header it includes."""
+    path = folder / "triton-9.9.9-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("triton/backends/nvidia/driver.c", DRIVER_C)
+        wheel.writestr("triton/backends/nvidia/include/cuda.h", "int cuInit(unsigned int flags);\n")
+        wheel.writestr("triton/__init__.py", "")
+    return path
+
+
+def test_tritons_launcher_is_built_in_the_locked_root_and_loads_against_the_hosts_driver(
+    tmp_path: Path,
+) -> None:
+    """Compiled twice (the second as a cache miss): the same bytes, linked to libcuda.so.1 by soname
+    only; in a root with no compiler use, it loads and calls whatever libcuda.so.1 is there (in a
+    container, the driver's, mounted by the NVIDIA toolkit)."""
+    if shutil.which("bwrap") is None or shutil.which("mmdebstrap") is None:
+        pytest.skip("needs bubblewrap and mmdebstrap: run 'bash scripts/setup.sh'")
+    from gapforge.fetch.sdist import run_in_root
+    from gapforge.fetch.triton import build_launcher, launcher_key
+
+    cache = Cache(default_cache_dir())
+    profile = load_profile("cpu")
+    locks = tmp_path / "locks"
+    shutil.copytree(REPO_ROOT / "lockfiles", locks)
+    wheel = cache.put_file(_fake_triton_wheel(tmp_path), move=False)
+    build_lock = parse_python_lock(locks / "cpu.build.txt")
+    with SdistBuilder(cache, profile, build_lock, DebianInputs(cache, profile, locks)) as builder:
+        first = build_launcher(cache, builder, profile, wheel)
+        built = first.so.read_bytes()
+        key = launcher_key(wheel.parent.name, builder.roots.build_lock_sha256(), profile.python)
+        (cache.root / "index" / "triton-launcher" / f"{key}.json").unlink()
+        first.so.unlink()
+        second = build_launcher(cache, builder, profile, wheel)
+        assert second.so.read_bytes() == built, "the same triton wheel gave another module"
+        assert first.record["triton"] == "9.9.9" and first.record["module"] == "cuda_utils"
+        assert b"libcuda.so.1" in built and b"PyInit_cuda_utils" in built
+        # Load it where only a driver stand-in answers cuInit with 7.
+        work = tmp_path / "load"
+        (work / "lib").mkdir(parents=True)
+        shutil.copyfile(second.so, work / "cuda_utils.so")
+        (work / "driver.c").write_text("int cuInit(unsigned int flags) { return 7; }\n")
+        script = (
+            "gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o /w/lib/libcuda.so.1 /w/driver.c && "
+            "LD_LIBRARY_PATH=/w/lib python3 -c \"import importlib.util as u; "
+            "s = u.spec_from_file_location('cuda_utils', '/w/cuda_utils.so'); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); print('cuInit', m.init())\" > /w/said"
+        )
+        log = tmp_path / "load.log"
+        assert run_in_root(builder.root(), {"/w": work}, script, {}, log) == 0, log.read_text()
+    assert (work / "said").read_text().strip() == "cuInit 7"

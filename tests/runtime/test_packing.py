@@ -232,9 +232,8 @@ def test_triton_kernels_need_a_c_compiler_and_auto_steps_aside_without_one(
     with pytest.raises(RuntimeFailure, match=r"packed_attention is 'flex_attention'.*CPU"):
         packed_attention("flex_attention", "cpu")
     monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv(
-        "PATH", str(tiny_model)
-    )  # a folder without gcc or clang, as in the sealed image
+    monkeypatch.delenv("GAPFORGE_TRITON_LAUNCHER", raising=False)  # no pre-built launcher either
+    monkeypatch.setenv("PATH", str(tiny_model))  # a folder without gcc or clang
     assert triton_compiler() is None
     assert packed_attention("auto", "cuda") is None  # SDPA with the block-diagonal mask instead
     assert apply_liger("auto", tiny_model, "cuda") is None

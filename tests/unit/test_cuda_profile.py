@@ -4,12 +4,13 @@ driver it needs, and the big CUDA wheels get layers of their own below everythin
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from gapforge.errors import LockError
+from gapforge.errors import GapforgeError, LockError
 from gapforge.image import plan_wheel_layers
 from gapforge.lock.debian import debian_inputs_sha256, read_debian_lock
 from gapforge.lock.python import check_fresh, inputs_sha256, isolated_pip_env, parse_python_lock
@@ -72,7 +73,12 @@ def test_minimum_driver_comes_from_the_locked_cuda_release(cuda_lock) -> None:  
     }
     env = profile_env(profile, cuda_lock)
     assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0" and env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    # Triton's launcher is pre-built: the runtime is told where, and Triton caches on /tmp
+    assert env["GAPFORGE_TRITON_LAUNCHER"] == "/opt/gapforge/triton"
+    assert env["TRITON_CACHE_DIR"] == "/tmp/triton"
     cpu = load_profile("cpu")
+    assert not cpu.triton_launcher
+    assert "GAPFORGE_TRITON_LAUNCHER" not in profile_env(cpu, parse_python_lock(LOCKS / "cpu.txt"))
     assert profile_labels(cpu, parse_python_lock(LOCKS / "cpu.txt")) == {
         "io.gapforge.accelerator": "none",
         "io.gapforge.llama_cpp.cpu_baseline": "AVX,AVX2,F16C,FMA",
@@ -119,3 +125,32 @@ def test_isolated_lock_ignores_the_machines_pip_sources(monkeypatch: pytest.Monk
     env = isolated_pip_env()
     assert not {"PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT"} & set(env)
     assert env["PIP_CONFIG_FILE"] == "/dev/null" and env["PIP_INDEX_URL"] == "https://mirror.example/simple"
+
+
+def test_tritons_launcher_gets_a_small_layer_keyed_by_what_built_it(tmp_path: Path) -> None:
+    from gapforge.fetch.triton import TritonLauncher, plan_launcher
+
+    assert load_profile("cuda").triton_launcher
+    so = tmp_path / ("a" * 64) / "cuda_utils.so"
+    so.parent.mkdir()
+    so.write_bytes(b"\x7fELF module")
+    record = {"triton": "3.8.0", "module": "cuda_utils", "source_sha256": "b" * 64, "python": "3.11"}
+    plan = plan_launcher(TritonLauncher(so, record))
+    entries = {e.path: e for e in plan.entries(tmp_path)}
+    assert set(entries) == {"opt", "opt/gapforge", "opt/gapforge/triton",
+                            "opt/gapforge/triton/cuda_utils.so", "opt/gapforge/triton/launcher.json"}  # fmt: skip
+    shipped = json.loads(entries["opt/gapforge/triton/launcher.json"].data or b"")
+    assert shipped == {**record, "sha256": "a" * 64}
+    other = plan_launcher(TritonLauncher(so, {**record, "triton": "3.9.0"}))
+    assert other.key != plan.key and plan.name == "triton-launcher"
+
+
+def test_a_launcher_without_a_build_root_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "profile.toml").write_text(
+        'name = "p"\npython = "3.11"\nsource_date_epoch = 1\n[debian]\nsuite = "bookworm"\n'
+        "[triton]\nprebuilt_launcher = true\n"
+    )
+    with pytest.raises(GapforgeError, match="build_root"):
+        load_profile("p", tmp_path)
