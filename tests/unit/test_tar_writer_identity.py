@@ -78,8 +78,7 @@ def _varied_entries(tmp_path: Path) -> list[Entry]:
         Entry("opt/empty", "file", 0o644, size=0, source=tmp_path / "empty"),
         Entry("opt/empty-data", "file", 0o644, data=b""),
         Entry("opt/data.json", "file", 0o644, data=b'{"a": 1}\n' * 1000),
-        Entry("opt/opened", "file", 0o600, uid=1000, gid=1000, size=5000,
-              opener=_opener(b"o" * 5000)),  # fmt: skip
+        Entry("opt/opened", "file", 0o600, 1000, 1000, size=5000, opener=_opener(b"o" * 5000)),
         Entry(f"opt/{long_dir}/file", "file", 0o644, data=b"long\n"),
         Entry(f"opt/{longer}/file", "file", 0o644, data=b"longer\n"),
         Entry("opt/" + "n" * 99, "file", 0o644, data=b"99\n"),
