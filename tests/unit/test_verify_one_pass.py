@@ -113,8 +113,8 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch) -> _FakeEngine:
     return fake
 
 
-def _signed_line(bundle: Path) -> str:
-    return next(line.split("  ")[0] for line in (bundle / SUMS).read_text().splitlines() if line.endswith(f"  {IMAGE_TAR}"))
+def _signed_line(folder: Path) -> str:
+    return next(line.split("  ")[0] for line in (folder / SUMS).read_text().splitlines() if line.endswith(f"  {IMAGE_TAR}"))
 
 
 def test_load_hashes_the_archive_only_as_it_streams(bundle: Path, tmp_path: Path, fake_engine: _FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
