@@ -284,7 +284,7 @@ def _open(entry: Entry) -> BinaryIO:
     if entry.opener is not None:
         return entry.opener()
     if entry.source is not None:
-        return open(entry.source, "rb", buffering=0)  # noqa: SIM115 (closed by the caller)
+        return open(entry.source, "rb", buffering=0)
     raise ValueError(f"file entry {entry.path} has no content")
 
 
