@@ -1,5 +1,9 @@
 """Build figures: the default recipe built from an empty cache (how much of it the sdist build in the
-locked Debian root takes) and rebuilt warm; a tiny recipe warm; layer writing against `docker save`.
+locked Debian root takes) and rebuilt warm; a tiny recipe rebuilt warm, unchanged, up to the pretest
+(load and smoke run included); layer writing against `docker save` and `sha256sum` on one core.
+
+Goals (issue 15, item 4): layer writing at least 10x `docker save`'s MB/s, or 70 % of `sha256sum`'s
+on one core where that is lower; the warm rebuild under 10 s.
 
 Run with `nox -s bench` (add `-- --skip-cold` to skip the cold build: it fetches every input and
 compiles llama.cpp, 10+ minutes on 2 cores).
@@ -82,6 +86,63 @@ def _cold_default(root: Path, figures: dict[str, str]) -> None:
     shutil.rmtree(root / "cold-cache")
 
 
+def _rate(size: int, seconds: float) -> float:
+    return size / 1e6 / seconds
+
+
+def _layer_writing(store: Cache, report: dict, root: Path, figures: dict[str, str]) -> None:
+    """Rewrite every layer of the image from its cached blob's members (listed first, untimed),
+    each to disk, timed; then `docker save` of the same image and `sha256sum` (one core) of the
+    same layer bytes."""
+    import tarfile
+
+    from gapforge.oci.tar import Entry
+
+    layers = [Layer(x["name"], x["digest"], x["size"], store.blob_path(x["digest"])) for x in report["layers"]]
+    total = sum(layer.size for layer in layers)
+    kinds = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "chardev",
+             tarfile.BLKTYPE: "blockdev", tarfile.FIFOTYPE: "fifo"}  # fmt: skip
+    ours = 0.0
+    same = True
+    for layer in layers:
+        with tarfile.open(layer.path) as tar:
+            entries, mtimes = [], set()
+            for m in tar.getmembers():
+                kind = kinds.get(m.type, "file")
+                mtimes.add(m.mtime)
+                if kind == "file":
+                    entries.append(Entry(m.name.rstrip("/"), "file", m.mode, m.uid, m.gid, size=m.size,
+                                         opener=lambda m=m, tar=tar: tar.extractfile(m)))  # fmt: skip
+                else:
+                    entries.append(Entry(m.name.rstrip("/"), kind, m.mode, m.uid, m.gid, linkname=m.linkname,
+                                         devmajor=m.devmajor, devminor=m.devminor))  # fmt: skip
+            start = time.monotonic()
+            written = write_tar_file(entries, root / "rewrite.tar", mtimes.pop() if len(mtimes) == 1 else 0)
+            ours += time.monotonic() - start
+            same = same and written.digest == layer.digest
+            (root / "rewrite.tar").unlink()
+    start = time.monotonic()
+    subprocess.run(["docker", "save", "-o", str(root / "saved.tar"), report["image"]["ref"]], check=True)
+    theirs = time.monotonic() - start
+    saved = (root / "saved.tar").stat().st_size
+    (root / "saved.tar").unlink()
+    start = time.monotonic()  # the layers are in the page cache: this is sha256sum's hashing speed
+    subprocess.run(["sha256sum", *(str(layer.path) for layer in layers)], check=True, stdout=subprocess.DEVNULL)
+    hashing = time.monotonic() - start
+    mine, docker, sha = _rate(total, ours), _rate(saved, theirs), _rate(total, hashing)
+    goal = min(10 * docker, 0.7 * sha)
+    figures["image size (uncompressed layers)"] = f"{total / 1e6:8.1f} MB"
+    figures["gapforge layer writing (to disk, hashed)"] = f"{mine:8.1f} MB/s ({ours:.1f} s)"
+    figures["  rewritten layers byte-identical to the cache's"] = "yes" if same else "NO"
+    figures["docker save of the same image"] = f"{docker:8.1f} MB/s ({theirs:.1f} s)"
+    figures["sha256sum of the same layers (one core)"] = f"{sha:8.1f} MB/s ({hashing:.1f} s)"
+    figures["ratio (gapforge / docker save)"] = f"{mine / docker:8.2f} x"
+    figures["ratio (gapforge / sha256sum, one core)"] = f"{mine / sha:8.2f} x"
+    figures["goal: min(10 x docker save, 0.7 x sha256sum)"] = (
+        f"{goal:8.1f} MB/s   {'met' if mine >= goal else 'NOT MET'}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--skip-cold", action="store_true")
@@ -96,40 +157,13 @@ def main() -> None:
         locks = root / "lockfiles"
         _build(recipe, locks, cache, root / "out-prime", load=True)  # fill the shared cache
         warm, report = _build(recipe, locks, cache, root / "out-tiny-warm", load=True)
-        figures["tiny recipe, warm build (with load + smoke)"] = f"{warm:8.1f} s"
-
-        # Layer writing: rewrite every layer's tar from its cached blob's members, timed.
-        store = Cache(cache)
-        layers = [Layer(x["name"], x["digest"], x["size"], store.blob_path(x["digest"])) for x in report["layers"]]
-        total = sum(layer.size for layer in layers)
-        import tarfile
-
-        from gapforge.oci.tar import Entry
-
-        start = time.monotonic()
-        for layer in layers:
-            with tarfile.open(layer.path) as tar:
-                entries = []
-                for m in tar.getmembers():
-                    kind = "dir" if m.isdir() else "symlink" if m.issym() else "hardlink" if m.islnk() else "file"
-                    if kind == "file":
-                        entries.append(Entry(m.name.rstrip("/"), "file", m.mode, m.uid, m.gid, size=m.size,
-                                             opener=lambda m=m, tar=tar: tar.extractfile(m)))  # fmt: skip
-                    else:
-                        entries.append(Entry(m.name.rstrip("/"), kind, m.mode, m.uid, m.gid, linkname=m.linkname))
-                write_tar_file(entries, root / "rewrite.tar", 0)
-        ours = time.monotonic() - start
-        start = time.monotonic()
-        subprocess.run(["docker", "save", "-o", str(root / "saved.tar"), report["image"]["ref"]], check=True)
-        theirs = time.monotonic() - start
-        saved = (root / "saved.tar").stat().st_size
-        figures["image size (uncompressed layers)"] = f"{total / 1e6:8.1f} MB"
-        figures["gapforge layer writing"] = f"{total / 1e6 / ours:8.1f} MB/s ({ours:.1f} s)"
-        figures["docker save of the same image"] = f"{saved / 1e6 / theirs:8.1f} MB/s ({theirs:.1f} s)"
-        figures["ratio (gapforge / docker save)"] = f"{(total / ours) / (saved / theirs):8.2f} x"
+        figures["tiny recipe, warm rebuild, unchanged (load + smoke, no pretest)"] = (
+            f"{warm:8.1f} s   goal < 10 s: {'met' if warm < 10 else 'NOT MET'}"
+        )
+        _layer_writing(Cache(cache), report, root, figures)
         print("\ngapforge build benchmark (cpu profile)")
         for key, value in figures.items():
-            print(f"  {key:<42} {value}")
+            print(f"  {key:<48} {value}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

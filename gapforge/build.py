@@ -34,6 +34,25 @@ def _timed(timings: dict[str, float], name: str, func: Callable[[], T]) -> T:
         timings[name] = time.monotonic() - start
 
 
+def _load(client: Any, image: BuiltImage, ref: str) -> None:
+    """Load the archive just written, unless the engine already holds its image ID: that ID is the
+    digest of the config, which names every layer's digest, so the engine's image is this one (an
+    unchanged recipe rebuilt warm) and only the tag is given again."""
+    from docker.errors import ImageNotFound
+
+    from gapforge import engine
+
+    config_digest = image.manifest.config_digest
+    try:
+        held = client.images.get(config_digest)
+    except ImageNotFound:
+        engine.load(client, image.tar_path, config_digest, ref)
+        return
+    repo, tag = engine.split_ref(ref)
+    held.tag(repo, tag)
+    note(f"the engine already holds image ID {config_digest}: not loaded again, tagged {ref}")
+
+
 def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     """Run every stage in order; return the image and the build report."""
     from gapforge import engine
@@ -51,10 +70,7 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     written: WrittenBundle | None = None
     if client is not None:
         ensure_engine_room(client, image)
-        _timed(
-            timings, "load",
-            lambda: engine.load(client, image.tar_path, image.manifest.config_digest, plan.ref),
-        )  # fmt: skip
+        _timed(timings, "load", lambda: _load(client, image, plan.ref))
         if options.smoke:
             smoke = _timed(
                 timings,

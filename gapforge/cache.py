@@ -5,14 +5,20 @@ Layout under the cache root (default `~/.cache/gapforge`, or `$GAPFORGE_CACHE`):
     blobs/sha256/<hex>          any file known by its digest (layers, model files, GGUF sources)
     files/sha256/<hex>/<name>   a file whose name matters (wheels, sdists), known by its digest
     index/<kind>/<key>.json     a derived result (a built wheel, a layer) keyed by its inputs' digest
+    verified/blobs/<hex>        the cache's own record that it hashed a blob: digest, size,
+    verified/files/<hex>/<name> mtime, ctime, inode and device of the file it hashed
     venvs/<name>/               tool venvs made from cached wheels (rebuilt when missing)
     tmp/                        partial writes; never trusted; a folder whose owner process is
                                 gone (its `.owner` lock is free) is removed on the next start
     locks/                      one lock file per shared result being made (a venv, a built wheel)
 
-Nothing is trusted by its name alone: every read rehashes the bytes, and a mismatch deletes the entry
-so the next fetch writes it again. Every hit sets the entry's mtime, so `prune` can drop what no build
-has used for a while (least recently used first); an index entry whose blob is gone is a miss.
+Nothing is trusted by its name alone. An entry is read without rehashing only when this cache itself
+hashed it (or wrote it while hashing it) and recorded so under verified/, and the file still has
+the size, mtime, ctime, inode and device it had then; anything else (no record, a record of another file, a
+file touched since) is rehashed, and a mismatch deletes the entry so the next fetch writes it again.
+`Cache(root, verify_all=True)` (`gapforge build --verify-cache`) rehashes every entry it reads. Every
+hit sets the entry's mtime (and its record with it), so `prune` can drop what no build has used for a
+while (least recently used first); an index entry whose blob is gone is a miss.
 """
 
 from __future__ import annotations
@@ -54,10 +60,12 @@ def _hex(digest: str) -> str:
 class Cache:
     """The content-addressed store."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, verify_all: bool = False) -> None:
         self.root = root
-        for sub in ("blobs/sha256", "files/sha256", "index", "tmp"):
+        for sub in ("blobs/sha256", "files/sha256", "index", "tmp", "verified"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        self.verify_all = verify_all
+        """Rehash every entry read, whatever the cache recorded (`--verify-cache`)."""
         self.corrupt: list[Path] = []
         """Entries found corrupted (and removed) during this run, for the build report."""
 
@@ -140,23 +148,35 @@ class Cache:
         return self.root / "blobs" / "sha256" / _hex(digest)
 
     def has_blob(self, digest: str, verify: bool = True) -> bool:
-        """Whether the blob is present and (if `verify`) its bytes still hash to `digest`."""
+        """Whether the blob is present and (if `verify`) its bytes still hash to `digest`: rehashed
+        unless this cache recorded it verified and it is unchanged since (see the module)."""
         path = self.blob_path(digest)
         if not path.is_file():
             return False
-        if verify and sha256_file(path) != _hex(digest):
+        if verify and not self._verified(path, _hex(digest)):
             self._discard(path)
             return False
-        _touch(path)
+        self._hit(path, _hex(digest))
         return True
 
-    def put_blob(self, source: Path, expected: str | None = None, move: bool = False) -> str:
-        """Add a file as a blob; check it against `expected` if given. Returns `sha256:<hex>`."""
-        actual = sha256_file(source)
+    def put_blob(
+        self, source: Path, expected: str | None = None, move: bool = False, hashed: bool = False
+    ) -> str:
+        """Add a file as a blob; check it against `expected` if given. Returns `sha256:<hex>`.
+
+        `hashed=True` says `expected` is the digest of these very bytes, taken while the caller
+        wrote them (a layer just written): they are not read again. The file must then be moved in."""
+        if hashed:
+            if expected is None or not move:
+                raise ValueError("put_blob(hashed=True) needs the digest taken and move=True")
+            actual = _hex(expected)
+        else:
+            actual = sha256_file(source)
         if expected is not None and actual != _hex(expected):
             raise ValueError(f"{source}: sha256 {actual} does not match expected {_hex(expected)}")
         target = self.blob_path(actual)
-        self._place(source, target, move)
+        if self._place(source, target, move):
+            self._record(target, actual)
         return "sha256:" + actual
 
     # -- named files (wheels, sdists) ---------------------------------------------------------------
@@ -171,10 +191,10 @@ class Cache:
         for candidate in sorted(folder.iterdir()):
             if not candidate.is_file():
                 continue
-            if verify and sha256_file(candidate) != _hex(digest):
+            if verify and not self._verified(candidate, _hex(digest)):
                 self._discard(candidate)
                 continue
-            _touch(candidate)
+            self._hit(candidate, _hex(digest))
             return candidate
         return None
 
@@ -184,7 +204,8 @@ class Cache:
         if allowed is not None and actual not in allowed:
             raise ValueError(f"{source.name}: sha256 {actual} is not one of the locked hashes")
         target = self.file_path(actual, source.name)
-        self._place(source, target, move)
+        if self._place(source, target, move):
+            self._record(target, actual)
         return target
 
     # -- index of derived results -----------------------------------------------------------------
@@ -288,29 +309,98 @@ class Cache:
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     entry.path.unlink(missing_ok=True)
+                marker = self._marker(entry.path)
+                if marker is not None:
+                    with suppress(OSError):
+                        if marker.is_dir():
+                            shutil.rmtree(marker, ignore_errors=True)
+                        else:
+                            marker.unlink(missing_ok=True)
         return result
 
+    # -- verified records ---------------------------------------------------------------------------
+    def _marker(self, path: Path) -> Path | None:
+        """Where the record that this cache hashed `path` lives (a folder, for a named-file entry)."""
+        relative = path.relative_to(self.root)
+        if relative.parts[:2] == ("blobs", "sha256"):
+            return self.root / "verified" / "blobs" / relative.parts[-1]
+        if relative.parts[:2] == ("files", "sha256"):
+            return self.root / "verified" / "files" / Path(*relative.parts[2:])
+        return None
+
+    def _record(self, path: Path, hexdigest: str) -> None:
+        """Record that `path`, as it is now on disk, holds bytes that hash to `hexdigest`: called
+        only right after this cache hashed them, or moved in bytes hashed as they were written."""
+        marker = self._marker(path)
+        if marker is None:
+            return
+        try:
+            stat = path.stat()
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_name(f".{marker.name}.partial-{os.getpid()}")
+            tmp.write_text(json.dumps({"sha256": hexdigest, **_identity(stat)}), encoding="utf-8")
+            os.replace(tmp, marker)
+        except OSError:  # a read-only cache: the entry is simply rehashed next time
+            return
+
+    def _recorded(self, path: Path, hexdigest: str) -> bool:
+        """Whether this cache recorded `path` verified and it is the same file, unchanged since."""
+        marker = self._marker(path)
+        if marker is None:
+            return False
+        try:
+            record = json.loads(marker.read_text(encoding="utf-8"))
+            stat = path.stat()
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(record, dict) and record == {"sha256": hexdigest, **_identity(stat)}
+
+    def _verified(self, path: Path, hexdigest: str) -> bool:
+        """Whether the bytes at `path` hash to `hexdigest`: trusted from this cache's own record
+        when the file is unchanged since (unless `verify_all`), rehashed (and recorded) otherwise."""
+        if not self.verify_all and self._recorded(path, hexdigest):
+            return True
+        if sha256_file(path) != hexdigest:
+            return False
+        self._record(path, hexdigest)
+        return True
+
+    def _hit(self, path: Path, hexdigest: str) -> None:
+        """Mark a verified entry as used now; its record follows the new mtime."""
+        recorded = self._recorded(path, hexdigest)
+        _touch(path)
+        if recorded:
+            self._record(path, hexdigest)
+
     # -- internals ----------------------------------------------------------------------------------
-    def _place(self, source: Path, target: Path, move: bool) -> None:
+    def _place(self, source: Path, target: Path, move: bool) -> bool:
+        """Put `source` at `target`; True when the very file (same bytes, renamed) is now there."""
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_file():
             if move:
                 source.unlink()
-            return
+            return False
         tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        renamed = False
         if move:
             try:
                 os.replace(source, tmp)
+                renamed = True
             except OSError:  # another filesystem
                 shutil.copyfile(source, tmp)
                 source.unlink()
         else:
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
+        return renamed
 
     def _discard(self, path: Path) -> None:
         self.corrupt.append(path)
         path.unlink(missing_ok=True)
+        marker = self._marker(path)
+        if marker is not None:
+            with suppress(OSError):
+                marker.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -336,6 +426,17 @@ def _open_existing(path: Path) -> int | None:
         return os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
+
+
+def _identity(stat: os.stat_result) -> dict[str, int]:
+    """What says a file is still the one hashed: any write, truncation or replacement changes it."""
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,  # no utime() can set it back
+        "inode": stat.st_ino,
+        "device": stat.st_dev,
+    }
 
 
 def _touch(path: Path) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from gapforge.fetch.rootfs import HOME, USER_ID, rootfs_entries
 from gapforge.oci.image import Layer
 from gapforge.oci.tar import Entry, entries_from_tree, with_parents, write_tar_file
 from gapforge.profile import Profile
-from gapforge.progress import byte_progress, note
+from gapforge.progress import byte_progress_group, note
 
 PREFIX = "opt/gapforge"
 VENV = f"{PREFIX}/venv"
@@ -214,47 +216,71 @@ def plan_recipe(files: dict[str, bytes]) -> LayerPlan:
 # --- writing --------------------------------------------------------------------------------------------
 
 
-def write_layers(cache: Cache, plans: list[LayerPlan], mtime: int) -> WrittenLayers:
-    """Write each planned layer unless a layer with the same inputs is already in the cache."""
-    result = WrittenLayers()
-    for plan in plans:
-        known = cache.index_get("layers", plan.key, required=("digest",))
-        if (
-            known is not None
-            and isinstance(known.get("size"), int)
-            and cache.has_blob(known["digest"], verify=True)
-        ):
-            result.layers.append(
-                Layer(
-                    plan.name,
-                    known["digest"],
-                    known["size"],
-                    cache.blob_path(known["digest"]),
-                    plan.created_by,
-                )
-            )
-            result.reused.append(plan.name)
-            note(
-                f"layer {plan.name:<22} cached   {known['digest'][:19]}  {known['size'] / 1e6:9.1f} MB"
-            )
+def _cached_layer(cache: Cache, plan: LayerPlan) -> Layer | None:
+    """The layer a build with the same inputs wrote, if its blob is still sound (see Cache)."""
+    known = cache.index_get("layers", plan.key, required=("digest",))
+    if (
+        known is None
+        or not isinstance(known.get("size"), int)
+        or not cache.has_blob(known["digest"], verify=True)
+    ):
+        return None
+    path = cache.blob_path(known["digest"])
+    return Layer(plan.name, known["digest"], known["size"], path, plan.created_by)
+
+
+def _write_layer(
+    cache: Cache,
+    plan: LayerPlan,
+    mtime: int,
+    add_bar: Callable[[str, int | None], Callable[[int], None]],
+) -> Layer:
+    """List the layer's entries in a scratch folder, write its tar (hashed as it is written) and
+    move it into the cache under that digest, with no second read."""
+    with cache.tempdir("layer-") as stage:
+        entries = plan.entries(stage)
+        total = sum(e.size if e.data is None else len(e.data) for e in entries if e.kind == "file")
+        advance = add_bar(f"layer {plan.name}", total)
+        written = write_tar_file(entries, stage / "layer.tar", mtime, progress=advance)
+        digest = cache.put_blob(
+            stage / "layer.tar", expected=written.digest, move=True, hashed=True
+        )
+    cache.index_put("layers", plan.key, {"digest": digest, "size": written.size, "name": plan.name})
+    note(f"layer {plan.name:<22} written  {digest[:19]}  {written.size / 1e6:9.1f} MB")
+    return Layer(plan.name, digest, written.size, cache.blob_path(digest), plan.created_by)
+
+
+def write_layers(
+    cache: Cache, plans: list[LayerPlan], mtime: int, workers: int | None = None
+) -> WrittenLayers:
+    """Write each planned layer unless a layer with the same inputs is already in the cache.
+
+    The layers to write are independent: they are written at once, `workers` at a time (default:
+    one per core); copying and hashing release the GIL. The result lists them in plan order."""
+    layers: dict[int, Layer] = {}
+    missing: list[tuple[int, LayerPlan]] = []
+    for number, plan in enumerate(plans):
+        cached = _cached_layer(cache, plan)
+        if cached is None:
+            missing.append((number, plan))
             continue
-        with cache.tempdir("layer-") as stage:
-            entries = plan.entries(stage)
-            total = sum(
-                e.size if e.data is None else len(e.data) for e in entries if e.kind == "file"
-            )
-            with byte_progress(f"layer {plan.name}", total) as advance:
-                written = write_tar_file(entries, stage / "layer.tar", mtime, progress=advance)
-            digest = cache.put_blob(stage / "layer.tar", expected=written.digest, move=True)
-        cache.index_put(
-            "layers", plan.key, {"digest": digest, "size": written.size, "name": plan.name}
-        )
-        result.layers.append(
-            Layer(plan.name, digest, written.size, cache.blob_path(digest), plan.created_by)
-        )
-        result.written.append(plan.name)
-        note(f"layer {plan.name:<22} written  {digest[:19]}  {written.size / 1e6:9.1f} MB")
-    return result
+        layers[number] = cached
+        note(f"layer {plan.name:<22} cached   {cached.digest[:19]}  {cached.size / 1e6:9.1f} MB")
+    if missing:
+        workers = max(1, min(len(missing), workers or os.cpu_count() or 1))
+        with byte_progress_group() as add_bar, ThreadPoolExecutor(workers) as pool:
+            futures = {
+                pool.submit(_write_layer, cache, plan, mtime, add_bar): number
+                for number, plan in missing
+            }
+            for future in as_completed(futures):
+                layers[futures[future]] = future.result()
+    written = {number for number, _ in missing}
+    return WrittenLayers(
+        layers=[layers[number] for number in range(len(plans))],
+        reused=[plan.name for number, plan in enumerate(plans) if number not in written],
+        written=[plan.name for number, plan in enumerate(plans) if number in written],
+    )
 
 
 def image_env(profile: Profile) -> dict[str, str]:

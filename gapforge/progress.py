@@ -46,6 +46,29 @@ def byte_progress(description: str, total: int | None) -> Iterator[Callable[[int
 
 
 @contextmanager
+def byte_progress_group() -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
+    """One display for several byte bars filled at once (layers written in parallel): yields
+    `add(description, total)`, which adds a bar and returns its `advance(n_bytes)`; any thread may
+    advance any bar."""
+    columns = (
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(
+        *columns, console=console, transient=False, disable=not console.is_terminal
+    ) as bar:
+
+        def add(description: str, total: int | None) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield add
+
+
+@contextmanager
 def count_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A bar over items (wheels installed, files checked); yields `advance(n_items)`."""
     columns = (

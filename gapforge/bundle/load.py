@@ -1,10 +1,16 @@
 """`gapforge load`: verify the bundle, then load its image into Docker, or copy it into a registry.
 
 An unverified or unsigned bundle is refused unless the operator says --insecure. Check, then use the
-very thing checked: into Docker the archive streams untagged and is hashed in the same pass
-(gapforge.engine.load); the image gets its name only once its ID and the bytes sent match what was
-verified. Into a registry, skopeo (with --preserve-digests) pushes to a temporary tag first; the
-real tag is given, by digest, only after the digest the registry reports is the bundle's.
+very thing checked: into Docker the archive is read once. Everything else is verified first (the
+signature, every other file, the archive's structure and that bundle.json, SBOM, provenance and
+pretest name its digests); then the archive streams untagged and is hashed in the same pass
+(gapforge.engine.load), against its line in the SHA256SUMS whose signature was checked, never
+against anything the archive says of itself. The image gets its name only once its ID and the bytes
+sent match; otherwise what the load added is removed, the archive is hashed again to name the
+altered blobs, and the load is refused as a failed verify is. Into a registry (skopeo reads the
+archive itself) the bundle is verified whole first; skopeo (with --preserve-digests) pushes to a
+temporary tag, and the real tag is given, by digest, only after the digest the registry reports is
+the bundle's.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import ipaddress
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +27,12 @@ from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify import ScanOptions, verify_bundle
+from gapforge.bundle.verify import (
+    ScanOptions,
+    blame_archive,
+    verify_all_but_archive_bytes,
+    verify_bundle,
+)
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError, EnvironmentProblem
 from gapforge.progress import note, step
@@ -214,6 +226,8 @@ def load_bundle(
     """Verify against `anchor` (then `on_verified(report)`), refuse a bad bundle unless `insecure`,
     then load into Docker (default) or push to the registry `to`."""
     step(f"verifying {bundle} before loading")
+    if to is None and not insecure:
+        return _verify_and_stream(bundle, anchor, on_verified, operator_key, scan)
     report = verify_bundle(bundle, anchor, scan=scan)
     on_verified(report)
     check_verified(report, insecure)
@@ -250,6 +264,47 @@ def load_bundle(
     client = engine.connect()
     ref = (archive.repo_tags or [""])[0] or None
     tagged = engine.load(client, tar, archive.config_digest, ref, verified_sha256)
+    receipt = record_receipt(
+        report, "load", f"docker {tagged} {archive.config_digest}", operator_key
+    )
+    return Loaded("docker", archive.manifest_digest, archive.config_digest, report, receipt)
+
+
+def _verify_and_stream(
+    bundle: Path,
+    anchor: Anchor,
+    on_verified: Callable[[VerifyReport], None],
+    operator_key: Path | None,
+    scan: ScanOptions | None,
+) -> Loaded:
+    """Into Docker with one read of the archive: verify the rest, then hash the archive as it
+    streams untagged; tag only when it hashed to its signed line (see the module docstring)."""
+    from gapforge import engine
+
+    report, line = verify_all_but_archive_bytes(bundle, anchor, scan)
+    archive = report.archive
+    if not report.ok or line is None or archive is None or not archive.manifest_digest:
+        on_verified(report)
+        check_verified(report, insecure=False)
+        raise BundleError(
+            f"{bundle / IMAGE_TAR}: no readable image archive in the bundle: nothing to load"
+        )
+    tar = bundle / IMAGE_TAR
+    client = engine.connect()
+    ref = (archive.repo_tags or [""])[0] or None
+    start = time.monotonic()
+    try:
+        tagged = engine.load(client, tar, archive.config_digest, ref, line.sha256)
+    except engine.ImageMismatch:
+        blame_archive(report, line)
+        if report.ok:  # the archive is intact: the engine made something else of it
+            raise
+        on_verified(report)
+        check_verified(report, insecure=False)
+        raise
+    report.bytes_hashed += tar.stat().st_size
+    report.seconds += time.monotonic() - start
+    on_verified(report)
     receipt = record_receipt(
         report, "load", f"docker {tagged} {archive.config_digest}", operator_key
     )

@@ -1,14 +1,18 @@
 """SHA256SUMS (the format `sha256sum -c` reads) and hashing many byte ranges on every core.
 
 hashlib releases the GIL while it hashes a large buffer, and file reads release it too, so a thread
-pool hashes several files (or several blobs of one image tar) at once.
+pool hashes several files (or several blobs of one image tar) at once. A file with `parts` (the image
+archive and its blobs) is read once: each chunk goes to the whole file's hash on one thread and to
+the hash of the blob it belongs to on another, so every blob's digest comes with the archive's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +31,9 @@ class HashJob:
     offset: int = 0
     length: int | None = None
     """None: to the end of the file."""
+    parts: tuple[HashJob, ...] = ()
+    """Byte ranges of the same file (each with a length) hashed in the same pass: the blobs of an
+    image archive. Only for a whole-file job."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,104 @@ def _hash_range(job: HashJob, advance: Callable[[int], None]) -> HashResult:
     return HashResult(job.label, digest.hexdigest(), done)
 
 
+def _consumer(
+    digests: dict[int, hashlib._Hash], release: Callable[[int], None]
+) -> tuple[queue.SimpleQueue[tuple[int, int, memoryview] | None], threading.Thread]:
+    """A thread that hashes (digest number, buffer number, bytes) items in order, then releases."""
+    items: queue.SimpleQueue[tuple[int, int, memoryview] | None] = queue.SimpleQueue()
+
+    def run() -> None:
+        while (item := items.get()) is not None:
+            number, buffer, data = item
+            digests[number].update(data)
+            release(buffer)
+
+    thread = threading.Thread(target=run, name="hash-pass", daemon=True)
+    thread.start()
+    return items, thread
+
+
+def _end(part: HashJob) -> int:
+    return part.offset + (part.length or 0)
+
+
+def _hash_with_parts(
+    job: HashJob, advance: Callable[[int], None], threads: int
+) -> list[HashResult]:
+    """One read of `job`'s file: its sha256 on one thread and every part's on `threads` others.
+
+    Chunks are read into a few reused buffers; a buffer is read into again only when every hash
+    that needed it is done with it. Results and errors read as `_hash_range`'s would."""
+    parts = sorted(job.parts, key=lambda p: p.offset)
+    digests = {number: hashlib.sha256() for number in range(len(parts) + 1)}  # 0: the whole
+    done = [0] * (len(parts) + 1)
+    buffers = [bytearray(CHUNK) for _ in range(2 * threads + 4)]
+    pending = [0] * len(buffers)
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    lock = threading.Lock()
+    for number in range(len(buffers)):
+        free.put(number)
+
+    def release(buffer: int) -> None:
+        with lock:
+            pending[buffer] -= 1
+            last = pending[buffer] == 0
+        if last:
+            free.put(buffer)
+
+    consumers = [_consumer(digests, release) for _ in range(threads + 1)]  # 0: the whole file
+    error = ""
+    position = 0
+    first = 0
+    try:
+        with open(job.path, "rb", buffering=0) as handle:
+            while True:
+                buffer = free.get()
+                view = memoryview(buffers[buffer])
+                read = handle.readinto(view)
+                if not read:
+                    free.put(buffer)
+                    break
+                end = position + read
+                while first < len(parts) and _end(parts[first]) <= position:
+                    first += 1
+                # (consumer, digest, from, to): the whole file, then each part this chunk holds
+                sends = [(0, 0, position, end)]
+                for number in range(first, len(parts)):
+                    if parts[number].offset >= end:
+                        break
+                    low, high = max(parts[number].offset, position), min(_end(parts[number]), end)
+                    if low < high:
+                        sends.append((1 + number % threads, number + 1, low, high))
+                pending[buffer] = len(sends)
+                for consumer, number, low, high in sends:
+                    chunk = view[low - position : high - position]
+                    consumers[consumer][0].put((number, buffer, chunk))
+                    done[number] += high - low
+                position = end
+                advance(read)
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    finally:
+        for items, _ in consumers:
+            items.put(None)
+        for _, thread in consumers:
+            thread.join()
+    results = [
+        HashResult(job.label, None, done[0], error)
+        if error
+        else HashResult(job.label, digests[0].hexdigest(), done[0])
+    ]
+    for number, part in enumerate(parts, start=1):
+        length = part.length or 0
+        if done[number] < length:
+            reason = error or f"ends after {done[number]} of {length} bytes"
+            results.append(HashResult(part.label, None, done[number], reason))
+        else:
+            results.append(HashResult(part.label, digests[number].hexdigest(), done[number]))
+    return results
+
+
 def default_workers() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -85,8 +190,15 @@ def hash_jobs(
             return 0
 
     ordered = sorted(jobs, key=size_of, reverse=True)
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        results = list(pool.map(lambda job: _hash_range(job, advance), ordered))
+    workers = workers or default_workers()
+
+    def run(job: HashJob) -> list[HashResult]:
+        if job.parts:  # a few blob threads suffice: the one read of the file sets the pace
+            return _hash_with_parts(job, advance, max(1, min(workers - 1, 4)))
+        return [_hash_range(job, advance)]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [result for batch in pool.map(run, ordered) for result in batch]
     return {result.label: result for result in results}
 
 

@@ -10,9 +10,12 @@ holds (the provenance's own DSSE signature is checked with the same key first), 
 pretest passed.
 
 The archive's bytes are authenticated by its line in the signed SHA256SUMS. When that line does not
-match (or with `deep=True`), every blob inside the archive is hashed too, to say which layer or
+match (or with `deep=True`), every blob inside the archive is checked too, to say which layer or
 config was altered, and the SBOM is validated against the CycloneDX 1.6 schema again (the build
-validated it before signing). Hashing runs on a thread pool: hashlib releases the GIL.
+validated it before signing). Hashing runs on a thread pool (hashlib releases the GIL), and the
+archive is read once: its blobs are hashed in the same pass as the whole file, on other cores, so
+neither a bad archive nor `deep` costs a second read. `load` leaves the archive's bytes out
+(`stream_archive`) and hashes them as they stream into Docker instead.
 """
 
 from __future__ import annotations
@@ -252,6 +255,43 @@ def verify_bundle(
 ) -> VerifyReport:  # fmt: skip
     """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor), and with `scan`
     run ClamAV over it; never stop at the first problem. Raises BundleError only for bad input."""
+    report, _ = _verify(bundle, anchor, workers, deep, scan, stream_archive=False)
+    return report
+
+
+def verify_all_but_archive_bytes(
+    bundle: Path, anchor: Anchor, scan: ScanOptions | None = None
+) -> tuple[VerifyReport, SumsLine | None]:
+    """What `load` checks before it streams the archive into Docker: everything `verify_bundle`
+    does but hash the archive's bytes. Returns the report and the archive's line of the very
+    SHA256SUMS whose signature was checked (None when it has none): the stream must hash to it."""
+    report, lines = _verify(bundle, anchor, None, False, scan, stream_archive=True)
+    return report, next((line for line in lines if line.name == IMAGE_TAR), None)
+
+
+def blame_archive(report: VerifyReport, line: SumsLine | None) -> None:
+    """After a load saw the archive's bytes differ: hash it as `verify` does, and report the file
+    and every altered blob with `verify`'s messages."""
+    archive = report.archive
+    job = HashJob(IMAGE_TAR, report.bundle / IMAGE_TAR, parts=_parts(archive, report.workers))
+    results = _hash(report, [job], "hashing the archive again to find what was altered")
+    lines = [line] if line is not None else []
+    if (line is None or IMAGE_TAR in _compare_files(report, lines, results)) and archive:
+        report.bytes_hashed += job_bytes(archive.blob_jobs(IMAGE_TAR))
+        _compare_blobs(report, archive, results)
+
+
+def _parts(archive: ImageArchive | None, workers: int) -> tuple[HashJob, ...]:
+    """The archive's blobs, hashed in the pass that hashes the archive (with a core to spare)."""
+    if archive is None or workers < 2:
+        return ()
+    return tuple(archive.blob_jobs(IMAGE_TAR))
+
+
+def _verify(
+    bundle: Path, anchor: Anchor, workers: int | None, deep: bool, scan: ScanOptions | None,
+    stream_archive: bool,
+) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
         from gapforge.scan import choose_database, find_clamscan
@@ -292,15 +332,23 @@ def verify_bundle(
     if archive is not None:
         for problem in archive.problems:
             report.add(IMAGE_TAR, problem)
-    jobs = [HashJob(line.name, bundle / line.name) for line in lines if line.name in present]
+    parts = _parts(archive, report.workers)
+    jobs = [
+        HashJob(line.name, bundle / line.name, parts=parts if line.name == IMAGE_TAR else ())
+        for line in lines
+        if line.name in present and not (stream_archive and line.name == IMAGE_TAR)
+    ]
     results = _hash(report, jobs, "hashing")
     report.files_checked = len(lines)
     sums_bad = _compare_files(report, lines, results)
     if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):
         # Say which layer or config was altered, not just that the archive was.
-        _compare_blobs(
-            report, archive, _hash(report, archive.blob_jobs(IMAGE_TAR), "hashing every blob")
-        )
+        blob_jobs = archive.blob_jobs(IMAGE_TAR)
+        if parts and all(job.label in results for job in blob_jobs):
+            report.bytes_hashed += job_bytes(blob_jobs)  # hashed in the archive's pass
+        else:
+            results = _hash(report, blob_jobs, "hashing every blob")
+        _compare_blobs(report, archive, results)
     if archive is not None and not archive.problems:
         _cross_check(report, archive, lines)
     sbom_schema()
@@ -310,7 +358,7 @@ def verify_bundle(
         blame_signature(report, sums_bad + [p for p in (listed - present)])
     report.signature_ok = signature_ok is True
     report.seconds = time.monotonic() - start
-    return report
+    return report, lines
 
 
 def _scan(report: VerifyReport, scan: ScanOptions) -> None:

@@ -111,6 +111,12 @@ def build_arguments(build: argparse.ArgumentParser) -> None:
         "no longer be had; for releases and reproducibility checks. Without it, a moved archive's "
         "current packages are taken, listed and written to the lock for review",
     )
+    build.add_argument(
+        "--verify-cache",
+        action="store_true",
+        help="rehash every cache entry the build reads; by default an entry the cache itself "
+        "hashed and recorded is trusted while its size, times and inode are unchanged",
+    )
     add_common(build)
 
 
@@ -131,6 +137,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         dist_dir=args.dist.resolve() if args.dist else None,
         signing_key=args.key,
         frozen=args.frozen,
+        verify_cache=args.verify_cache,
     )
     image, report = build(options)
     console.print()

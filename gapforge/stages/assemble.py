@@ -39,6 +39,8 @@ class BuiltImage:
     manifest: ImageManifest
     layers: WrittenLayers
     report_path: Path
+    archive_sha256: str = ""
+    """Hex sha256 of the archive, taken as it was written (so never read back to hash it)."""
 
 
 def recipe_files(plan: BuildPlan, locks: Locks) -> dict[str, bytes]:
@@ -147,4 +149,6 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
             manifest, written.layers, tar_path, profile.source_date_epoch, advance
         )
     note(f"image archive {tar_path} ({archive.size / 1e6:.1f} MB, {archive.digest[:19]})")
-    return BuiltImage(tar_path, manifest, written, out / "build.json")
+    return BuiltImage(
+        tar_path, manifest, written, out / "build.json", archive.digest.removeprefix("sha256:")
+    )

@@ -29,6 +29,8 @@ class BuildOptions:
     """None: $GAPFORGE_SIGNING_KEY, else the cache's own key (made on first use)."""
     frozen: bool = False
     """Never change a lock: stop, naming each package, when a locked .deb can no longer be had."""
+    verify_cache: bool = False
+    """Rehash every cache entry read, even those the cache recorded verified (`--verify-cache`)."""
 
     @property
     def bundle(self) -> bool:
@@ -69,5 +71,8 @@ def make_plan(options: BuildOptions) -> BuildPlan:
     loaded = load_recipe(options.recipe)
     profile = load_profile(loaded.recipe.profile, options.images_dir)
     return BuildPlan(
-        options=options, loaded=loaded, profile=profile, cache=Cache(options.cache_dir)
+        options=options,
+        loaded=loaded,
+        profile=profile,
+        cache=Cache(options.cache_dir, verify_all=options.verify_cache),
     )

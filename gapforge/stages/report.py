@@ -80,7 +80,7 @@ def write_report(
         "image": {
             "ref": plan.ref,
             "tar": str(image.tar_path),
-            "tar_sha256": sha256_file(image.tar_path),
+            "tar_sha256": image.archive_sha256 or sha256_file(image.tar_path),
             "manifest_digest": image.manifest.manifest_digest,
             "config_digest": image.manifest.config_digest,
         },
