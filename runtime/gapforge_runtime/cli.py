@@ -44,7 +44,10 @@ def load_recipe(path: str | None = None) -> dict[str, object] | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print the versions of python and the ML stack, and the recipe this image was built for."""
+    """Print the versions of python and the ML stack, how Triton gets its launcher, and the recipe
+    this image was built for."""
+    from gapforge_runtime.triton_launcher import how_triton_builds
+
     recipe = load_recipe(args.recipe)
     info: dict[str, object] = {
         "runtime": __version__,
@@ -54,6 +57,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if recipe is None
         else {"name": recipe.get("name"), "version": recipe.get("version")},
         "offline": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
+        "triton_launcher": how_triton_builds(),
     }
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -62,6 +66,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python        {info['python']}")
     for name, version in info["packages"].items():  # type: ignore[attr-defined]
         print(f"{name:<13} {version}")
+    print(f"triton        {info['triton_launcher'] or 'no launcher: no flex attention, no Liger'}")
     if recipe is None:
         print("recipe        (none: not running inside a sealed image)")
     else:

@@ -72,6 +72,7 @@ def test_image_loads_and_info_runs_with_the_network_cut(first_build: dict[str, A
         assert info["packages"][package] != "not installed"
     assert info["offline"] == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     assert info["python"].startswith("3.11")
+    assert info["triton_launcher"] is None  # no triton, no launcher, no compiler in the cpu image
 
 
 def test_network_really_is_cut_inside(first_build: dict[str, Any]) -> None:

@@ -107,6 +107,7 @@ def test_info_in_the_cuda_image_with_the_network_cut(cuda_build: dict[str, Any])
     assert info["packages"]["torch"].startswith("2.14.1") and "+cpu" not in info["packages"]["torch"]
     for package in ("bitsandbytes", "gptqmodel", "transformers", "peft", "llama_cpp_python"):
         assert info["packages"][package] != "not installed", package
+    assert info["triton_launcher"].startswith("pre-built in the image (triton 3.8.0")
 
 
 def _python_in_image(image: str, code: str) -> subprocess.CompletedProcess[str]:
