@@ -168,6 +168,42 @@ def _hash_with_parts(
     return results
 
 
+class Prefetch:
+    """A whole file's sha256 begun on a thread before the caller needs it (`verify` starts the
+    archive's before its imports, trust anchor and signature checks, which then run beside it on
+    another core). `take` gives the result for that path once, feeding `advance` as it goes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.hashed = 0
+        self._told = 0
+        self._result: HashResult | None = None
+        self._thread = threading.Thread(target=self._run, name="prefetch-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        def count(size: int) -> None:
+            self.hashed += size
+
+        self._result = _hash_range(HashJob(self.path.name, self.path), count)
+
+    def take(self, label: str, advance: Callable[[int], None]) -> HashResult:
+        while True:
+            self._thread.join(0.1)
+            hashed = self.hashed
+            advance(hashed - self._told)
+            self._told = hashed
+            if not self._thread.is_alive() and hashed == self.hashed:
+                break
+        assert self._result is not None
+        return HashResult(label, self._result.sha256, self._result.size, self._result.error)
+
+
+def prefetch(path: Path) -> Prefetch | None:
+    """Start hashing `path` now if it is a regular file (else None)."""
+    return Prefetch(path) if path.is_file() and not path.is_symlink() else None
+
+
 def default_workers() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -178,8 +214,19 @@ def hash_jobs(
     jobs: Iterable[HashJob],
     advance: Callable[[int], None] = lambda _n: None,
     workers: int | None = None,
+    prefetched: Prefetch | None = None,
 ) -> dict[str, HashResult]:
-    """Hash every job on a thread pool (biggest first, so the pool ends together); label → result."""
+    """Hash every job on a thread pool (biggest first, so the pool ends together); label → result.
+    A whole-file job for the `prefetched` path takes that result instead of reading it again."""
+    jobs = list(jobs)
+    taken = None
+    if prefetched is not None:
+        taken = next(
+            (j for j in jobs if j.path == prefetched.path and not j.offset and j.length is None
+             and not j.parts),
+            None,
+        )  # fmt: skip
+        jobs = [j for j in jobs if j is not taken]
 
     def size_of(job: HashJob) -> int:
         if job.length is not None:
@@ -199,6 +246,8 @@ def hash_jobs(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = [result for batch in pool.map(run, ordered) for result in batch]
+    if taken is not None and prefetched is not None:
+        results.append(prefetched.take(taken.label, advance))
     return {result.label: result for result in results}
 
 

@@ -48,6 +48,7 @@ from gapforge.bundle.signature import anchored_keys, blame_signature, check_sign
 from gapforge.bundle.sums import (
     HashJob,
     HashResult,
+    Prefetch,
     SumsLine,
     bundle_files,
     default_workers,
@@ -232,11 +233,13 @@ def _sbom_schema(report: VerifyReport) -> Callable[[], None]:
     return finish
 
 
-def _hash(report: VerifyReport, jobs: list[HashJob], label: str) -> dict[str, HashResult]:
+def _hash(
+    report: VerifyReport, jobs: list[HashJob], label: str, prefetched: Prefetch | None = None
+) -> dict[str, HashResult]:
     total = job_bytes(jobs)
     report.bytes_hashed += total
     with byte_progress(label, total) as advance:
-        return hash_jobs(jobs, advance, report.workers)
+        return hash_jobs(jobs, advance, report.workers, prefetched)
 
 
 @dataclass(frozen=True)
@@ -251,11 +254,12 @@ class ScanOptions:
 
 def verify_bundle(
     bundle: Path, anchor: Anchor, workers: int | None = None, deep: bool = False,
-    scan: ScanOptions | None = None,
+    scan: ScanOptions | None = None, prefetched: Prefetch | None = None,
 ) -> VerifyReport:  # fmt: skip
     """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor), and with `scan`
-    run ClamAV over it; never stop at the first problem. Raises BundleError only for bad input."""
-    report, _ = _verify(bundle, anchor, workers, deep, scan, stream_archive=False)
+    run ClamAV over it; never stop at the first problem. Raises BundleError only for bad input.
+    `prefetched`: the archive's hash already begun (gapforge.bundle.sums.prefetch)."""
+    report, _ = _verify(bundle, anchor, workers, deep, scan, False, prefetched)
     return report
 
 
@@ -265,7 +269,7 @@ def verify_all_but_archive_bytes(
     """What `load` checks before it streams the archive into Docker: everything `verify_bundle`
     does but hash the archive's bytes. Returns the report and the archive's line of the very
     SHA256SUMS whose signature was checked (None when it has none): the stream must hash to it."""
-    report, lines = _verify(bundle, anchor, None, False, scan, stream_archive=True)
+    report, lines = _verify(bundle, anchor, None, False, scan, True)
     return report, next((line for line in lines if line.name == IMAGE_TAR), None)
 
 
@@ -290,7 +294,7 @@ def _parts(archive: ImageArchive | None, workers: int) -> tuple[HashJob, ...]:
 
 def _verify(
     bundle: Path, anchor: Anchor, workers: int | None, deep: bool, scan: ScanOptions | None,
-    stream_archive: bool,
+    stream_archive: bool, prefetched: Prefetch | None = None,
 ) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
@@ -332,13 +336,15 @@ def _verify(
     if archive is not None:
         for problem in archive.problems:
             report.add(IMAGE_TAR, problem)
-    parts = _parts(archive, report.workers)
+    # Blobs in the archive's pass only for --deep: a plain verify's signed whole-file digest already
+    # covers them, and on few cores the extra hashing slows the pass; a bad archive is read again.
+    parts = _parts(archive, report.workers) if deep else ()
     jobs = [
         HashJob(line.name, bundle / line.name, parts=parts if line.name == IMAGE_TAR else ())
         for line in lines
         if line.name in present and not (stream_archive and line.name == IMAGE_TAR)
     ]
-    results = _hash(report, jobs, "hashing")
+    results = _hash(report, jobs, "hashing", prefetched)
     report.files_checked = len(lines)
     sums_bad = _compare_files(report, lines, results)
     if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):

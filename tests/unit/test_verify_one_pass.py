@@ -15,7 +15,7 @@ from gapforge.bundle import load as load_module
 from gapforge.bundle import sums as sums_module
 from gapforge.bundle.imagetar import read_archive
 from gapforge.bundle.load import Refused, load_bundle
-from gapforge.bundle.sums import HashJob, _hash_range, hash_jobs
+from gapforge.bundle.sums import HashJob, _hash_range, hash_jobs, prefetch
 from gapforge.bundle.verify import verify_bundle
 from tests.unit.test_bundle import _pinned, bundle, source  # noqa: F401 (fixtures)
 
@@ -76,16 +76,40 @@ def test_verify_reads_the_archive_once_even_deep(bundle: Path, tmp_path: Path, m
     assert seen.count(IMAGE_TAR) == 1 and not [s for s in seen if s.startswith(f"{IMAGE_TAR}:")]
 
 
-def test_an_altered_blob_is_named_from_the_same_pass(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_an_altered_blob_is_named_from_deeps_single_pass_or_a_second_read(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    intact = _opens(monkeypatch)
+    assert verify_bundle(bundle, _pinned(tmp_path), workers=2).ok
+    assert intact.count(IMAGE_TAR) == 1 and not [s for s in intact if s.startswith(f"{IMAGE_TAR}:")]
+    monkeypatch.undo()
     blob = _flip_inside_a_blob(bundle / IMAGE_TAR)
     one_thread = verify_bundle(bundle, _pinned(tmp_path), workers=1)
     seen = _opens(monkeypatch)
-    report = verify_bundle(bundle, _pinned(tmp_path), workers=2)
+    deep = verify_bundle(bundle, _pinned(tmp_path), workers=2, deep=True)
     assert seen.count(IMAGE_TAR) == 1 and not [s for s in seen if s.startswith(f"{IMAGE_TAR}:")]
+    seen.clear()
+    report = verify_bundle(bundle, _pinned(tmp_path), workers=2)
+    assert seen.count(IMAGE_TAR) == 1 and [s for s in seen if s.startswith(f"{IMAGE_TAR}:")]  # the blobs, read again
     assert [(p.file, p.message) for p in report.problems] == [(p.file, p.message) for p in one_thread.problems]
+    assert {(p.file, p.message) for p in report.problems} <= {(p.file, p.message) for p in deep.problems}
     messages = [p.message for p in report.problems if p.file == IMAGE_TAR]
     assert any(m.startswith("sha256 is ") and f"{SUMS} line" in m for m in messages)
     assert any(m.startswith(f"blob {blob} (") and m.endswith("was altered") for m in messages)
+
+
+def test_a_prefetched_archive_hash_is_taken_not_read_again(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    early = prefetch(bundle / IMAGE_TAR)
+    assert early is not None
+    seen = _opens(monkeypatch)
+    told: list[int] = []
+    report = verify_bundle(bundle, _pinned(tmp_path), workers=2, prefetched=early)
+    assert report.ok and IMAGE_TAR not in seen
+    assert early.take(IMAGE_TAR, told.append).sha256 == hashlib.sha256((bundle / IMAGE_TAR).read_bytes()).hexdigest()
+    assert sum(told) == 0  # everything was already told during verify
+    monkeypatch.undo()
+    _flip_inside_a_blob(bundle / IMAGE_TAR)  # the prefetch hashes what is there, like any read
+    bad = verify_bundle(bundle, _pinned(tmp_path), workers=2, prefetched=prefetch(bundle / IMAGE_TAR))
+    assert IMAGE_TAR in bad.bad_files
+    assert prefetch(tmp_path / "no-such-file") is None
 
 
 class _FakeEngine:
