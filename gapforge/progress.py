@@ -31,18 +31,8 @@ def note(message: str) -> None:
 @contextmanager
 def byte_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A bar over bytes (hashing, writing layers, loading); yields `advance(n_bytes)`."""
-    columns = (
-        TextColumn("    {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(
-        *columns, console=console, transient=False, disable=not console.is_terminal
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    with byte_progress_group() as add:
+        yield add(description, total)
 
 
 @contextmanager
