@@ -222,7 +222,7 @@ def main() -> int:
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
                         help="realistic lengths: plain transformers + PEFT vs the runtime (bench_gpu_packing.py)")
     parser.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--gptq-samples", type=int, default=32)
+    parser.add_argument("--gptq-samples", type=int, default=128, help="the runtime's default calibration count")
     parser.add_argument("--gptq-seq", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gapforge-bench-gpu"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
