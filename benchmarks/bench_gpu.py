@@ -40,8 +40,6 @@ SHAPES = {
     "tiny": {"vocab_size": 512, "hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
              "num_attention_heads": 4, "num_key_value_heads": 2},
 }  # fmt: skip
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-"""Dense bf16 tensor-core peaks of the SXM parts (NVIDIA's data sheets), for MFU."""
 
 
 def log(message: str) -> None:
@@ -49,12 +47,11 @@ def log(message: str) -> None:
 
 
 def peak_tflops(device: str) -> float | None:
+    """The GPU's dense bf16 peak, from the runtime's table (gapforge_runtime.flops), for MFU."""
     import torch
+    from gapforge_runtime import flops
 
-    if device != "cuda":
-        return None
-    name = torch.cuda.get_device_name(0)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return flops.peak_tflops(torch.cuda.get_device_name(0)) if device == "cuda" else None
 
 
 def write_model(folder: Path, shape: dict[str, int], device: str) -> int:

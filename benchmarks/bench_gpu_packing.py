@@ -62,9 +62,11 @@ def make_examples(lengths: list[int], vocab: int, seed: int) -> list[dict[str, l
 
 
 def model_flops(lengths: list[int], params: int, shape: dict[str, int]) -> float:
-    """Useful model FLOPs of a forward+backward over these examples (no padding, no recomputation)."""
-    layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
-    return float(sum(4 * params * n + 12 * layers * hidden * n * n for n in lengths))
+    """Useful model FLOPs of a forward+backward over these examples (no padding, no recomputation):
+    the runtime's own count (gapforge_runtime.flops), which the train step records."""
+    from gapforge_runtime import flops
+
+    return flops.model_flops(lengths, params, shape["num_hidden_layers"], shape["hidden_size"])
 
 
 def batches(variant: str, examples: list[dict[str, list[int]]], budget: int) -> list[list[int]]:

@@ -35,6 +35,12 @@ class TrainResult:
     world_size: int = 1
     peak_gpu_memory_bytes: int | None = None
     """torch.cuda.max_memory_allocated() of this process (rank 0) over the training."""
+    model_tflops_per_second: float | None = None
+    """Useful model FLOP/s of the whole training (gapforge_runtime.flops; SFT only)."""
+    mfu_pct: float | None = None
+    """Those FLOP/s over the GPUs' dense bf16 peak; None on the CPU or an unknown GPU."""
+    gpu_hours: float | None = None
+    """GPUs x training seconds / 3600 (CUDA only): what the run cost."""
 
 
 class ListDataset:
@@ -466,6 +472,7 @@ def train_adapter(
         peak = int(torch.cuda.max_memory_allocated())
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
     runtime = float(output.metrics.get("train_runtime", seconds)) or seconds
+    used = _utilization(model_dir, train_set, tokens, runtime, device, size)
     return TrainResult(
         global_step=state.global_step,
         resumed_from_step=resumed_from,
@@ -478,7 +485,44 @@ def train_adapter(
         log_history=list(state.log_history),
         world_size=size,
         peak_gpu_memory_bytes=peak,
+        model_tflops_per_second=used.model_tflops_per_second if used else None,
+        mfu_pct=used.mfu_pct if used else None,
+        gpu_hours=used.gpu_hours if used and device == "cuda" else None,
     )
+
+
+def _utilization(
+    model_dir: Path, train_set: list[Any], tokens: int, seconds: float, device: str, gpus: int
+) -> Any:
+    """Model FLOP/s, MFU and GPU hours of an SFT training (None for DPO's pairs, or no shape);
+    printed as one line on CUDA."""
+    from gapforge_runtime import flops, memplan
+
+    lengths = [len(i.input_ids) for i in train_set if hasattr(i, "input_ids")]
+    if not lengths:
+        return None
+    try:
+        shape = memplan.ModelShape.from_config(memplan.read_config(model_dir))
+    except (OSError, ValueError, KeyError):
+        return None
+    peak = None
+    name = "CPU"
+    if device == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(0)
+        peak = flops.peak_tflops(name)
+    used = flops.utilization(tokens, seconds, flops.mean_square_length(lengths), shape.params,
+                             shape.layers, shape.hidden, gpus, peak)  # fmt: skip
+    if used is not None and device == "cuda":
+        mfu = (
+            f"MFU {used.mfu_pct} % of {gpus} x {peak:g} dense bf16 TFLOP/s"
+            if peak
+            else f"MFU unknown (no peak on record for {name})"
+        )
+        print(f"[train] {used.model_tflops_per_second} model TFLOP/s, {mfu}; "
+              f"{used.gpu_hours} GPU hours", flush=True)  # fmt: skip
+    return used
 
 
 def training_items(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
