@@ -12,10 +12,11 @@ pretest passed.
 The archive's bytes are authenticated by its line in the signed SHA256SUMS. When that line does not
 match (or with `deep=True`), every blob inside the archive is checked too, to say which layer or
 config was altered, and the SBOM is validated against the CycloneDX 1.6 schema again (the build
-validated it before signing). Hashing runs on a thread pool (hashlib releases the GIL), and the
-archive is read once: its blobs are hashed in the same pass as the whole file, on other cores, so
-neither a bad archive nor `deep` costs a second read. `load` leaves the archive's bytes out
-(`stream_archive`) and hashes them as they stream into Docker instead.
+validated it before signing). Hashing runs on a thread pool (hashlib releases the GIL). With
+`deep`, the archive is read once: its blobs are hashed in the same pass as the whole file, on other
+cores; a plain verify hashes the whole file only (its signed digest covers the blobs) and reads a bad
+archive again to name the altered blobs. `load` leaves the archive's bytes out (`stream_archive`)
+and hashes them as they stream into Docker instead.
 """
 
 from __future__ import annotations
@@ -281,8 +282,20 @@ def blame_archive(report: VerifyReport, line: SumsLine | None) -> None:
     results = _hash(report, [job], "hashing the archive again to find what was altered")
     lines = [line] if line is not None else []
     if (line is None or IMAGE_TAR in _compare_files(report, lines, results)) and archive:
-        report.bytes_hashed += job_bytes(archive.blob_jobs(IMAGE_TAR))
-        _compare_blobs(report, archive, results)
+        _check_blobs(report, archive, results)
+
+
+def _check_blobs(
+    report: VerifyReport, archive: ImageArchive, results: dict[str, HashResult]
+) -> None:
+    """Say which layer or config was altered, not just that the archive was: from the blobs the
+    archive's own pass hashed, or (where it hashed none) from a read of each blob."""
+    blob_jobs = archive.blob_jobs(IMAGE_TAR)
+    if all(job.label in results for job in blob_jobs):
+        report.bytes_hashed += job_bytes(blob_jobs)  # hashed in the archive's pass
+    else:
+        results = _hash(report, blob_jobs, "hashing every blob")
+    _compare_blobs(report, archive, results)
 
 
 def _parts(archive: ImageArchive | None, workers: int) -> tuple[HashJob, ...]:
@@ -348,13 +361,7 @@ def _verify(
     report.files_checked = len(lines)
     sums_bad = _compare_files(report, lines, results)
     if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):
-        # Say which layer or config was altered, not just that the archive was.
-        blob_jobs = archive.blob_jobs(IMAGE_TAR)
-        if parts and all(job.label in results for job in blob_jobs):
-            report.bytes_hashed += job_bytes(blob_jobs)  # hashed in the archive's pass
-        else:
-            results = _hash(report, blob_jobs, "hashing every blob")
-        _compare_blobs(report, archive, results)
+        _check_blobs(report, archive, results)
     if archive is not None and not archive.problems:
         _cross_check(report, archive, lines)
     sbom_schema()

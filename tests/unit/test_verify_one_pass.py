@@ -13,6 +13,7 @@ from gapforge import engine
 from gapforge.bundle import IMAGE_TAR, SUMS
 from gapforge.bundle import load as load_module
 from gapforge.bundle import sums as sums_module
+from gapforge.bundle import verify as verify_module
 from gapforge.bundle.imagetar import read_archive
 from gapforge.bundle.load import Refused, load_bundle
 from gapforge.bundle.sums import HashJob, _hash_range, hash_jobs, prefetch
@@ -150,7 +151,9 @@ def test_load_hashes_the_archive_only_as_it_streams(bundle: Path, tmp_path: Path
     assert loaded.report.bytes_hashed >= (bundle / IMAGE_TAR).stat().st_size
 
 
-def test_load_refuses_an_altered_archive_before_any_tag(bundle: Path, tmp_path: Path, fake_engine: _FakeEngine) -> None:  # noqa: F811
+@pytest.mark.parametrize("cores", [1, 2])
+def test_load_refuses_an_altered_archive_before_any_tag(bundle: Path, tmp_path: Path, fake_engine: _FakeEngine, cores: int, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(verify_module, "default_workers", lambda: cores)  # one core: blobs read apart
     blob = _flip_inside_a_blob(bundle / IMAGE_TAR)
     shown: list[Any] = []
     with pytest.raises(Refused, match="failed verification"):
