@@ -156,7 +156,7 @@ class Cache:
         if verify and not self._verified(path, _hex(digest)):
             self._discard(path)
             return False
-        self._hit(path, _hex(digest))
+        self._hit(path, _hex(digest), verify)
         return True
 
     def put_blob(
@@ -194,7 +194,7 @@ class Cache:
             if verify and not self._verified(candidate, _hex(digest)):
                 self._discard(candidate)
                 continue
-            self._hit(candidate, _hex(digest))
+            self._hit(candidate, _hex(digest), verify)
             return candidate
         return None
 
@@ -305,17 +305,8 @@ class Cache:
             result.removed.append(entry)
             result.kept_bytes -= entry.size
             if not dry_run:
-                if entry.path.is_dir():
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    entry.path.unlink(missing_ok=True)
-                marker = self._marker(entry.path)
-                if marker is not None:
-                    with suppress(OSError):
-                        if marker.is_dir():
-                            shutil.rmtree(marker, ignore_errors=True)
-                        else:
-                            marker.unlink(missing_ok=True)
+                _remove(entry.path)
+                self._forget(entry.path)
         return result
 
     # -- verified records ---------------------------------------------------------------------------
@@ -365,9 +356,10 @@ class Cache:
         self._record(path, hexdigest)
         return True
 
-    def _hit(self, path: Path, hexdigest: str) -> None:
-        """Mark a verified entry as used now; its record follows the new mtime."""
-        recorded = self._recorded(path, hexdigest)
+    def _hit(self, path: Path, hexdigest: str, verified: bool) -> None:
+        """Mark an entry as used now. Its record follows the new mtime: at once when `verified`
+        (`_verified` just trusted or wrote it), else only if it held before the touch."""
+        recorded = verified or self._recorded(path, hexdigest)
         _touch(path)
         if recorded:
             self._record(path, hexdigest)
@@ -397,10 +389,15 @@ class Cache:
     def _discard(self, path: Path) -> None:
         self.corrupt.append(path)
         path.unlink(missing_ok=True)
+        self._forget(path)
+
+    def _forget(self, path: Path) -> None:
+        """Remove the record that this cache hashed `path` (a folder of them, for a named-file
+        entry's folder)."""
         marker = self._marker(path)
         if marker is not None:
             with suppress(OSError):
-                marker.unlink(missing_ok=True)
+                _remove(marker)
 
 
 @dataclass(frozen=True)
@@ -437,6 +434,14 @@ def _identity(stat: os.stat_result) -> dict[str, int]:
         "inode": stat.st_ino,
         "device": stat.st_dev,
     }
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, or a folder and what it holds, if there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _touch(path: Path) -> None:
