@@ -39,7 +39,7 @@ class BuiltImage:
     manifest: ImageManifest
     layers: WrittenLayers
     report_path: Path
-    archive_sha256: str = ""
+    archive_sha256: str
     """Hex sha256 of the archive, taken as it was written (so never read back to hash it)."""
 
 

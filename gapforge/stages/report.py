@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gapforge import __version__
-from gapforge.hashing import sha256_file
 from gapforge.lock.debian import read_debian_lock
 from gapforge.pretest import PretestResult
 from gapforge.profile import REPO_ROOT
@@ -80,7 +79,7 @@ def write_report(
         "image": {
             "ref": plan.ref,
             "tar": str(image.tar_path),
-            "tar_sha256": image.archive_sha256 or sha256_file(image.tar_path),
+            "tar_sha256": image.archive_sha256,
             "manifest_digest": image.manifest.manifest_digest,
             "config_digest": image.manifest.config_digest,
         },
