@@ -43,9 +43,9 @@ def _record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def prebuilt_impl(folder: Path) -> Callable[..., str]:
-    """Triton's `knobs.build.impl` hook: the pre-built module for the driver.c it was built from."""
-    record = _record(folder)
+def prebuilt_impl(folder: Path, record: dict[str, Any]) -> Callable[..., str]:
+    """Triton's `knobs.build.impl` hook: the pre-built module for the driver.c it was built from
+    (`record`: the folder's launcher.json)."""
 
     def impl(
         name: str,
@@ -82,7 +82,8 @@ def install(knobs: Any = None) -> str | None:
     if _installed is not None and knobs is None:
         return _installed
     folder = Path(value)
-    impl = prebuilt_impl(folder)
+    record = _record(folder)
+    impl = prebuilt_impl(folder, record)
     if knobs is None:
         try:
             from triton import knobs as triton_knobs  # type: ignore[import-not-found,unused-ignore]
@@ -90,7 +91,6 @@ def install(knobs: Any = None) -> str | None:
             return None
         knobs = triton_knobs
     knobs.build.impl = impl
-    record = _record(folder)
     _installed = f"pre-built in the image (triton {record.get('triton')}, {folder}/cuda_utils.so)"
     return _installed
 
