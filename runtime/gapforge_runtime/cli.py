@@ -270,6 +270,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         * (args.nnodes or (train.nnodes if train else 1)),
         distributed=args.distributed
         or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
+        fused_loss=args.fused_loss,
     )
     memory = (
         int(args.gpu_memory_gib * memplan.GiB)
@@ -389,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--rank", type=int, help="LoRA rank")
     plan.add_argument(
         "--gradient-checkpointing", action="store_true", help="assume activation recomputation"
+    )
+    plan.add_argument(
+        "--fused-loss",
+        action="store_true",
+        help="assume Liger's fused linear cross-entropy (the train step's default on CUDA)",
     )
     plan.add_argument("--nproc", type=int, help="GPUs per node the run is spread over")
     plan.add_argument(

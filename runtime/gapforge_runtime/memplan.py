@@ -4,8 +4,8 @@ An estimate made before any weight is loaded, so an operator learns that a run c
 it starts. The parts, per GPU:
 
 - weights: 2 bytes a parameter in bf16 (4 on CPU, float32); QLoRA keeps the linear layers in NF4 with
-  double quantization (4 bits + 0.127 bits of constants) while peft's `prepare_model_for_kbit_training`
-  turns embeddings, head and norms to float32 (4 bytes);
+  double quantization (4 bits + 0.127 bits of constants) and embeddings, head and norms in bf16 (the
+  runtime puts back what peft's `prepare_model_for_kbit_training` upcasts to float32);
 - trainable state: LoRA's A/B matrices in float32 with their gradients and AdamW's two moments
   (16 bytes a trainable parameter); full fine-tuning: bf16 weights + grads, fp32 master + moments
   (16 bytes a parameter, mixed precision);
@@ -14,7 +14,8 @@ it starts. The parts, per GPU:
   attention output, gate/up/SiLU/product of the MLP) in bf16; with gradient checkpointing only each
   layer's input plus one layer recomputed;
 - logits: bf16 logits, their float32 copy for the loss, log-softmax and gradients (16 bytes a
-  vocabulary entry a token);
+  vocabulary entry a token); with Liger's fused linear cross-entropy (`fused_loss`) only one chunk
+  of ceil(tokens / ceil(vocab / hidden)) tokens at a time, rounded up to a power of two as Liger does;
 - the CUDA context and allocator slack (a fixed 1 GiB and 10 %), which torch's own peak counter
   (`max_memory_allocated`) does not see: `allocated` is comparable with it, `total` with nvidia-smi.
 
@@ -117,6 +118,8 @@ class TrainingShape:
     distributed: str = "ddp"  # ddp | fsdp
     weight_bytes: float = 2.0
     """Bytes a frozen full-precision weight takes: 2 for bf16 (GPU), 4 for float32 (CPU)."""
+    fused_loss: bool = False
+    """Liger's fused linear cross-entropy: the logits are never held whole."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
     weights: float  # bytes; a fraction of a byte per parameter for NF4
     if qlora:
         weights = (
-            model.linear_params * NF4_BYTES_PER_PARAM + (model.params - model.linear_params) * 4
+            model.linear_params * NF4_BYTES_PER_PARAM + (model.params - model.linear_params) * 2
         )
     else:
         weights = model.params * train.weight_bytes
@@ -166,7 +169,11 @@ def estimate(model: ModelShape, train: TrainingShape, gpu_memory: int | None = N
         activations = 2 * s * b * h * model.layers + per_layer
     else:
         activations = per_layer * model.layers
-    logits = 16 * s * b * model.vocab
+    tokens = s * b
+    if train.fused_loss:
+        chunk = -(-tokens // -(-model.vocab // h))
+        tokens = min(tokens, 1 << (chunk - 1).bit_length())
+    logits = 16 * tokens * model.vocab
     if train.nproc > 1 and train.distributed == "fsdp":
         weights, state = weights / train.nproc, state / train.nproc
     elif train.nproc > 1:
@@ -263,8 +270,19 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
         rank=recipe.lora.r, targets=recipe.lora.target_modules,
         gradient_checkpointing=train.gradient_checkpointing,
         nproc=nproc, distributed="fsdp" if train.distributed == "fsdp" else "ddp",
+        fused_loss=_liger_applies(model_dir, train),
     )  # fmt: skip
     return estimate(ModelShape.from_config(read_config(model_dir)), shape, memory)
+
+
+def _liger_applies(model_dir: Path, train: Any) -> bool:
+    """Whether training will patch in Liger's fused linear cross-entropy (train.py's apply_liger)."""
+    from gapforge_runtime.packing import liger_blocker
+
+    setting = getattr(train, "liger", False)
+    if train.method == "dpo" or setting is False or setting == "false":
+        return False
+    return liger_blocker(model_dir, "cuda") is None
 
 
 def describe(plan: MemoryPlan) -> str:

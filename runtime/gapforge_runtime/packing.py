@@ -21,6 +21,7 @@ has them, on CUDA only (`train.liger`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from collections.abc import Sequence
@@ -195,6 +196,24 @@ def packed_attention(setting: str, device: str) -> str | None:
     return "flex_attention"
 
 
+def liger_blocker(model_dir: Path, device: str) -> str | None:
+    """Why Liger kernels cannot run for this model here, or None where they can (the memory planner
+    asks before training; apply_liger before loading)."""
+    model_type = _model_type(model_dir)
+    if device != "cuda":
+        return "Liger kernels are Triton GPU kernels and the training runs on the CPU"
+    if triton_compiler() is None:
+        return (
+            "Triton has no pre-built launcher ($GAPFORGE_TRITON_LAUNCHER) and finds no C "
+            "compiler to build one with ($CC, gcc, clang)"
+        )
+    if model_type not in LIGER_ARCHITECTURES:
+        return f"liger-kernel has no kernels for the architecture '{model_type or 'unknown'}'"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed in this image (it is in the 'cuda' profile)"
+    return None
+
+
 def apply_liger(setting: bool | str, model_dir: Path, device: str) -> str | None:
     """Patch the model's architecture with Liger kernels before the model is loaded.
 
@@ -205,16 +224,7 @@ def apply_liger(setting: bool | str, model_dir: Path, device: str) -> str | None
         return None
     required = setting is True or setting == "true"
     model_type = _model_type(model_dir)
-    reason = None
-    if device != "cuda":
-        reason = "Liger kernels are Triton GPU kernels and the training runs on the CPU"
-    elif triton_compiler() is None:
-        reason = (
-            "Triton has no pre-built launcher ($GAPFORGE_TRITON_LAUNCHER) and finds no C "
-            "compiler to build one with ($CC, gcc, clang)"
-        )
-    elif model_type not in LIGER_ARCHITECTURES:
-        reason = f"liger-kernel has no kernels for the architecture '{model_type or 'unknown'}'"
+    reason = liger_blocker(model_dir, device)
     patch = None
     if reason is None:
         try:

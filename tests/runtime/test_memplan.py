@@ -52,17 +52,33 @@ def test_sizing_table(config: dict[str, int], method: str, batch: int, quoted_gb
 
 
 @pytest.mark.parametrize(
-    ("config", "method", "batch", "seq", "measured_gib", "tolerance"),
+    ("config", "method", "batch", "seq", "fused", "measured_gib", "tolerance"),
     [
-        (LLAMA3_8B, "lora", 2, 2048, 47.98, 0.10),  # bench-gpu, H100
-        (LLAMA3_8B, "qlora", 2, 2048, 16.72, 0.10),  # bench-gpu, H100
-        (E2E_1B, "qlora", 8, 256, 1058901504 / GiB, 0.15),  # gpu_e2e.py train step, H100
+        (LLAMA3_8B, "lora", 2, 2048, False, 47.98, 0.10),  # bench-gpu, H100
+        (E2E_1B, "qlora", 8, 256, False, 1058901504 / GiB, 0.15),  # gpu_e2e.py train step, H100
+        # bench-gpu realistic lengths, H200: one packed row, Liger (fused linear cross-entropy)
+        (LLAMA3_8B, "lora", 1, 8192, True, 58.57, 0.10),
+        (LLAMA3_8B, "lora", 1, 16384, True, 101.16, 0.10),
+        (LLAMA3_8B, "qlora", 1, 16384, True, 12.83, 0.10),  # frozen weights back in bf16
     ],
-    ids=["8b-lora", "8b-qlora", "1b-qlora-e2e"],
+    ids=["8b-lora", "1b-qlora-e2e", "8b-lora-packed-8k", "8b-lora-packed-16k", "8b-qlora-packed-16k"],
 )
-def test_measured_peaks(config: dict[str, int], method: str, batch: int, seq: int, measured_gib: float, tolerance: float) -> None:
-    plan = estimate(ModelShape.from_config(config), TrainingShape(method, batch=batch, seq=seq, rank=16))
+def test_measured_peaks(config: dict[str, int], method: str, batch: int, seq: int, fused: bool, measured_gib: float, tolerance: float) -> None:
+    shape = TrainingShape(method, batch=batch, seq=seq, rank=16, fused_loss=fused)
+    plan = estimate(ModelShape.from_config(config), shape)
     assert plan.allocated / GiB == pytest.approx(measured_gib, rel=tolerance)
+
+
+def test_fused_loss_holds_one_chunk_of_logits() -> None:
+    """Liger's fused cross-entropy: chunks of tokens / ceil(vocab / hidden), a power of two."""
+    model = ModelShape.from_config(LLAMA3_8B)
+    whole = estimate(model, TrainingShape("lora", batch=1, seq=16384))
+    fused = estimate(model, TrainingShape("lora", batch=1, seq=16384, fused_loss=True))
+    assert whole.logits == 16 * 16384 * 128256
+    assert fused.logits == 16 * 512 * 128256  # 16384 / ceil(128256 / 4096) = 512 tokens a chunk
+    assert fused.activations == whole.activations and fused.weights == whole.weights
+    short = estimate(model, TrainingShape("lora", batch=1, seq=20, fused_loss=True))
+    assert short.logits == 16 * 1 * 128256
 
 
 def test_fsdp_shards_what_ddp_replicates() -> None:
