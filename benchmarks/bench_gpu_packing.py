@@ -13,9 +13,11 @@ random token ids, every token trained. The same example list feeds every variant
   (`packing.flatten_batch`, position ids restarting, block-diagonal mask built by transformers), Liger
   kernels (`packing.apply_liger`), fused AdamW;
 - `runtime-flex`: the same with flex attention (a block mask that skips other examples' blocks;
-  Triton compiles it on first use, so give it 3 warm-up steps);
-- `runtime-bf16` (QLoRA): the runtime's path with the frozen weights that
-  `prepare_model_for_kbit_training` upcast to fp32 (embeddings, lm_head, norms) back in bf16;
+  Triton compiles it on first use, so give it 3 warm-up steps); what `train.packed_attention: auto`
+  takes on CUDA;
+- `runtime-fp32` (QLoRA): the runtime's path before QLoRA's frozen weights went back to bf16
+  (`train.frozen_back_to_bf16`): embeddings, lm_head and norms left in the fp32 that
+  `prepare_model_for_kbit_training` upcasts them to;
 - `plain-b8`: padded batches of 8, to see whether a padded run holds what a packed row holds.
 
 Reported per variant: real (non-padding) tokens/s over the timed steps, MFU counting only real work
@@ -108,6 +110,7 @@ def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespac
     import torch
     from bench_gpu import peak_tflops
     from gapforge_runtime import packing
+    from gapforge_runtime.train import frozen_back_to_bf16
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -131,12 +134,8 @@ def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespac
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-        if variant == "runtime-bf16":
-            # prepare_model_for_kbit_training upcasts every frozen non-4-bit weight (embeddings,
-            # lm_head, norms) to fp32: back to bf16, so the lm_head matmul runs on the tensor cores
-            for param in model.parameters():
-                if param.dtype == torch.float32 and not param.requires_grad:
-                    param.data = param.data.to(torch.bfloat16)
+        if runtime and variant != "runtime-fp32":
+            frozen_back_to_bf16(model)  # as the runtime's QLoRA does
     else:
         model = model.to(device)
     model.config.use_cache = False
@@ -237,6 +236,8 @@ def compare(args: argparse.Namespace, folder: Path, shape: dict[str, int], param
     """Every (method, variant) in a fresh process; the side-by-side table printed at the end."""
     figures: dict[str, Any] = {"lengths": {"distribution": "log-normal", "median": 300, "sigma": 0.8, "cap": args.cap,
                                            "seed": args.seed, "examples": args.examples}}  # fmt: skip
+    if not args.lora_budget:
+        args.lora_budget = fitting_lora_budget(shape, args.liger)
     lengths = lognormal_lengths(args.examples, args.seed, cap=args.cap)
     ordered = sorted(lengths)
     figures["lengths"]["p50_p90_p99_max"] = [ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.9)],
@@ -245,7 +246,7 @@ def compare(args: argparse.Namespace, folder: Path, shape: dict[str, int], param
         for variant in args.variants.split(","):
             if variant == "plain-b8" and method not in args.b8_methods.split(","):
                 continue
-            if variant == "runtime-bf16" and method != "qlora":
+            if variant == "runtime-fp32" and method != "qlora":
                 continue  # only QLoRA's preparation upcasts
             out = args.work / f"cmp-{method}-{variant}.json"
             child = [sys.executable, __file__, "--only", f"{method}:{variant}", "--json", str(out),
@@ -287,17 +288,33 @@ def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("realistic lengths (plain vs runtime)")
     group.add_argument("--cmp-methods", default="lora,qlora")
-    group.add_argument("--variants", default="plain,runtime,plain-b8")
+    group.add_argument("--variants", default="plain,runtime,runtime-flex,plain-b8")
     group.add_argument("--examples", type=int, default=800, help="examples drawn (enough for every variant's steps)")
     group.add_argument("--b8-methods", default="lora", help="methods that try padded batches of 8 (QLoRA's fit)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--cap", type=int, default=2048)
     group.add_argument("--cmp-warmup", type=int, default=2)
     group.add_argument("--cmp-steps", type=int, default=10)
-    group.add_argument("--lora-budget", type=int, default=8192, help="tokens a packed row, LoRA")
+    group.add_argument("--lora-budget", type=int, default=0,
+                       help="tokens a packed row, LoRA (0: the largest of 16384/8192/4096 the planner fits on the GPU)")  # fmt: skip
     group.add_argument("--qlora-budget", type=int, default=16384, help="tokens a packed row, QLoRA")
     group.add_argument("--attn", default="sdpa", help="attention of the runtime variant: sdpa | flex_attention")
     group.add_argument("--liger", action=argparse.BooleanOptionalAction, default=True)
+
+
+def fitting_lora_budget(shape: dict[str, int], liger: bool) -> int:
+    """The largest LoRA row (16384, 8192 or 4096 tokens) the memory planner fits on this GPU; 8192
+    without one. Measured peaks on the 8B shape (H200): 58.6 GiB at 8192, 101.2 GiB at 16384."""
+    from gapforge_runtime import memplan
+
+    memory = memplan.gpu_memory_bytes()
+    if memory is None:
+        return 8192
+    model = memplan.ModelShape.from_config(shape)
+    for budget in (16384, 8192):
+        if memplan.estimate(model, memplan.TrainingShape("lora", 1, budget, 16, fused_loss=liger), memory).fits:
+            return budget
+    return 4096
 
 
 def forwarded(args: argparse.Namespace) -> list[str]:
@@ -318,6 +335,8 @@ def main() -> int:
     add_arguments(parser)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
+    if args.only and not args.lora_budget:
+        args.lora_budget = fitting_lora_budget(shape, args.liger)
     if args.only:
         method, variant = args.only.split(":")
         args.warmup, args.steps = args.cmp_warmup, args.cmp_steps
