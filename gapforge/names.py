@@ -1,0 +1,133 @@
+"""The one parser of names that come from outside: a bundle, media, a delta, an inventory, a receipt,
+TUF custom metadata, a recipe, a lock or data. Every such name passes here once, before it becomes
+a path; what comes out is a plain relative path of plain components, or a single component.
+
+And the one way such a name becomes a path: `under(root, name)`, which refuses anything that would
+resolve outside `root`, and `no_links(root, name)`, which refuses a path through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import unicodedata
+from pathlib import Path
+
+from gapforge.errors import GapforgeError
+
+MAX_COMPONENT = 255
+"""Bytes of one component (NAME_MAX on Linux)."""
+MAX_PATH = 1024
+"""Bytes of a whole relative path; far above any name gapforge writes."""
+MAX_DEPTH = 32
+"""Components of a relative path."""
+
+
+class UnsafeName(GapforgeError):
+    """A name from outside is not a plain relative path (or not a single plain component)."""
+
+
+def _problem(value: object) -> str | None:
+    """Why `value` is not a plain relative path, or None when it is one."""
+    if not isinstance(value, str):
+        return f"not a string ({type(value).__name__})"
+    if not value:
+        return "empty"
+    if len(value.encode("utf-8", errors="surrogatepass")) > MAX_PATH:
+        return f"longer than {MAX_PATH} bytes"
+    for char in value:
+        if char == "\\":
+            return "holds a backslash"
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            return f"holds a control or format character (U+{ord(char):04X})"
+    if value.startswith("/"):
+        return "absolute"
+    parts = value.split("/")
+    if len(parts) > MAX_DEPTH:
+        return f"deeper than {MAX_DEPTH} components"
+    for part in parts:
+        if part == "":
+            return "has an empty component (// or a trailing /)"
+        if part in (".", ".."):
+            return f"has a '{part}' component"
+        if len(part.encode("utf-8", errors="surrogatepass")) > MAX_COMPONENT:
+            return f"has a component longer than {MAX_COMPONENT} bytes"
+    return None
+
+
+def _refuse(value: object, where: str, why: str, expected: str) -> UnsafeName:
+    shown = repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    return UnsafeName(
+        f"{where}: {shown} is refused: {why}. Only {expected} is accepted here; the file was "
+        "written by someone else and cannot be trusted to name paths. Use the bundle, media or "
+        "file exactly as the release manager wrote it, or ask for a new one."
+    )
+
+
+def relative_path(value: object, where: str) -> str:
+    """`value` as a plain relative path (`a/b/c`), or UnsafeName naming `where` (file and field).
+
+    Refused: not a string, empty, absolute, `.` or `..` components, empty components, backslashes,
+    control, format or line-separator characters (NUL, newline, U+2028, ...), over MAX_PATH bytes,
+    over MAX_DEPTH components, a component over MAX_COMPONENT bytes."""
+    why = _problem(value)
+    if why is not None:
+        raise _refuse(value, where, why, "a relative path of plain components (a/b/c)")
+    assert isinstance(value, str)
+    return value
+
+
+def component(value: object, where: str) -> str:
+    """`value` as one plain path component (a bundle name, a version, a label), or UnsafeName."""
+    why = _problem(value)
+    if why is None and "/" in str(value):
+        why = "holds a '/'"
+    if why is None and str(value).startswith("-"):
+        why = "starts with '-' (it would read as an option)"
+    if why is not None:
+        raise _refuse(value, where, why, "a single plain name (no '/', no '..')")
+    assert isinstance(value, str)
+    return value
+
+
+def is_relative_path(value: object) -> bool:
+    """Whether `relative_path` would accept `value` (for parsers that collect problems)."""
+    return _problem(value) is None
+
+
+def under(root: Path, name: str, where: str) -> Path:
+    """`root / name` for a name from outside, parsed by `relative_path`; refused (UnsafeName) if
+    any existing part of the path is a symbolic link, so nothing is read or written through one."""
+    path = root / relative_path(name, where)
+    no_links(root, path, where)
+    return path
+
+
+def no_links(root: Path, path: Path, where: str) -> None:
+    """Refuse (UnsafeName) a path below `root` that passes through, or is, a symbolic link."""
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return  # nothing further exists to follow
+        if stat.S_ISLNK(mode):
+            raise _refuse(
+                str(path.relative_to(root)),
+                where,
+                f"{current.relative_to(root)} is a symbolic link",
+                "a path of regular files and folders",
+            )
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, refusing a symbolic link at the last component and
+    anything that is not a regular file (a device, a FIFO): the caller closes it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeName(f"{path}: not a regular file: only regular files are read from input")
+    return fd
