@@ -32,6 +32,10 @@ class Command:
     function: str
     """`cmd_<name>(args) -> exit status` in that module."""
     help: str
+    user: str
+    """Whose command it is: one of USERS, its group in `gapforge --help`."""
+    example: str
+    """One line that `gapforge COMMAND --help` ends with."""
     uses_cache: bool = False
     """Reads and writes the cache: holds its shared lock against 'cache prune' while it runs."""
 
@@ -40,44 +44,72 @@ _BUILD_ENGINEER = "gapforge.commands.build_engineer"
 _OPERATOR = "gapforge.commands.operator"
 _RELEASE_MANAGER = "gapforge.commands.release_manager"
 
+BUILD_ENGINEER = "build engineer (connected side)"
+RELEASE_MANAGER = "release manager (connected side)"
+OPERATOR = "operator (inside the gap, no network)"
+USERS = (BUILD_ENGINEER, RELEASE_MANAGER, OPERATOR)
+"""The groups of `gapforge --help`, in this order."""
+
 COMMANDS: dict[str, Command] = {
-    # the order of `gapforge --help`
+    # the order of `gapforge --help` within each user's group
     "lock": Command(_BUILD_ENGINEER, "cmd_lock",
-                    "rewrite the lockfiles from their inputs (needs the network)", uses_cache=True),
+                    "rewrite the lockfiles from their inputs (needs the network)", BUILD_ENGINEER,
+                    "gapforge lock --profile cpu recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
     "build": Command(_BUILD_ENGINEER, "cmd_build",
-                     "build a recipe into a sealed image, load it and smoke-run it", uses_cache=True),
-    "keygen": Command(_BUILD_ENGINEER, "cmd_keygen", "make an Ed25519 key pair for signing bundles"),
-    "verify": Command(_OPERATOR, "cmd_verify",
-                      "check a bundle offline: signature, checksums, digests"),
-    "load": Command(_OPERATOR, "cmd_load",
-                    "verify a bundle, then load its image into Docker or a registry"),
-    "run": Command(_OPERATOR, "cmd_run", "run the sealed image on your data, network cut"),
-    "preflight": Command(_OPERATOR, "cmd_preflight",
-                         "go/no-go before a run: image, offline start, data, disk, GPU"),
-    "inspect": Command(_OPERATOR, "cmd_inspect",
-                       "what a bundle holds: recipe, model, packages, digests, pretest"),
-    "deploy": Command(_OPERATOR, "cmd_deploy",
-                      "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest"),
-    "trust": Command(_OPERATOR, "cmd_trust",
-                     "pin the release repository's root once; show or update what the site trusts"),
-    "release": Command(_RELEASE_MANAGER, "cmd_release",
-                       "a TUF repository of releases: add, promote, revoke, rotate, refresh, export"),
-    "inventory": Command(_OPERATOR, "cmd_inventory",
-                         "the signed list of blobs and files this site holds (what a delta is made against)"),
-    "join": Command(_OPERATOR, "cmd_join",
-                    "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it"),
-    "delta": Command(_RELEASE_MANAGER, "cmd_delta",
-                     "a delta bundle: only the blobs and files a site's inventory lacks"),
-    "split": Command(_RELEASE_MANAGER, "cmd_split",
-                     "cut a bundle into parts sized to the medium, each hashed, with parity"),
-    "diff": Command(_RELEASE_MANAGER, "cmd_diff",
-                    "what changed between two bundles: recipe, packages, model, layers, figures"),
+                     "build a recipe into a sealed image, load it and smoke-run it", BUILD_ENGINEER,
+                     "gapforge build recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
+    "validate": Command(_BUILD_ENGINEER, "cmd_validate", "validate recipes and report every problem",
+                        BUILD_ENGINEER, "gapforge validate recipes/smollm2/lora-q8-q4.yaml"),
     "cache": Command(_BUILD_ENGINEER, "cmd_cache",
-                     "what the build cache holds (info), and removing what no build used (prune)"),
-    "validate": Command(_BUILD_ENGINEER, "cmd_validate", "validate recipes and report every problem"),
+                     "what the build cache holds (info), and removing what no build used (prune)",
+                     BUILD_ENGINEER, "gapforge cache prune --older-than 30"),
+    "keygen": Command(_BUILD_ENGINEER, "cmd_keygen", "make an Ed25519 key pair for signing bundles",
+                      BUILD_ENGINEER, "gapforge keygen --out release.key"),
     "runtime-env": Command(_BUILD_ENGINEER, "cmd_runtime_env",
                            "install a profile's locked runtime wheels into a Python (tests)",
+                           BUILD_ENGINEER,
+                           "gapforge runtime-env --python .venv/bin/python --llama-cpp-dir llama.cpp",
                            uses_cache=True),
+    "release": Command(_RELEASE_MANAGER, "cmd_release",
+                       "a TUF repository of releases: add, promote, revoke, rotate, refresh, export",
+                       RELEASE_MANAGER, "gapforge release add dist/smollm2-135m-desk-0.1.0 --repo REPO"),
+    "diff": Command(_RELEASE_MANAGER, "cmd_diff",
+                    "what changed between two bundles: recipe, packages, model, layers, figures",
+                    RELEASE_MANAGER, "gapforge diff dist/NAME-0.1.0 dist/NAME-0.2.0 --markdown"),
+    "delta": Command(_RELEASE_MANAGER, "cmd_delta",
+                     "a delta bundle: only the blobs and files a site's inventory lacks",
+                     RELEASE_MANAGER,
+                     "gapforge delta dist/NAME-0.2.0 --against inventory.json --out outgoing/"),
+    "split": Command(_RELEASE_MANAGER, "cmd_split",
+                     "cut a bundle into parts sized to the medium, each hashed, with parity",
+                     RELEASE_MANAGER,
+                     "gapforge split dist/NAME-0.1.0 --media dvd --parity 2 --out media/ --key release.key"),
+    "trust": Command(_OPERATOR, "cmd_trust",
+                     "pin the release repository's root once; show or update what the site trusts",
+                     OPERATOR, "gapforge trust init root.json"),
+    "verify": Command(_OPERATOR, "cmd_verify",
+                      "check a bundle offline: signature, checksums, digests", OPERATOR,
+                      "gapforge verify dist/smollm2-135m-desk-0.1.0"),
+    "load": Command(_OPERATOR, "cmd_load",
+                    "verify a bundle, then load its image into Docker or a registry", OPERATOR,
+                    "gapforge load dist/smollm2-135m-desk-0.1.0"),
+    "preflight": Command(_OPERATOR, "cmd_preflight",
+                         "go/no-go before a run: image, offline start, data, disk, GPU", OPERATOR,
+                         "gapforge preflight BUNDLE --data my.jsonl --out out/"),
+    "run": Command(_OPERATOR, "cmd_run", "run the sealed image on your data, network cut", OPERATOR,
+                   "gapforge run BUNDLE --data my.jsonl --out out/"),
+    "inspect": Command(_OPERATOR, "cmd_inspect",
+                       "what a bundle holds: recipe, model, packages, digests, pretest", OPERATOR,
+                       "gapforge inspect BUNDLE --json"),
+    "deploy": Command(_OPERATOR, "cmd_deploy",
+                      "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest",
+                      OPERATOR, "gapforge deploy BUNDLE --registry REGISTRY/REPO --kubernetes k8s/"),
+    "inventory": Command(_OPERATOR, "cmd_inventory",
+                         "the signed list of blobs and files this site holds (what a delta is made against)",
+                         OPERATOR, "gapforge inventory /srv/bundles --out inventory.json"),
+    "join": Command(_OPERATOR, "cmd_join",
+                    "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it",
+                    OPERATOR, "gapforge join /media/disc-* --out bundles/"),
 }  # fmt: skip
 
 CACHE_USERS = tuple(name for name, command in COMMANDS.items() if command.uses_cache)
@@ -97,14 +129,46 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     """The whole command line. With `commands`, only those get their arguments (their modules are
     imported); the others are listed with their help, their modules left alone."""
     wanted = set(COMMANDS if commands is None else commands)
-    parser = argparse.ArgumentParser(prog="gapforge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gapforge", usage="gapforge [-h] [--version] COMMAND ...", description=DESCRIPTION, epilog=grouped_commands(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"gapforge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # The commands are listed by user in the epilog; argparse's own flat list is suppressed.
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS
+    )
     for name, command in COMMANDS.items():
-        subparser = sub.add_parser(name, help=command.help)
+        subparser = sub.add_parser(
+            name, help=command.help, description=command.help,
+            epilog=f"example:\n  {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
         if name in wanted:
             importlib.import_module(command.module).register(name, subparser)
     return parser
+
+
+DESCRIPTION = (
+    "gapforge turns a fine-tuning recipe into a sealed, signed image, carries it across an air gap "
+    "in a bundle anyone can verify offline, and runs it there with no network."
+)
+
+
+def grouped_commands() -> str:
+    """Every command under its user's heading, each with its one-line purpose."""
+    width = max(len(name) for name in COMMANDS)
+    lines = []
+    for user in USERS:
+        lines.append(f"{user}:")
+        lines += [
+            f"  {name:<{width}}  {command.help}"
+            for name, command in COMMANDS.items()
+            if command.user == user
+        ]
+        lines.append("")
+    lines.append("'gapforge COMMAND --help' shows a command's options and ends with an example.")
+    return "\n".join(lines)
 
 
 def _named_command(argv: Sequence[str]) -> list[str]:
