@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -10,6 +12,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -17,6 +20,10 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+HEARTBEAT_SECONDS = 8.0
+"""Where output is not a terminal (a log, CI), a long step prints a line this often instead of a
+bar, so a log never sits silent for more than a few seconds."""
 
 
 def step(message: str) -> None:
@@ -55,7 +62,8 @@ def byte_progress_group() -> Iterator[Callable[[str, int | None], Callable[[int]
             task = bar.add_task(description, total=total)
             return lambda n: bar.advance(task, n)
 
-        yield add
+        with _heartbeat(lambda: _bar_status(bar, "bytes")):
+            yield add
 
 
 @contextmanager
@@ -71,4 +79,54 @@ def count_progress(description: str, total: int) -> Iterator[Callable[[int], Non
         *columns, console=console, transient=False, disable=not console.is_terminal
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        with _heartbeat(lambda: _bar_status(bar, "")):
+            yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def waiting(description: str, estimate: str = "") -> Iterator[None]:
+    """A step with nothing to count (a compiler, a venv install, mmdebstrap): a spinner with the
+    elapsed time on a terminal, a line every HEARTBEAT_SECONDS elsewhere, and its time at the end."""
+    start = time.monotonic()
+    suffix = f" ({estimate})" if estimate else ""
+    columns = (SpinnerColumn(), TextColumn(f"{description}{suffix}"), TimeElapsedColumn())
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as bar:
+        bar.add_task(description, total=None)
+        with _heartbeat(lambda: f"{description}: {time.monotonic() - start:.0f} s so far{suffix}"):
+            yield
+    note(f"{description}: done in {time.monotonic() - start:.1f} s")
+
+
+def _bar_status(bar: Progress, unit: str) -> str:
+    """One line of every bar of a display: `description: done/total unit, elapsed`."""
+    parts = []
+    for task in bar.tasks:
+        total = "?" if task.total is None else f"{task.total:,.0f}"
+        parts.append(
+            f"{task.description}: {task.completed:,.0f}/{total}{' ' + unit if unit else ''}"
+        )
+    elapsed = max((task.elapsed or 0.0 for task in bar.tasks), default=0.0)
+    return f"{'; '.join(parts)} ({elapsed:.0f} s)"
+
+
+@contextmanager
+def _heartbeat(status: Callable[[], str]) -> Iterator[None]:
+    """Print `status()` every HEARTBEAT_SECONDS while the block runs, where no bar is shown."""
+    if console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            note(status())
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

