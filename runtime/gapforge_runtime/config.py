@@ -155,6 +155,7 @@ class JudgeSettings:
     model: str = "base"
     prompts: int = 8
     bootstrap: int = 1000
+    force: bool = False
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,24 @@ class Comparison:
     """Per prompt: the parsed verdict with the candidate as A, then as B ('?' = unparseable)."""
 
 
+MIN_BASE_JUDGE_PARAMETERS = 1_000_000_000
+"""Below this, the base model judging itself cannot decide: SmolLM2-135M's two orders disagreed on
+all 8 prompts of every pair (every win rate 0.500 [0.500, 0.500]) in 48 calls and 52 s."""
+
+
+def too_weak_to_judge(model: str, force: bool, base_parameters: int) -> str | None:
+    """Why the judge cannot decide, or None: only the base model itself, below the size above,
+    unless the recipe forces it (`evaluate.judge.force: true`)."""
+    if force or model != "base" or base_parameters >= MIN_BASE_JUDGE_PARAMETERS:
+        return None
+    return (
+        f"too weak to judge: the judge would be the base model itself, {base_parameters / 1e6:.0f}M "
+        f"parameters (under {MIN_BASE_JUDGE_PARAMETERS / 1e9:.0f}B), whose verdicts do not survive "
+        "swapping the answers' order; name a stronger judge under models: and evaluate.judge.model, "
+        "or set evaluate.judge.force: true"
+    )
+
+
 AskJudge = Callable[[str, str, str], str]
 """(question, answer A, answer B) → the judge's raw reply."""
 

@@ -33,6 +33,7 @@ from gapforge_runtime.preflight import (
     check_model_dir,
     check_targets,
     estimate_output_bytes,
+    parameter_count,
 )
 
 
@@ -810,6 +811,10 @@ def _judge(
     if not spec.enabled:
         print("[eval] judge skipped (evaluate.judge.enabled: false)", flush=True)
         return {"enabled": False, "note": "skipped: evaluate.judge.enabled is false"}
+    weak = jd.too_weak_to_judge(spec.model, spec.force, parameter_count(ctx.model_dir))
+    if weak is not None:
+        print(f"[eval] judge skipped: {weak}", flush=True)
+        return {"enabled": False, "note": f"skipped: {weak}"}
     started = time.monotonic()
     if judge_file is None:  # `base`: the base model's own GGUF f16, made here once per evaluation
         from gapforge_runtime.quantize import check_llama_cpp, convert_to_f16

@@ -296,6 +296,10 @@ class JudgeSpec(_Strict):
     """Held-out prompts judged (each twice: both orders)."""
     bootstrap: Annotated[int, Field(ge=100, le=100000)] = 1000
     """Bootstrap resamples for the win rate's 95 % interval."""
+    force: bool = False
+    """Judge even with a judge too weak to decide: the base model itself under 1B parameters (its
+    two orders disagree on nearly every prompt, so every pair ends a tie). Off: such a judge is
+    reported as too weak to judge and no judge call is made."""
 
 
 LmEvalTarget = Literal["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]

@@ -153,3 +153,21 @@ def test_llama_judge_end_to_end(tiny_gguf: Path, llama_cpp_binding: Any) -> None
     assert c.n == 2 and c.wins + c.losses + c.ties == 2
     assert all(v in ("A", "B", "C", "?") for pair in c.verdicts for v in pair)
     assert 0.0 <= c.win_rate <= 1.0 and c.ci_low <= c.win_rate <= c.ci_high
+
+
+# --- a judge too weak to decide ----------------------------------------------------------------
+
+
+def test_the_base_model_under_1b_is_too_weak_to_judge_unless_forced() -> None:
+    reason = jd.too_weak_to_judge("base", False, 134_515_008)
+    assert reason is not None and "135M parameters" in reason and "evaluate.judge.force" in reason
+    assert jd.too_weak_to_judge("base", True, 134_515_008) is None
+    assert jd.too_weak_to_judge("judge", False, 134_515_008) is None  # a named judge is trusted
+    assert jd.too_weak_to_judge("base", False, 8_000_000_000) is None
+
+
+def test_a_skipped_judge_fails_its_gate_saying_why() -> None:
+    note = "skipped: " + (jd.too_weak_to_judge("base", False, 1_000_000) or "")
+    gates = decide_comparison_gates(0.5, {}, {"enabled": False, "note": note}, TASK)
+    assert [(g.name, g.passed) for g in gates] == [("min_win_rate_vs_base", False)]
+    assert "too weak to judge" in gates[0].detail

@@ -208,7 +208,7 @@ def test_a_gate_above_what_the_run_reaches_fails_it_naming_the_gate(
     """A win rate the fine-tune cannot reach: exit 1, the gate named, the report still written."""
     recipe = write_recipe(tmp_path / "recipe")
     spec = json.loads(recipe.read_text())
-    spec["evaluate"]["judge"] = {"prompts": 2}
+    spec["evaluate"]["judge"] = {"prompts": 2, "force": True}
     spec["evaluate"]["gates"]["min_win_rate_vs_base"] = 0.99
     recipe.write_text(json.dumps(spec))
     out = tmp_path / "out"
