@@ -173,7 +173,24 @@ def run_pretest(
             f"pretest PASS in {seconds:.1f} s (gates passed: {gates}); evidence {folder / EVIDENCE}"
         )
     )
+    for line in step_table(evidence):
+        note(escape(line))
     return result
+
+
+def step_table(evidence: dict[str, Any]) -> list[str]:
+    """Where the pretest's time went: each runtime step's seconds and share, slowest first, and
+    what the sandbox itself took (start, imports, the checks between steps)."""
+    steps = {name: float(value) for name, value in (evidence.get("steps") or {}).items()}
+    total = float(evidence.get("seconds") or 0.0)
+    if not steps or total <= 0:
+        return []
+    rows = sorted(steps.items(), key=lambda item: -item[1])
+    rows.append(("(start, imports, between steps)", max(0.0, total - sum(steps.values()))))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'step':<{width}}  {'seconds':>8}  {'share':>6}"]
+    lines += [f"{name:<{width}}  {value:8.1f}  {100 * value / total:5.1f}%" for name, value in rows]
+    return lines
 
 
 def failure_message(result: PretestResult, tail: list[str]) -> str:
