@@ -129,12 +129,12 @@ def ship(evaluation: Mapping[str, Any]) -> str:
     """The smallest artefact that passes every gate that applies to it, or why there is none."""
     gates = evaluation.get("gates") or []
     if not gates:
-        return "None: the recipe names no gate, so no artefact is proven fit to ship."
+        return "none: the recipe names no gate, so no artefact is proven fit to ship."
     run_gates = [g for g in gates if gate_target(g["name"]) is None]
     failed = [g for g in run_gates if not g["passed"]]
     if failed:
         names = ", ".join(f"`{g['name']}`" for g in failed)
-        return f"None: gate {names} failed ({failed[0]['detail']})."
+        return f"none: gate {names} failed ({failed[0]['detail']})."
     models = evaluation.get("models") or {}
     candidates = sorted(
         (n for n in models if n != "base"), key=lambda n: (models[n].get("size_bytes") or 0, n)
@@ -151,7 +151,7 @@ def ship(evaluation: Mapping[str, Any]) -> str:
             return found + (f"; passed over: {'; '.join(passed_over)}." if passed_over else ".")
         why = f"gate `{lost[0]['name']}` failed" if lost else "no gate of the recipe checks it"
         passed_over.append(f"{model_label(name)} ({why})")
-    return "None: " + "; ".join(passed_over) + "."
+    return "none: " + "; ".join(passed_over) + "."
 
 
 def verdict_items(evaluation: Mapping[str, Any]) -> list[tuple[str, str]]:
