@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from test_report import PageText, markdown_words
+
 from tests.requirements import require_module
 
 RUN = Path(__file__).parent / "golden" / "report_run.json"
@@ -104,3 +106,6 @@ def test_every_section_other_tests_read(tmp_path: Path) -> None:
     assert "no judge verdict (skipped: too weak to judge (135M parameters))" in md
     for text in (md, page):
         assert not re.search(r"\bNone\b|\bnan\b|\bnull\b", text)
+    parser = PageText()
+    parser.feed(page)
+    assert parser.words == markdown_words(md), "report.md and report.html say the same"

@@ -41,9 +41,9 @@ def test_a_failed_gate_of_the_smallest_ships_the_next(evaluation: dict[str, Any]
 def test_an_artefact_no_gate_checks_is_not_shipped(evaluation: dict[str, Any]) -> None:
     evaluation["gates"] = [evaluation["gates"][0]]  # require_improvement only
     found = ship(evaluation)
-    assert found.startswith("Merged (538.1 MB): the smallest artefact that passes")
+    assert found.startswith("Merged (269.1 MB): the smallest artefact that passes")
     assert "GGUF Q4_K_M (no gate of the recipe checks it)" in found
-    assert "GGUF F16 (no gate of the recipe checks it)" in found
+    assert "GGUF Q8_0 (no gate of the recipe checks it)" in found
 
 
 def test_a_failed_gate_on_the_fine_tune_ships_nothing(evaluation: dict[str, Any]) -> None:
