@@ -99,7 +99,8 @@ def full_bundle(args: argparse.Namespace) -> Path:
     from gapforge.transfer.rebuild import rebuild_bundle
 
     step(f"rebuilding the full bundle from the delta {bundle}")
-    return rebuild_bundle(bundle, list(args.held), args.rebuild_into or Path.cwd()).path
+    into = args.rebuild_into or Path.cwd()
+    return rebuild_bundle(bundle, list(args.held), into, anchor_of(args), args.command).path
 
 
 def scan_options(args: argparse.Namespace) -> Any:
@@ -429,10 +430,10 @@ def join_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle,
-    then the full verify against the operator's trust anchor."""
-    from gapforge.bundle.sign import load_public_key
-    from gapforge.bundle.verify import verify_bundle
+    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle.
+    The parts manifest or the delta's SHA256SUMS is checked against the operator's trust anchor
+    before anything it names is touched, and the result goes through the trust gate before it is
+    renamed into place (gapforge.transfer.trust)."""
     from gapforge.errors import BundleError
     from gapforge.transfer import is_delta
 
@@ -446,21 +447,26 @@ def cmd_join(args: argparse.Namespace) -> int:
     if len(args.sources) == 1 and is_delta(args.sources[0]):
         from gapforge.transfer.rebuild import rebuild_bundle
 
-        step(f"rebuilding the full bundle from the delta {args.sources[0]}")
-        bundle = rebuild_bundle(args.sources[0], list(args.held), args.out).path
+        step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
+        report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report
     else:
         from gapforge.transfer.join import join_parts
-
-        keys = [load_public_key(args.key)] if args.key else list(anchor.keys)
+        from gapforge.transfer.join_sources import media_keys
         from gapforge.transfer.split_cli import print_join
+        from gapforge.transfer.trust import verify_before_rename
 
-        result = join_parts(args.sources, args.out, keys)
+        reports: list[Any] = []
+
+        def gate(folder: Path) -> None:
+            step(f"verifying {folder.name} against {anchor.source}")
+            reports.append(verify_before_rename(folder, anchor, "join"))
+
+        result = join_parts(args.sources, args.out, media_keys(args.sources, anchor), verify=gate)
         print_join(result)
-        bundle = result.bundle
-    step(f"verifying {bundle}")
-    report = verify_bundle(bundle, anchor)
+        report = reports[-1]
+        report.bundle = result.bundle
     _print_verify(report)
-    return 0 if report.ok else 1
+    return 0
 
 
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {

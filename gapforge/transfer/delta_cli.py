@@ -186,13 +186,21 @@ def rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder to write the full <name>-<version>/ in"
     )
+    parser.add_argument(
+        "--key", type=Path, help="the release key's public half: the delta must be signed by it"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="check the delta against its own key only"
+    )
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from gapforge.bundle.anchor import choose_anchor
     from gapforge.transfer.rebuild import rebuild_bundle
 
+    anchor = choose_anchor("rebuild", args.key, args.insecure)
     step(f"rebuilding the full bundle from {args.delta}")
-    result = rebuild_bundle(args.delta, list(args.sources), args.out)
+    result = rebuild_bundle(args.delta, list(args.sources), args.out, anchor, "rebuild")
     for rejected in result.rejected:
         console.print(f"[bold yellow]passed over a damaged copy[/] {rejected}")
     sources = sorted(set(result.from_sources.values()))
@@ -203,6 +211,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     note(f"{result.path / 'image.tar'}: {_mb(result.archive_size)}, sha256 {result.archive_sha256}")
     console.print(
         f"[bold green]rebuilt[/] {result.path} in {result.seconds:.1f} s: its image.tar matches "
-        "SHA256SUMS; now check its signature with 'gapforge verify' (it verifies like the full bundle)"
+        f"SHA256SUMS and it verified against {anchor.source}"
     )
     return 0
