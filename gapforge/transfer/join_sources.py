@@ -69,6 +69,7 @@ def find_sources(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> Sou
     chosen: tuple[PartsManifest, bytes, bytes] | None = None
     warnings: list[str] = []
     payloads: dict[str, list[str]] = {}
+    unproven = False
     for folder, _ in media:
         where = str(folder / MANIFEST_NAME)
         try:
@@ -78,12 +79,14 @@ def find_sources(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> Sou
             if not keys:
                 raise
             warnings.append(str(exc))
+            unproven = unproven or isinstance(exc, PartsNotTrusted)
             continue
         payloads.setdefault(hashlib.sha256(payload).hexdigest(), []).append(folder.name)
         if chosen is None:
             chosen = (manifest, payload, data)
     if chosen is None:
-        raise PartsNotTrusted(
+        refusal = PartsNotTrusted if unproven else BundleError  # a failed check, or bad input
+        raise refusal(
             "no medium given holds a parts manifest that passes its check:\n  "
             + "\n  ".join(warnings)
         )
