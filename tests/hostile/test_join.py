@@ -16,7 +16,7 @@ import pytest
 
 from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import sign_envelope
-from gapforge.bundle.sign import SigningKey, write_key_pair
+from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
 from gapforge.errors import GapforgeError
 from gapforge.release.maintenance import export
 from gapforge.release.releases import promote
@@ -195,22 +195,20 @@ def test_the_join_work_folder_may_not_be_a_link_out_of_out(
 # --- under the trusted root: the manifest's signer must be a build key the verified TUF names ---
 
 
-def _root_media(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Anchor]:
-    repo, bundle = world["repo"], world["bundle"]
+def _root_media(site: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Anchor]:
+    repo, bundle = site["repo"], site["bundle"]
     promote(repo, "tiny-desk-0.1.0", [])
     export(repo, bundle)
-    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world["trust"]))
-    build = world["keys"] / "build.key"
-    from gapforge.bundle.sign import load_private_key
-
-    out = world["tmp"] / "media"
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(site["trust"]))
+    build = site["keys"] / "build.key"
+    out = site["tmp"] / "media"
     split_bundle(bundle, out, "64KiB", 1, load_private_key(build), block_size=BLOCK)
     return out, Anchor("root", (), "the trusted root")
 
 
 def test_root_anchor_takes_the_build_keys_of_verified_metadata(
-    world: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out, anchor = _root_media(world, monkeypatch)
     assert (out / "disc-01" / METADATA_DIR / "timestamp.json").is_file()
@@ -219,8 +217,8 @@ def test_root_anchor_takes_the_build_keys_of_verified_metadata(
 
 
 def test_root_anchor_refuses_a_manifest_signed_by_the_media_own_key(
-    world: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out, anchor = _root_media(world, monkeypatch)
     attacker = write_key_pair(world["tmp"] / "attacker.key")
@@ -233,9 +231,9 @@ def test_root_anchor_refuses_a_manifest_signed_by_the_media_own_key(
 
 @pytest.mark.parametrize("what", ["version", "sums", "metadata"])
 def test_root_anchor_refuses_a_release_the_metadata_does_not_vouch_for(
-    world: dict[str, Any],
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
     monkeypatch: pytest.MonkeyPatch,
-    what: str,  # noqa: F811
+    what: str,
 ) -> None:
     out, anchor = _root_media(world, monkeypatch)
     for folder in out.iterdir():
