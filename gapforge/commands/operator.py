@@ -453,13 +453,13 @@ def cmd_join(args: argparse.Namespace) -> int:
         from gapforge.transfer.join import join_parts
         from gapforge.transfer.join_sources import media_keys
         from gapforge.transfer.split_cli import print_join
-        from gapforge.transfer.trust import verify_before_rename
+        from gapforge.transfer.trust import verify_or_refuse
 
         reports: list[Any] = []
 
         def gate(folder: Path) -> None:
             step(f"verifying {folder.name} against {anchor.source}")
-            reports.append(verify_before_rename(folder, anchor, "join"))
+            reports.append(verify_or_refuse(folder, anchor, "join"))
 
         result = join_parts(args.sources, args.out, media_keys(args.sources, anchor), verify=gate)
         print_join(result)

@@ -30,7 +30,7 @@ from gapforge.transfer.archivemap import ArchiveMap, Inline, parse_map
 from gapforge.transfer.delta import CHUNK, BundleFacts, delta_record, read_facts
 from gapforge.transfer.delta_check import check_delta, copy_regular_tree
 from gapforge.transfer.inventory import HeldBlob, Source, blob_folder, scan_sources
-from gapforge.transfer.trust import verify_before_rename
+from gapforge.transfer.trust import verify_or_refuse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -298,7 +298,7 @@ def rebuild_bundle(
         for path in work.rglob("*"):
             if path.is_file():
                 path.chmod(0o644)
-        result.report = verify_before_rename(work, anchor, command)
+        result.report = verify_or_refuse(work, anchor, command)
         os.rename(work, final)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)

@@ -138,9 +138,9 @@ def release_keys(
     return keys
 
 
-def verify_before_rename(folder: Path, anchor: Anchor, command: str) -> VerifyReport:
-    """The full verify of a joined or rebuilt bundle, still in its private work folder, through
-    the trust gate (gapforge.bundle.gate): NotVerified (exit 1) unless its signature is proven by
+def verify_or_refuse(folder: Path, anchor: Anchor, command: str) -> VerifyReport:
+    """The full verify of a bundle (a joined or rebuilt one still in its private work folder, a
+    side of a diff) through the trust gate (gapforge.bundle.gate): NotVerified (exit 1) unless its signature is proven by
     a key the anchor names and nothing else was found. With --insecure (the bundle's own key) the
     signature must still verify and nothing be found; the report says it is not pinned."""
     from gapforge.bundle.gate import NotVerified, require_verified
