@@ -91,6 +91,11 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
         help="the site's operator public key: the inventory must be signed with it (repeatable)",
     )  # fmt: skip
     parser.add_argument(
+        "--insecure-inventory", action="store_true",
+        help="accept an inventory checked only against the operator key it names itself (proves "
+        "it was not damaged, not who wrote it); without it, --inventory-key is needed",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-check", action="store_true",
         help="do not hash image.tar against SHA256SUMS first (faster; a damaged bundle is then "
         "only found inside the gap)",
@@ -107,6 +112,14 @@ def _against(args: argparse.Namespace) -> Against:
     spec = Path(args.against)
     if spec.is_file():
         keys = [load_public_key(path) for path in args.inventory_key]
+        if not keys and not args.insecure_inventory:
+            raise TransferError(
+                f"--against {spec}: an inventory is trusted only when it is signed by the site's "
+                "operator key, pinned with --inventory-key OPERATOR.pub.pem (received from the site "
+                "out of band; the release repository's metadata names no operator keys). Pass it, "
+                "or --insecure-inventory to accept the key the inventory names itself (integrity, "
+                "not origin)"
+            )
         return against_inventory(spec, keys or None)
     if spec.is_dir():
         return against_bundle(spec)

@@ -222,7 +222,10 @@ def open_manifest(
 ) -> tuple[PartsManifest, bytes]:
     """The manifest and its payload bytes; checked against `keys` when given, else NOT checked."""
     if keys:
-        payload, problems = open_envelope(data, PAYLOAD_TYPE, keys)
+        try:
+            payload, problems = open_envelope(data, PAYLOAD_TYPE, keys)
+        except RecursionError:
+            payload, problems = None, ["not a DSSE envelope: JSON nested too deep"]
         if payload is None:
             raise PartsNotTrusted(
                 f"{where}: the parts manifest fails its check: {'; '.join(problems)}. Take these "
