@@ -222,19 +222,38 @@ def _unpack(stream_path: Path, manifest: PartsManifest, into: Path) -> str:
                 target = into / path
                 no_links(into, target, f"{stream_path}: member {name}")
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_folder(target, member.name)
                 elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    with open(target, "xb") as sink:
-                        shutil.copyfileobj(source, sink, 1024 * 1024)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                    _write_member(tar, member, target)
                 else:
                     raise BundleError(f"stream member {member.name!r} is not a file or folder")
         while reader.read(1024 * 1024):
             pass
     return digest.hexdigest()
+
+
+def _make_folder(target: Path, name: str) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name came first
+        raise BundleError(f"stream member {name!r}: cannot be a folder ({exc.strerror})") from None
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    """One regular file of the stream, written as a new file (never over one, never through a
+    link), 0644 or 0755."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None
+        with open(target, "xb") as sink:
+            shutil.copyfileobj(source, sink, 1024 * 1024)
+        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    except OSError as exc:  # twice the same name, or a folder of that name
+        raise BundleError(
+            f"stream member {member.name!r}: cannot be written ({exc.strerror or exc}): the stream "
+            "names it twice or as a file and a folder; not a stream gapforge split wrote"
+        ) from None
 
 
 def join_parts(
