@@ -450,21 +450,9 @@ def cmd_join(args: argparse.Namespace) -> int:
         step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
         report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report
     else:
-        from gapforge.transfer.join import join_parts
-        from gapforge.transfer.join_sources import media_keys
-        from gapforge.transfer.split_cli import print_join
-        from gapforge.transfer.trust import verify_or_refuse
+        from gapforge.transfer.split_cli import join_verified
 
-        reports: list[Any] = []
-
-        def gate(folder: Path) -> None:
-            step(f"verifying {folder.name} against {anchor.source}")
-            reports.append(verify_or_refuse(folder, anchor, "join"))
-
-        result = join_parts(args.sources, args.out, media_keys(args.sources, anchor), verify=gate)
-        print_join(result)
-        report = reports[-1]
-        report.bundle = result.bundle
+        report = join_verified(args.sources, args.out, anchor)
     _print_verify(report)
     return 0
 

@@ -11,7 +11,6 @@ gapforge.commands.operator.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -306,42 +305,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _diff_side(spec: str, args: argparse.Namespace) -> Path:
-    """A bundle folder as given, verified against the operator's anchor (--key, the trusted root,
-    or --insecure); or a release version resolved through the release repository to the bundle it
-    was added from, verified against the repository's build keys and its SHA256SUMS the very one the
-    repository lists. Nothing is diffed before its check passes."""
-    from gapforge.bundle import SUMS
-    from gapforge.bundle.anchor import Anchor, choose_anchor
-    from gapforge.release import target_path
-    from gapforge.release.keys import crypto_key
-    from gapforge.release.releases import resolve
-    from gapforge.transfer.trust import verify_or_refuse
+    """One side of the diff, verified before it is read (gapforge.diff.sides)."""
+    from gapforge.diff.sides import verified_side
 
-    if Path(spec).is_dir():
-        anchor = choose_anchor("diff", args.key, args.insecure)
-        verify_or_refuse(Path(spec), anchor, "diff")
-        return Path(spec)
-    repo = _open(args)
-    name, version = resolve(repo, spec)
-    recorded = repo.bundles.get(f"{name}-{version}")
-    if recorded is None or not Path(recorded).is_dir():
-        raise BundleError(
-            f"{spec}: release {name}/{version} is in {repo.path}, but the bundle it was added from "
-            f"({recorded or 'not recorded'}) is not on this machine: pass the bundle folder instead"
-        )
-    keys = tuple(crypto_key(key) for key in repo.keys_of("candidate")[0])
-    anchor = Anchor("key", keys, f"the build keys of the release repository {repo.path}")
-    report = verify_or_refuse(Path(recorded), anchor, "diff")
-    entry = repo.targets("candidate").signed.targets.get(target_path("candidate", name, version))
-    listed = entry.hashes.get("sha256") if entry is not None else None
-    actual = hashlib.sha256((report.bundle / SUMS).read_bytes()).hexdigest()
-    if listed != actual:
-        raise BundleError(
-            f"{recorded}: its SHA256SUMS (sha256 {actual}) is not the one the release repository "
-            f"lists for {name} {version} ({listed}): the bundle folder changed after it was added; "
-            "pass the released bundle"
-        )
-    return Path(recorded)
+    return verified_side(spec, args.key, args.insecure, lambda: _open(args))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

