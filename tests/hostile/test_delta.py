@@ -8,18 +8,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gapforge.bundle.sign import SigningKey
+from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.sign import SigningKey, write_key_pair
 from gapforge.bundle.sign import sign as sign_bytes
+from gapforge.release.maintenance import export
+from gapforge.release.releases import promote
 from gapforge.transfer.delta import against_bundle, make_delta
+from gapforge.transfer.delta_check import check_delta
+from gapforge.transfer.trust import TransferNotTrusted
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_delta import bundles  # noqa: F401 (fixture)
+from tests.unit.test_release import world  # noqa: F401 (fixture)
 
 
 @pytest.fixture
@@ -192,3 +199,55 @@ def test_make_delta_shares_no_inode_with_the_released_bundle(
         path.chmod(0o644)
         path.write_bytes(b"edited in the delta\n")
     assert {p.relative_to(new): p.read_bytes() for p in new.rglob("*") if p.is_file()} == released
+
+
+# --- under the trusted root: the delta's SHA256SUMS must be a release the verified TUF lists ---
+
+
+def _root_delta(site: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Anchor]:
+    """The release repository's bundle as a delta folder would carry it (no image.tar), with its
+    release metadata; the site trusts the repository's root."""
+    repo, bundle = site["repo"], site["bundle"]
+    promote(repo, "tiny-desk-0.1.0", [])
+    export(repo, bundle)
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(site["trust"]))
+    folder = site["tmp"] / "tiny-desk-0.1.0.delta"
+    shutil.copytree(bundle, folder, ignore=shutil.ignore_patterns("image.tar"))
+    (folder / "delta").mkdir()
+    return folder, Anchor("root", (), "the trusted root")
+
+
+def test_root_anchor_proves_a_released_delta_by_a_build_key(
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder, anchor = _root_delta(world, monkeypatch)
+    checked = check_delta(folder, anchor)
+    assert checked.label == "tiny-desk-0.1.0" and checked.pinned
+
+
+@pytest.mark.parametrize("attack", ["resigned", "unreleased", "no-metadata", "foreign-signature"])
+def test_root_anchor_refuses_a_delta_the_release_metadata_does_not_vouch_for(
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    attack: str,
+) -> None:
+    folder, anchor = _root_delta(world, monkeypatch)
+    attacker = write_key_pair(world["tmp"] / "attacker.key")
+    if attack == "resigned":  # the attacker's own key, shipped beside the delta
+        resign(folder, attacker, lambda index: index.__setitem__("description", "evil"))
+    elif attack == "unreleased":
+        resign(folder, attacker, lambda index: index.__setitem__("version", "9.9.9"))
+    elif attack == "no-metadata":
+        shutil.rmtree(folder / "release")
+    else:  # the released SHA256SUMS, signed again by the attacker, with the attacker's key beside it
+        sums = (folder / "SHA256SUMS").read_bytes()
+        (folder / "SHA256SUMS.sig").write_bytes(sign_bytes(attacker, sums))
+        (folder / "signing-key.pub.pem").write_bytes(attacker.public_pem)
+    with pytest.raises(TransferNotTrusted) as caught:
+        check_delta(folder, anchor)
+    expected = {"resigned": "this is not the bundle that was released",
+                "unreleased": "is not a release on channel",
+                "no-metadata": "no release metadata",
+                "foreign-signature": "does not prove SHA256SUMS"}[attack]  # fmt: skip
+    assert expected in caught.value.message and caught.value.exit_status == 1
