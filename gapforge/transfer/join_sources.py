@@ -25,7 +25,7 @@ from gapforge.transfer.split_manifest import (
     PartsNotTrusted,
     open_manifest,
 )
-from gapforge.transfer.trust import read_small, refuse_links, release_keys
+from gapforge.transfer.trust import read_small, release_keys
 
 
 @dataclass
@@ -127,8 +127,11 @@ def media_keys(paths: Sequence[Path], anchor: Anchor) -> list[Ed25519PublicKey]:
     where = str(folder / MANIFEST_NAME)
     manifest, _ = open_manifest(read_small(folder / MANIFEST_NAME, where), where, ())
     metadata = anchor.metadata or folder / METADATA_DIR
-    if metadata.is_symlink():
-        refuse_links(metadata, where)
+    if anchor.metadata is None and metadata.is_symlink():
+        raise UnsafeName(
+            f"{where}: {metadata} is a symbolic link: a medium holds plain files and folders "
+            "only, and no link is followed; these media were altered"
+        )
     name, version = manifest.name, manifest.version
     return list(release_keys(anchor, metadata, name, version, manifest.sums_sha256, where))
 

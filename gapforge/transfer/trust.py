@@ -36,10 +36,10 @@ class TransferNotTrusted(TransferError):
 
 
 def refuse_links(folder: Path, where: str) -> None:
-    """Refuse (UnsafeName) a symbolic link, device, FIFO or socket anywhere under `folder`
-    (`folder` itself included): transfer input holds plain files and folders only, and a link
-    is never followed out of its folder."""
-    for path in [folder, *_entries(folder)]:
+    """Refuse (UnsafeName) a symbolic link, device, FIFO or socket anywhere under `folder` (the
+    folder the operator named may itself be reached through a link: a mount point, say):
+    transfer input holds plain files and folders only, and a link is never followed out of it."""
+    for path in _entries(folder):
         mode = os.lstat(path).st_mode
         if stat.S_ISLNK(mode):
             target = os.readlink(path)
@@ -98,13 +98,14 @@ def release_keys(
         trust_state,
     )
 
+    if metadata.is_dir():
+        refuse_links(metadata, where)
     if not metadata.is_dir() or not (metadata / "timestamp.json").is_file():
         raise TransferNotTrusted(
             f"{where}: no release metadata to check it against under the trusted root ({metadata} "
             "holds no timestamp.json): pass --repo with the release repository's metadata folder "
             "('gapforge release export'), or --key RELEASE.pub.pem"
         )
-    refuse_links(metadata, where)
     trust = trust_dir()
     channel = anchor.channel or trust_state(trust).channel
     updater = _updater(metadata, trust)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import sign_envelope
 from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
 from gapforge.errors import GapforgeError
+from gapforge.names import UnsafeName
 from gapforge.release.maintenance import export
 from gapforge.release.releases import promote
 from gapforge.transfer.join_sources import find_sources, media_keys
@@ -298,3 +300,21 @@ def test_a_joined_bundle_that_fails_the_gate_is_not_renamed_into_place(
     assert status == 1 and "not verified, so 'gapforge join' will not act on it" in text, text
     assert "RUNBOOK.md" in text
     assert not hostile.out.exists() or not any(hostile.out.iterdir()), list(hostile.out.iterdir())
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_root_anchor_never_reads_release_metadata_through_a_link(
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    out, anchor = _root_media(world, monkeypatch)
+    metadata = out / "disc-01" / METADATA_DIR
+    if where == "folder":
+        shutil.rmtree(metadata)
+        metadata.symlink_to(world["repo"].metadata_dir)
+    else:
+        (metadata / "timestamp.json").unlink()
+        (metadata / "timestamp.json").symlink_to("/etc/passwd")
+    with pytest.raises(UnsafeName, match="is a symbolic link"):
+        media_keys(sorted(out.iterdir()), anchor)
