@@ -435,12 +435,18 @@ def cmd_join(args: argparse.Namespace) -> int:
     before anything it names is touched, and the result goes through the trust gate before it is
     renamed into place (gapforge.transfer.trust)."""
     from gapforge.errors import BundleError
+    from gapforge.release.client import trusted_root_installed
     from gapforge.transfer import is_delta
 
     if args.check:  # one medium (or several) on its own: every block against the manifest
-        from gapforge.transfer.split_cli import cmd_join as check_media
+        from gapforge.transfer.split_cli import check_media
+        from gapforge.transfer.split_cli import cmd_join as check_unpinned
 
-        return check_media(args)
+        if args.key is None and not args.insecure and trusted_root_installed():
+            from gapforge.transfer.join_sources import media_keys
+
+            return check_media(args.sources, media_keys(args.sources, anchor_of(args)))
+        return check_unpinned(args)  # --key, or no anchor: says UNPINNED loudly
     anchor = anchor_of(args)  # before any work: no anchor, no join
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")

@@ -101,7 +101,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if not keys:
         _unpinned_warning()
     if args.check:
-        return _check(args.sources, keys)
+        return check_media(args.sources, keys)
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
     result = join_parts(args.sources, args.out, keys)
@@ -131,7 +131,9 @@ def join_verified(paths: Sequence[Path], out: Path, anchor: Anchor) -> VerifyRep
     return report
 
 
-def _check(paths: list[Path], keys: Sequence[Ed25519PublicKey]) -> int:
+def check_media(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> int:
+    """`join --check`: every block of every part given against the manifest (checked with `keys`
+    when given); 1 when a part is bad or none is found."""
     sources = find_sources(paths, keys)
     m = sources.manifest
     for warning in sources.warnings:

@@ -18,6 +18,7 @@ import pytest
 from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import sign_envelope
 from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
+from gapforge.cli import main
 from gapforge.errors import GapforgeError
 from gapforge.names import UnsafeName
 from gapforge.release.maintenance import export
@@ -318,3 +319,18 @@ def test_root_anchor_never_reads_release_metadata_through_a_link(
         (metadata / "timestamp.json").symlink_to("/etc/passwd")
     with pytest.raises(UnsafeName, match="is a symbolic link"):
         media_keys(sorted(out.iterdir()), anchor)
+
+
+def test_join_check_under_the_root_takes_the_build_keys(
+    world: dict[str, Any],  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, _anchor = _root_media(world, monkeypatch)
+    disc = out / "disc-02"
+    assert main(["join", str(disc), "--check"]) == 0
+    text = capsys.readouterr().err
+    assert "disc-02: OK" in text and "UNPINNED" not in text, text
+    rewrite(out, lambda payload: None, write_key_pair(world["tmp"] / "attacker.key"))
+    assert main(["join", str(disc), "--check"]) == 1
+    assert "fails its check" in capsys.readouterr().err
