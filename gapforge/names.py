@@ -112,8 +112,8 @@ def no_links(root: Path, path: Path, where: str) -> None:
         current = current / part
         try:
             mode = os.lstat(current).st_mode
-        except FileNotFoundError:
-            return  # nothing further exists to follow
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing further exists to follow (or a file stands where a folder would)
         if stat.S_ISLNK(mode):
             raise _refuse(
                 str(path.relative_to(root)),

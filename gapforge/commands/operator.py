@@ -99,7 +99,8 @@ def full_bundle(args: argparse.Namespace) -> Path:
     from gapforge.transfer.rebuild import rebuild_bundle
 
     step(f"rebuilding the full bundle from the delta {bundle}")
-    return rebuild_bundle(bundle, list(args.held), args.rebuild_into or Path.cwd()).path
+    into = args.rebuild_into or Path.cwd()
+    return rebuild_bundle(bundle, list(args.held), into, anchor_of(args), args.command).path
 
 
 def scan_options(args: argparse.Namespace) -> Any:
@@ -429,38 +430,37 @@ def join_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle,
-    then the full verify against the operator's trust anchor."""
-    from gapforge.bundle.sign import load_public_key
-    from gapforge.bundle.verify import verify_bundle
+    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle.
+    The parts manifest or the delta's SHA256SUMS is checked against the operator's trust anchor
+    before anything it names is touched, and the result goes through the trust gate before it is
+    renamed into place (gapforge.transfer.trust)."""
     from gapforge.errors import BundleError
+    from gapforge.release.client import trusted_root_installed
     from gapforge.transfer import is_delta
 
     if args.check:  # one medium (or several) on its own: every block against the manifest
-        from gapforge.transfer.split_cli import cmd_join as check_media
+        from gapforge.transfer.split_cli import check_media
+        from gapforge.transfer.split_cli import cmd_join as check_unpinned
 
-        return check_media(args)
+        if args.key is None and not args.insecure and trusted_root_installed():
+            from gapforge.transfer.join_sources import media_keys
+
+            return check_media(args.sources, media_keys(args.sources, anchor_of(args)))
+        return check_unpinned(args)  # --key, or no anchor: says UNPINNED loudly
     anchor = anchor_of(args)  # before any work: no anchor, no join
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
     if len(args.sources) == 1 and is_delta(args.sources[0]):
         from gapforge.transfer.rebuild import rebuild_bundle
 
-        step(f"rebuilding the full bundle from the delta {args.sources[0]}")
-        bundle = rebuild_bundle(args.sources[0], list(args.held), args.out).path
+        step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
+        report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report
     else:
-        from gapforge.transfer.join import join_parts
+        from gapforge.transfer.split_cli import join_verified
 
-        keys = [load_public_key(args.key)] if args.key else list(anchor.keys)
-        from gapforge.transfer.split_cli import print_join
-
-        result = join_parts(args.sources, args.out, keys)
-        print_join(result)
-        bundle = result.bundle
-    step(f"verifying {bundle}")
-    report = verify_bundle(bundle, anchor)
+        report = join_verified(args.sources, args.out, anchor)
     _print_verify(report)
-    return 0 if report.ok else 1
+    return 0
 
 
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {

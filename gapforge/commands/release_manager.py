@@ -280,6 +280,15 @@ def diff_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write to FILE (atomically) instead of stdout"
     )
+    parser.add_argument(
+        "--key", type=Path, metavar="RELEASE.pub.pem",
+        help="the key a bundle folder must be signed with (default: the trusted root from "
+        "'gapforge trust init'); a release version is checked against the repository's build keys",
+    )  # fmt: skip
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="check a bundle folder against its own key only (integrity, not origin)",
+    )  # fmt: skip
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -296,21 +305,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _diff_side(spec: str, args: argparse.Namespace) -> Path:
-    """A bundle folder as given, or a release version resolved through the release repository to
-    the bundle it was added from (repository.json records where)."""
-    from gapforge.release.releases import resolve
+    """One side of the diff, verified before it is read (gapforge.diff.sides)."""
+    from gapforge.diff.sides import verified_side
 
-    if Path(spec).is_dir():
-        return Path(spec)
-    repo = _open(args)
-    name, version = resolve(repo, spec)
-    recorded = repo.bundles.get(f"{name}-{version}")
-    if recorded is None or not Path(recorded).is_dir():
-        raise BundleError(
-            f"{spec}: release {name}/{version} is in {repo.path}, but the bundle it was added from "
-            f"({recorded or 'not recorded'}) is not on this machine: pass the bundle folder instead"
-        )
-    return Path(recorded)
+    return verified_side(spec, args.key, args.insecure, lambda: _open(args))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

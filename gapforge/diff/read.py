@@ -1,7 +1,8 @@
 """What one bundle says about itself, read for `gapforge diff`: its documents, locks and checksums.
 
 Only the small documents are read (bundle.json, recipe/, the SBOM, the pretest evidence, SHA256SUMS);
-image.tar is left alone here. Nothing is verified: `gapforge verify` does that.
+image.tar is left alone here. Nothing is verified here: `gapforge diff` passes each bundle through
+the trust gate first. Names from bundle.json (the locks) are parsed as plain relative paths.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from gapforge.bundle import INDEX, PRETEST, RECIPE_DIR, SBOM, SUMS
 from gapforge.bundle.sums import parse_sums
 from gapforge.errors import BundleError
+from gapforge.names import no_links, relative_path
 
 RECIPE_JSON = f"{RECIPE_DIR}/recipe.json"
 LOCKS_DIR = f"{RECIPE_DIR}/locks"
@@ -118,14 +120,28 @@ def _sbom_packages(sbom: dict[str, Any], purl_type: str) -> dict[str, str]:
     return versions
 
 
+def lock_names(bundle: Path, index: dict[str, Any]) -> list[str]:
+    """bundle.json's `locks` keys, each parsed as a plain relative path (gapforge.names): a `../`
+    or absolute name is refused (UnsafeName, exit 2), never read."""
+    locks = index.get("locks", {})
+    where = f"{bundle / INDEX}: locks"
+    if not isinstance(locks, dict):
+        raise BundleError(f"{where}: a JSON {type(locks).__name__}, not an object of lock → sha256")
+    return [relative_path(name, f"{where}: key") for name in locks]
+
+
 def _lock_files(bundle: Path, index: dict[str, Any], suffix: str) -> list[str]:
-    """The locks in recipe/locks/ whose names end with `suffix`: those bundle.json lists, else any."""
-    listed = [f"{LOCKS_DIR}/{name}" for name in index.get("locks", {}) if name.endswith(suffix)]
-    if not listed and (bundle / LOCKS_DIR).is_dir():
+    """The locks in recipe/locks/ whose names end with `suffix`: those bundle.json lists, else any;
+    never through a symbolic link."""
+    listed = [f"{LOCKS_DIR}/{name}" for name in lock_names(bundle, index) if name.endswith(suffix)]
+    if not listed and (bundle / LOCKS_DIR).is_dir() and not (bundle / LOCKS_DIR).is_symlink():
         listed = [
             p.relative_to(bundle).as_posix()
             for p in sorted((bundle / LOCKS_DIR).rglob(f"*{suffix}"))
+            if not p.is_symlink()
         ]
+    for name in listed:
+        no_links(bundle, bundle / name, f"{bundle / INDEX}: locks")
     return [name for name in listed if (bundle / name).is_file()]
 
 

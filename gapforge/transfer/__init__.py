@@ -16,7 +16,14 @@ A delta bundle folder holds every file of the bundle except image.tar, plus:
 
 A split (`split`, `parity`, `split_manifest`; `join`, `join_sources`) serialises the bundle as one
 deterministic tar stream cut into K data parts of the medium's size plus N zfec parity parts, each
-with its own sha256 and per-block hashes in a signed manifest carried on every medium.
+with its own sha256 and per-block hashes in a signed manifest carried on every medium (with the
+bundle's release metadata, `release-metadata/`, so a site under the trusted root can check the
+manifest's signer before reading a part).
+
+Check, then touch (`trust`, `delta_check`): a delta's signed SHA256SUMS and a parts manifest are
+proven against the operator's anchor before anything they name is read or written; names from them
+go through gapforge.names; links are refused, never followed; the result passes the trust gate
+before it is renamed into place.
 """
 
 from __future__ import annotations

@@ -134,8 +134,14 @@ class _Mapper:
         self.position = 0
         self.pending = bytearray()
         self.segments: list[Segment] = []
+        self.total = 0
 
     def read(self, size: int) -> bytes:
+        if size < 0 or size > self.total - self.position:  # never ask for more than is there
+            raise TransferError(
+                f"{self.where}: a member of {size} bytes at byte {self.position} runs past the "
+                f"archive's end ({self.total} bytes): the archive is truncated or not a tar"
+            )
         data = self.handle.read(size)
         if len(data) != size:
             raise TransferError(
@@ -152,11 +158,14 @@ class _Mapper:
         if self.pending:
             self.segments.append(Inline(bytes(self.pending)))
             self.pending = bytearray()
+        if size > self.total - self.position:
+            self.read(size)  # refused: past the end
         self.segments.append(BlobRef(digest, size, self.position))
         self.handle.seek(size, 1)
         self.position += size
 
     def run(self, total: int) -> list[Segment]:
+        self.total = total
         next_size: int | None = None
         next_name: str | None = None
         while self.position < total:

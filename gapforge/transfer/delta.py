@@ -22,7 +22,6 @@ from gapforge import __version__
 from gapforge.atomic import swap_in
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
 from gapforge.bundle.sums import parse_sums
-from gapforge.bundle.write import place
 from gapforge.progress import byte_progress
 from gapforge.transfer import (
     ARCHIVE_MAP,
@@ -33,6 +32,7 @@ from gapforge.transfer import (
     is_delta,
 )
 from gapforge.transfer.archivemap import ArchiveMap, BlobRef, map_archive
+from gapforge.transfer.delta_check import copy_regular
 from gapforge.transfer.inventory import read_inventory, scan_sources
 
 CHUNK = 4 * 1024 * 1024
@@ -206,7 +206,8 @@ def _fill(
             if sha256 is not None and held.get(f"sha256:{sha256}") == size:
                 files_left_out.append({"name": relative, "sha256": sha256, "size": size})
                 continue
-            place(path, work / relative)
+            (work / relative).parent.mkdir(parents=True, exist_ok=True)
+            copy_regular(path, work / relative)  # a copy: a link would share the source's inodes
     blobs = work / DELTA_BLOBS
     blobs.mkdir(parents=True)
     names = facts.blob_names()

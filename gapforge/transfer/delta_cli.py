@@ -91,6 +91,11 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
         help="the site's operator public key: the inventory must be signed with it (repeatable)",
     )  # fmt: skip
     parser.add_argument(
+        "--insecure-inventory", action="store_true",
+        help="accept an inventory checked only against the operator key it names itself (proves "
+        "it was not damaged, not who wrote it); without it, --inventory-key is needed",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-check", action="store_true",
         help="do not hash image.tar against SHA256SUMS first (faster; a damaged bundle is then "
         "only found inside the gap)",
@@ -107,6 +112,14 @@ def _against(args: argparse.Namespace) -> Against:
     spec = Path(args.against)
     if spec.is_file():
         keys = [load_public_key(path) for path in args.inventory_key]
+        if not keys and not args.insecure_inventory:
+            raise TransferError(
+                f"--against {spec}: an inventory is trusted only when it is signed by the site's "
+                "operator key, pinned with --inventory-key OPERATOR.pub.pem (received from the site "
+                "out of band; the release repository's metadata names no operator keys). Pass it, "
+                "or --insecure-inventory to accept the key the inventory names itself (integrity, "
+                "not origin)"
+            )
         return against_inventory(spec, keys or None)
     if spec.is_dir():
         return against_bundle(spec)
@@ -186,13 +199,21 @@ def rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder to write the full <name>-<version>/ in"
     )
+    parser.add_argument(
+        "--key", type=Path, help="the release key's public half: the delta must be signed by it"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="check the delta against its own key only"
+    )
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from gapforge.bundle.anchor import choose_anchor
     from gapforge.transfer.rebuild import rebuild_bundle
 
+    anchor = choose_anchor("rebuild", args.key, args.insecure)
     step(f"rebuilding the full bundle from {args.delta}")
-    result = rebuild_bundle(args.delta, list(args.sources), args.out)
+    result = rebuild_bundle(args.delta, list(args.sources), args.out, anchor, "rebuild")
     for rejected in result.rejected:
         console.print(f"[bold yellow]passed over a damaged copy[/] {rejected}")
     sources = sorted(set(result.from_sources.values()))
@@ -203,6 +224,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     note(f"{result.path / 'image.tar'}: {_mb(result.archive_size)}, sha256 {result.archive_sha256}")
     console.print(
         f"[bold green]rebuilt[/] {result.path} in {result.seconds:.1f} s: its image.tar matches "
-        "SHA256SUMS; now check its signature with 'gapforge verify' (it verifies like the full bundle)"
+        f"SHA256SUMS and it verified against {anchor.source}"
     )
     return 0

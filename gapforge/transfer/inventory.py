@@ -35,11 +35,14 @@ from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
 from gapforge.bundle.dsse import envelope_payload_unverified, open_envelope, sign_envelope
 from gapforge.bundle.sign import SigningKey, fingerprint
 from gapforge.bundle.sums import HashJob, hash_jobs, job_bytes, parse_sums
+from gapforge.names import UnsafeName, component, no_links, relative_path
 from gapforge.progress import byte_progress
 from gapforge.transfer import DELTA_BLOBS, INVENTORY_SCHEMA, INVENTORY_TYPE, TransferError, is_delta
 from gapforge.transfer.archivemap import INLINE_LIMIT, map_archive
+from gapforge.transfer.trust import TransferNotTrusted
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,10 @@ class Source:
 def _bundle_label(folder: Path) -> tuple[str, dict[str, str] | None]:
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-        name, version = str(index["name"]), str(index["version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"bundle {folder.name}", None
+        name = component(index["name"], f"{folder / INDEX}: name")
+        version = component(index["version"], f"{folder / INDEX}: version")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, UnsafeName):
+        return f"bundle {folder.name}", None  # not a name to carry out: the folder's own
     sums = folder / SUMS
     digest = hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else ""
     return f"bundle {name}-{version}", {"name": name, "version": version, "sums_sha256": digest}
@@ -97,6 +101,7 @@ def _files(source: Source) -> None:
         path = source.path / line.name
         if line.name == IMAGE_TAR or not path.is_file() or path.is_symlink():
             continue
+        no_links(source.path, path, str(sums))  # a folder on the way may be a link out
         size = path.stat().st_size
         if size > INLINE_LIMIT:
             digest = f"sha256:{line.sha256}"
@@ -246,6 +251,36 @@ def _embedded_key(payload: dict[str, Any], where: str) -> Ed25519PublicKey:
     return key
 
 
+def check_inventory_names(value: dict[str, Any], where: str) -> None:
+    """Every name an inventory carries, parsed once: blob and file digests are `sha256:<hex>` with
+    a size >= 0, places (`held_in`) plain relative paths, releases' name and version single
+    components and their SHA256SUMS digest 64 hex digits; TransferError or UnsafeName otherwise."""
+    for listing in ("blobs", "files"):
+        entries = value.setdefault(listing, {})
+        if not isinstance(entries, dict):
+            raise TransferError(f"{where}: {listing} is not a map of digest → {{size, held_in}}")
+        for digest, entry in entries.items():
+            size = entry.get("size") if isinstance(entry, dict) else None
+            if not _DIGEST.match(digest) or not isinstance(size, int) or isinstance(size, bool):
+                raise TransferError(
+                    f"{where}: {listing}: {digest[:80]!r} is not sha256:<hex> with a size >= 0: "
+                    "ask the site for a fresh inventory"
+                )
+            if size < 0 or not isinstance(entry.get("held_in", []), list):
+                raise TransferError(f"{where}: {listing}: {digest}: size or held_in malformed")
+            for place in entry.get("held_in", []):
+                relative_path(place, f"{where}: {listing}: {digest}: held_in")
+    releases = value.setdefault("releases", [])
+    if not isinstance(releases, list) or not all(isinstance(r, dict) for r in releases):
+        raise TransferError(f"{where}: releases is not a list of objects")
+    for number, release in enumerate(releases):
+        component(release.get("name"), f"{where}: releases[{number}].name")
+        component(release.get("version"), f"{where}: releases[{number}].version")
+        relative_path(release.get("held_in"), f"{where}: releases[{number}].held_in")
+        if not _HEX.match(str(release.get("sums_sha256", ""))):
+            raise TransferError(f"{where}: releases[{number}].sums_sha256 is not 64 hex digits")
+
+
 def read_inventory(path: Path, keys: Sequence[Ed25519PublicKey] | None = None) -> dict[str, Any]:
     """The inventory at `path`. With `keys`, its signature must verify with one of them (else
     TransferError); without, it is checked against the key it names, and `verification` says
@@ -255,27 +290,28 @@ def read_inventory(path: Path, keys: Sequence[Ed25519PublicKey] | None = None) -
         data = path.read_bytes()
     except OSError as exc:
         raise TransferError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    claimed = envelope_payload_unverified(data)
     pinned = bool(keys)
-    candidates = list(keys) if keys else [_embedded_key(claimed, str(path))]
-    payload, problems = open_envelope(data, INVENTORY_TYPE, candidates)
+    try:
+        candidates = (
+            list(keys) if keys else [_embedded_key(envelope_payload_unverified(data), str(path))]
+        )
+        payload, problems = open_envelope(data, INVENTORY_TYPE, candidates)
+    except RecursionError:
+        raise TransferError(f"{path}: not a DSSE envelope (JSON nested too deep)") from None
     if payload is None:
         fix = (
             "ask the site for a fresh inventory signed with its operator key, or pass that key"
             if pinned
             else "the file was damaged or altered; ask the site for it again"
         )
-        raise TransferError(f"{path}: refused: {'; '.join(problems)}: {fix}")
-    value = json.loads(payload)
+        raise TransferNotTrusted(f"{path}: refused: {'; '.join(problems)}: {fix}")
+    try:
+        value = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise TransferError(f"{path}: its signed payload is not JSON ({exc})") from None
     if not isinstance(value, dict) or value.get("schema") != INVENTORY_SCHEMA:
         raise TransferError(f"{path}: not a gapforge inventory (schema {INVENTORY_SCHEMA})")
-    for key in ("blobs", "files"):
-        listing = value.setdefault(key, {})
-        if not isinstance(listing, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("size"), int)
-            for k, v in listing.items()
-        ):
-            raise TransferError(f"{path}: {key} is not a map of digest → {{size, held_in}}")
+    check_inventory_names(value, str(path))
     signer = next(
         key for key in candidates if open_envelope(data, INVENTORY_TYPE, [key])[0] is not None
     )

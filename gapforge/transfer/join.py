@@ -9,8 +9,11 @@ checked are not read again. Missing data blocks are rebuilt stripe by stripe fro
 `OUT/<name>-<version>/` (renamed into place only when its sha256 matches) and the work folder
 removed. The sources are opened read-only, never written.
 
-The bundle still needs `verify_bundle` with the operator's anchor: the manifest's signature binds
-the parts to the release key, not the bundle's own checks.
+Check, then touch: the manifest's signature is checked with the keys the operator's anchor names
+(gapforge.transfer.join_sources.media_keys) before any part is read, and every name in it is a plain
+component (`split_manifest`). The work folder lies inside OUT and holds only what this join wrote;
+the unpacked bundle goes through the trust gate (the `verify` callback) before it is renamed into
+place, and a refused stream or bundle removes the work folder.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge.bundle import PUBLIC_KEY, SUMS
 from gapforge.bundle.sign import load_public_key
-from gapforge.errors import BundleError
+from gapforge.errors import BundleError, GapforgeError
+from gapforge.names import no_links, relative_path
 from gapforge.progress import byte_progress
 from gapforge.transfer.join_sources import Sources, find_sources, ranges, read_block
 from gapforge.transfer.parity import StripeCoder, block_length, padded
@@ -214,24 +218,45 @@ def _unpack(stream_path: Path, manifest: PartsManifest, into: Path) -> str:
         reader = _Hashing(raw)
         with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
-                path = PurePosixPath(member.name)
-                if path.is_absolute() or ".." in path.parts or path.parts[:1] != root.parts:
+                name = relative_path(member.name.rstrip("/"), f"{stream_path}: member name")
+                path = PurePosixPath(name)
+                if path.parts[:1] != root.parts:
                     raise BundleError(f"stream member {member.name!r} lies outside {root}")
                 target = into / path
+                no_links(into, target, f"{stream_path}: member {name}")
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    _make_folder(target, member.name)
                 elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    with open(target, "wb") as sink:
-                        shutil.copyfileobj(source, sink, 1024 * 1024)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+                    _write_member(tar, member, target)
                 else:
                     raise BundleError(f"stream member {member.name!r} is not a file or folder")
         while reader.read(1024 * 1024):
             pass
     return digest.hexdigest()
+
+
+def _make_folder(target: Path, name: str) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name came first
+        raise BundleError(f"stream member {name!r}: cannot be a folder ({exc.strerror})") from None
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    """One regular file of the stream, written as a new file (never over one, never through a
+    link), 0644 or 0755."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        assert source is not None
+        with open(target, "xb") as sink:
+            shutil.copyfileobj(source, sink, 1024 * 1024)
+        os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+    except OSError as exc:  # twice the same name, or a folder of that name
+        raise BundleError(
+            f"stream member {member.name!r}: cannot be written ({exc.strerror or exc}): the stream "
+            "names it twice or as a file and a folder; not a stream gapforge split wrote"
+        ) from None
 
 
 def join_parts(
@@ -240,19 +265,60 @@ def join_parts(
     keys: Sequence[Ed25519PublicKey] = (),
     on_part: Callable[[str], None] | None = None,
     after_join: Callable[[Path], None] | None = None,
+    verify: Callable[[Path], object] | None = None,
 ) -> JoinResult:
-    """Rebuild the bundle of the media `paths` into `out/<name>-<version>/` (module docstring)."""
+    """Rebuild the bundle of the media `paths` into `out/<name>-<version>/` (module docstring).
+    The manifest's signature is checked with `keys` (when given) before any part is read; its
+    names are plain components. `verify` (the operator's trust gate) sees the unpacked bundle
+    before it is renamed into place; a refusal there or of the stream removes the work folder."""
     started = time.monotonic()
     sources = find_sources(paths, keys)
     manifest = sources.manifest
     result = JoinResult(out / manifest.label, pinned=sources.pinned, warnings=sources.warnings)
-    if result.bundle.exists():
+    if result.bundle.exists() or result.bundle.is_symlink():
         raise BundleError(
             f"--out {out}: {result.bundle.name} already exists: remove it or give another --out "
             "(a join never overwrites a bundle)"
         )
     work = out / f".join-{manifest.label}"
-    work.mkdir(parents=True, exist_ok=True)
+    no_links(out, work, f"--out {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(mode=0o700, exist_ok=True)
+    needs = _gather(sources, work, result, on_part)
+    if needs:
+        raise BundleError(
+            f"{manifest.label}: too many parts lost or damaged for {manifest.n} parity: {needs}. "
+            f"Bring them and run the same command again with them added: the blocks checked so "
+            f"far are kept in {work}"
+        )
+    try:
+        unpacked = _unpacked(sources, work)
+        if not sources.pinned:
+            result.warnings.append(_self_check(sources.envelope, unpacked))
+        if verify is not None:
+            verify(unpacked)
+    except (GapforgeError, OSError) as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise BundleError(
+                f"{out}: the joined bundle could not be written ({exc.strerror or exc}): pass "
+                "an --out folder you can write to, with room for the bundle"
+            ) from None
+        raise
+    os.replace(unpacked, result.bundle)
+    shutil.rmtree(work)
+    result.seconds = time.monotonic() - started
+    if after_join is not None:
+        after_join(result.bundle)
+    return result
+
+
+def _gather(
+    sources: Sources, work: Path, result: JoinResult, on_part: Callable[[str], None] | None
+) -> str:
+    """Every good data block into the work stream, then the missing ones from parity; what more
+    is needed ("" when nothing)."""
+    manifest = sources.manifest
     state = _State(work / STATE_NAME, hashlib.sha256(sources.payload).hexdigest())
     stream_path = work / STREAM_NAME
     if not state.good or not stream_path.exists():
@@ -276,35 +342,36 @@ def join_parts(
                 if on_part is not None:
                     on_part(part.name)
         result.repaired_blocks, needs = _repair(sources, state, stream, result.warnings)
-    if needs:
-        raise BundleError(
-            f"{manifest.label}: too many parts lost or damaged for {manifest.n} parity: {needs}. "
-            f"Bring them and run the same command again with them added: the blocks checked so "
-            f"far are kept in {work}"
-        )
+    return needs
+
+
+def _unpacked(sources: Sources, work: Path) -> Path:
+    """The stream unpacked under `work/unpack/`, its sha256 and SHA256SUMS checked against the
+    manifest: the bundle folder, not yet in place."""
+    manifest, stream_path = sources.manifest, work / STREAM_NAME
     unpack = work / "unpack"
     shutil.rmtree(unpack, ignore_errors=True)
     unpack.mkdir()
-    digest = _unpack(stream_path, manifest, unpack)
+    try:
+        digest = _unpack(stream_path, manifest, unpack)
+    except tarfile.TarError as exc:
+        raise BundleError(
+            f"{stream_path}: not a tar stream gapforge split wrote ({exc}): the media do not hold "
+            "a bundle; ask for them again"
+        ) from None
     if digest != manifest.stream_sha256:
-        (work / STATE_NAME).unlink(missing_ok=True)
         raise BundleError(
             f"{stream_path}: sha256 {digest}, the manifest says {manifest.stream_sha256}: the work "
-            "stream changed on disk after its blocks were checked. Its state was reset: run the "
-            "same command again"
+            "stream changed on disk after its blocks were checked. It was removed: run the same "
+            "command again"
         )
     unpacked = unpack / manifest.stream_root
-    sums = hashlib.sha256((unpacked / SUMS).read_bytes()).hexdigest()
-    if sums != manifest.sums_sha256:
-        raise BundleError(f"{unpacked / SUMS}: not the SHA256SUMS the parts manifest names")
-    if not sources.pinned:
-        result.warnings.append(_self_check(sources.envelope, unpacked))
-    os.replace(unpacked, result.bundle)
-    shutil.rmtree(work)
-    result.seconds = time.monotonic() - started
-    if after_join is not None:
-        after_join(result.bundle)
-    return result
+    sums_path = unpacked / SUMS
+    if sums_path.is_symlink() or not sums_path.is_file():
+        raise BundleError(f"{stream_path}: the stream holds no {manifest.stream_root}/{SUMS}")
+    if hashlib.sha256(sums_path.read_bytes()).hexdigest() != manifest.sums_sha256:
+        raise BundleError(f"{sums_path}: not the SHA256SUMS the parts manifest names")
+    return unpacked
 
 
 def _self_check(envelope: bytes, bundle: Path) -> str:

@@ -12,9 +12,20 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gapforge.bundle.anchor import Anchor
 from gapforge.errors import BundleError
+from gapforge.names import UnsafeName
+from gapforge.transfer import TransferError
 from gapforge.transfer.parity import block_length
-from gapforge.transfer.split_manifest import MANIFEST_NAME, PartEntry, PartsManifest, open_manifest
+from gapforge.transfer.split_manifest import (
+    MANIFEST_NAME,
+    METADATA_DIR,
+    PartEntry,
+    PartsManifest,
+    PartsNotTrusted,
+    open_manifest,
+)
+from gapforge.transfer.trust import read_small, release_keys
 
 
 @dataclass
@@ -58,22 +69,24 @@ def find_sources(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> Sou
     chosen: tuple[PartsManifest, bytes, bytes] | None = None
     warnings: list[str] = []
     payloads: dict[str, list[str]] = {}
+    unproven = False
     for folder, _ in media:
         where = str(folder / MANIFEST_NAME)
         try:
-            with open(folder / MANIFEST_NAME, "rb") as handle:
-                data = handle.read()
+            data = read_small(folder / MANIFEST_NAME, where)
             manifest, payload = open_manifest(data, where, keys)
-        except (BundleError, OSError) as exc:
+        except (BundleError, TransferError) as exc:
             if not keys:
                 raise
             warnings.append(str(exc))
+            unproven = unproven or isinstance(exc, PartsNotTrusted)
             continue
         payloads.setdefault(hashlib.sha256(payload).hexdigest(), []).append(folder.name)
         if chosen is None:
             chosen = (manifest, payload, data)
     if chosen is None:
-        raise BundleError(
+        refusal = PartsNotTrusted if unproven else BundleError  # a failed check, or bad input
+        raise refusal(
             "no medium given holds a parts manifest that passes its check:\n  "
             + "\n  ".join(warnings)
         )
@@ -89,9 +102,38 @@ def find_sources(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> Sou
     for folder, only in media:
         for part in manifest.parts:
             path = folder / part.file
+            if path.is_symlink():
+                raise UnsafeName(
+                    f"{path}: a symbolic link where {part.name} should be: a medium holds plain "
+                    "part files only, and no link is followed; these media were altered"
+                )
             if (only is None or only.name == part.file) and path.is_file():
                 sources.copies.setdefault(part.name, []).append(path)
     return sources
+
+
+def media_keys(paths: Sequence[Path], anchor: Anchor) -> list[Ed25519PublicKey]:
+    """The keys the parts manifest must be signed with, by the operator's anchor: the pinned key;
+    under the trusted root, the build keys of release metadata verified from it (from --repo, else
+    the medium's own `release-metadata/`), once the release the manifest names is on the site's
+    channel with the SHA256SUMS the manifest binds; none with --insecure (unpinned). Only the
+    manifest's name, version and SHA256SUMS digest are read before its signature is checked, each
+    parsed first; no part is touched."""
+    if anchor.kind == "key":
+        return list(anchor.keys)
+    if anchor.kind != "root":
+        return []
+    folder, _ = _media_folders(paths)[0]
+    where = str(folder / MANIFEST_NAME)
+    manifest, _ = open_manifest(read_small(folder / MANIFEST_NAME, where), where, ())
+    metadata = anchor.metadata or folder / METADATA_DIR
+    if anchor.metadata is None and metadata.is_symlink():
+        raise UnsafeName(
+            f"{where}: {metadata} is a symbolic link: a medium holds plain files and folders "
+            "only, and no link is followed; these media were altered"
+        )
+    name, version = manifest.name, manifest.version
+    return list(release_keys(anchor, metadata, name, version, manifest.sums_sha256, where))
 
 
 def read_block(path: Path, part: PartEntry, block_size: int, index: int) -> bytes | None:

@@ -15,17 +15,22 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
+from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.verify_report import VerifyReport
 from gapforge.progress import byte_progress
 from gapforge.transfer import ARCHIVE_MAP, DELTA_BLOBS, DELTA_DIR, TransferError, is_delta
 from gapforge.transfer.archivemap import ArchiveMap, Inline, parse_map
 from gapforge.transfer.delta import CHUNK, BundleFacts, delta_record, read_facts
+from gapforge.transfer.delta_check import check_delta, copy_regular_tree
 from gapforge.transfer.inventory import HeldBlob, Source, blob_folder, scan_sources
+from gapforge.transfer.trust import verify_or_refuse
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,6 +49,8 @@ class RebuildResult:
     rejected: list[str] = field(default_factory=list)
     """Damaged copies passed over for a good one: `<digest> in <path>: hashes to …`."""
     seconds: float = 0.0
+    report: VerifyReport | None = None
+    """The trust gate's report on the rebuilt bundle (its folder renamed to `path`)."""
 
 
 def _read_map(delta: Path, facts: BundleFacts) -> ArchiveMap:
@@ -222,19 +229,10 @@ def _write_archive(
     return whole.hexdigest(), unusable
 
 
-def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult:
-    """Rebuild the full bundle of `delta` as `out/<name>-<version>/` (atomically) from the delta
-    and the blobs `sources` hold. Raises TransferError naming every missing or damaged blob (digest,
-    layer, size, each place looked), or when the rebuilt image.tar is not its SHA256SUMS line."""
-    start = time.monotonic()
-    if not is_delta(delta):
-        raise TransferError(
-            f"{delta}: not a delta (no {DELTA_DIR}/delta.json and archive-map.json): pass the "
-            "folder 'gapforge delta' wrote, copied whole"
-        )
-    facts = read_facts(delta)
-    archive = _read_map(delta, facts)
-    found, looked = _places(delta, sources)
+def _wanted(
+    delta: Path, facts: BundleFacts, archive: ArchiveMap, lines: dict[str, str]
+) -> tuple[dict[str, Wanted], dict[str, Wanted]]:
+    """The blobs of the archive, and the bundle files the delta left out (by their signed line)."""
     names = facts.blob_names()
     blobs = {
         r.digest: Wanted(r.digest, r.size, names.get(r.digest, "a blob")) for r in archive.blobs
@@ -244,35 +242,51 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
     }
     files = {
         name: Wanted(f"sha256:{sha256}", sizes.get(name), f"file {name}")
-        for name, sha256 in facts.lines.items()
+        for name, sha256 in lines.items()
         if name != IMAGE_TAR and not (delta / name).is_file()
     }
-    wanted = [*blobs.values(), *files.values()]
-    candidates = {item.digest: _lookup(found, item) for item in wanted}
-    missing = [item for item in wanted if not candidates[item.digest]]
-    if missing:
-        raise TransferError(_missing_message(missing, {}, facts, looked))
-    final = out / facts.label
+    return blobs, files
+
+
+def rebuild_bundle(
+    delta: Path, sources: list[Path], out: Path, anchor: Anchor, command: str = "join"
+) -> RebuildResult:
+    """Rebuild the full bundle of `delta` as `out/<name>-<version>/` (atomically) from the delta
+    and the blobs `sources` hold. The delta is checked against `anchor` first (check_delta:
+    nothing is read from the sources or written before its signature is proven), and the rebuilt
+    folder goes through the trust gate before it is renamed into place. Raises TransferError
+    naming every missing or damaged blob (digest, layer, size, each place looked), or when the
+    rebuilt image.tar is not its SHA256SUMS line; NotVerified when the result fails its check."""
+    start = time.monotonic()
+    if not is_delta(delta):
+        raise TransferError(
+            f"{delta}: not a delta (no {DELTA_DIR}/delta.json and archive-map.json): pass the "
+            "folder 'gapforge delta' wrote, copied whole"
+        )
+    checked = check_delta(delta, anchor)
+    facts = read_facts(delta)
+    archive = _read_map(delta, facts)
+    blobs, files = _wanted(delta, facts, archive, checked.lines)
     for read_only in [delta, *sources]:
         if out.resolve().is_relative_to(read_only.resolve()):
             raise TransferError(
                 f"--out {out} is inside {read_only}: the delta and the sources are read only "
                 "(removable media, usually); pass an --out folder elsewhere"
             )
-    if final.exists():
+    found, looked = _places(delta, sources)
+    wanted = [*blobs.values(), *files.values()]
+    candidates = {item.digest: _lookup(found, item) for item in wanted}
+    missing = [item for item in wanted if not candidates[item.digest]]
+    if missing:
+        raise TransferError(_missing_message(missing, {}, facts, looked))
+    final = out / checked.label
+    if final.exists() or final.is_symlink():
         raise TransferError(f"{final}: already exists: delete it, or pass another --out folder")
     result = RebuildResult(final, archive.size)
-    work = out / f".{facts.label}.partial-{os.getpid()}"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{checked.label}.rebuild-", dir=out))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
-        # Copies, not links: the delta is read-only media, and a link would share its inodes.
-        shutil.copytree(
-            delta,
-            work,
-            symlinks=False,
-            ignore=lambda d, _n: [DELTA_DIR] if Path(d) == delta else [],
-        )
+        copy_regular_tree(delta, work, skip=(DELTA_DIR,))
         bad: dict[str, list[str]] = {}
         unusable = _write_files(files, candidates, work, result, bad)
         sha256, unusable_blobs = _write_archive(
@@ -292,6 +306,7 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
         for path in work.rglob("*"):
             if path.is_file():
                 path.chmod(0o644)
+        result.report = verify_or_refuse(work, anchor, command)
         os.rename(work, final)
     except OSError as exc:
         shutil.rmtree(work, ignore_errors=True)
@@ -302,6 +317,7 @@ def rebuild_bundle(delta: Path, sources: list[Path], out: Path) -> RebuildResult
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    result.report.bundle = final
     result.archive_sha256 = sha256
     result.seconds = time.monotonic() - start
     return result

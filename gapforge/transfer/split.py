@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gapforge.atomic import write_atomic
-from gapforge.bundle import INDEX, SUMS
+from gapforge.bundle import INDEX, RELEASE_DIR, SUMS
 from gapforge.bundle.sign import SigningKey
 from gapforge.errors import BundleError
 from gapforge.oci.tar import entries_from_tree, write_tar
@@ -35,6 +35,7 @@ from gapforge.progress import byte_progress
 from gapforge.transfer.parity import MAX_SHARES, StripeCoder, block_length, padded
 from gapforge.transfer.split_manifest import (
     MANIFEST_NAME,
+    METADATA_DIR,
     README_NAME,
     PartEntry,
     PartsManifest,
@@ -273,6 +274,19 @@ def bundle_identity(bundle: Path) -> tuple[str, str, str, str]:
         ) from None
 
 
+def _release_metadata(bundle: Path) -> dict[str, bytes]:
+    """The bundle's release/metadata/*.json (TUF, self-signed), carried on every medium so a site
+    under the trusted root can check the parts manifest's signer before reading any part."""
+    folder = bundle / RELEASE_DIR / "metadata"
+    if not folder.is_dir():
+        return {}
+    return {
+        path.name: path.read_bytes()
+        for path in sorted(folder.iterdir())
+        if path.suffix == ".json" and path.is_file() and not path.is_symlink()
+    }
+
+
 @dataclass(frozen=True)
 class SplitResult:
     manifest: PartsManifest
@@ -332,12 +346,17 @@ def split_bundle(
     )  # fmt: skip
     manifest.validate("split")
     envelope = sign_manifest(manifest, key)
+    metadata = _release_metadata(bundle)
     media = []
     for part in manifest.parts:
         folder = out / part.medium
         write_atomic(folder / README_NAME, readme_text(manifest, part).encode())
+        if metadata:
+            (folder / METADATA_DIR).mkdir(exist_ok=True)
+        for file_name, content in metadata.items():
+            write_atomic(folder / METADATA_DIR / file_name, content)
         write_atomic(folder / MANIFEST_NAME, envelope)
-        used = sum(f.stat().st_size for f in folder.iterdir())
+        used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         if used > capacity - fs_margin(capacity):
             raise BundleError(
                 f"{folder}: {used} bytes do not fit on a {label} of {capacity} bytes with room for "

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import load_public_key, resolve_signing_key
+from gapforge.bundle.verify_report import VerifyReport
 from gapforge.cache import default_cache_dir
 from gapforge.errors import BundleError
 from gapforge.progress import console, note, step
 from gapforge.transfer.join import JoinResult, join_parts
-from gapforge.transfer.join_sources import check_part, find_sources, ranges
+from gapforge.transfer.join_sources import check_part, find_sources, media_keys, ranges
 from gapforge.transfer.split import DEFAULT_BLOCK_SIZE, MEDIA, split_bundle
 
 
@@ -99,7 +101,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if not keys:
         _unpinned_warning()
     if args.check:
-        return _check(args.sources, keys)
+        return check_media(args.sources, keys)
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
     result = join_parts(args.sources, args.out, keys)
@@ -109,7 +111,29 @@ def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(paths: list[Path], keys: Sequence[Ed25519PublicKey]) -> int:
+def join_verified(paths: Sequence[Path], out: Path, anchor: Anchor) -> VerifyReport:
+    """`gapforge join` of media under the operator's anchor: the parts manifest checked against the
+    keys the anchor names before any part is read (join_sources.media_keys), the joined bundle
+    through the trust gate before it is renamed into place; the gate's report, of the bundle in
+    its place."""
+    from gapforge.transfer.trust import verify_or_refuse
+
+    reports: list[VerifyReport] = []
+
+    def gate(folder: Path) -> None:
+        step(f"verifying {folder.name} against {anchor.source}")
+        reports.append(verify_or_refuse(folder, anchor, "join"))
+
+    result = join_parts(paths, out, media_keys(paths, anchor), verify=gate)
+    print_join(result)
+    report = reports[-1]
+    report.bundle = result.bundle
+    return report
+
+
+def check_media(paths: Sequence[Path], keys: Sequence[Ed25519PublicKey]) -> int:
+    """`join --check`: every block of every part given against the manifest (checked with `keys`
+    when given); 1 when a part is bad or none is found."""
     sources = find_sources(paths, keys)
     m = sources.manifest
     for warning in sources.warnings:

@@ -13,19 +13,31 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge.bundle.dsse import open_envelope, sign_envelope
 from gapforge.bundle.sign import SigningKey
 from gapforge.errors import BundleError
+from gapforge.names import component
 
 MANIFEST_NAME = "parts.dsse.json"
 README_NAME = "README.txt"
+METADATA_DIR = "release-metadata"
+"""Each medium's copy of the bundle's release/metadata/ (TUF, self-signed): what a site under the
+trusted root checks the parts manifest's signer against before any part is read."""
 PAYLOAD_TYPE = "application/vnd.gapforge.parts+json"
 SCHEMA = "gapforge/parts/v1"
+
+
+class PartsNotTrusted(BundleError):
+    """The parts manifest's signature is not proven by a key the anchor names: exit 1."""
+
+    exit_status = 1
 
 
 @dataclass(frozen=True)
@@ -92,20 +104,44 @@ class PartsManifest:
 
     @classmethod
     def parse(cls, payload: bytes, where: str) -> PartsManifest:
-        """The manifest in `payload`; a BundleError naming `where` when it is not one."""
+        """The manifest in `payload`; a BundleError naming `where` when it is not one, an
+        UnsafeName when a name in it is not a plain component (nothing is touched before)."""
         try:
             value = json.loads(payload)
+            if not isinstance(value, dict):
+                raise ValueError(f"the payload is a JSON {type(value).__name__}, not an object")
             if value.get("schema") != SCHEMA:
                 raise ValueError(f"schema is {value.get('schema')!r}, not {SCHEMA!r}")
-            parts = [PartEntry(**p) for p in value.pop("parts")]
-            manifest = cls(parts=parts, **value)
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raw_parts = value.pop("parts")
+            if not isinstance(raw_parts, list) or not all(isinstance(p, dict) for p in raw_parts):
+                raise ValueError("parts is not a list of objects")
+            parts = [
+                PartEntry(**_typed(p, _PART_FIELDS, f"parts[{i}]")) for i, p in enumerate(raw_parts)
+            ]
+            manifest = cls(parts=parts, **_typed(value, _MANIFEST_FIELDS, "manifest"))
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise BundleError(
                 f"{where}: not a parts manifest this gapforge reads ({exc}): take the manifest from "
                 "another medium of the same set, or a gapforge as new as the one that split it"
             ) from None
+        manifest.check_names(where)
         manifest.validate(where)
         return manifest
+
+    def check_names(self, where: str) -> None:
+        """Every name that becomes a path, parsed once (gapforge.names.component): the bundle's
+        name and version, the stream's root, each part's name, medium and file."""
+        component(self.name, f"{where}: name")
+        component(self.version, f"{where}: version")
+        if self.stream_root != self.label:
+            component(self.stream_root, f"{where}: stream_root")
+            raise BundleError(
+                f"{where}: stream_root is {self.stream_root!r}, not {self.label!r} (name-version): "
+                "an altered manifest; take it from another medium"
+            )
+        for number, part in enumerate(self.parts):
+            for field_name in ("name", "medium", "file"):
+                component(getattr(part, field_name), f"{where}: parts[{number}].{field_name}")
 
     def validate(self, where: str) -> None:
         problems = []
@@ -113,17 +149,64 @@ class PartsManifest:
             problems.append(f"k={self.k}, n={self.n} (need k >= 1, n >= 0, k + n <= 256)")
         if self.block_size < 1 or self.part_size < 1:
             problems.append("block_size and part_size must be > 0")
+        if (
+            self.stream_size < 0
+            or not _HEX.match(self.stream_sha256)
+            or not _HEX.match(self.sums_sha256)
+        ):
+            problems.append("stream_size, stream_sha256 or sums_sha256 is malformed")
         if len(self.data_parts) != self.k or len(self.parity_parts) != self.n:
             problems.append("the part list does not hold k data and n parity parts")
         if sum(p.size for p in self.data_parts) != self.stream_size:
             problems.append("the data parts do not add up to the stream's size")
-        for p in self.parts:
-            if len(p.blocks) != -(-p.size // self.block_size):
+        if len({p.name for p in self.parts}) != len(self.parts):
+            problems.append("two parts share a name")
+        offset, first = 0, self.data_parts[0].size if self.data_parts else 0
+        for number, p in enumerate(self.parts):
+            if p.kind not in ("data", "parity") or p.size < 0 or p.offset < 0:
+                problems.append(f"{p.name}: kind {p.kind!r}, size {p.size}, offset {p.offset}")
+                continue
+            if p.index != number or (p.kind == "data" and p.offset != offset):
+                problems.append(f"{p.name}: index {p.index} or offset {p.offset} out of order")
+            if p.kind == "data":
+                offset += p.size
+            elif p.size != first:
+                problems.append(f"{p.name}: a parity part of {p.size} bytes, data-01 has {first}")
+            if self.block_size > 0 and len(p.blocks) != -(-p.size // self.block_size):
                 problems.append(f"{p.name}: {len(p.blocks)} block hashes for {p.size} bytes")
-            if "/" in p.file or "/" in p.medium or p.file.startswith("."):
-                problems.append(f"{p.name}: bad file or medium name")
+            if not _HEX.match(p.sha256) or not all(_HEX.match(b) for b in p.blocks):
+                problems.append(f"{p.name}: a sha256 that is not 64 hex digits")
+            if p.file.startswith("."):
+                problems.append(f"{p.name}: a hidden file name {p.file!r}")
         if problems:
             raise BundleError(f"{where}: inconsistent parts manifest: {'; '.join(problems)}")
+
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MANIFEST_FIELDS: dict[str, type] = {
+    "name": str, "version": str, "sums_sha256": str, "stream_size": int, "stream_sha256": str,
+    "stream_root": str, "medium": str, "capacity": int, "k": int, "n": int, "block_size": int,
+    "part_size": int, "schema": str,
+}  # fmt: skip
+_PART_FIELDS: dict[str, type] = {
+    "name": str, "kind": str, "index": int, "medium": str, "file": str, "offset": int,
+    "size": int, "sha256": str, "blocks": list,
+}  # fmt: skip
+
+
+def _typed(value: dict[str, Any], fields: dict[str, type], where: str) -> dict[str, Any]:
+    """`value` when it holds exactly `fields`, each of its type (bool is not an int here, and
+    block hashes are strings); ValueError naming the first field that is not."""
+    if set(value) != set(fields):
+        odd = sorted(set(value) ^ set(fields))
+        raise ValueError(f"{where}: fields {', '.join(map(str, odd))} missing or unknown")
+    for name, kind in fields.items():
+        item = value[name]
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise ValueError(f"{where}.{name} is {type(item).__name__}, not {kind.__name__}")
+        if isinstance(item, list) and not all(isinstance(x, str) for x in item):
+            raise ValueError(f"{where}.{name} holds a value that is not a string")
+    return value
 
 
 def payload_digest(payload: bytes) -> str:
@@ -139,9 +222,12 @@ def open_manifest(
 ) -> tuple[PartsManifest, bytes]:
     """The manifest and its payload bytes; checked against `keys` when given, else NOT checked."""
     if keys:
-        payload, problems = open_envelope(data, PAYLOAD_TYPE, keys)
+        try:
+            payload, problems = open_envelope(data, PAYLOAD_TYPE, keys)
+        except RecursionError:
+            payload, problems = None, ["not a DSSE envelope: JSON nested too deep"]
         if payload is None:
-            raise BundleError(
+            raise PartsNotTrusted(
                 f"{where}: the parts manifest fails its check: {'; '.join(problems)}. Take these "
                 "media from their sender again, or check that --key is the release key that "
                 "signed this bundle"
@@ -159,5 +245,5 @@ def open_manifest(
 def _raw_payload(data: bytes) -> bytes | None:
     try:
         return base64.b64decode(json.loads(data)["payload"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
         return None

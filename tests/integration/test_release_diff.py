@@ -18,7 +18,8 @@ def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
     built: Built, built_bumped: tuple[Built, dict[str, Any]]
 ) -> None:
     changed, what = built_bumped
-    result = gapforge("diff", str(built.bundle), str(changed.bundle), "--json", check=True)
+    key = ("--key", str(built.public_key))  # both bundles pass the trust gate before the diff
+    result = gapforge("diff", str(built.bundle), str(changed.bundle), "--json", *key, check=True)
     diff = json.loads(result.stdout)
     recipe = diff["recipe"]
     assert not recipe["added"] and not recipe["removed"], recipe
@@ -39,7 +40,9 @@ def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
     assert "model" not in expected_new and len(expected_new) < len(after)
     assert diff["transfer"]["layer_bytes"] == sum(after[name]["size"] for name in expected_new)
     assert diff["transfer"]["total_bytes"] > diff["transfer"]["layer_bytes"]
-    text = gapforge("diff", str(built.bundle), str(changed.bundle), check=True).stdout
+    text = gapforge("diff", str(built.bundle), str(changed.bundle), *key, check=True).stdout
     assert "train.learning_rate" in text and "filelock" in text and old in text and new in text
-    notes = gapforge("diff", str(built.bundle), str(changed.bundle), "--markdown", check=True).stdout
+    notes = gapforge(
+        "diff", str(built.bundle), str(changed.bundle), "--markdown", *key, check=True
+    ).stdout
     assert notes.startswith("#") and "filelock" in notes

@@ -35,7 +35,7 @@ from gapforge.transfer.delta_cli import (
 )
 from gapforge.transfer.inventory import make_inventory, read_inventory, write_inventory
 from gapforge.transfer.rebuild import rebuild_bundle
-from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, source  # noqa: F401 (fixture)
+from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, _pinned, source  # noqa: F401 (fixture)
 
 BASE = bytes(range(256)) * 2000  # 512 KB, shared by both bundles
 MODEL_1 = b"weights-one" * 3000
@@ -50,7 +50,9 @@ def _image(folder: Path, layers: dict[str, bytes]) -> ImageInfo:
         written = write_tar_file([Entry(f"{name}.bin", "file", data=data)], path, EPOCH)
         built.append(OciLayer(name, written.digest, written.size, path))
     labels = {"org.opencontainers.image.title": "unit-desk", "io.gapforge.profile": "cpu"}
-    spec = ImageSpec(entrypoint=["/bin/runtime"], user="1000:1000", labels=labels, source_date_epoch=EPOCH)
+    spec = ImageSpec(
+        entrypoint=["/bin/runtime"], user="1000:1000", labels=labels, source_date_epoch=EPOCH
+    )
     manifest = build_manifest(spec, built, REF)
     tar = folder / "image.tar"
     write_archive(manifest, built, tar, EPOCH)
@@ -66,7 +68,9 @@ def _bundle(desk: BundleSource, tmp_path: Path, version: str, layers: dict[str, 
     (pretest / "evidence.json").write_text(json.dumps(_evidence(image)))
     wheel = tmp_path / "gapforge-0.1.0-py3-none-any.whl"  # the same in both bundles
     wheel.write_bytes(b"PK wheel" * 2000)
-    changed = replace(desk, version=version, image=image, pretest_dir=pretest, operator_wheels=(wheel,))
+    changed = replace(
+        desk, version=version, image=image, pretest_dir=pretest, operator_wheels=(wheel,)
+    )
     return write_bundle(changed, _key(tmp_path), tmp_path / "dist")
 
 
@@ -101,7 +105,8 @@ def _rebuilt_bytes(path: Path) -> bytes:
     mapped = map_archive(path)
     data = path.read_bytes()
     return b"".join(
-        s.data if isinstance(s, Inline) else data[s.offset : s.offset + s.size] for s in mapped.segments
+        s.data if isinstance(s, Inline) else data[s.offset : s.offset + s.size]
+        for s in mapped.segments
     )
 
 
@@ -146,7 +151,9 @@ def test_a_map_that_does_not_add_up_is_refused() -> None:
 # --- inventory -----------------------------------------------------------------------------------------
 
 
-def test_inventory_lists_exactly_the_blobs_and_releases(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_inventory_lists_exactly_the_blobs_and_releases(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     old, _new = bundles
     inventory = make_inventory([old], verify_blobs=True)
     assert {d: e["size"] for d, e in inventory["blobs"].items()} == _big_blobs(old / IMAGE_TAR)
@@ -168,7 +175,9 @@ def test_inventory_lists_exactly_the_blobs_and_releases(bundles: tuple[Path, Pat
     assert str(tmp_path) not in json.dumps(both)  # no host paths leave the gap
 
 
-def test_inventory_signature_verifies_and_tampering_is_refused(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_inventory_signature_verifies_and_tampering_is_refused(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     operator = _key(tmp_path, 3)
     path = write_inventory(make_inventory([bundles[0]]), operator, tmp_path / "inventory.json")
     read = read_inventory(path, [operator.private.public_key()])
@@ -206,7 +215,8 @@ def test_delta_against_inventory_rebuilds_the_identical_verified_bundle(
     assert _layer_digest(new, "base") in {x["digest"] for x in result.left_out}
     assert result.delta_bytes < result.full_bytes - len(BASE)
     assert [f["name"] for f in result.files_left_out] == [
-        "monitoring/grafana-dashboard.json", "wheels/gapforge-0.1.0-py3-none-any.whl"
+        "monitoring/grafana-dashboard.json",
+        "wheels/gapforge-0.1.0-py3-none-any.whl",
     ]  # the files over 4 KiB the site holds: not carried again
     assert not (result.path / "wheels").exists()
     record = json.loads((result.path / "delta" / "delta.json").read_text())
@@ -214,17 +224,19 @@ def test_delta_against_inventory_rebuilds_the_identical_verified_bundle(
     assert record["archive"] == {**record["archive"], "sha256": _sha256(new / IMAGE_TAR),
                                  "size": (new / IMAGE_TAR).stat().st_size}  # fmt: skip
 
-    rebuilt = rebuild_bundle(result.path, [old], tmp_path / "inside")
+    rebuilt = rebuild_bundle(result.path, [old], tmp_path / "inside", _pinned(tmp_path))
     assert rebuilt.path == tmp_path / "inside" / "unit-desk-2.0.0"
     assert _sha256(rebuilt.path / IMAGE_TAR) == _sha256(new / IMAGE_TAR) == rebuilt.archive_sha256
     assert sorted(rebuilt.from_delta) == sorted(new_blobs)
     wheel = "wheels/gapforge-0.1.0-py3-none-any.whl"
     assert (rebuilt.path / wheel).read_bytes() == (new / wheel).read_bytes()
     assert not (rebuilt.path / "delta").exists()
-    report = verify_bundle(rebuilt.path, Anchor("key", (_key(tmp_path).private.public_key(),), "--key"))
+    report = verify_bundle(
+        rebuilt.path, Anchor("key", (_key(tmp_path).private.public_key(),), "--key")
+    )
     assert report.ok, report.problems
     with pytest.raises(TransferError, match="already exists"):
-        rebuild_bundle(result.path, [old], tmp_path / "inside")
+        rebuild_bundle(result.path, [old], tmp_path / "inside", _pinned(tmp_path))
 
 
 def test_delta_against_the_old_bundle_directly(bundles: tuple[Path, Path], tmp_path: Path) -> None:
@@ -232,18 +244,24 @@ def test_delta_against_the_old_bundle_directly(bundles: tuple[Path, Path], tmp_p
     result = make_delta(new, against_bundle(old), tmp_path / "out", check_archive=False)
     record = json.loads((result.path / "delta" / "delta.json").read_text())
     assert record["against"]["kind"] == "bundle" and record["against"]["version"] == "1.0.0"
-    assert len(result.included) == len(set(_big_blobs(new / IMAGE_TAR)) - set(_big_blobs(old / IMAGE_TAR)))
-    rebuilt = rebuild_bundle(result.path, [tmp_path / "dist"], tmp_path / "inside")
+    assert len(result.included) == len(
+        set(_big_blobs(new / IMAGE_TAR)) - set(_big_blobs(old / IMAGE_TAR))
+    )
+    rebuilt = rebuild_bundle(
+        result.path, [tmp_path / "dist"], tmp_path / "inside", _pinned(tmp_path)
+    )
     assert _sha256(rebuilt.path / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 
 
-def test_missing_blob_is_named_with_every_place_looked(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_missing_blob_is_named_with_every_place_looked(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     old, new = bundles
     result = make_delta(new, against_bundle(old), tmp_path / "out")
     empty = tmp_path / "media" / "blobs" / "sha256"
     empty.mkdir(parents=True)
     with pytest.raises(TransferError) as caught:
-        rebuild_bundle(result.path, [tmp_path / "media"], tmp_path / "inside")
+        rebuild_bundle(result.path, [tmp_path / "media"], tmp_path / "inside", _pinned(tmp_path))
     message = caught.value.message
     base = _layer_digest(new, "base")
     assert f"{base} (layer 'base', {_big_blobs(new / IMAGE_TAR)[base]} bytes)" in message
@@ -252,7 +270,9 @@ def test_missing_blob_is_named_with_every_place_looked(bundles: tuple[Path, Path
     assert not (tmp_path / "inside").exists() or not any((tmp_path / "inside").iterdir())
 
 
-def test_damaged_blob_in_a_source_is_named_and_passed_over(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_damaged_blob_in_a_source_is_named_and_passed_over(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     old, new = bundles
     result = make_delta(new, against_bundle(old), tmp_path / "out")
     base = _layer_digest(new, "base")
@@ -266,15 +286,19 @@ def test_damaged_blob_in_a_source_is_named_and_passed_over(bundles: tuple[Path, 
         data_of = (old / held_file["name"]).read_bytes()
         (blobs / hashlib.sha256(data_of).hexdigest()).write_bytes(data_of)
     with pytest.raises(TransferError) as caught:
-        rebuild_bundle(result.path, [tmp_path / "media"], tmp_path / "inside")
+        rebuild_bundle(result.path, [tmp_path / "media"], tmp_path / "inside", _pinned(tmp_path))
     assert f"damaged copy: {blobs / base[7:]} hashes to sha256:" in caught.value.message
     assert not list((tmp_path / "inside").glob("*"))
-    rebuilt = rebuild_bundle(result.path, [tmp_path / "media", old], tmp_path / "inside")
+    rebuilt = rebuild_bundle(
+        result.path, [tmp_path / "media", old], tmp_path / "inside", _pinned(tmp_path)
+    )
     assert len(rebuilt.rejected) == 1 and rebuilt.from_sources[base] == str(old / IMAGE_TAR)
     assert _sha256(rebuilt.path / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 
 
-def test_commands_end_to_end(bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commands_end_to_end(
+    bundles: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old, new = bundles
     monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "trust"))
     monkeypatch.delenv("GAPFORGE_OPERATOR_KEY", raising=False)
@@ -287,10 +311,28 @@ def test_commands_end_to_end(bundles: tuple[Path, Path], tmp_path: Path, monkeyp
     inventory = tmp_path / "inventory.json"
     assert run(inventory_arguments, cmd_inventory, [str(old), "--out", str(inventory)]) == 0
     pub = tmp_path / "trust" / "operator.pub.pem"
-    argv = [str(new), "--against", str(inventory), "--out", str(tmp_path / "out"), "--inventory-key", str(pub)]
+    argv = [
+        str(new),
+        "--against",
+        str(inventory),
+        "--out",
+        str(tmp_path / "out"),
+        "--inventory-key",
+        str(pub),
+    ]
     assert run(delta_arguments, cmd_delta, argv) == 0
     delta = tmp_path / "out" / "unit-desk-2.0.0.delta"
-    argv = [str(delta), "--from", str(old), "--out", str(tmp_path / "inside")]
+    release_pub = tmp_path / "release.pub.pem"
+    release_pub.write_bytes(_key(tmp_path).public_pem)
+    argv = [
+        str(delta),
+        "--from",
+        str(old),
+        "--out",
+        str(tmp_path / "inside"),
+        "--key",
+        str(release_pub),
+    ]
     assert run(rebuild_arguments, cmd_rebuild, argv) == 0
     assert _sha256(tmp_path / "inside" / "unit-desk-2.0.0" / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 
@@ -306,10 +348,12 @@ def test_delta_against_something_unknown_says_what_it_accepts(
         cmd_delta(parser.parse_args(argv))
 
 
-def test_rebuild_never_writes_into_the_delta_or_a_source(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_rebuild_never_writes_into_the_delta_or_a_source(
+    bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     old, new = bundles
     result = make_delta(new, against_bundle(old), tmp_path / "out")
     for out in (result.path / "rebuilt", old / "rebuilt"):
         with pytest.raises(TransferError, match="read only"):
-            rebuild_bundle(result.path, [old], out)
+            rebuild_bundle(result.path, [old], out, _pinned(tmp_path))
     assert not (result.path / "rebuilt").exists() and not (old / "rebuilt").exists()

@@ -8,22 +8,35 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import struct
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gapforge.bundle.anchor import NoTrustAnchor
+from gapforge.bundle.gate import NotVerified
+from gapforge.bundle.source import BundleSource
+from gapforge.bundle.write import write_bundle
 from gapforge.commands.release_manager import cmd_diff, diff_arguments
 from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text, tensor_digests
 from gapforge.diff.read import parse_debian_lock, parse_pip_lock
 from gapforge.errors import BundleError
+from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 
-REAL_BUNDLE = Path("/work/main/dist/smollm2-135m-desk-0.1.0")
+REAL_BUNDLE = Path(
+    os.environ.get(
+        "GAPFORGE_REAL_BUNDLE",
+        Path(__file__).resolve().parents[2] / "dist" / "smollm2-135m-desk-0.1.0",
+    )
+)
+"""A real bundle built by 'nox -s build' into this checkout's dist/ (or $GAPFORGE_REAL_BUNDLE)."""
 PYTHON = {"numpy": "2.4.6", "peft": "0.21.2", "torch": "2.13.0"}
 DEBIAN = {"bash": "5.2.15-2+b13", "libc6": "2.36-9+deb12u10", "zlib1g": "1:1.2.13.dfsg-1+deb12u1"}
 TENSORS = {
@@ -433,23 +446,53 @@ def _args(*words: str) -> argparse.Namespace:
     return parser.parse_args(list(words))
 
 
+def signed_bundle(desk: BundleSource, root: Path, learning_rate: float) -> Path:
+    """A real, signed bundle (tests/unit/test_bundle's synthetic one) named desk 0.1.0 with this
+    learning rate: what the trust gate of 'gapforge diff' proves before anything is compared."""
+    recipe = {"name": "desk", "version": "0.1.0", "train": {"learning_rate": learning_rate}}
+    files = {**desk.recipe_files, "recipe.json": json.dumps(recipe).encode()}
+    changed = replace(desk, name="desk", version="0.1.0", recipe_files=files)
+    return write_bundle(changed, _key(root.parent), root)
+
+
 def test_cmd_diff_writes_json_atomically_and_exits_0(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    source: BundleSource,  # noqa: F811 (the imported fixture)
 ) -> None:
-    a = make_bundle(tmp_path / "a")
-    b = make_bundle(tmp_path / "b", learning_rate=0.0001)
+    a = signed_bundle(source, tmp_path / "a", 0.0002)
+    b = signed_bundle(source, tmp_path / "b", 0.0001)
+    pub = tmp_path / "release.pub.pem"
+    pub.write_bytes(_key(tmp_path).public_pem)
+    key = ("--key", str(pub))
     out = tmp_path / "diff.json"
-    assert cmd_diff(_args(str(a), str(b), "--json", "--out", str(out))) == 0
+    assert cmd_diff(_args(str(a), str(b), "--json", "--out", str(out), *key)) == 0
     assert json.loads(out.read_text())["recipe"]["changed"]["train.learning_rate"] == {
         "a": 0.0002,
         "b": 0.0001,
     }
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert capsys.readouterr().out == ""
-    assert cmd_diff(_args(str(a), str(b), "--markdown")) == 0
+    assert cmd_diff(_args(str(a), str(b), "--markdown", *key)) == 0
     assert capsys.readouterr().out.startswith("# Changes from desk 0.1.0 to desk 0.1.0")
-    assert cmd_diff(_args(str(a), str(a))) == 0
+    assert cmd_diff(_args(str(a), str(a), *key)) == 0
     assert "Recipe and hyper-parameters: unchanged" in capsys.readouterr().out
+
+
+def test_cmd_diff_verifies_both_bundles_first(
+    tmp_path: Path,
+    source: BundleSource,  # noqa: F811 (the imported fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "no-trust"))
+    a = signed_bundle(source, tmp_path / "a", 0.0002)
+    unsigned = make_bundle(tmp_path / "b")
+    pub = tmp_path / "release.pub.pem"
+    pub.write_bytes(_key(tmp_path).public_pem)
+    with pytest.raises(NotVerified, match="not verified, so 'gapforge diff' will not act on it"):
+        cmd_diff(_args(str(a), str(unsigned), "--key", str(pub)))
+    with pytest.raises(NoTrustAnchor, match="'gapforge diff' needs a trust anchor"):
+        cmd_diff(_args(str(a), str(a)))
 
 
 @pytest.mark.skipif(

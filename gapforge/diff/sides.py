@@ -1,0 +1,59 @@
+"""The two sides of `gapforge diff`, each verified before a byte of it is compared: the design says
+nothing is diffed before the check passes.
+
+A bundle folder goes through the trust gate with the operator's anchor (--key, the trusted root
+from 'gapforge trust init', or --insecure: the bundle's own key, integrity only). A release version
+is resolved through the release repository to the bundle it was added from, which is verified
+against the repository's own build keys (the candidate role), and its SHA256SUMS must be the very
+one the repository lists for that version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gapforge.bundle import SUMS
+from gapforge.errors import BundleError
+
+if TYPE_CHECKING:
+    from gapforge.release.repository import Repository
+
+
+def verified_side(
+    spec: str, key: Path | None, insecure: bool, open_repo: Callable[[], Repository]
+) -> Path:
+    """The bundle folder `spec` names, once verified (module docstring); NotVerified (exit 1) or
+    NoTrustAnchor / BundleError (exit 2) otherwise."""
+    from gapforge.bundle.anchor import Anchor, choose_anchor
+    from gapforge.release import target_path
+    from gapforge.release.keys import crypto_key
+    from gapforge.release.releases import resolve
+    from gapforge.transfer.trust import verify_or_refuse
+
+    if Path(spec).is_dir():
+        verify_or_refuse(Path(spec), choose_anchor("diff", key, insecure), "diff")
+        return Path(spec)
+    repo = open_repo()
+    name, version = resolve(repo, spec)
+    recorded = repo.bundles.get(f"{name}-{version}")
+    if recorded is None or not Path(recorded).is_dir():
+        raise BundleError(
+            f"{spec}: release {name}/{version} is in {repo.path}, but the bundle it was added from "
+            f"({recorded or 'not recorded'}) is not on this machine: pass the bundle folder instead"
+        )
+    keys = tuple(crypto_key(k) for k in repo.keys_of("candidate")[0])
+    anchor = Anchor("key", keys, f"the build keys of the release repository {repo.path}")
+    report = verify_or_refuse(Path(recorded), anchor, "diff")
+    entry = repo.targets("candidate").signed.targets.get(target_path("candidate", name, version))
+    listed = entry.hashes.get("sha256") if entry is not None else None
+    actual = hashlib.sha256((report.bundle / SUMS).read_bytes()).hexdigest()
+    if listed != actual:
+        raise BundleError(
+            f"{recorded}: its SHA256SUMS (sha256 {actual}) is not the one the release repository "
+            f"lists for {name} {version} ({listed}): the bundle folder changed after it was added; "
+            "pass the released bundle"
+        )
+    return Path(recorded)
