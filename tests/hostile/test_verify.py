@@ -1,0 +1,168 @@
+"""Attack 1 of issue 22 and its variants: an unsigned (or wrongly signed) bundle of the attacker's
+own making must never verify, under the trusted TUF root or a pinned key; `verify --json` never
+says `"ok": true` beside a signature that is not proven; malformed documents are one paragraph
+naming the file and field (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gapforge.bundle import INDEX, SIGNATURE, SUMS
+from gapforge.bundle.sums import bundle_files, render_sums
+from tests.bundles import ReleaseWorld, release_world, signing_key, write_signed_bundle
+from tests.hostile.conftest import Hostile
+
+ATTACKER_SEED = 66
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> ReleaseWorld:
+    """A release repository, its released bundle, a trust folder pinning its root (made once)."""
+    return release_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def attacker_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the attacker's own image, signed with the attacker's key (made once)."""
+    return write_signed_bundle(tmp_path_factory.mktemp("attacker"), seed=ATTACKER_SEED)
+
+
+@pytest.fixture
+def rooted(world: ReleaseWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReleaseWorld]:
+    """This site trusts `world`'s root (gapforge trust init was run), and holds no key."""
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
+    monkeypatch.delenv("GAPFORGE_OPERATOR_KEY", raising=False)
+    yield world
+
+
+def _sums_over(bundle: Path) -> None:
+    """The attacker's own SHA256SUMS over what is in the folder (no signature made)."""
+    names = [n for n in bundle_files(bundle) if n not in (SUMS, SIGNATURE)]
+    names = [n for n in names if not n.startswith("release/")]
+    digests = {n: hashlib.sha256((bundle / n).read_bytes()).hexdigest() for n in names}
+    (bundle / SUMS).write_bytes(render_sums(digests))
+
+
+def attack_bundle(template: Path, into: Path, index: bytes | None, signature: bytes | None) -> Path:
+    """The issue's attack 1: the attacker's image and SHA256SUMS, bundle.json replaced (None:
+    deleted), an empty release/metadata/, and `signature` as SHA256SUMS.sig (None: none)."""
+    bundle = into / template.name
+    shutil.copytree(template, bundle)
+    if index is None:
+        (bundle / INDEX).unlink()
+    else:
+        (bundle / INDEX).write_bytes(index)
+    (bundle / "release" / "metadata").mkdir(parents=True)
+    _sums_over(bundle)
+    (bundle / SIGNATURE).unlink()
+    if signature is not None:
+        (bundle / SIGNATURE).write_bytes(signature)
+    return bundle
+
+
+def _assert_refused(
+    status: int, text: str, bundle: Path, run: Callable[..., tuple[int, str]]
+) -> None:
+    assert status != 0, text
+    assert "signature     ok" not in text and "pretest       PASS" not in text, text
+    json_status, json_text = run("verify", bundle, "--json")
+    assert json_status == status
+    report = json.loads(json_text[json_text.index("{") :])
+    assert report["ok"] is False and report["authenticated"] is False
+    assert report["problems"], "a refusal names its reasons"
+
+
+INDEXES = {
+    "deleted": None,
+    "empty-object": b"{}",
+    "list": b"[]",
+    "null": b"null",
+    "string": b'"a string"',
+}
+SIGNATURES = {
+    "zero-64": bytes(64),
+    "missing": None,
+    "empty": b"",
+    "short-63": bytes(63),
+    "long-65": bytes(65),
+}
+
+
+@pytest.mark.parametrize("index", INDEXES, ids=list(INDEXES))
+@pytest.mark.parametrize("signature", SIGNATURES, ids=list(SIGNATURES))
+def test_attack_1_under_the_trusted_root_is_refused(
+    hostile: Hostile, rooted: ReleaseWorld, attacker_template: Path, index: str, signature: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    bundle = attack_bundle(attacker_template, hostile.inputs, INDEXES[index], SIGNATURES[signature])
+
+    def run(*argv: str | Path) -> tuple[int, str]:
+        return hostile.run(*argv, capsys=capsys)
+
+    status, text = run("verify", bundle)
+    _assert_refused(status, text, bundle, run)
+    if index != "deleted" and index != "empty-object":  # the wrong shape is named, exit 2
+        assert status == 2 and "bundle.json" in text and "not a JSON object" in text, text
+
+
+@pytest.mark.parametrize("signature", SIGNATURES, ids=list(SIGNATURES))
+def test_attack_1_with_a_pinned_key_is_refused(
+    hostile: Hostile, world: ReleaseWorld, attacker_template: Path, signature: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.root / "no-trust-here"))
+    bundle = attack_bundle(attacker_template, hostile.inputs, b"{}", SIGNATURES[signature])
+    key = hostile.inputs / "release.pub.pem"
+    key.write_bytes(world.build_key.public_pem)
+
+    def run(*argv: str | Path) -> tuple[int, str]:
+        return hostile.run(*argv, "--key", key, capsys=capsys)
+
+    status, text = run("verify", bundle)
+    _assert_refused(status, text, bundle, run)
+    assert not (hostile.root / "no-trust-here").exists()
+
+
+def test_attack_1_with_the_attackers_valid_signature_is_refused_under_the_root(
+    hostile: Hostile, rooted: ReleaseWorld, attacker_template: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The attacker signs their SHA256SUMS with their own key (and ships its public half)."""
+    bundle = attack_bundle(attacker_template, hostile.inputs, b"{}", None)
+    from gapforge.bundle.sign import sign
+
+    key = signing_key(hostile.inputs, ATTACKER_SEED)
+    (bundle / SIGNATURE).write_bytes(sign(key, (bundle / SUMS).read_bytes()))
+    status, text = hostile.run("verify", bundle, capsys=capsys)
+    _assert_refused(status, text, bundle, lambda *a: hostile.run(*a, capsys=capsys))
+
+
+def test_tuf_metadata_of_another_repository_is_refused(
+    hostile: Hostile, rooted: ReleaseWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The attacker's own release repository, its bundle and metadata: not the site's root."""
+    other = release_world(tmp_path / "other")
+    bundle = hostile.inputs / other.bundle.name
+    shutil.copytree(other.bundle, bundle)
+    status, text = hostile.run("verify", bundle, capsys=capsys)
+    assert status != 0 and "bad signature on metadata" in text, text
+    _assert_refused(status, text, bundle, lambda *a: hostile.run(*a, capsys=capsys))
+
+
+def test_the_genuine_release_still_verifies_under_the_root(
+    hostile: Hostile, rooted: ReleaseWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = hostile.inputs / rooted.bundle.name
+    shutil.copytree(rooted.bundle, bundle)
+    status, text = hostile.run("verify", bundle, capsys=capsys)
+    assert status == 0 and "signature     ok" in text, text
+    status, text = hostile.run("verify", bundle, "--json", capsys=capsys)
+    report = json.loads(text[text.index("{") :])
+    assert report["ok"] is True and report["authenticated"] is True
+    assert report["signature"]["ok"] is True and report["signature"]["anchor"] == "root"
