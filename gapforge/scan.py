@@ -18,7 +18,6 @@ closed: no clamscan, no signatures, or an error of clamscan's is an error, not a
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import re
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from gapforge.bundle import IMAGE_TAR, INDEX
+from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.imagetar import BLOB_PREFIX, ImageArchive, read_archive
 from gapforge.bundle.sums import bundle_files, default_workers
 from gapforge.errors import GapforgeError
@@ -59,6 +58,12 @@ SIGNATURE_SUFFIXES = frozenset({
 """Files that carry signatures (.fp/.sfp/.ign/.ign2/.ftm/.cfg only tune others)."""
 CHUNK = 4 * 1024 * 1024
 SHARD = 1000
+MAX_EXPANSION = 16
+"""A layer may unpack to at most this many times its size in the archive (or MIN_LAYER_BUDGET):
+a compression bomb is refused before it fills --scan-tmp."""
+MIN_LAYER_BUDGET = 256 * 1024 * 1024
+MAX_MEMBERS = 500_000
+"""Members of one layer: far above a real layer (a CUDA layer holds tens of thousands)."""
 """Extracted files per folder."""
 APT_FIX = (
     "install it with 'apt-get install clamav' (Debian's ClamAV; do not run freshclam in the gap)"
@@ -285,16 +290,30 @@ class Extracted:
     empty: int = 0
 
 
-def _copy(source: IO[bytes], path: Path, advance: Callable[[int], None]) -> int:
-    """Stream `source` into a new file (never through a link: O_EXCL|O_NOFOLLOW)."""
+def _copy(
+    source: IO[bytes], path: Path, advance: Callable[[int], None], room: int | None = None
+) -> int:
+    """Stream `source` into a new file (never through a link: O_EXCL|O_NOFOLLOW); LayerBomb
+    past `room` bytes."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     written = 0
     with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
         while data := source.read(CHUNK):
-            out.write(data)
             written += len(data)
+            if room is not None and written > room:
+                raise LayerBomb("bytes")
+            out.write(data)
             advance(len(data))
     return written
+
+
+class LayerBomb(Exception):
+    """A layer unpacks past its cap (`bytes` or `members`); scan_bundle turns it into a ScanError."""
+
+
+def layer_budget(size: int) -> int:
+    """The most bytes a layer of `size` bytes in the archive may unpack to."""
+    return max(MAX_EXPANSION * size, MIN_LAYER_BUDGET)
 
 
 def extract_layer(
@@ -310,13 +329,16 @@ def extract_layer(
     result = Extracted()
     folder.mkdir(mode=0o700)
     number = 0
+    room = layer_budget(size)
     with (
         open(archive, "rb") as handle,
         tarfile.open(
             fileobj=io.BufferedReader(ByteRange(handle, offset, size), CHUNK), mode="r:*"
         ) as layer,
     ):
-        for info in layer:
+        for members, info in enumerate(layer, start=1):
+            if members > MAX_MEMBERS:
+                raise ScanError(_bomb_message(label, size, f"more than {MAX_MEMBERS} members"))
             if not info.isfile():
                 if not info.isdir():
                     kind = next((k for k, test in _SKIPPED_KINDS if test(info)), "fifo")
@@ -337,12 +359,27 @@ def extract_layer(
             source = layer.extractfile(info)
             if source is None:  # not reached for regular files; kept for the type checker
                 continue
-            with source:
-                copied = _copy(source, path, advance)
+            try:
+                with source:
+                    copied = _copy(source, path, advance, room)
+            except LayerBomb:
+                raise ScanError(
+                    _bomb_message(label, size, f"more than {room} bytes unpacked")
+                ) from None
+            room -= copied
             result.bytes += copied
             result.empty += copied == 0
             result.targets[str(path)] = Target(IMAGE_TAR, where)
     return result
+
+
+def _bomb_message(label: str, size: int, what: str) -> str:
+    return (
+        f"{label}: {size} bytes in the archive hold {what} (the cap is {MAX_EXPANSION} times its "
+        f"size, at least {MIN_LAYER_BUDGET} bytes, and {MAX_MEMBERS} members): a compression or "
+        "member-count bomb, or a layer no build of gapforge writes. Nothing was scanned and the "
+        "unpacked files were removed; do not load this bundle"
+    )
 
 
 def layer_names(index: dict[str, Any]) -> dict[str, str]:
@@ -520,10 +557,14 @@ def scan_bundle(
     database: Path | None,
     workers: int | None = None,
     scan_tmp: Path | None = None,
+    index: dict[str, Any] | None = None,
+    image: ImageArchive | None = None,
 ) -> ScanReport:
     """clamscan over every bundle file and every file of every layer of image.tar, unpacked into a
-    private folder under `scan_tmp` (default $TMPDIR) that is always removed. Raises ScanError when
-    no scan can be made; hits, unscanned files and clamscan's errors go into the report."""
+    private folder under `scan_tmp` (default $TMPDIR) that is always removed. `index` and `image`:
+    the verified bundle.json and archive (verify passes them: it scans a proven bundle only).
+    Raises ScanError when no scan can be made (a layer over its unpacking cap included); hits,
+    unscanned files and clamscan's errors go into the report."""
     start = time.monotonic()
     clamscan = find_clamscan()
     database, files = choose_database(database)
@@ -533,9 +574,8 @@ def scan_bundle(
         )
     report = ScanReport(bundle, database, database_files=files)
     report.workers = workers or min(4, default_workers())
-    image = _read_image(bundle)
-    index_path = bundle / INDEX
-    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    image = image or _read_image(bundle)
+    index = index or {}
     targets, errors = _bundle_targets(bundle)
     report.errors += errors
     parent = scan_tmp or Path(tempfile.gettempdir())
@@ -557,6 +597,11 @@ def scan_bundle(
         scan_start = time.monotonic()
         output = run_clamscan(clamscan, database, targets, folder, report.bytes_scanned)
         report.scan_seconds = time.monotonic() - scan_start
+    except OSError as exc:  # a full --scan-tmp, an unreadable archive: no scan, never a clean one
+        raise ScanError(
+            f"{bundle}: the scan could not unpack the layers into {parent} ({exc}): pass "
+            "--scan-tmp FOLDER on a disk with room"
+        ) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for path, signature in output.hits:

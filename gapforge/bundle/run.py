@@ -43,47 +43,71 @@ class Target:
     config_digest: str
     profile: str
     bundle: Path | None = None
+    sums_sha256: str = ""
+    """The checked bundle's SHA256SUMS digest ('' for an image reference)."""
 
     @property
     def cuda(self) -> bool:
         return self.profile.startswith("cuda")
 
 
-def _authenticated_index(path: Path, anchor: Anchor, insecure: bool) -> dict[str, Any]:
-    """bundle.json, once SHA256SUMS's signature (by the anchor) and its line for bundle.json hold;
-    with `insecure`, a failure is printed loudly and the run goes on."""
+def _checked_bundle(path: Path, anchor: Anchor, insecure: bool) -> Target:
+    """The image a bundle folder names, from the record the trust gate returns (the signature by
+    the anchor, every file but the archive's bytes, the documents against the archive); with
+    `insecure`, a failure is printed loudly and the run goes on from the shape-checked bundle.json."""
+    from gapforge.bundle.gate import NotVerified, gate
     from gapforge.bundle.verify import authenticate_index
 
     report = authenticate_index(path, anchor)
     if anchor.kind == "insecure":
         step(f"[bold red]--insecure[/]: {path} checked against its own key only (no origin)")
-    if not report.ok:
-        details = "; ".join(f"{p.file}: {p.message}" for p in report.problems)
+    if report.development_key:
+        step("[yellow]signed with a build cache's development key: not for production[/]")
+    try:
+        verified = gate(report, "run")
+    except NotVerified as refused:
         if not insecure:
             raise Refused(
                 f"refusing to run {path}: it does not authenticate against {anchor.source}: "
-                f"{details}. Run 'gapforge verify {path}' for the full check, and get an intact "
-                "copy (or pass --insecure to run it anyway: never for production)"
-            )
+                f"{refused.message} Run 'gapforge verify {path}' for the full check, and get an "
+                "intact copy (or pass --insecure to run it anyway: never for production)"
+            ) from None
+        if not report.index:
+            raise BundleError(
+                f"{path}/{INDEX}: missing or malformed, so not even --insecure can say which image "
+                "to run: get an intact copy of the bundle"
+            ) from None
+        details = (
+            "; ".join(f"{p.file}: {p.message}" for p in report.problems) or "origin not proven"
+        )
         step(f"[bold red]--insecure[/]: running {path} although it failed: {details}")
-    if report.development_key:
-        step("[yellow]signed with a build cache's development key: not for production[/]")
-    return dict(json.loads((path / INDEX).read_text(encoding="utf-8")))
+        image = report.index["image"]
+        return Target(str(image.get("ref") or ""), str(image["config_digest"]),
+                      str(image.get("profile") or ""), path, report.sums_sha256)  # fmt: skip
+    return Target(
+        verified.ref, verified.config_digest, verified.profile, path, verified.sums_sha256
+    )
 
 
-def _receipt_check(config_digest: str, ref: str) -> None:
-    """An image named by reference must have been imported by a verified `gapforge load` on this
-    machine: its signed receipt, under the operator key, names this image ID."""
+def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
+    """An image named by reference must have been imported by a verified `gapforge load` (or
+    checked by `verify --receipt`) on this machine, under this site's trust anchor: its signed
+    receipt, under the operator key, names this image ID, a SHA256SUMS digest and the anchor, and
+    records a success."""
+    from gapforge.bundle.anchor import root_identity
     from gapforge.bundle.receipt import find_receipt, operator_public_keys
-    from gapforge.release.client import trust_dir
+    from gapforge.release.client import trust_dir, trusted_root_installed
 
+    identity = anchor.identity if anchor is not None else ""
+    if anchor is None and trusted_root_installed():
+        identity = root_identity()
     folder = trust_dir() / "receipts"
-    if find_receipt(folder, config_digest, operator_public_keys(trust_dir())) is None:
+    if find_receipt(folder, config_digest, operator_public_keys(trust_dir()), identity) is None:
         raise BundleError(
             f"{ref} is image {config_digest}, and no signed receipt in {folder} says a verified "
-            "'gapforge load' imported it on this machine: run the bundle folder instead (it is "
-            "checked against your trust anchor), or load the bundle with 'gapforge load' first; "
-            "--insecure runs it unchecked (never for production)"
+            "'gapforge load' imported it on this machine under this site's trust anchor: run the "
+            "bundle folder instead (it is checked against your trust anchor), or load the bundle "
+            "with 'gapforge load' first; --insecure runs it unchecked (never for production)"
         )
 
 
@@ -103,8 +127,7 @@ def resolve_target(
             )
         if anchor is None:
             raise NoTrustAnchor(no_anchor_message("run"))
-        image = _authenticated_index(path, anchor, insecure)["image"]
-        wanted = Target(image["ref"], image["config_digest"], image.get("profile", ""), path)
+        wanted = _checked_bundle(path, anchor, insecure)
     elif target.startswith(("/", "./", "../")) or target.endswith("/"):
         raise BundleError(
             f"{path}: no such bundle folder: pass the folder that 'gapforge build' wrote in dist/"
@@ -139,10 +162,14 @@ def resolve_target(
         if insecure:
             step(f"[bold red]--insecure[/]: running {target} ({found.id}) without a receipt check")
         else:
-            _receipt_check(found.id, target)
+            _receipt_check(found.id, target, anchor)
     labels = found.labels or {}
     return Target(
-        wanted.ref, found.id, wanted.profile or labels.get(PROFILE_LABEL, ""), wanted.bundle
+        wanted.ref,
+        found.id,
+        wanted.profile or labels.get(PROFILE_LABEL, ""),
+        wanted.bundle,
+        wanted.sums_sha256,
     )
 
 
@@ -229,9 +256,11 @@ def sealed_identity(target: Target) -> dict[str, str]:
     from gapforge.hashing import sha256_file
 
     identity = {"GAPFORGE_IMAGE_DIGEST": target.config_digest}
-    sums = target.bundle / "SHA256SUMS" if target.bundle is not None else None
-    if sums is not None and sums.is_file():
-        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(sums)
+    if target.sums_sha256:  # the digest of the very SHA256SUMS the check read, not a second read
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = target.sums_sha256
+    elif target.bundle is not None and (target.bundle / "SHA256SUMS").is_file():
+        # a Target made by hand (not by resolve_target): lineage only, no trust decision rests on it
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(target.bundle / "SHA256SUMS")
     return identity
 
 
@@ -300,10 +329,14 @@ class Check:
 
 
 def _pretest_output_bytes(bundle: Path | None) -> int:
-    if bundle is None or not (bundle / PRETEST).is_file():
+    """What the pretest wrote on sample data (0 when unknown): its evidence, shape-checked."""
+    from gapforge.bundle.documents import PRETEST_EVIDENCE, read_document
+
+    if bundle is None:
         return 0
-    evidence = json.loads((bundle / PRETEST).read_text(encoding="utf-8"))
-    return sum(int(v.get("size", 0)) for v in evidence.get("outputs", {}).values())
+    evidence, _ = read_document(bundle, PRETEST, PRETEST_EVIDENCE)
+    outputs = (evidence or {}).get("outputs", {})
+    return sum(int(v.get("size", 0)) for v in outputs.values())
 
 
 def _quiet_run(client: Any, run: SealedRun) -> tuple[int, str]:

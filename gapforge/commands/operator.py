@@ -173,10 +173,14 @@ def _print_verify(report: Any) -> None:
             f"    release {release.name} {release.version} on channel {release.channel} "
             f"(root version {release.root_version})"
         )
-    if report.ok:
+    if report.ok and report.archive is not None:
         archive = report.archive
-        console.print(f"[bold green]verified[/] {report.bundle}")
-        console.print("  signature     ok")
+        if not report.authenticated:
+            console.print(f"[bold red]INTEGRITY ONLY[/] {report.bundle} (origin NOT proven)")
+        else:
+            console.print(f"[bold green]verified[/] {report.bundle}")
+        how = "" if report.authenticated else " (the bundle's own key: integrity only)"
+        console.print(f"  signature     ok{how}")
         console.print(f"  image digest  {archive.manifest_digest}")
         console.print(f"  image ID      {archive.config_digest}")
         console.print("  pretest       PASS")
@@ -207,17 +211,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(bundle, anchor, args.workers, args.deep, scan_options(args),
                            early if bundle == args.bundle else None)  # fmt: skip
     receipt = None
-    if args.receipt:
+    if args.receipt and report.authenticated:  # a receipt records a proven success, never a failure
+        from gapforge.bundle.gate import gate
         from gapforge.bundle.load import record_receipt
 
-        receipt = record_receipt(report, "verify", None, args.operator_key)
+        receipt = record_receipt(
+            gate(report, "verify --receipt"), "verify", None, args.operator_key
+        )
     if args.json:
         print(json.dumps(report.as_json() | {"receipt": receipt and str(receipt)}, indent=2))
     else:
         _print_verify(report)
         if receipt is not None:
             console.print(f"  receipt       {receipt}")
-    return 0 if report.ok else 1
+        elif args.receipt:
+            console.print("  receipt       none written: a receipt records a verified bundle only")
+    return report.exit_status
 
 
 def load_arguments(load: argparse.ArgumentParser) -> None:

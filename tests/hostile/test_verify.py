@@ -66,6 +66,13 @@ def attack_bundle(template: Path, into: Path, index: bytes | None, signature: by
     return bundle
 
 
+def _json(text: str) -> dict[str, object]:
+    """The JSON object `verify --json` printed (stderr's progress lines follow it in `text`)."""
+    value, _ = json.JSONDecoder().raw_decode(text[text.index("{") :])
+    assert isinstance(value, dict)
+    return value
+
+
 def _assert_refused(
     status: int, text: str, bundle: Path, run: Callable[..., tuple[int, str]]
 ) -> None:
@@ -73,7 +80,7 @@ def _assert_refused(
     assert "signature     ok" not in text and "pretest       PASS" not in text, text
     json_status, json_text = run("verify", bundle, "--json")
     assert json_status == status
-    report = json.loads(json_text[json_text.index("{") :])
+    report = _json(json_text)
     assert report["ok"] is False and report["authenticated"] is False
     assert report["problems"], "a refusal names its reasons"
 
@@ -163,6 +170,47 @@ def test_the_genuine_release_still_verifies_under_the_root(
     status, text = hostile.run("verify", bundle, capsys=capsys)
     assert status == 0 and "signature     ok" in text, text
     status, text = hostile.run("verify", bundle, "--json", capsys=capsys)
-    report = json.loads(text[text.index("{") :])
+    report = _json(text)
     assert report["ok"] is True and report["authenticated"] is True
     assert report["signature"]["ok"] is True and report["signature"]["anchor"] == "root"
+
+
+WRONG_TYPES = {
+    "name-number": ({"name": 3, "version": "1", "image": {}}, "name: expected a string, found a number"),
+    "image-list": ({"name": "x", "version": "1", "image": []}, "image: expected an object, found a list"),
+    "digest-null": (
+        {"name": "x", "version": "1", "image": {"manifest_digest": None, "config_digest": "sha256:1",
+                                                "sha256": "0", "size": 1}},
+        "image.manifest_digest: expected a string, found null",
+    ),
+    "layers-string": (
+        {"name": "x", "version": "1", "signing_key": [], "image": {"manifest_digest": "a", "config_digest": "b",
+                                                                     "sha256": "0", "size": "9", "layers": "x"}},
+        "image.size: expected an integer, found a string",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", WRONG_TYPES, ids=list(WRONG_TYPES))
+@pytest.mark.parametrize("anchor", ["root", "key"])
+def test_wrong_field_types_in_bundle_json_are_named_exit_2(
+    hostile: Hostile, world: ReleaseWorld, attacker_template: Path, case: str, anchor: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    document, expected = WRONG_TYPES[case]
+    bundle = attack_bundle(
+        attacker_template, hostile.inputs, json.dumps(document).encode(), bytes(64)
+    )
+    argv: list[str | Path] = ["verify", bundle]
+    if anchor == "root":
+        monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
+    else:
+        monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.root / "no-trust-here"))
+        key = hostile.inputs / "release.pub.pem"
+        key.write_bytes(world.build_key.public_pem)
+        argv += ["--key", key]
+    status, text = hostile.run(*argv, "--json", capsys=capsys)
+    report = _json(text)
+    assert status == 2 and report["ok"] is False, text
+    messages = [(p["file"], p["message"]) for p in report["problems"]]  # type: ignore[index, union-attr]
+    assert (INDEX, expected) in messages, messages

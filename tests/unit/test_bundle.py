@@ -44,6 +44,7 @@ from gapforge.bundle.verify import verify_bundle
 from gapforge.bundle.write import write_bundle
 from gapforge.errors import BundleError
 from tests.bundles import EPOCH, REF, make_source, pinned, signing_key
+from tests.bundles import evidence as _evidence  # noqa: F401 (test_delta imports it from here)
 
 GOLDEN = Path(__file__).parent / "golden" / "RUNBOOK.md"
 
