@@ -46,9 +46,9 @@ BUNDLE_INDEX: Schema = {
     },
     "signing_key?": {"fingerprint?": str, "development?": bool},
     "locks?": {"*": str},
-    "model?": dict,
-    "models?": {"*": dict},
-    "builder?": dict,
+    "model?": {"id?": str, "revision?": str, "source?": dict},
+    "models?": {"*": {"id?": str, "revision?": str, "source?": dict}},
+    "builder?": {"version?": str, "commit?": str},
     "pretest?": dict,
 }
 """bundle.json: every field an operator command reads."""

@@ -381,7 +381,14 @@ def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
 
     inspect.add_argument("bundle", type=Path, nargs="?", help="a bundle folder")
     inspect.add_argument("--json", action="store_true")
-    inspect_registry_arguments(inspect)
+    inspect_registry_arguments(inspect)  # its --key (the release key) serves a bundle too
+    inspect.add_argument("--repo", type=Path, metavar="METADATA",
+                         help="with the trusted root: the release metadata folder to check against")  # fmt: skip
+    inspect.add_argument("--channel", help="with the trusted root: the release channel to require")
+    inspect.add_argument(
+        "--insecure", action="store_true",
+        help="show what a bundle that does not verify says about itself, marked UNVERIFIED",
+    )  # fmt: skip
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -398,13 +405,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "inspect: pass a bundle folder (dist/<recipe>-<version>), or --registry HOST/REPO:TAG "
             "to list and check what is attached to an image in a registry"
         )
-    facts = describe_bundle(args.bundle)
+    facts = _inspect_checked(args, describe_bundle)
     if args.json:
         print(json.dumps(facts, indent=2, sort_keys=True))
     else:
         console.print(bundle_table(facts))
-        console.print("(what the bundle says about itself; 'gapforge verify' checks it)")
+        if facts["verified"]:
+            console.print(
+                "(verified against your trust anchor, but the archive's bytes: 'verify' hashes them)"
+            )
+        else:
+            console.print("[bold red]UNVERIFIED[/]: what the bundle says about itself (--insecure)")
     return 0
+
+
+def _inspect_checked(
+    args: argparse.Namespace, describe: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """The facts of a bundle the gate proved (its verified bundle.json); with --insecure, of one it
+    did not, marked `verified: false`. NotVerified (exit 1) otherwise."""
+    from gapforge.bundle.anchor import choose_anchor
+    from gapforge.bundle.gate import NotVerified, gate
+    from gapforge.bundle.verify import authenticate_index
+
+    key = (args.registry_keys or [None])[0]
+    anchor = choose_anchor("inspect", key, args.insecure, args.repo, args.channel)
+    report = authenticate_index(args.bundle, anchor)
+    if report.authenticated:
+        verified = gate(report, "inspect")
+        return describe(verified.folder, verified.index) | {"verified": True}
+    if not args.insecure:
+        raise NotVerified(report, "inspect")
+    step(
+        f"[bold red]--insecure[/]: {args.bundle} did not verify; showing what it says about itself"
+    )
+    return describe(args.bundle) | {"verified": False}
 
 
 def inventory_arguments(parser: argparse.ArgumentParser) -> None:
