@@ -284,7 +284,7 @@ def _verify(
 ) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
-        from gapforge.scan import choose_database, find_clamscan
+        from gapforge.clamscan import choose_database, find_clamscan
 
         find_clamscan()
         choose_database(scan.database)
