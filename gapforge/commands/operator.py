@@ -362,7 +362,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from gapforge.bundle.run import preflight
+    from gapforge.bundle.preflight import preflight
 
     step(f"preflight: {args.target} on {args.data} → {args.out}")
     checks = preflight(args.target, args.data, args.out, target_anchor(args), args.insecure)
