@@ -87,7 +87,7 @@ def check_verified(report: VerifyReport, insecure: bool) -> None:
     say loudly what was not proven and go on."""
     if report.authenticated:
         return
-    if report.ok:  # --insecure: the bundle's own key, integrity only
+    if report.ok and insecure:  # the bundle's own key: integrity only
         step(
             "[bold red]--insecure[/]: the bundle checked against its own key only: origin NOT proven"
         )

@@ -39,6 +39,7 @@ from gapforge.bundle.coverage import (
     walk_bundle,
 )
 from gapforge.bundle.crosscheck import cross_check, read_index
+from gapforge.bundle.documents import read_bytes_no_follow
 from gapforge.bundle.imagetar import ImageArchive, read_archive
 from gapforge.bundle.sbom import validate_sbom
 from gapforge.bundle.signature import (
@@ -59,6 +60,7 @@ from gapforge.bundle.sums import (
 )
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError
+from gapforge.names import UnsafeName
 from gapforge.progress import byte_progress
 
 MAX_SUMS = 16 * 1024 * 1024
@@ -150,19 +152,20 @@ def _sbom_schema(report: VerifyReport) -> Callable[[], None]:
     second or two); returns a function that waits for it and reports the result."""
     path = report.bundle / SBOM
     outcome: list[str] = []
+    readable = path.is_file() and not path.is_symlink()  # a link is reported, never read
 
     def validate() -> None:
         try:
-            outcome.append(validate_sbom(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
+            outcome.append(validate_sbom(read_bytes_no_follow(path).decode("utf-8")))
+        except (OSError, ValueError, UnsafeName) as exc:
             outcome.append(str(exc))
 
     thread = threading.Thread(target=validate, daemon=True)
-    if path.is_file():
+    if readable:
         thread.start()
 
     def finish() -> None:
-        if not path.is_file():
+        if not readable:
             return
         thread.join()
         if outcome and outcome[0]:

@@ -214,3 +214,22 @@ def test_wrong_field_types_in_bundle_json_are_named_exit_2(
     assert status == 2 and report["ok"] is False, text
     messages = [(p["file"], p["message"]) for p in report["problems"]]  # type: ignore[index, union-attr]
     assert (INDEX, expected) in messages, messages
+
+
+@pytest.mark.parametrize("signature", ["zero-64", "missing", "short-63"])
+def test_load_of_attack_1_is_refused_before_the_engine_and_writes_no_receipt(
+    hostile: Hostile, world: ReleaseWorld, attacker_template: Path, signature: str,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`load` checks everything but the archive's bytes before it connects to Docker: the attack
+    never reaches the engine (none is needed to see it refused), and no receipt is written."""
+    trust = tmp_path / "trust"
+    shutil.copytree(world.trust, trust, symlinks=True)
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(trust))
+    from gapforge import engine
+
+    monkeypatch.setattr(engine, "connect", lambda: pytest.fail("load reached the Docker engine"))
+    bundle = attack_bundle(attacker_template, hostile.inputs, b"{}", SIGNATURES[signature])
+    status, text = hostile.run("load", bundle, capsys=capsys)
+    assert status in (1, 2) and "refusing to load" in text and "loaded" not in text, text
+    assert not (trust / "receipts").exists()
