@@ -233,3 +233,26 @@ def test_load_of_attack_1_is_refused_before_the_engine_and_writes_no_receipt(
     status, text = hostile.run("load", bundle, capsys=capsys)
     assert status in (1, 2) and "refusing to load" in text and "loaded" not in text, text
     assert not (trust / "receipts").exists()
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"name": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"name": "x",,}', "not valid JSON"),
+    ],
+    ids=["deep-nesting", "5000-digit-integer", "not-utf8", "syntax"],
+)
+def test_unparseable_bundle_json_is_one_named_refusal(
+    hostile: Hostile, world: ReleaseWorld, attacker_template: Path, document: bytes,
+    expected: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
+    bundle = attack_bundle(attacker_template, hostile.inputs, document, bytes(64))
+    status, text = hostile.run("verify", bundle, "--json", capsys=capsys)
+    report = _json(text)
+    assert status == 2 and report["ok"] is False, text
+    messages = [(p["file"], p["message"]) for p in report["problems"]]  # type: ignore[index, union-attr]
+    assert any(f == INDEX and expected in m for f, m in messages), messages
