@@ -36,7 +36,7 @@ class NotVerified(GapforgeError):
         reasons = "; ".join(f"{p.file}: {p.message}" for p in report.problems[:8])
         if len(report.problems) > 8:
             reasons += f"; and {len(report.problems) - 8} more ('gapforge verify' lists them)"
-        if not reasons or not report.authenticated:
+        if not report.signature_ok or report.anchor == "insecure":
             reasons = (reasons + "; " if reasons else "") + (
                 "the signature over SHA256SUMS was not proven by a key the trust anchor names"
                 + (
@@ -45,6 +45,7 @@ class NotVerified(GapforgeError):
                     else ""
                 )
             )
+        reasons = " ".join(reasons.split())  # one paragraph, whatever a message held
         super().__init__(
             f"{report.bundle}: not verified, so 'gapforge {command}' will not act on it: {reasons}. "
             "Nothing was written. Ask the release manager for a genuine bundle, or check the "

@@ -256,3 +256,31 @@ def test_unparseable_bundle_json_is_one_named_refusal(
     assert status == 2 and report["ok"] is False, text
     messages = [(p["file"], p["message"]) for p in report["problems"]]  # type: ignore[index, union-attr]
     assert any(f == INDEX and expected in m for f, m in messages), messages
+
+
+def test_the_gate_returns_the_signed_record_or_refuses(
+    rooted: ReleaseWorld, attacker_template: Path, tmp_path: Path
+) -> None:
+    """require_verified: the genuine release gives the record other commands act on (names and
+    digests of the signed bundle.json, the SHA256SUMS digest, the anchor); attack 1 is NotVerified
+    with one paragraph naming its reasons."""
+    from gapforge.bundle.anchor import choose_anchor, root_identity
+    from gapforge.bundle.gate import NotVerified, require_verified
+
+    anchor = choose_anchor("verify")
+    record = require_verified(rooted.bundle, anchor, "deploy")
+    index = json.loads((rooted.bundle / INDEX).read_text())
+    assert (record.name, record.version) == (index["name"], index["version"])
+    assert (
+        record.config_digest == index["image"]["config_digest"]
+        and record.ref == index["image"]["ref"]
+    )
+    assert record.sums_sha256 == hashlib.sha256((rooted.bundle / SUMS).read_bytes()).hexdigest()
+    assert record.anchor == "root" and record.anchor_identity == root_identity(rooted.trust)
+    (tmp_path / "in").mkdir()
+    attack = attack_bundle(attacker_template, tmp_path / "in", b"{}", bytes(64))
+    with pytest.raises(NotVerified) as refused:
+        require_verified(attack, anchor, "deploy")
+    assert refused.value.exit_status == 2 and "\n" not in refused.value.message
+    assert "'gapforge deploy' will not act on it" in refused.value.message
+    assert "not proven by a key the trust anchor names" in refused.value.message
