@@ -254,7 +254,9 @@ def test_preflight_says_go_and_no_go(built: Built, tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr[-3000:]
     (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
     gapforge("load", str(built.bundle), "--key", str(built.public_key), check=True)  # the receipt a ref needs
-    bad = gapforge("preflight", built.ref, "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out"))
+    # A reference is run on the receipt of a load under the same anchor (here the pinned key).
+    bad = gapforge("preflight", built.ref, "--key", str(built.public_key), "--data", str(tmp_path / "bad.jsonl"),
+                   "--out", str(tmp_path / "out"))  # fmt: skip
     assert bad.returncode == 1 and "NO-GO" in bad.stderr and "line 1" in bad.stderr
 
 
