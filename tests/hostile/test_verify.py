@@ -284,3 +284,34 @@ def test_the_gate_returns_the_signed_record_or_refuses(
     assert refused.value.exit_status == 2 and "\n" not in refused.value.message
     assert "'gapforge deploy' will not act on it" in refused.value.message
     assert "not proven by a key the trust anchor names" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../outside/canary-secret.txt", "/etc/passwd", "a/../../outside/canary-secret.txt",
+     "recipe\u2028x", "recipe/\x00x", "recipe//x"],
+    ids=["dotdot", "absolute", "inner-dotdot", "line-separator", "nul", "empty-component"],
+)  # fmt: skip
+def test_a_signed_sums_line_naming_a_path_outside_is_refused_unread(
+    hostile: Hostile, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Even signed by the pinned key (a compromised build host), a SHA256SUMS line that names a path
+    outside the bundle is a named problem, and nothing outside is read or hashed."""
+    from gapforge.bundle.sign import sign
+
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "no-root"))
+    bundle = write_signed_bundle(hostile.inputs / "build")
+    digest = hashlib.sha256(hostile.canary.read_bytes()).hexdigest()
+    sums = (bundle / SUMS).read_bytes() + f"{digest}  {name}\n".encode()
+    (bundle / SUMS).write_bytes(sums)
+    key = signing_key(hostile.inputs)
+    (bundle / SIGNATURE).write_bytes(sign(key, sums))
+    (hostile.inputs / "release.pub.pem").write_bytes(key.public_pem)
+    status, text = hostile.run("verify", bundle, "--key", hostile.inputs / "release.pub.pem",
+                               "--json", capsys=capsys)  # fmt: skip
+    report = _json(text)
+    assert status == 1 and report["ok"] is False and report["signature"]["ok"] is True, text  # type: ignore[index]
+    assert any(p["file"] == SUMS and "not a plain relative path" in p["message"]
+               for p in report["problems"])  # type: ignore[index, union-attr, attr-defined]  # fmt: skip
+    assert report["files_checked"] == len((bundle / SUMS).read_text().split("\n")) - 2
