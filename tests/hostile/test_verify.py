@@ -315,3 +315,44 @@ def test_a_signed_sums_line_naming_a_path_outside_is_refused_unread(
     assert any(p["file"] == SUMS and "not a plain relative path" in p["message"]
                for p in report["problems"])  # type: ignore[index, union-attr, attr-defined]  # fmt: skip
     assert report["files_checked"] == len((bundle / SUMS).read_text().split("\n")) - 2
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+ARCHIVES = {
+    "index-manifests-string": {"index.json": b'{"manifests": "x"}', "manifest.json": b"[]"},
+    "index-digest-number": {"index.json": b'{"manifests": [{"digest": 7}]}', "manifest.json": b"[]"},
+    "docker-manifest-ints": {"index.json": b'{"manifests": [{"digest": "sha256:' + b"a" * 64 + b'"}]}',
+                             "blobs/sha256/" + "a" * 64: b'{"config": {"digest": "sha256:' + b"b" * 64
+                             + b'"}, "layers": []}', "blobs/sha256/" + "b" * 64: b"[]",
+                             "manifest.json": b"[1]"},
+    "deep-config": {"index.json": b"[" * 50_000 + b"]" * 50_000, "manifest.json": b"[]"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("archive", ARCHIVES, ids=list(ARCHIVES))
+def test_a_malformed_image_archive_is_named_never_a_traceback(
+    hostile: Hostile, world: ReleaseWorld, attacker_template: Path, archive: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
+    bundle = hostile.inputs / attacker_template.name
+    shutil.copytree(attacker_template, bundle)
+    (bundle / "image.tar").write_bytes(_tar({"oci-layout": b"{}", **ARCHIVES[archive]}))
+    _sums_over(bundle)
+    status, text = hostile.run("verify", bundle, "--json", capsys=capsys)
+    report = _json(text)
+    assert status != 0 and report["ok"] is False, text
+    assert any(p["file"] == "image.tar" and "unreadable" in p["message"]
+               for p in report["problems"]), report["problems"]  # type: ignore[index, union-attr, attr-defined]  # fmt: skip
