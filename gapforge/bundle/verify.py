@@ -1,5 +1,11 @@
 """`gapforge verify`: check a bundle offline and name every bad file.
 
+Fail closed: the report is `ok` only when the signature over SHA256SUMS was proven by a key the
+anchor gives and nothing else is wrong (gapforge.bundle.verify_report); whatever cannot be decided
+is a refusal (exit 2). Files are read without following links, a link anywhere in the folder is a
+failed check, and every file is listed in SHA256SUMS or is release metadata in release/metadata/
+(gapforge.bundle.coverage). Documents are shape-checked where read (gapforge.bundle.documents).
+
 In order: the signature over SHA256SUMS against the operator's trust anchor (gapforge.bundle.anchor:
 a pinned key; or the trusted TUF release root, when the bundle must also be a release the repository
 lists on the site's channel, unrevoked, with this very SHA256SUMS; or, with --insecure only, the
