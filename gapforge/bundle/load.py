@@ -255,36 +255,48 @@ def load_bundle(
         raise BundleError(
             f"{bundle / IMAGE_TAR}: no readable image archive in the bundle: nothing to load"
         )
+    # Names and digests from the gate's record; only --insecure falls back on the archive's own.
+    checked = gate(report, "load") if report.authenticated else None
+    manifest = checked.manifest_digest if checked else archive.manifest_digest
+    config = checked.config_digest if checked else archive.config_digest
     tar = bundle / IMAGE_TAR
     verified_sha256 = str(report.index.get("image", {}).get("sha256", "")) if report.ok else ""
     if to is not None:
-        version = str(report.index.get("version") or "latest")
+        version = checked.version if checked else _unproven_version(report)
         destination, host = registry_destination(to, version)
         step(f"copying {tar.name} to {destination}")
-        pushed = push_to_registry(tar, destination, host, tls_verify, archive.manifest_digest)
-        if pushed != archive.manifest_digest:
+        pushed = push_to_registry(tar, destination, host, tls_verify, manifest)
+        if pushed != manifest:
             raise BundleError(
                 f"the registry stored {destination} as {pushed}, not as the bundle's image digest "
-                f"{archive.manifest_digest}: it rewrote the manifest; use a registry that keeps OCI "
-                "manifests as pushed"
+                f"{manifest}: it rewrote the manifest; use a registry that keeps OCI manifests as "
+                "pushed"
             )
         where = destination.removeprefix("docker://")
         note(f"pushed {where}@{pushed}")
-        if report.ok:
+        if checked is not None:
             _attach(bundle, host, where, pushed, tls_verify)
         else:
             step(
-                "[bold red]--insecure[/]: nothing attached (SBOM, provenance, signature): the bundle did not verify"
+                "[bold red]--insecure[/]: nothing attached (SBOM, provenance, signature): the bundle is not proven"
             )
         receipt = _receipt_if_proven(report, f"{where}@{pushed}", operator_key)
-        return Loaded(where, pushed, archive.config_digest, report, receipt)
+        return Loaded(where, pushed, config, report, receipt)
     from gapforge import engine
 
     client = engine.connect()
-    ref = (archive.repo_tags or [""])[0] or None
-    tagged = engine.load(client, tar, archive.config_digest, ref, verified_sha256)
-    receipt = _receipt_if_proven(report, f"docker {tagged} {archive.config_digest}", operator_key)
-    return Loaded("docker", archive.manifest_digest, archive.config_digest, report, receipt)
+    ref = (checked.ref if checked else (archive.repo_tags or [""])[0]) or None
+    tagged = engine.load(client, tar, config, ref, verified_sha256)
+    receipt = _receipt_if_proven(report, f"docker {tagged} {config}", operator_key)
+    return Loaded("docker", manifest, config, report, receipt)
+
+
+def _unproven_version(report: VerifyReport) -> str:
+    """--insecure into a registry: the tag from bundle.json's version, if it is one plain name."""
+    from gapforge.names import component
+
+    version = report.index.get("version") or "latest"
+    return component(version, f"{report.bundle}/bundle.json: version")
 
 
 def _verify_and_stream(
