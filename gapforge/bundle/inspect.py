@@ -142,7 +142,9 @@ def bundle_table(facts: dict[str, Any]) -> Table:
         ("profile", image.get("profile", "")),
         (
             "layers",
-            ", ".join(f"{x['name']} ({human_size(x.get('size', 0))})" for x in image.get("layers", [])),
+            ", ".join(
+                f"{x['name']} ({human_size(x.get('size', 0))})" for x in image.get("layers", [])
+            ),
         ),
         (
             "model",
