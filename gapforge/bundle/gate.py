@@ -87,6 +87,13 @@ class VerifiedBundle:
     def profile(self) -> str:
         return str(self.index["image"].get("profile") or "")
 
+    @property
+    def archive_hashed(self) -> bool:
+        """Whether the archive's bytes were hashed too: `require_verified` always; the lighter
+        check of run/preflight/inspect (gapforge.bundle.verify.authenticate_index) never, since
+        they act on the image ID the signed bundle.json names, a content address."""
+        return self.report.archive_hashed
+
 
 def is_proven(report: VerifyReport) -> bool:
     """True only when the signature was proven by an anchored key and nothing else was found."""

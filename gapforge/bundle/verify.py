@@ -323,6 +323,7 @@ def _verify(
         if line.name in present and not (stream_archive and line.name == IMAGE_TAR)
     ]
     results = _hash(report, jobs, "hashing", prefetched)
+    report.archive_hashed = any(job.label == IMAGE_TAR for job in jobs)
     report.files_checked = len(lines)
     sums_bad = _compare_files(report, lines, results)
     if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):

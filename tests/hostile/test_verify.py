@@ -356,3 +356,13 @@ def test_a_malformed_image_archive_is_named_never_a_traceback(
     assert status != 0 and report["ok"] is False, text
     assert any(p["file"] == "image.tar" and "unreadable" in p["message"]
                for p in report["problems"]), report["problems"]  # type: ignore[index, union-attr, attr-defined]  # fmt: skip
+
+
+def test_the_record_says_whether_the_archive_was_hashed(rooted: ReleaseWorld) -> None:
+    from gapforge.bundle.anchor import choose_anchor
+    from gapforge.bundle.gate import gate, require_verified
+    from gapforge.bundle.verify import authenticate_index
+
+    anchor = choose_anchor("verify")
+    assert require_verified(rooted.bundle, anchor, "deploy").archive_hashed
+    assert not gate(authenticate_index(rooted.bundle, anchor), "run").archive_hashed
