@@ -108,14 +108,10 @@ def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
         )
 
 
-def resolve_target(
-    client: Any, target: str, anchor: Anchor | None, insecure: bool = False
-) -> Target:
-    """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
-    load must have imported), checked against what the engine has loaded. The Target's
-    `config_digest` is what runs: by image ID, never by tag."""
-    import docker.errors
-
+def check_target(target: str, anchor: Anchor | None, insecure: bool = False) -> Target:
+    """What `target` names, before any engine is touched: a bundle folder through the trust gate
+    (its image ID from the signed bundle.json), or an image reference (checked against a receipt
+    once the engine says which image ID it is)."""
     path = Path(target)
     if path.is_dir():
         if not (path / INDEX).is_file():
@@ -124,13 +120,26 @@ def resolve_target(
             )
         if anchor is None:
             raise NoTrustAnchor(no_anchor_message("run"))
-        wanted = _checked_bundle(path, anchor, insecure)
-    elif target.startswith(("/", "./", "../")) or target.endswith("/"):
+        return _checked_bundle(path, anchor, insecure)
+    if target.startswith(("/", "./", "../")) or target.endswith("/"):
         raise BundleError(
             f"{path}: no such bundle folder: pass the folder that 'gapforge build' wrote in dist/"
         )
-    else:
-        wanted = Target(target, "", "")
+    return Target(target, "", "")
+
+
+def resolve_target(
+    client: Any, target: str, anchor: Anchor | None, insecure: bool = False,
+    wanted: Target | None = None,
+) -> Target:  # fmt: skip
+    """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
+    load must have imported), checked against what the engine has loaded. The Target's
+    `config_digest` is what runs: by image ID, never by tag. `wanted`: check_target's answer,
+    when the caller checked before connecting to the engine."""
+    import docker.errors
+
+    path = Path(target)
+    wanted = wanted or check_target(target, anchor, insecure)
     try:
         found = client.images.get(wanted.config_digest or wanted.ref)
     except docker.errors.ImageNotFound:
@@ -283,11 +292,12 @@ def run_image(
     With `node`, this is one node of a training job across nodes, on an internal network."""
     from gapforge import engine
 
+    wanted = check_target(target, anchor, insecure)  # check, then touch: before the engine
     client = engine.connect()
     if node is not None:
         check_internal_network(client, node.network)
         extra = [*(extra or []), *node.runtime_args()]
-    resolved = resolve_target(client, target, anchor, insecure)
+    resolved = resolve_target(client, target, anchor, insecure, wanted)
     files = (
         {"--data": data}
         | ({"--validation": validation} if validation else {})

@@ -366,3 +366,20 @@ def test_the_record_says_whether_the_archive_was_hashed(rooted: ReleaseWorld) ->
     anchor = choose_anchor("verify")
     assert require_verified(rooted.bundle, anchor, "deploy").archive_hashed
     assert not gate(authenticate_index(rooted.bundle, anchor), "run").archive_hashed
+
+
+def test_run_of_attack_1_is_refused_before_the_engine(
+    hostile: Hostile, rooted: ReleaseWorld, attacker_template: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`run` checks a bundle folder through the gate before it connects to Docker (a tripwire
+    fails the test if it gets there); nothing is created, not even --out."""
+    from gapforge import engine
+
+    bundle = attack_bundle(attacker_template, hostile.inputs, b"{}", bytes(64))
+    data = hostile.inputs / "data.jsonl"
+    data.write_text("{}\n")
+    monkeypatch.setattr(engine, "connect", lambda: pytest.fail("run reached the Docker engine"))
+    status, text = hostile.run("run", bundle, "--data", data, "--out", hostile.out, capsys=capsys)
+    assert status in (1, 2) and "refusing to run" in text and "not verified" in text, text
+    assert not hostile.out.exists()
