@@ -17,6 +17,7 @@ loudly and never silent.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,8 @@ class Anchor:
     """`root`: the release metadata folder to use instead of the bundle's own release/metadata/."""
     channel: str | None = None
     """`root`: the channel to require instead of the site's (trust init --channel)."""
+    root_identity: str = ""
+    """`root`: the trusted root's identity (`root_identity`), set by choose_anchor."""
 
     @property
     def pinned(self) -> bool:
@@ -52,6 +55,23 @@ class Anchor:
     @property
     def fingerprints(self) -> list[str]:
         return [fingerprint(key) for key in self.keys]
+
+    @property
+    def identity(self) -> str:
+        """What a receipt binds as "the anchor": `key:<fingerprint>` of a pinned key, the trusted
+        root's `tuf-root:sha256:…`, '' for --insecure (which anchors nothing)."""
+        if self.kind == "key":
+            return "key:" + ",".join(sorted(self.fingerprints))
+        return self.root_identity if self.kind == "root" else ""
+
+
+def root_identity(trust: Path | None = None) -> str:
+    """The trusted TUF root, as one string: the sha256 of its sorted root key IDs. A root rotation
+    to other keys changes it, so receipts made under the old root no longer authorise a run."""
+    from gapforge.release.client import trust_state
+
+    keyids = sorted(keyid for _, keyid in trust_state(trust).root_keys)
+    return "tuf-root:sha256:" + hashlib.sha256(",".join(keyids).encode()).hexdigest()
 
 
 def no_anchor_message(command: str) -> str:
@@ -79,7 +99,8 @@ def choose_anchor(
     if key is not None:
         return Anchor("key", (load_public_key(key),), f"--key {key}", metadata, channel)
     if trusted_root_installed():
-        return Anchor("root", (), f"the trusted release root in {trust_dir()}", metadata, channel)
+        return Anchor("root", (), f"the trusted release root in {trust_dir()}", metadata, channel,
+                      root_identity())  # fmt: skip
     if insecure:
         return Anchor("insecure", (), "the bundle's own key (--insecure: NOT pinned)")
     raise NoTrustAnchor(no_anchor_message(command))

@@ -5,17 +5,20 @@ the folder's files again.
 
 "Verified" means: SHA256SUMS's signature was checked and proven by a key the anchor names (a pinned
 key, or a build key the trusted TUF release metadata names), every file matched its signed line,
-and the documents agree with the archive. Anything that cannot decide is a refusal.
+and the documents agree with the archive. Anything that cannot decide is a refusal. `--insecure`
+(the bundle's own key) proves integrity only and never passes the gate: a command that offers
+--insecure handles that case itself, loudly, and writes no receipt for it.
+
+The record's names and digests come from the signed bundle.json as verify parsed and shape-checked
+it (gapforge.bundle.documents.BUNDLE_INDEX), never from a second read of the folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle import SUMS
 from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import GapforgeError
@@ -29,11 +32,20 @@ class NotVerified(GapforgeError):
 
     def __init__(self, report: VerifyReport, command: str) -> None:
         self.report = report
+        self.exit_status = report.exit_status or 1  # 2 where an input could not be judged
         reasons = "; ".join(f"{p.file}: {p.message}" for p in report.problems[:8])
         if len(report.problems) > 8:
             reasons += f"; and {len(report.problems) - 8} more ('gapforge verify' lists them)"
-        if not reasons:
-            reasons = "the signature over SHA256SUMS was not proven by a key the trust anchor names"
+        if not report.signature_ok or report.anchor == "insecure":
+            reasons = (reasons + "; " if reasons else "") + (
+                "the signature over SHA256SUMS was not proven by a key the trust anchor names"
+                + (
+                    " (--insecure checks integrity only, never origin)"
+                    if report.anchor == "insecure"
+                    else ""
+                )
+            )
+        reasons = " ".join(reasons.split())  # one paragraph, whatever a message held
         super().__init__(
             f"{report.bundle}: not verified, so 'gapforge {command}' will not act on it: {reasons}. "
             "Nothing was written. Ask the release manager for a genuine bundle, or check the "
@@ -63,30 +75,50 @@ class VerifiedBundle:
     anchor: str
     """How the key was anchored: `key` (pinned) or `root` (the trusted TUF release root)."""
     report: VerifyReport
+    anchor_identity: str = ""
+    """The anchor as a receipt binds it (gapforge.bundle.anchor.Anchor.identity)."""
+
+    @property
+    def ref(self) -> str:
+        """The image reference bundle.json names ('' when none): a tag, given only after the ID."""
+        return str(self.index["image"].get("ref") or "")
+
+    @property
+    def profile(self) -> str:
+        return str(self.index["image"].get("profile") or "")
+
+    @property
+    def archive_hashed(self) -> bool:
+        """Whether the archive's bytes were hashed too: `require_verified` always; the lighter
+        check of run/preflight/inspect (gapforge.bundle.verify.authenticate_index) never, since
+        they act on the image ID the signed bundle.json names, a content address."""
+        return self.report.archive_hashed
 
 
 def is_proven(report: VerifyReport) -> bool:
     """True only when the signature was proven by an anchored key and nothing else was found."""
-    return report.signature_ok and report.anchor in ("key", "root") and not report.problems
+    return report.authenticated and bool(report.index) and bool(report.sums_sha256)
 
 
 def gate(report: VerifyReport, command: str) -> VerifiedBundle:
-    """The record of a verify report that proves the bundle, or NotVerified (exit 1)."""
+    """The record of a verify report that proves the bundle, or NotVerified (exit 1; 2 where an
+    input could not be judged). UnsafeName (exit 2) if its name or version is not one component."""
     if not is_proven(report) or report.archive is None:
         raise NotVerified(report, command)
     index = report.index
-    sums = (report.bundle / SUMS).read_bytes()
+    image = index["image"]  # shape-checked by verify (gapforge.bundle.documents.BUNDLE_INDEX)
     return VerifiedBundle(
         folder=report.bundle,
-        name=component(index.get("name"), f"{report.bundle}/bundle.json: name"),
-        version=component(index.get("version"), f"{report.bundle}/bundle.json: version"),
+        name=component(index["name"], f"{report.bundle}/bundle.json: name"),
+        version=component(index["version"], f"{report.bundle}/bundle.json: version"),
         index=index,
-        sums_sha256=hashlib.sha256(sums).hexdigest(),
-        manifest_digest=report.archive.manifest_digest,
-        config_digest=report.archive.config_digest,
+        sums_sha256=report.sums_sha256,
+        manifest_digest=str(image["manifest_digest"]),
+        config_digest=str(image["config_digest"]),
         signer=report.key_fingerprint,
         anchor=report.anchor,
         report=report,
+        anchor_identity=report.anchor_identity,
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gapforge.bundle.documents import Schema, shape_problems
 from gapforge.bundle.sums import HashJob
 
 BLOB_PREFIX = "blobs/sha256/"
@@ -40,8 +41,9 @@ class ImageArchive:
 
     @property
     def labels(self) -> dict[str, str]:
-        labels: dict[str, str] = self.config.get("config", {}).get("Labels") or {}
-        return labels
+        inner = self.config.get("config") or {}
+        labels = inner.get("Labels") if isinstance(inner, dict) else None
+        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
     def blob_jobs(self, label_prefix: str) -> list[HashJob]:
         """One hash job per blob member, labelled `<prefix>:<digest>`."""
@@ -58,10 +60,42 @@ class ImageArchive:
 
 
 def _read_json(archive: tarfile.TarFile, name: str) -> Any:
-    member = archive.extractfile(name)
+    info = archive.getmember(name)
+    if info.size > MAX_JSON_MEMBER:
+        raise ValueError(
+            f"{name} is {info.size} bytes, over the {MAX_JSON_MEMBER} a JSON member may be"
+        )
+    member = archive.extractfile(info)
     if member is None:
         raise ValueError(f"{name} is not a regular file")
     return json.loads(member.read())
+
+
+_INDEX: Schema = {"manifests": [{"digest": str}]}
+_MANIFEST: Schema = {"config": {"digest": str}, "layers": [{"digest": str}]}
+_CONFIG: Schema = {
+    "rootfs?": {"diff_ids?": [str]},
+    "config?": (dict, type(None)),
+}
+_DOCKER: Schema = [{"Config": str, "Layers?": [str], "RepoTags?": (list, type(None))}]
+MAX_JSON_MEMBER = 16 * 1024 * 1024
+"""Bytes of an index, manifest or config read into memory (real ones are a few KiB)."""
+
+
+def _blob(digest: str) -> str:
+    return BLOB_PREFIX + digest.removeprefix("sha256:")
+
+
+def _shaped(archive: tarfile.TarFile, name: str, schema: Schema) -> Any:
+    """A JSON member of the archive in `schema`'s shape (gapforge.bundle.documents), else
+    ValueError naming the member and field: an archive is input from outside like any other."""
+    value = _read_json(archive, name)
+    problems = shape_problems(value, schema, name)
+    if isinstance(schema, list) and not value:
+        problems.append(f"{name}: an empty list")
+    if problems:
+        raise ValueError("; ".join(problems[:3]))
+    return value
 
 
 def read_archive(path: Path) -> ImageArchive:
@@ -93,17 +127,16 @@ def _read_structure(archive: tarfile.TarFile, result: ImageArchive) -> None:
     if result.problems:
         return
     try:
-        index = _read_json(archive, "index.json")
+        index = _shaped(archive, "index.json", _INDEX)
         result.manifest_digest = index["manifests"][0]["digest"]
-        manifest = _read_json(archive, BLOB_PREFIX + result.manifest_digest.removeprefix("sha256:"))
+        manifest = _shaped(archive, _blob(result.manifest_digest), _MANIFEST)
         result.config_digest = manifest["config"]["digest"]
         result.layer_digests = [layer["digest"] for layer in manifest["layers"]]
-        result.config = _read_json(
-            archive, BLOB_PREFIX + result.config_digest.removeprefix("sha256:")
-        )
-        docker = _read_json(archive, "manifest.json")[0]
-        result.repo_tags = list(docker.get("RepoTags") or [])
-    except (KeyError, IndexError, TypeError, ValueError, tarfile.TarError, OSError) as exc:
+        result.config = _shaped(archive, _blob(result.config_digest), _CONFIG)
+        docker = _shaped(archive, "manifest.json", _DOCKER)[0]
+        result.repo_tags = [tag for tag in docker.get("RepoTags") or [] if isinstance(tag, str)]
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError, tarfile.TarError,
+            OSError) as exc:  # fmt: skip
         result.problems.append(
             f"its index, manifest or config is unreadable ({type(exc).__name__}: {exc})"
         )

@@ -1,9 +1,11 @@
 """`gapforge inspect`: what a bundle holds (recipe, model, packages, digests, pretest), as a table or
-JSON. It reads the bundle's documents only; `gapforge verify` is what checks them."""
+JSON. The command shows a bundle the trust gate proved (gapforge.bundle.gate: names and digests
+from the signed, shape-checked bundle.json it returns); with --insecure, what an unproven bundle
+says about itself, marked so. Every document is shape-checked where read (gapforge.bundle.documents):
+a wrong type is one paragraph naming the file and field, never a traceback."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,32 +13,52 @@ from rich.markup import escape
 from rich.table import Table
 
 from gapforge.bundle import INDEX, PRETEST, PROVENANCE, SBOM, SIGNATURE, SUMS
+from gapforge.bundle.documents import (
+    BUNDLE_INDEX,
+    PRETEST_EVIDENCE,
+    PROVENANCE_STATEMENT,
+    SBOM_FIELDS,
+    Schema,
+    read_bytes_no_follow,
+    read_document,
+    shape_problems,
+)
 from gapforge.bundle.dsse import envelope_payload_unverified
 from gapforge.bundle.provenance import subject_digest
 from gapforge.bundle.runbook import human_size
 from gapforge.bundle.sbom import summary
 from gapforge.errors import BundleError
 
+RECIPE_FIELDS: Schema = {
+    "train?": {"method?": str},
+    "data?": {"format?": str},
+    "quantize?": [str],
+    "evaluate?": {"gates?": dict},
+}
+"""The fields of recipe/recipe.json that inspect shows."""
 
-def _read(bundle: Path, name: str) -> dict[str, Any]:
-    path = bundle / name
-    try:
-        value: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return value
-    except FileNotFoundError:
+
+def _read(bundle: Path, name: str, schema: Schema) -> dict[str, Any]:
+    """`name`, shape-checked ({} when absent); BundleError naming the file and field otherwise."""
+    value, problems = read_document(bundle, name, schema)
+    if problems == ["missing"]:
         return {}
-    except ValueError as exc:
+    if problems or value is None:
         raise BundleError(
-            f"{path}: not valid JSON ({exc}): run 'gapforge verify {bundle}'"
-        ) from None
+            f"{bundle / name}: {'; '.join(problems)}: the bundle is malformed; run 'gapforge "
+            f"verify {bundle}' and get an intact copy from the release manager"
+        )
+    return value
 
 
 def _provenance(bundle: Path) -> dict[str, Any]:
     """What provenance.json's statement says, read from its DSSE envelope WITHOUT checking the
     signature (display only: `verify` checks it)."""
     path = bundle / PROVENANCE
-    statement = envelope_payload_unverified(path.read_bytes()) if path.is_file() else {}
-    if not statement:
+    if not path.is_file() or path.is_symlink():
+        return {}
+    statement = envelope_payload_unverified(read_bytes_no_follow(path))
+    if not statement or shape_problems(statement, PROVENANCE_STATEMENT):
         return {}
     predicate = statement.get("predicate", {})
     definition = predicate.get("buildDefinition", {})
@@ -51,15 +73,17 @@ def _provenance(bundle: Path) -> dict[str, Any]:
     }
 
 
-def describe_bundle(bundle: Path) -> dict[str, Any]:
-    """The facts `inspect` shows, as one JSON-able dict."""
-    if not (bundle / INDEX).is_file():
-        raise BundleError(
-            f"{bundle}: not a bundle (no {INDEX}): pass a folder that 'gapforge build' wrote in dist/"
-        )
-    index = _read(bundle, INDEX)
-    evidence = _read(bundle, PRETEST)
-    recipe = _read(bundle, "recipe/recipe.json")
+def describe_bundle(bundle: Path, index: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The facts `inspect` shows, as one JSON-able dict; `index`: the gate's verified bundle.json
+    (read and shape-checked here when None)."""
+    if index is None:
+        if not (bundle / INDEX).is_file():
+            raise BundleError(
+                f"{bundle}: not a bundle (no {INDEX}): pass a folder that 'gapforge build' wrote in dist/"
+            )
+        index = _read(bundle, INDEX, BUNDLE_INDEX)
+    evidence = _read(bundle, PRETEST, PRETEST_EVIDENCE)
+    recipe = _read(bundle, "recipe/recipe.json", RECIPE_FIELDS)
     return {
         "bundle": str(bundle),
         "name": index.get("name"),
@@ -75,7 +99,7 @@ def describe_bundle(bundle: Path) -> dict[str, Any]:
             "quantize": recipe.get("quantize", []),
             "gates": recipe.get("evaluate", {}).get("gates", {}),
         },
-        "packages": summary(_read(bundle, SBOM)),
+        "packages": summary(_read(bundle, SBOM, SBOM_FIELDS)),
         "locks": index.get("locks", {}),
         "pretest": {
             "verdict": evidence.get("verdict"),
@@ -118,7 +142,9 @@ def bundle_table(facts: dict[str, Any]) -> Table:
         ("profile", image.get("profile", "")),
         (
             "layers",
-            ", ".join(f"{x['name']} ({human_size(x['size'])})" for x in image.get("layers", [])),
+            ", ".join(
+                f"{x['name']} ({human_size(x.get('size', 0))})" for x in image.get("layers", [])
+            ),
         ),
         (
             "model",

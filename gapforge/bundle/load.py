@@ -27,6 +27,7 @@ from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.gate import VerifiedBundle, gate
 from gapforge.bundle.verify import (
     ScanOptions,
     blame_archive,
@@ -82,7 +83,14 @@ def is_loopback(host: str) -> bool:
 
 
 def check_verified(report: VerifyReport, insecure: bool) -> None:
-    if report.ok:
+    """Refused (exit 1) unless the bundle is proven against an operator's anchor; with `insecure`,
+    say loudly what was not proven and go on."""
+    if report.authenticated:
+        return
+    if report.ok and insecure:  # the bundle's own key: integrity only
+        step(
+            "[bold red]--insecure[/]: the bundle checked against its own key only: origin NOT proven"
+        )
         return
     bad = ", ".join(report.bad_files)
     if not insecure:
@@ -172,31 +180,42 @@ def receipt_checks(report: VerifyReport) -> list[dict[str, Any]]:
 
 
 def record_receipt(
-    report: VerifyReport, action: str, loaded_into: str | None, operator_key: Path | None = None
+    verified: VerifiedBundle, action: str, loaded_into: str | None, operator_key: Path | None = None
 ) -> Path:
-    """Write the signed receipt of `action` (load, verify) in the trust folder's receipts/."""
+    """Write the signed receipt of `action` (load, verify) of a bundle the gate proved, in the trust
+    folder's receipts/: a receipt records a success, so it takes the gate's record, nothing less."""
     from gapforge.bundle.receipt import make_receipt, write_receipt
     from gapforge.bundle.receipt import operator_key as resolve_key
     from gapforge.release.client import trust_dir
 
-    archive = report.archive
+    report = verified.report
     folder = trust_dir()
     release = report.release
     trust = {
         "anchor": report.anchor,
+        "anchor_identity": verified.anchor_identity,
         "key_fingerprint": report.key_fingerprint,
         "key_source": report.key_source,
         **({"root_version": release.root_version, "channel": release.channel} if release else {}),
     }
     receipt = make_receipt(
-        action=action, bundle=report.bundle, name=str(report.index.get("name", "")),
-        version=str(report.index.get("version", "")),
-        manifest_digest=archive.manifest_digest if archive else "",
-        config_digest=archive.config_digest if archive else "",
-        archive_sha256=str(report.index.get("image", {}).get("sha256", "")),
-        checks=receipt_checks(report), trust=trust, loaded_into=loaded_into,
+        action=action, bundle=verified.folder, name=verified.name, version=verified.version,
+        manifest_digest=verified.manifest_digest, config_digest=verified.config_digest,
+        archive_sha256=str(verified.index["image"]["sha256"]), sums_sha256=verified.sums_sha256,
+        anchor=verified.anchor_identity, checks=receipt_checks(report), trust=trust,
+        loaded_into=loaded_into,
     )  # fmt: skip
     return write_receipt(receipt, resolve_key(folder, operator_key), folder / "receipts")
+
+
+def _receipt_if_proven(
+    report: VerifyReport, loaded_into: str, operator_key: Path | None
+) -> Path | None:
+    """The receipt of a load the gate proves; none (said loudly) for an --insecure one."""
+    if not report.authenticated:
+        step("[bold red]--insecure[/]: no receipt written: this load proved nothing about origin")
+        return None
+    return record_receipt(gate(report, "load"), "load", loaded_into, operator_key)
 
 
 def _attach(bundle: Path, host: str, where: str, digest: str, tls_verify: bool | None) -> None:
@@ -236,38 +255,48 @@ def load_bundle(
         raise BundleError(
             f"{bundle / IMAGE_TAR}: no readable image archive in the bundle: nothing to load"
         )
+    # Names and digests from the gate's record; only --insecure falls back on the archive's own.
+    checked = gate(report, "load") if report.authenticated else None
+    manifest = checked.manifest_digest if checked else archive.manifest_digest
+    config = checked.config_digest if checked else archive.config_digest
     tar = bundle / IMAGE_TAR
     verified_sha256 = str(report.index.get("image", {}).get("sha256", "")) if report.ok else ""
     if to is not None:
-        version = str(report.index.get("version") or "latest")
+        version = checked.version if checked else _unproven_version(report)
         destination, host = registry_destination(to, version)
         step(f"copying {tar.name} to {destination}")
-        pushed = push_to_registry(tar, destination, host, tls_verify, archive.manifest_digest)
-        if pushed != archive.manifest_digest:
+        pushed = push_to_registry(tar, destination, host, tls_verify, manifest)
+        if pushed != manifest:
             raise BundleError(
                 f"the registry stored {destination} as {pushed}, not as the bundle's image digest "
-                f"{archive.manifest_digest}: it rewrote the manifest; use a registry that keeps OCI "
-                "manifests as pushed"
+                f"{manifest}: it rewrote the manifest; use a registry that keeps OCI manifests as "
+                "pushed"
             )
         where = destination.removeprefix("docker://")
         note(f"pushed {where}@{pushed}")
-        if report.ok:
+        if checked is not None:
             _attach(bundle, host, where, pushed, tls_verify)
         else:
             step(
-                "[bold red]--insecure[/]: nothing attached (SBOM, provenance, signature): the bundle did not verify"
+                "[bold red]--insecure[/]: nothing attached (SBOM, provenance, signature): the bundle is not proven"
             )
-        receipt = record_receipt(report, "load", f"{where}@{pushed}", operator_key)
-        return Loaded(where, pushed, archive.config_digest, report, receipt)
+        receipt = _receipt_if_proven(report, f"{where}@{pushed}", operator_key)
+        return Loaded(where, pushed, config, report, receipt)
     from gapforge import engine
 
     client = engine.connect()
-    ref = (archive.repo_tags or [""])[0] or None
-    tagged = engine.load(client, tar, archive.config_digest, ref, verified_sha256)
-    receipt = record_receipt(
-        report, "load", f"docker {tagged} {archive.config_digest}", operator_key
-    )
-    return Loaded("docker", archive.manifest_digest, archive.config_digest, report, receipt)
+    ref = (checked.ref if checked else (archive.repo_tags or [""])[0]) or None
+    tagged = engine.load(client, tar, config, ref, verified_sha256)
+    receipt = _receipt_if_proven(report, f"docker {tagged} {config}", operator_key)
+    return Loaded("docker", manifest, config, report, receipt)
+
+
+def _unproven_version(report: VerifyReport) -> str:
+    """--insecure into a registry: the tag from bundle.json's version, if it is one plain name."""
+    from gapforge.names import component
+
+    version = report.index.get("version") or "latest"
+    return component(version, f"{report.bundle}/bundle.json: version")
 
 
 def _verify_and_stream(
@@ -283,18 +312,19 @@ def _verify_and_stream(
 
     report, line = verify_all_but_archive_bytes(bundle, anchor, scan)
     archive = report.archive
-    if not report.ok or line is None or archive is None or not archive.manifest_digest:
+    if not report.authenticated or line is None or archive is None:
         on_verified(report)
         check_verified(report, insecure=False)
         raise BundleError(
             f"{bundle / IMAGE_TAR}: no readable image archive in the bundle: nothing to load"
         )
+    checked = gate(report, "load")  # all but the archive's bytes, which are hashed as they stream
     tar = bundle / IMAGE_TAR
     client = engine.connect()
-    ref = (archive.repo_tags or [""])[0] or None
+    ref = checked.ref or None
     start = time.monotonic()
     try:
-        tagged = engine.load(client, tar, archive.config_digest, ref, line.sha256)
+        tagged = engine.load(client, tar, checked.config_digest, ref, line.sha256)
     except engine.ImageMismatch:
         blame_archive(report, line)
         if report.ok:  # the archive is intact: the engine made something else of it
@@ -303,9 +333,10 @@ def _verify_and_stream(
         check_verified(report, insecure=False)
         raise
     report.bytes_hashed += tar.stat().st_size
+    report.archive_hashed = True  # the engine hashed what it was sent, and it matched the line
     report.seconds += time.monotonic() - start
     on_verified(report)
     receipt = record_receipt(
-        report, "load", f"docker {tagged} {archive.config_digest}", operator_key
+        checked, "load", f"docker {tagged} {checked.config_digest}", operator_key
     )
-    return Loaded("docker", archive.manifest_digest, archive.config_digest, report, receipt)
+    return Loaded("docker", checked.manifest_digest, checked.config_digest, report, receipt)

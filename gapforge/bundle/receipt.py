@@ -11,6 +11,12 @@ The folder (by default the trust folder's `receipts/`) holds
 `<UTC time>-<name>-<version>-<action>.receipt.json`, never overwritten, and
 `by-image/<image ID hex>.json`, a copy of the newest receipt for that image ID, for people and
 quick look-ups; `find_receipt` reads every receipt and trusts only signatures that verify.
+
+A receipt means success: one is written only for a bundle the trust gate proved (a failed or
+--insecure check writes none), and `find_receipt` accepts one only when it verifies with the
+operator key, every check in it passed, and it binds the image ID asked for, a SHA256SUMS digest and
+this site's trust anchor (`anchor`: gapforge.bundle.anchor.Anchor.identity). A receipt made under
+another anchor (another pinned key, another root) authorises nothing here.
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ class Receipt:
     config_digest: str
     """The image ID (`sha256:…`): what `docker load` gives and `run IMAGE_REF` resolves to."""
     archive_sha256: str
+    sums_sha256: str
+    """sha256 of the bundle's SHA256SUMS whose signature was proven."""
+    anchor: str
+    """The trust anchor that proved it (Anchor.identity: `key:sha256:…` or `tuf-root:sha256:…`)."""
     checks: list[dict[str, Any]]
     """Every check, in order: `{"check": "signature", "ok": true, "detail": "…"}`."""
     trust: dict[str, Any]
@@ -99,7 +109,8 @@ class Receipt:
 _STRING, _NULLABLE = ((str,), "a string"), ((str, type(None)), "a string or null")
 _REQUIRED: dict[str, tuple[tuple[type, ...], str]] = {
     **{key: _STRING for key in ("schema", "action", "time", "bundle", "name", "version",
-                                "manifest_digest", "config_digest", "archive_sha256", "operator",
+                                "manifest_digest", "config_digest", "archive_sha256", "sums_sha256",
+                                "anchor", "operator",
                                 "host", "gapforge_version")},
     "checks": ((list,), "a list"), "trust": ((dict,), "an object"), "loaded_into": _NULLABLE,
 }  # fmt: skip
@@ -121,6 +132,12 @@ def receipt_problems(value: dict[str, Any]) -> list[str]:
         elif not isinstance(check.get("ok"), bool):
             problems.append(f"checks[{number}] ({check['check']}) has no true/false ok")
     return problems
+
+
+def _is_hex64(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _utc_now() -> str:
@@ -162,6 +179,8 @@ def make_receipt(
     manifest_digest: str,
     config_digest: str,
     archive_sha256: str,
+    sums_sha256: str,
+    anchor: str,
     checks: list[dict[str, Any]],
     trust: dict[str, Any],
     loaded_into: str | None,
@@ -178,6 +197,8 @@ def make_receipt(
         manifest_digest=manifest_digest,
         config_digest=config_digest,
         archive_sha256=archive_sha256,
+        sums_sha256=sums_sha256,
+        anchor=anchor,
         checks=[dict(check) for check in checks],
         trust=dict(trust),
         loaded_into=loaded_into,
@@ -191,6 +212,10 @@ def make_receipt(
         problems.append("action is empty")
     if not config_digest.startswith("sha256:") or len(config_digest) != 71:
         problems.append(f"config_digest is {config_digest!r}, not sha256:<64 hex>")
+    if not _is_hex64(sums_sha256):
+        problems.append(f"sums_sha256 is {sums_sha256!r}, not 64 hex digits")
+    if not anchor:
+        problems.append("anchor is empty: a receipt binds the trust anchor that proved the bundle")
     if problems:
         raise ValueError(f"not a receipt: {'; '.join(problems)}")
     return value
@@ -259,15 +284,36 @@ def verify_receipt(path: Path, key: Ed25519PublicKey) -> tuple[dict[str, Any] | 
     return value, []
 
 
+def authorises(value: dict[str, Any], config_digest: str, anchor: str) -> bool:
+    """A verified receipt payload authorises running `config_digest` under `anchor` only when it is
+    a load or verify that succeeded (every check ok), of that image ID, binding a SHA256SUMS digest
+    and that very anchor."""
+    checks = value.get("checks")
+    return (
+        value.get("action") in ("load", "verify")
+        and value.get("config_digest") == config_digest
+        and value.get("ok") is True
+        and isinstance(checks, list)
+        and bool(checks)
+        and all(isinstance(c, dict) and c.get("ok") is True for c in checks)
+        and _is_hex64(value.get("sums_sha256"))
+        and bool(anchor)
+        and value.get("anchor") == anchor
+    )
+
+
 def find_receipt(
-    folder: Path, config_digest: str, keys: Sequence[Ed25519PublicKey]
+    folder: Path, config_digest: str, keys: Sequence[Ed25519PublicKey], anchor: str
 ) -> dict[str, Any] | None:
-    """The newest receipt in `folder` for image ID `config_digest` whose signature verifies with
-    one of `keys`; receipts that do not verify are passed over. None when there is none."""
-    if not folder.is_dir():
+    """The newest receipt in `folder` that authorises image ID `config_digest` under the trust
+    anchor `anchor` (see `authorises`) and whose signature verifies with one of `keys`; receipts
+    that do not are passed over. None when there is none (or `anchor` is empty)."""
+    if not folder.is_dir() or not anchor:
         return None
     candidates: list[tuple[str, str, Path]] = []
     for path in [*folder.glob(f"*{RECEIPT_SUFFIX}"), *(folder / BY_IMAGE).glob("*.json")]:
+        if path.is_symlink() or not path.is_file():
+            continue
         try:
             claimed = envelope_payload_unverified(path.read_bytes())
         except OSError:
@@ -279,7 +325,7 @@ def find_receipt(
     for _, _, path in sorted(candidates, reverse=True):
         for key in keys:
             value, _problems = verify_receipt(path, key)
-            if value is not None and value.get("config_digest") == config_digest:
+            if value is not None and authorises(value, config_digest, anchor):
                 return value
     return None
 

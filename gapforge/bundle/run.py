@@ -8,20 +8,17 @@ The runtime's output streams through and its exit status is passed on (0 pass, 1
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle import INDEX, PRETEST
+from gapforge.bundle import INDEX
 from gapforge.bundle.anchor import Anchor, NoTrustAnchor, no_anchor_message
 from gapforge.bundle.load import Refused
-from gapforge.bundle.runbook import human_size
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
@@ -43,58 +40,78 @@ class Target:
     config_digest: str
     profile: str
     bundle: Path | None = None
+    sums_sha256: str = ""
+    """The checked bundle's SHA256SUMS digest ('' for an image reference)."""
 
     @property
     def cuda(self) -> bool:
         return self.profile.startswith("cuda")
 
 
-def _authenticated_index(path: Path, anchor: Anchor, insecure: bool) -> dict[str, Any]:
-    """bundle.json, once SHA256SUMS's signature (by the anchor) and its line for bundle.json hold;
-    with `insecure`, a failure is printed loudly and the run goes on."""
+def _checked_bundle(path: Path, anchor: Anchor, insecure: bool) -> Target:
+    """The image a bundle folder names, from the record the trust gate returns (the signature by
+    the anchor, every file but the archive's bytes, the documents against the archive); with
+    `insecure`, a failure is printed loudly and the run goes on from the shape-checked bundle.json."""
+    from gapforge.bundle.gate import NotVerified, gate
     from gapforge.bundle.verify import authenticate_index
 
     report = authenticate_index(path, anchor)
     if anchor.kind == "insecure":
         step(f"[bold red]--insecure[/]: {path} checked against its own key only (no origin)")
-    if not report.ok:
-        details = "; ".join(f"{p.file}: {p.message}" for p in report.problems)
+    if report.development_key:
+        step("[yellow]signed with a build cache's development key: not for production[/]")
+    try:
+        verified = gate(report, "run")
+    except NotVerified as refused:
         if not insecure:
             raise Refused(
                 f"refusing to run {path}: it does not authenticate against {anchor.source}: "
-                f"{details}. Run 'gapforge verify {path}' for the full check, and get an intact "
-                "copy (or pass --insecure to run it anyway: never for production)"
-            )
+                f"{refused.message} Run 'gapforge verify {path}' for the full check, and get an "
+                "intact copy (or pass --insecure to run it anyway: never for production)"
+            ) from None
+        if not report.index:
+            raise BundleError(
+                f"{path}/{INDEX}: missing or malformed, so not even --insecure can say which image "
+                "to run: get an intact copy of the bundle"
+            ) from None
+        details = (
+            "; ".join(f"{p.file}: {p.message}" for p in report.problems) or "origin not proven"
+        )
         step(f"[bold red]--insecure[/]: running {path} although it failed: {details}")
-    if report.development_key:
-        step("[yellow]signed with a build cache's development key: not for production[/]")
-    return dict(json.loads((path / INDEX).read_text(encoding="utf-8")))
+        image = report.index["image"]
+        return Target(str(image.get("ref") or ""), str(image["config_digest"]),
+                      str(image.get("profile") or ""), path, report.sums_sha256)  # fmt: skip
+    return Target(
+        verified.ref, verified.config_digest, verified.profile, path, verified.sums_sha256
+    )
 
 
-def _receipt_check(config_digest: str, ref: str) -> None:
-    """An image named by reference must have been imported by a verified `gapforge load` on this
-    machine: its signed receipt, under the operator key, names this image ID."""
+def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
+    """An image named by reference must have been imported by a verified `gapforge load` (or
+    checked by `verify --receipt`) on this machine, under this site's trust anchor: its signed
+    receipt, under the operator key, names this image ID, a SHA256SUMS digest and the anchor, and
+    records a success."""
+    from gapforge.bundle.anchor import root_identity
     from gapforge.bundle.receipt import find_receipt, operator_public_keys
-    from gapforge.release.client import trust_dir
+    from gapforge.release.client import trust_dir, trusted_root_installed
 
+    identity = anchor.identity if anchor is not None else ""
+    if anchor is None and trusted_root_installed():
+        identity = root_identity()
     folder = trust_dir() / "receipts"
-    if find_receipt(folder, config_digest, operator_public_keys(trust_dir())) is None:
+    if find_receipt(folder, config_digest, operator_public_keys(trust_dir()), identity) is None:
         raise BundleError(
             f"{ref} is image {config_digest}, and no signed receipt in {folder} says a verified "
-            "'gapforge load' imported it on this machine: run the bundle folder instead (it is "
-            "checked against your trust anchor), or load the bundle with 'gapforge load' first; "
-            "--insecure runs it unchecked (never for production)"
+            "'gapforge load' imported it on this machine under this site's trust anchor: run the "
+            "bundle folder instead (it is checked against your trust anchor), or load the bundle "
+            "with 'gapforge load' first; --insecure runs it unchecked (never for production)"
         )
 
 
-def resolve_target(
-    client: Any, target: str, anchor: Anchor | None, insecure: bool = False
-) -> Target:
-    """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
-    load must have imported), checked against what the engine has loaded. The Target's
-    `config_digest` is what runs: by image ID, never by tag."""
-    import docker.errors
-
+def check_target(target: str, anchor: Anchor | None, insecure: bool = False) -> Target:
+    """What `target` names, before any engine is touched: a bundle folder through the trust gate
+    (its image ID from the signed bundle.json), or an image reference (checked against a receipt
+    once the engine says which image ID it is)."""
     path = Path(target)
     if path.is_dir():
         if not (path / INDEX).is_file():
@@ -103,14 +120,26 @@ def resolve_target(
             )
         if anchor is None:
             raise NoTrustAnchor(no_anchor_message("run"))
-        image = _authenticated_index(path, anchor, insecure)["image"]
-        wanted = Target(image["ref"], image["config_digest"], image.get("profile", ""), path)
-    elif target.startswith(("/", "./", "../")) or target.endswith("/"):
+        return _checked_bundle(path, anchor, insecure)
+    if target.startswith(("/", "./", "../")) or target.endswith("/"):
         raise BundleError(
             f"{path}: no such bundle folder: pass the folder that 'gapforge build' wrote in dist/"
         )
-    else:
-        wanted = Target(target, "", "")
+    return Target(target, "", "")
+
+
+def resolve_target(
+    client: Any, target: str, anchor: Anchor | None, insecure: bool = False,
+    wanted: Target | None = None,
+) -> Target:  # fmt: skip
+    """A bundle folder (authenticated against `anchor`) or an image reference (which a verified
+    load must have imported), checked against what the engine has loaded. The Target's
+    `config_digest` is what runs: by image ID, never by tag. `wanted`: check_target's answer,
+    when the caller checked before connecting to the engine."""
+    import docker.errors
+
+    path = Path(target)
+    wanted = wanted or check_target(target, anchor, insecure)
     try:
         found = client.images.get(wanted.config_digest or wanted.ref)
     except docker.errors.ImageNotFound:
@@ -139,10 +168,14 @@ def resolve_target(
         if insecure:
             step(f"[bold red]--insecure[/]: running {target} ({found.id}) without a receipt check")
         else:
-            _receipt_check(found.id, target)
+            _receipt_check(found.id, target, anchor)
     labels = found.labels or {}
     return Target(
-        wanted.ref, found.id, wanted.profile or labels.get(PROFILE_LABEL, ""), wanted.bundle
+        wanted.ref,
+        found.id,
+        wanted.profile or labels.get(PROFILE_LABEL, ""),
+        wanted.bundle,
+        wanted.sums_sha256,
     )
 
 
@@ -229,9 +262,11 @@ def sealed_identity(target: Target) -> dict[str, str]:
     from gapforge.hashing import sha256_file
 
     identity = {"GAPFORGE_IMAGE_DIGEST": target.config_digest}
-    sums = target.bundle / "SHA256SUMS" if target.bundle is not None else None
-    if sums is not None and sums.is_file():
-        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(sums)
+    if target.sums_sha256:  # the digest of the very SHA256SUMS the check read, not a second read
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = target.sums_sha256
+    elif target.bundle is not None and (target.bundle / "SHA256SUMS").is_file():
+        # a Target made by hand (not by resolve_target): lineage only, no trust decision rests on it
+        identity["GAPFORGE_BUNDLE_SHA256SUMS"] = sha256_file(target.bundle / "SHA256SUMS")
     return identity
 
 
@@ -257,11 +292,12 @@ def run_image(
     With `node`, this is one node of a training job across nodes, on an internal network."""
     from gapforge import engine
 
+    wanted = check_target(target, anchor, insecure)  # check, then touch: before the engine
     client = engine.connect()
     if node is not None:
         check_internal_network(client, node.network)
         extra = [*(extra or []), *node.runtime_args()]
-    resolved = resolve_target(client, target, anchor, insecure)
+    resolved = resolve_target(client, target, anchor, insecure, wanted)
     files = (
         {"--data": data}
         | ({"--validation": validation} if validation else {})
@@ -287,90 +323,3 @@ def run_image(
         sys.stdout.buffer.flush()
 
     return run_sealed(client, run, passthrough, timeout)
-
-
-# --- preflight ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def _pretest_output_bytes(bundle: Path | None) -> int:
-    if bundle is None or not (bundle / PRETEST).is_file():
-        return 0
-    evidence = json.loads((bundle / PRETEST).read_text(encoding="utf-8"))
-    return sum(int(v.get("size", 0)) for v in evidence.get("outputs", {}).values())
-
-
-def _quiet_run(client: Any, run: SealedRun) -> tuple[int, str]:
-    output: list[bytes] = []
-    status = run_sealed(client, run, output.append, timeout=900)
-    return status, b"".join(output).decode(errors="replace")
-
-
-def preflight(
-    target: str, data: Path, out: Path, anchor: Anchor | None, insecure: bool = False
-) -> list[Check]:
-    """Go/no-go before a long run: engine, image, offline start, data, output folder, disk, GPU."""
-    from gapforge import engine
-
-    checks: list[Check] = []
-    client = engine.connect()
-    checks.append(
-        Check("docker engine", True, f"answers (version {engine.engine_version(client)})")
-    )
-    try:
-        resolved = resolve_target(client, target, anchor, insecure)
-    except BundleError as exc:
-        return [*checks, Check("image", False, exc.message)]
-    checks.append(
-        Check("image", True, f"{resolved.ref} is loaded as {resolved.config_digest[:19]}…")
-    )
-    status, text = _quiet_run(client, SealedRun(resolved.config_digest, ["info", "--json"]))
-    try:
-        recipe = json.loads(text[text.index("{") :]).get("recipe") if status == 0 else None
-    except ValueError:
-        recipe = None
-    checks.append(Check("starts offline", status == 0,
-                        f"'info' ran with --network none: recipe {recipe}" if status == 0 else text[-500:]))  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="gapforge-preflight-") as scratch:
-        try:
-            run, _ = sealed_run(
-                resolved, ["data"], {"--data": data}, Path(scratch), gpus=False, out_is_ours=True
-            )
-            status, text = _quiet_run(client, run)
-            lines = [line for line in text.strip().splitlines() if line.strip()]
-            summary = [
-                line for line in lines if line.startswith("[data]") and "starting" not in line
-            ]
-            detail = "; ".join(summary[:3]) if status == 0 else "\n".join(lines[-12:])
-            checks.append(
-                Check("data", status == 0, f"{data}: the image's own validation: {detail}")
-            )
-        except BundleError as exc:
-            checks.append(Check("data", False, exc.message))
-    try:
-        user = prepare_out(out)
-        free = shutil.disk_usage(out).free
-        need = 2 * _pretest_output_bytes(resolved.bundle)
-        room = free >= need
-        detail = f"{out} is writable by {user}; {human_size(free)} free"
-        if need:
-            detail += f" (the pretest's outputs took {human_size(need // 2)} on sample data; yours need more)"
-        checks.append(Check("output folder", room, detail))
-    except BundleError as exc:
-        checks.append(Check("output folder", False, exc.message))
-    if resolved.cuda:
-        present = gpu_present()
-        checks.append(
-            Check(
-                "gpu",
-                present,
-                "nvidia-smi sees a GPU" if present else "no GPU visible (nvidia-smi -L failed)",
-            )
-        )
-    return checks

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gapforge.names import is_relative_path
+
 CHUNK = 4 * 1024 * 1024
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
@@ -265,8 +267,10 @@ def job_bytes(jobs: Iterable[HashJob]) -> int:
 
 
 def check_name(name: str) -> None:
-    """Names sha256sum would escape (backslash, newline) are refused rather than escaped."""
-    if "\n" in name or "\\" in name or name.startswith("/") or ".." in Path(name).parts:
+    """Only plain relative paths (gapforge.names, the one parser of names from outside): names
+    sha256sum would escape (backslash, newline), `..`, absolute names, control characters and
+    empty components are refused rather than escaped."""
+    if not is_relative_path(name):
         raise ValueError(f"{name!r}: not a plain relative path; rename it")
 
 
@@ -289,7 +293,10 @@ def parse_sums(text: str) -> tuple[list[SumsLine], list[str]]:
     lines: list[SumsLine] = []
     problems: list[str] = []
     seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    rows = text.split("\n")  # "\n" only: a name holding U+2028 or U+0085 is one (refused) line
+    if rows and rows[-1] == "":
+        rows.pop()
+    for number, raw in enumerate(rows, start=1):
         match = _LINE.match(raw)
         if match is None:
             problems.append(f"line {number} is not '<sha256>  <file>': {raw[:80]!r}")

@@ -1,5 +1,11 @@
 """`gapforge verify`: check a bundle offline and name every bad file.
 
+Fail closed: the report is `ok` only when the signature over SHA256SUMS was proven by a key the
+anchor gives and nothing else is wrong (gapforge.bundle.verify_report); whatever cannot be decided
+is a refusal (exit 2). Files are read without following links, a link anywhere in the folder is a
+failed check, and every file is listed in SHA256SUMS or is release metadata in release/metadata/
+(gapforge.bundle.coverage). Documents are shape-checked where read (gapforge.bundle.documents).
+
 In order: the signature over SHA256SUMS against the operator's trust anchor (gapforge.bundle.anchor:
 a pinned key; or the trusted TUF release root, when the bundle must also be a release the repository
 lists on the site's channel, unrevoked, with this very SHA256SUMS; or, with --insecure only, the
@@ -22,7 +28,6 @@ and hashes them as they stream into Docker instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -30,28 +35,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle import (
-    IMAGE_TAR,
-    INDEX,
-    PRETEST,
-    PROVENANCE,
-    SBOM,
-    SIGNATURE,
-    SUMS,
-    is_unsigned,
-)
+from gapforge.bundle import IMAGE_TAR, INDEX, SBOM, SUMS
 from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.dsse import envelope_payload_unverified
+from gapforge.bundle.coverage import (
+    Tree,
+    check_entries,
+    check_release_dir,
+    is_covered_elsewhere,
+    walk_bundle,
+)
+from gapforge.bundle.crosscheck import cross_check, read_index
+from gapforge.bundle.documents import read_bytes_no_follow
 from gapforge.bundle.imagetar import ImageArchive, read_archive
-from gapforge.bundle.provenance import read_provenance, subject_digest
-from gapforge.bundle.sbom import image_digests, validate_sbom
-from gapforge.bundle.signature import anchored_keys, blame_signature, check_signature
+from gapforge.bundle.sbom import validate_sbom
+from gapforge.bundle.signature import (
+    anchored_keys,
+    blame_signature,
+    check_signature,
+    read_signed_file,
+)
 from gapforge.bundle.sums import (
     HashJob,
     HashResult,
     Prefetch,
     SumsLine,
-    bundle_files,
     default_workers,
     hash_jobs,
     job_bytes,
@@ -59,7 +66,11 @@ from gapforge.bundle.sums import (
 )
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError
+from gapforge.names import UnsafeName
 from gapforge.progress import byte_progress
+
+MAX_SUMS = 16 * 1024 * 1024
+"""Bytes of SHA256SUMS: a line per file, far below this for any bundle gapforge writes."""
 
 
 def _check_folder(bundle: Path) -> None:
@@ -126,21 +137,6 @@ def _compare_blobs(
             )
 
 
-def _load_json(report: VerifyReport, name: str) -> dict[str, Any]:
-    path = report.bundle / name
-    if not path.is_file():
-        return {}  # already reported as missing
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        report.add(name, f"not valid JSON ({exc})")
-        return {}
-    if not isinstance(value, dict):
-        report.add(name, "not a JSON object")
-        return {}
-    return value
-
-
 def _check_archive_size(report: VerifyReport) -> None:
     """A shorter or longer archive than the build wrote: say so plainly (a copy cut short, usually)."""
     path = report.bundle / IMAGE_TAR
@@ -157,75 +153,25 @@ def _check_archive_size(report: VerifyReport) -> None:
         report.add(IMAGE_TAR, f"{size - expected} bytes longer than the {expected} the build wrote")
 
 
-def _read_provenance(report: VerifyReport) -> dict[str, Any]:
-    """The statement inside provenance.json's DSSE envelope, checked with verify's key(s); {} when
-    it is missing (already reported) or cannot be trusted (reported here)."""
-    path = report.bundle / PROVENANCE
-    if not path.is_file():
-        return {}
-    if not report.public_keys:  # no usable key, already reported: still compare the digests
-        return envelope_payload_unverified(path.read_bytes())
-    statement, problems = read_provenance(path.read_bytes(), report.public_keys)
-    for problem in problems:
-        report.add(PROVENANCE, problem)
-    return statement or {}
-
-
-def _cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLine]) -> None:
-    """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
-    manifest, config = archive.manifest_digest, archive.config_digest
-    index = report.index
-    sbom = _load_json(report, SBOM)
-    provenance = _read_provenance(report)
-    evidence = _load_json(report, PRETEST)
-    claims: list[tuple[str, str, str, str]] = []
-    if index:
-        image = index.get("image", {})
-        claims += [(INDEX, "image.manifest_digest", image.get("manifest_digest", ""), manifest),
-                   (INDEX, "image.config_digest", image.get("config_digest", ""), config)]  # fmt: skip
-        tar_line = next((line for line in lines if line.name == IMAGE_TAR), None)
-        if tar_line is not None:
-            claims.append((INDEX, "image.sha256", image.get("sha256", ""), tar_line.sha256))
-    if sbom:
-        sbom_manifest, sbom_config = image_digests(sbom)
-        claims += [(SBOM, "metadata.component (manifest digest)", sbom_manifest, manifest),
-                   (SBOM, "metadata.component (config digest)", sbom_config, config)]  # fmt: skip
-    if provenance:
-        claims.append((PROVENANCE, "subject (image digest)", subject_digest(provenance), manifest))
-    if evidence:
-        pretested = evidence.get("image", {})
-        claims += [(PRETEST, "image.manifest_digest", pretested.get("manifest_digest", ""), manifest),
-                   (PRETEST, "image.config_digest", pretested.get("config_digest", ""), config)]  # fmt: skip
-        if evidence.get("passed") is not True:
-            report.add(
-                PRETEST,
-                f"the sealed pretest did not pass (verdict {evidence.get('verdict')}): do not run this image",
-            )
-    for name, field_name, claimed, actual in claims:
-        if claimed != actual:
-            report.add(
-                name, f"{field_name} is {claimed or '(none)'}, but {IMAGE_TAR} holds {actual}"
-            )
-
-
 def _sbom_schema(report: VerifyReport) -> Callable[[], None]:
     """Validate the SBOM against CycloneDX 1.6 on a thread (importing the validator alone takes a
     second or two); returns a function that waits for it and reports the result."""
     path = report.bundle / SBOM
     outcome: list[str] = []
+    readable = path.is_file() and not path.is_symlink()  # a link is reported, never read
 
     def validate() -> None:
         try:
-            outcome.append(validate_sbom(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
+            outcome.append(validate_sbom(read_bytes_no_follow(path).decode("utf-8")))
+        except (OSError, ValueError, UnsafeName) as exc:
             outcome.append(str(exc))
 
     thread = threading.Thread(target=validate, daemon=True)
-    if path.is_file():
+    if readable:
         thread.start()
 
     def finish() -> None:
-        if not path.is_file():
+        if not readable:
             return
         thread.join()
         if outcome and outcome[0]:
@@ -305,13 +251,49 @@ def _parts(archive: ImageArchive | None, workers: int) -> tuple[HashJob, ...]:
     return tuple(archive.blob_jobs(IMAGE_TAR))
 
 
+def _read_sums(report: VerifyReport) -> tuple[bytes | None, list[SumsLine]]:
+    """SHA256SUMS (no link followed) and its lines; a refusal when it is missing or unreadable."""
+    sums = read_signed_file(report, SUMS, MAX_SUMS)
+    if sums is None:
+        if not any(p.file == SUMS for p in report.problems):
+            report.refuse(
+                SUMS,
+                "missing: not a complete bundle (or it was deleted); nothing can be checked against it",
+            )
+        return None, []
+    report.sums_sha256 = hashlib.sha256(sums).hexdigest()
+    lines, syntax = parse_sums(sums.decode(errors="replace"))
+    for problem in syntax:
+        report.add(SUMS, problem)
+    return sums, lines
+
+
+def _check_listing(
+    report: VerifyReport, tree: Tree, lines: list[SumsLine], sums: bytes | None
+) -> set[str]:
+    """Every file listed and every listed file present; returns the regular files SHA256SUMS covers."""
+    present = {name for name in tree.files if not is_covered_elsewhere(name)}
+    listed = {line.name for line in lines}
+    linked = set(tree.links)
+    for name in sorted(listed - present - linked):
+        report.add(name, f"listed in {SUMS} but missing from the bundle")
+    if sums is not None:
+        for name in sorted(present - listed):
+            report.add(name, f"not listed in {SUMS}: not part of the signed release; remove it")
+        for name in (INDEX, IMAGE_TAR):
+            if name not in listed:
+                report.refuse(name, f"not listed in {SUMS}: a bundle's signed list must hold it")
+    check_release_dir(report, tree)
+    return present
+
+
 def _verify(
     bundle: Path, anchor: Anchor, workers: int | None, deep: bool, scan: ScanOptions | None,
     stream_archive: bool, prefetched: Prefetch | None = None,
 ) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
-        from gapforge.scan import choose_database, find_clamscan
+        from gapforge.clamscan import choose_database, find_clamscan
 
         find_clamscan()
         choose_database(scan.database)
@@ -319,32 +301,15 @@ def _verify(
     report = VerifyReport(bundle, workers=workers or default_workers())
     # The SBOM was validated when it was written; its signed checksum says these are those bytes.
     sbom_schema = _sbom_schema(report) if deep else (lambda: None)
-    sums_path = bundle / SUMS
-    sums = sums_path.read_bytes() if sums_path.is_file() else None
-    lines: list[SumsLine] = []
-    if sums is None:
-        report.add(
-            SUMS,
-            "missing: not a complete bundle (or it was deleted); nothing can be checked against it",
-        )
-    else:
-        lines, syntax = parse_sums(sums.decode(errors="replace"))
-        for problem in syntax:
-            report.add(SUMS, problem)
-    report.index = _load_json(report, INDEX)
+    tree = walk_bundle(bundle)
+    check_entries(report, tree)
+    sums, lines = _read_sums(report)
+    read_index(report, lines)
     signature_ok = check_signature(report, anchored_keys(report, anchor, sums), sums)
-    present = {name for name in bundle_files(bundle) if not is_unsigned(name)}
+    present = _check_listing(report, tree, lines, sums)
     listed = {line.name for line in lines}
-    for name in sorted(listed - present):
-        report.add(name, f"listed in {SUMS} but missing from the bundle")
-    if sums is not None:
-        for name in sorted(present - listed):
-            report.add(name, f"not listed in {SUMS}: not part of the signed release; remove it")
-    for name in sorted(present):
-        if (bundle / name).is_symlink():
-            report.add(name, "a symbolic link: a bundle holds regular files only")
     _check_archive_size(report)
-    archive = read_archive(bundle / IMAGE_TAR) if (bundle / IMAGE_TAR).is_file() else None
+    archive = read_archive(bundle / IMAGE_TAR) if IMAGE_TAR in present else None
     report.archive = archive
     if archive is not None:
         for problem in archive.problems:
@@ -358,59 +323,48 @@ def _verify(
         if line.name in present and not (stream_archive and line.name == IMAGE_TAR)
     ]
     results = _hash(report, jobs, "hashing", prefetched)
+    report.archive_hashed = any(job.label == IMAGE_TAR for job in jobs)
     report.files_checked = len(lines)
     sums_bad = _compare_files(report, lines, results)
     if archive is not None and (deep or IMAGE_TAR in sums_bad or IMAGE_TAR not in listed):
         _check_blobs(report, archive, results)
     if archive is not None and not archive.problems:
-        _cross_check(report, archive, lines)
+        cross_check(report, archive, lines)
     sbom_schema()
+    if signature_ok is False:
+        blame_signature(report, sums_bad + sorted(listed - present))
+    report.signature_ok = signature_ok is True
     if scan is not None:
         _scan(report, scan)
-    if signature_ok is False:
-        blame_signature(report, sums_bad + [p for p in (listed - present)])
-    report.signature_ok = signature_ok is True
     report.seconds = time.monotonic() - start
     return report, lines
 
 
 def _scan(report: VerifyReport, scan: ScanOptions) -> None:
-    """ClamAV over the bundle's files and every layer's contents; each hit (or file it could not
-    scan) is a problem naming the layer and the path inside it."""
+    """ClamAV over the bundle's files and every layer's contents, only once everything else is
+    proven (check, then touch: nothing is unpacked from a bundle that did not verify); each hit (or
+    file it could not scan) is a problem naming the layer and the path inside it."""
     from gapforge.scan import scan_bundle, scan_problems
 
-    result = scan_bundle(report.bundle, scan.database, report.workers, scan.scratch)
+    if not report.ok or report.archive is None:
+        report.add(
+            "clamscan",
+            "not run: the bundle did not verify, and nothing of it is unpacked until it does",
+        )
+        return
+    result = scan_bundle(
+        report.bundle, scan.database, report.workers, scan.scratch, report.index, report.archive
+    )
     report.scan = result.as_json()
     for file, message in scan_problems(result):
         report.add(file, message)
 
 
 def authenticate_index(bundle: Path, anchor: Anchor) -> VerifyReport:
-    """The light check `run` and `preflight` make on a bundle folder: SHA256SUMS signed by a key the
-    anchor trusts (and, with the trusted root, a release on the site's channel), and bundle.json the
-    file its line names. The image is then known by the image ID this authenticated bundle.json
-    names: the engine's image IDs are content addresses, so nothing more needs hashing here."""
-    _check_folder(bundle)
-    report = VerifyReport(bundle)
-    sums_path = bundle / SUMS
-    sums = sums_path.read_bytes() if sums_path.is_file() else None
-    if sums is None:
-        report.add(SUMS, "missing: not a complete bundle; nothing can be checked against it")
-    report.index = _load_json(report, INDEX)
-    signature_ok = check_signature(report, anchored_keys(report, anchor, sums), sums)
-    report.signature_ok = signature_ok is True
-    if signature_ok is False:
-        report.add(
-            SIGNATURE,
-            f"does not verify over {SUMS} with {report.key_fingerprint or 'any key'} "
-            f"({report.key_source}): the bundle was altered or signed with another key",
-        )
-    lines, _ = parse_sums((sums or b"").decode(errors="replace"))
-    line = next((line for line in lines if line.name == INDEX), None)
-    if sums is not None and line is None:
-        report.add(INDEX, f"not listed in {SUMS}")
-    elif line is not None and (bundle / INDEX).is_file():
-        actual = hashlib.sha256((bundle / INDEX).read_bytes()).hexdigest()
-        if actual != line.sha256:
-            report.add(INDEX, f"sha256 is {actual}, {SUMS} line {line.number} says {line.sha256}")
+    """The check `run`, `preflight` and `inspect` make on a bundle folder: everything `verify`
+    checks (the signature by the anchor, every file but the archive's bytes, the archive's
+    structure, the documents against it) except hashing the archive. The image is then known by the
+    image ID the signed bundle.json names: the engine's image IDs are content addresses, so the
+    archive's bytes need no hashing here."""
+    report, _ = _verify(bundle, anchor, None, False, None, True)
     return report

@@ -174,10 +174,14 @@ def _print_verify(report: Any) -> None:
             f"    release {release.name} {release.version} on channel {release.channel} "
             f"(root version {release.root_version})"
         )
-    if report.ok:
+    if report.ok and report.archive is not None:
         archive = report.archive
-        console.print(f"[bold green]verified[/] {report.bundle}")
-        console.print("  signature     ok")
+        if not report.authenticated:
+            console.print(f"[bold red]INTEGRITY ONLY[/] {report.bundle} (origin NOT proven)")
+        else:
+            console.print(f"[bold green]verified[/] {report.bundle}")
+        how = "" if report.authenticated else " (the bundle's own key: integrity only)"
+        console.print(f"  signature     ok{how}")
         console.print(f"  image digest  {archive.manifest_digest}")
         console.print(f"  image ID      {archive.config_digest}")
         console.print("  pretest       PASS")
@@ -208,17 +212,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(bundle, anchor, args.workers, args.deep, scan_options(args),
                            early if bundle == args.bundle else None)  # fmt: skip
     receipt = None
-    if args.receipt:
+    if args.receipt and report.authenticated:  # a receipt records a proven success, never a failure
+        from gapforge.bundle.gate import gate
         from gapforge.bundle.load import record_receipt
 
-        receipt = record_receipt(report, "verify", None, args.operator_key)
+        receipt = record_receipt(
+            gate(report, "verify --receipt"), "verify", None, args.operator_key
+        )
     if args.json:
         print(json.dumps(report.as_json() | {"receipt": receipt and str(receipt)}, indent=2))
     else:
         _print_verify(report)
         if receipt is not None:
             console.print(f"  receipt       {receipt}")
-    return 0 if report.ok else 1
+        elif args.receipt:
+            console.print("  receipt       none written: a receipt records a verified bundle only")
+    return report.exit_status
 
 
 def load_arguments(load: argparse.ArgumentParser) -> None:
@@ -354,7 +363,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from gapforge.bundle.run import preflight
+    from gapforge.bundle.preflight import preflight
 
     step(f"preflight: {args.target} on {args.data} → {args.out}")
     checks = preflight(args.target, args.data, args.out, target_anchor(args), args.insecure)
@@ -373,7 +382,14 @@ def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
 
     inspect.add_argument("bundle", type=Path, nargs="?", help="a bundle folder")
     inspect.add_argument("--json", action="store_true")
-    inspect_registry_arguments(inspect)
+    inspect_registry_arguments(inspect)  # its --key (the release key) serves a bundle too
+    inspect.add_argument("--repo", type=Path, metavar="METADATA",
+                         help="with the trusted root: the release metadata folder to check against")  # fmt: skip
+    inspect.add_argument("--channel", help="with the trusted root: the release channel to require")
+    inspect.add_argument(
+        "--insecure", action="store_true",
+        help="show what a bundle that does not verify says about itself, marked UNVERIFIED",
+    )  # fmt: skip
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -390,13 +406,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             "inspect: pass a bundle folder (dist/<recipe>-<version>), or --registry HOST/REPO:TAG "
             "to list and check what is attached to an image in a registry"
         )
-    facts = describe_bundle(args.bundle)
+    facts = _inspect_checked(args, describe_bundle)
     if args.json:
         print(json.dumps(facts, indent=2, sort_keys=True))
     else:
         console.print(bundle_table(facts))
-        console.print("(what the bundle says about itself; 'gapforge verify' checks it)")
+        if facts["verified"]:
+            console.print(
+                "(verified against your trust anchor, but the archive's bytes: 'verify' hashes them)"
+            )
+        else:
+            console.print("[bold red]UNVERIFIED[/]: what the bundle says about itself (--insecure)")
     return 0
+
+
+def _inspect_checked(
+    args: argparse.Namespace, describe: Callable[..., dict[str, Any]]
+) -> dict[str, Any]:
+    """The facts of a bundle the gate proved (its verified bundle.json); with --insecure, of one it
+    did not, marked `verified: false`. NotVerified (exit 1) otherwise."""
+    from gapforge.bundle.anchor import choose_anchor
+    from gapforge.bundle.gate import NotVerified, gate
+    from gapforge.bundle.verify import authenticate_index
+
+    key = (args.registry_keys or [None])[0]
+    anchor = choose_anchor("inspect", key, args.insecure, args.repo, args.channel)
+    report = authenticate_index(args.bundle, anchor)
+    if report.authenticated:
+        verified = gate(report, "inspect")
+        return describe(verified.folder, verified.index) | {"verified": True}
+    if not args.insecure:
+        raise NotVerified(report, "inspect")
+    step(
+        f"[bold red]--insecure[/]: {args.bundle} did not verify; showing what it says about itself"
+    )
+    return describe(args.bundle) | {"verified": False}
 
 
 def inventory_arguments(parser: argparse.ArgumentParser) -> None:

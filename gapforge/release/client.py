@@ -158,17 +158,29 @@ def trust_init(
 
 class FolderFetcher(FetcherInterface):
     """Serves the Updater's metadata requests from a folder; a missing file is a 404, which is how
-    the Updater learns that no newer root exists."""
+    the Updater learns that no newer root exists. A name is one plain component, and a file is read
+    only if it is a regular file, never through a symbolic link (a link is refused, not followed)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        from gapforge.names import UnsafeName, open_regular
+
         name = unquote(url.removeprefix(_BASE_URL))
         path = self.folder / name
-        if "/" in name or name.startswith(".") or not path.is_file():
+        if "/" in name or name.startswith(".") or not name or "\x00" in name:
             raise exceptions.DownloadHTTPError(f"{path}: no such file", 404)
-        return iter([path.read_bytes()])
+        try:
+            fd = open_regular(path)
+        except FileNotFoundError:
+            raise exceptions.DownloadHTTPError(f"{path}: no such file", 404) from None
+        except (OSError, UnsafeName):  # a link (ELOOP), a device, a folder: refused
+            raise exceptions.DownloadHTTPError(
+                f"{path}: not a regular file, refused", 403
+            ) from None
+        with os.fdopen(fd, "rb") as handle:
+            return iter([handle.read()])
 
 
 def _updater(metadata: Path, trust: Path) -> Updater:

@@ -83,13 +83,13 @@ def test_gapforge_verify_passes_with_the_pinned_key(built: Built) -> None:
 
 
 def test_inspect_shows_recipe_model_packages_digests_pretest(built: Built) -> None:
-    facts = json.loads(gapforge("inspect", str(built.bundle), "--json", check=True).stdout)
+    facts = json.loads(gapforge("inspect", str(built.bundle), "--key", str(built.public_key), "--json", check=True).stdout)
     assert facts["image"]["manifest_digest"] == built.report["image"]["manifest_digest"]
     assert facts["model"]["id"] == "tiny-llama" and facts["recipe"]["quantize"] == ["gguf:q8_0", "gguf:q4_k_m"]
     assert facts["packages"]["pypi"] > 50 and facts["packages"]["deb"] > 50 and facts["packages"]["model"] == 2
     assert facts["pretest"]["verdict"] == "PASS" and facts["signed"]
     assert facts["models"]["judge"]["id"] == "tiny-judge"  # the base and the shipped judge: 2 models
-    table = gapforge("inspect", str(built.bundle), check=True)
+    table = gapforge("inspect", str(built.bundle), "--key", str(built.public_key), check=True)
     assert "tiny-desk 0.0.1" in table.stdout + table.stderr
 
 
@@ -254,7 +254,9 @@ def test_preflight_says_go_and_no_go(built: Built, tmp_path: Path) -> None:
     assert good.returncode == 0, good.stderr[-3000:]
     (tmp_path / "bad.jsonl").write_text('{"messages": [}\n')
     gapforge("load", str(built.bundle), "--key", str(built.public_key), check=True)  # the receipt a ref needs
-    bad = gapforge("preflight", built.ref, "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out"))
+    # A reference is run on the receipt of a load under the same anchor (here the pinned key).
+    bad = gapforge("preflight", built.ref, "--key", str(built.public_key), "--data", str(tmp_path / "bad.jsonl"),
+                   "--out", str(tmp_path / "out"))  # fmt: skip
     assert bad.returncode == 1 and "NO-GO" in bad.stderr and "line 1" in bad.stderr
 
 

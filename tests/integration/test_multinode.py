@@ -69,7 +69,7 @@ def test_two_containers_train_as_two_nodes(built: Built, internal_network: str, 
     data = built.project / "recipes/tiny/data/sample.jsonl"
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "gapforge.cli", "run", built.ref, "--data", str(data),
+            [sys.executable, "-m", "gapforge.cli", "run", built.ref, "--key", str(built.public_key), "--data", str(data),
              "--out", str(tmp_path / f"node-{rank}"), "--nnodes", "2", "--node-rank", str(rank),
              "--network", internal_network, "--rdzv-id", "two-containers"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

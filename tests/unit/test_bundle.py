@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from google.protobuf import json_format
@@ -39,97 +38,30 @@ from gapforge.bundle.sbom import image_digests, render_sbom
 from gapforge.bundle.sign import SigningKey, load_public_key, sign
 from gapforge.bundle.source import (
     BundleSource,
-    DebianPackage,
-    FileDigest,
-    ImageInfo,
-    Layer,
-    ModelInfo,
-    PythonPackage,
 )
 from gapforge.bundle.sums import bundle_files, render_sums
 from gapforge.bundle.verify import verify_bundle
 from gapforge.bundle.write import write_bundle
 from gapforge.errors import BundleError
-from gapforge.oci.image import ImageSpec, build_manifest, write_archive
-from gapforge.oci.image import Layer as OciLayer
-from gapforge.oci.tar import Entry, write_tar_file
+from tests.bundles import EPOCH, REF, make_source, pinned, signing_key
+from tests.bundles import evidence as _evidence  # noqa: F401 (test_delta imports it from here)
 
-EPOCH = 1735689600
 GOLDEN = Path(__file__).parent / "golden" / "RUNBOOK.md"
-REF = "gapforge/unit-desk:1.2.3"
 
 
 def _key(tmp_path: Path, seed: int = 1) -> SigningKey:
     """A fixed key, so the golden RUNBOOK's fingerprint never changes."""
-    return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32), tmp_path / f"k{seed}.key")
+    return signing_key(tmp_path, seed)
 
 
 def _pinned(tmp_path: Path, seed: int = 1) -> Anchor:
     """The operator's pinned key (--key): the public half of `_key(tmp_path, seed)`."""
-    return Anchor("key", (_key(tmp_path, seed).private.public_key(),), f"--key k{seed}.pub.pem")
-
-
-def _image(tmp_path: Path) -> ImageInfo:
-    layers = []
-    for name, data in (("base", b"debian" * 5000), ("model", b"weights" * 7000)):
-        path = tmp_path / f"{name}.layer.tar"
-        written = write_tar_file([Entry(f"{name}.bin", "file", data=data)], path, EPOCH)
-        layers.append(OciLayer(name, written.digest, written.size, path))
-    labels = {"org.opencontainers.image.title": "unit-desk", "io.gapforge.profile": "cpu"}
-    spec = ImageSpec(entrypoint=["/bin/runtime"], user="1000:1000", labels=labels, source_date_epoch=EPOCH)
-    manifest = build_manifest(spec, layers, REF)
-    tar = tmp_path / "image.tar"
-    write_archive(manifest, layers, tar, EPOCH)
-    return ImageInfo(REF, tar, manifest.manifest_digest, manifest.config_digest,
-                     tuple(Layer(x.name, x.digest, x.size) for x in layers), labels, "cpu",
-                     hashlib.sha256(tar.read_bytes()).hexdigest())  # fmt: skip
-
-
-def _evidence(image: ImageInfo) -> dict[str, object]:
-    return {
-        "schema": "gapforge/pretest/v1", "passed": True, "verdict": "PASS", "exit_status": 0, "seconds": 12.5,
-        "image": {"ref": image.ref, "manifest_digest": image.manifest_digest, "config_digest": image.config_digest},
-        "steps": {"data": 1.0, "train": 4.5, "merge": 0.5, "quantize": 5.0, "eval": 1.5},
-        "gates": [{"name": "require_improvement", "passed": True, "detail": "merged test loss 5.9 must be below base 6.2"},
-                  {"name": "max_perplexity_delta_pct[gguf:q8_0]", "passed": True, "detail": "q8_0 +0.1% (limit 1.0%)"}],
-        "outputs": {"gguf:q8_0": {"sha256": "e" * 64, "size": 1000}},
-    }  # fmt: skip
+    return pinned(tmp_path, seed)
 
 
 @pytest.fixture
 def source(tmp_path: Path) -> BundleSource:
-    image = _image(tmp_path)
-    pretest = tmp_path / "pretest"
-    pretest.mkdir()
-    (pretest / "evidence.json").write_text(json.dumps(_evidence(image), indent=2))
-    (pretest / "log.txt").write_text("[data] starting\nverdict: PASS\n")
-    (pretest / "report.md").write_text("# report\n")
-    wheel = tmp_path / "gapforge-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"PK fake wheel")
-    recipe = {"name": "unit-desk", "version": "1.2.3", "data": {"format": "chat", "sample": "data/sample.jsonl"},
-              "quantize": ["gguf:q8_0", "gguf:q4_k_m"]}  # fmt: skip
-    return BundleSource(
-        name="unit-desk", version="1.2.3", description="A unit-test desk model.", image=image,
-        recipe_path="recipes/unit/desk.yaml",
-        recipe_files={"recipe.yaml": b"name: unit-desk\n", "recipe.json": json.dumps(recipe).encode(),
-                      "data/sample.jsonl": b'{"messages": []}\n', "locks/cpu.txt": b"torch==2.13.0\n"},
-        locks={"cpu.txt": "1" * 64, "cpu.debian.lock": "2" * 64, "models/unit-model.json": "3" * 64},
-        python_packages=(
-            PythonPackage("torch", "2.13.0+cpu", FileDigest("torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", "4" * 64, 10)),
-            PythonPackage("llama-cpp-python", "0.3.36", FileDigest("llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl", "5" * 64, 9),
-                          FileDigest("llama_cpp_python-0.3.36.tar.gz", "6" * 64, 8)),
-        ),
-        debian_suite="bookworm",
-        debian_packages=(DebianPackage("bash", "5.2.15-2+b13", "amd64", "7" * 64),
-                         DebianPackage("python3.11-minimal", "3.11.2-6+deb12u6", "amd64", "8" * 64)),
-        model=ModelInfo("unit-model", {"type": "hf", "repo": "org/unit-model", "revision": "9" * 40},
-                        files=(FileDigest("config.json", "a" * 64, 400), FileDigest("model.safetensors", "b" * 64, 9000)),
-                        locked=(FileDigest("model.safetensors", "b" * 64, 9000),)),
-        runtime=PythonPackage("gapforge-runtime", "0.1.0", FileDigest("gapforge_runtime-0.1.0-py3-none-any.whl", "c" * 64, 7)),
-        llama_cpp=FileDigest("llama_cpp_python-0.3.36.tar.gz", "6" * 64, 8),
-        builder_version="0.1.0", source_date_epoch=EPOCH, pretest_dir=pretest, operator_wheels=(wheel,),
-        git={"commit": "d" * 40, "dirty": "false"}, started="2026-01-01T00:00:00Z", finished="2026-01-01T00:05:00Z",
-    )  # fmt: skip
+    return make_source(tmp_path)
 
 
 @pytest.fixture
@@ -201,14 +133,22 @@ def _strings(value: object) -> list[str]:
 def test_provenance_holds_no_path_of_the_build_host(source: BundleSource, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    model = replace(source.model, source={"type": "local", "path": str(tmp_path / "models" / "unit")})
-    source = replace(source, recipe_path=str(tmp_path / "work" / "recipes" / "unit" / "desk.yaml"), model=model)
+    model = replace(
+        source.model, source={"type": "local", "path": str(tmp_path / "models" / "unit")}
+    )
+    source = replace(
+        source, recipe_path=str(tmp_path / "work" / "recipes" / "unit" / "desk.yaml"), model=model
+    )
     key = _key(tmp_path)
-    payload, problems = open_envelope(render_provenance(source, key), PAYLOAD_TYPE, [key.private.public_key()])
+    payload, problems = open_envelope(
+        render_provenance(source, key), PAYLOAD_TYPE, [key.private.public_key()]
+    )
     assert payload is not None and problems == []
     assert str(tmp_path) not in payload.decode()
     statement = json.loads(payload)
-    absolute = [s for s in _strings(statement) if s.startswith("/") and not s.startswith(IN_IMAGE_PATHS)]
+    absolute = [
+        s for s in _strings(statement) if s.startswith("/") and not s.startswith(IN_IMAGE_PATHS)
+    ]
     assert absolute == []
     definition = statement["predicate"]["buildDefinition"]
     assert definition["externalParameters"]["recipe"]["path"] == "recipes/unit/desk.yaml"
@@ -221,24 +161,40 @@ def test_provenance_is_a_dsse_envelope_a_third_party_can_check(bundle: Path) -> 
     envelope = Envelope.from_dict(json.loads((bundle / PROVENANCE).read_bytes()))
     assert envelope.payload_type == "application/vnd.in-toto+json"
     assert list(envelope.verify([public], threshold=1)) == [public.keyid]
-    statement = Statement.copy_from_pb(json_format.Parse(envelope.payload, statement_pb2.Statement()))
+    statement = Statement.copy_from_pb(
+        json_format.Parse(envelope.payload, statement_pb2.Statement())
+    )
     statement.validate()
     assert statement.pb.predicate_type == "https://slsa.dev/provenance/v1"
     json_format.ParseDict(json.loads(envelope.payload)["predicate"], provenance_pb2.Provenance())
     index = json.loads((bundle / "bundle.json").read_text())
-    assert statement.pb.subject[0].digest["sha256"] == index["image"]["manifest_digest"].removeprefix("sha256:")
+    assert statement.pb.subject[0].digest["sha256"] == index["image"][
+        "manifest_digest"
+    ].removeprefix("sha256:")
     internal = json.loads(envelope.payload)["predicate"]["buildDefinition"]["internalParameters"]
     assert internal["source_date_epoch"] == EPOCH and isinstance(internal["layers"][0]["size"], int)
 
 
-def test_read_provenance_checks_the_signature_then_the_shape(source: BundleSource, tmp_path: Path) -> None:
+def test_read_provenance_checks_the_signature_then_the_shape(
+    source: BundleSource, tmp_path: Path
+) -> None:
     key, other = _key(tmp_path), _key(tmp_path, seed=2)
-    statement, problems = read_provenance(render_provenance(source, key), [key.private.public_key()])
-    assert problems == [] and statement is not None and subject_digest(statement) == source.image.manifest_digest
-    statement, problems = read_provenance(render_provenance(source, other), [key.private.public_key()])
+    statement, problems = read_provenance(
+        render_provenance(source, key), [key.private.public_key()]
+    )
+    assert (
+        problems == []
+        and statement is not None
+        and subject_digest(statement) == source.image.manifest_digest
+    )
+    statement, problems = read_provenance(
+        render_provenance(source, other), [key.private.public_key()]
+    )
     assert statement is None and key.fingerprint in problems[0]
     broken = json.dumps({"_type": "x", "subject": []}).encode()
-    statement, problems = read_provenance(sign_envelope(broken, PAYLOAD_TYPE, key), [key.private.public_key()])
+    statement, problems = read_provenance(
+        sign_envelope(broken, PAYLOAD_TYPE, key), [key.private.public_key()]
+    )
     assert statement == {"_type": "x", "subject": []} and "it has no subject" in problems
 
 
@@ -248,10 +204,16 @@ def test_runbook_matches_its_golden_file(source: BundleSource, tmp_path: Path) -
     # A fixed archive size and digests, so the golden text does not depend on tar internals.
     image = replace(source.image, tar_sha256="f" * 64, manifest_digest="sha256:" + "e" * 64,
                     config_digest="sha256:" + "d" * 64)  # fmt: skip
-    refresh = {"lock": "cpu.debian.lock", "snapshot_from": "20261123T000000Z", "snapshot_to": "20261202T000000Z",
-               "missing": ["zlib1g 1:1.2.13.dfsg-1"],
-               "changes": [{"name": "zlib1g", "from": "1:1.2.13.dfsg-1", "to": "1:1.2.13.dfsg-1+deb12u1"}]}
-    source = replace(source, image=image, debian_snapshot="20261202T000000Z", debian_refreshes=(refresh,))
+    refresh = {
+        "lock": "cpu.debian.lock",
+        "snapshot_from": "20261123T000000Z",
+        "snapshot_to": "20261202T000000Z",
+        "missing": ["zlib1g 1:1.2.13.dfsg-1"],
+        "changes": [{"name": "zlib1g", "from": "1:1.2.13.dfsg-1", "to": "1:1.2.13.dfsg-1+deb12u1"}],
+    }
+    source = replace(
+        source, image=image, debian_snapshot="20261202T000000Z", debian_refreshes=(refresh,)
+    )
     os.truncate(source.image.tar, 123_456_789)
     text = render_runbook(runbook_context(source, _key(tmp_path).fingerprint, wheel_count=67))
     if os.environ.get("GAPFORGE_UPDATE_GOLDEN") == "1":
@@ -263,14 +225,18 @@ def test_runbook_matches_its_golden_file(source: BundleSource, tmp_path: Path) -
 # --- writing and verifying -------------------------------------------------------------------------
 
 
-def test_written_bundle_checks_with_sha256sum_openssl_and_gapforge(bundle: Path, tmp_path: Path) -> None:
+def test_written_bundle_checks_with_sha256sum_openssl_and_gapforge(
+    bundle: Path, tmp_path: Path
+) -> None:
     names = set(bundle_files(bundle))
     assert {"image.tar", "bundle.json", "sbom.cdx.json", "provenance.json", "RUNBOOK.md", "SHA256SUMS",
             "SHA256SUMS.sig", "signing-key.pub.pem", "pretest/evidence.json", "pretest/log.txt",
             "recipe/recipe.yaml", "recipe/locks/cpu.txt", "wheels/gapforge-0.1.0-py3-none-any.whl"} <= names  # fmt: skip
     listed = {line.split("  ", 1)[1] for line in (bundle / SUMS).read_text().splitlines()}
     assert listed == names - {SUMS, SIGNATURE}
-    check = subprocess.run(["sha256sum", "-c", "--strict", SUMS], cwd=bundle, capture_output=True, check=False)
+    check = subprocess.run(
+        ["sha256sum", "-c", "--strict", SUMS], cwd=bundle, capture_output=True, check=False
+    )
     assert check.returncode == 0, check.stdout
     openssl = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "signing-key.pub.pem", "-rawin",
                               "-in", SUMS, "-sigfile", SIGNATURE], cwd=bundle, capture_output=True, check=False)  # fmt: skip
@@ -301,7 +267,9 @@ def _resign(bundle: Path, tmp_path: Path) -> None:
     (bundle / SIGNATURE).write_bytes(sign(_key(tmp_path), (bundle / SUMS).read_bytes()))
 
 
-def test_documents_must_agree_with_the_archive_even_when_signed(bundle: Path, tmp_path: Path) -> None:
+def test_documents_must_agree_with_the_archive_even_when_signed(
+    bundle: Path, tmp_path: Path
+) -> None:
     """A consistently re-signed bundle whose evidence names another image, or a failed pretest."""
     evidence = json.loads((bundle / PRETEST).read_text())
     evidence["image"]["manifest_digest"] = "sha256:" + "0" * 64
@@ -352,7 +320,9 @@ def test_a_resigned_bundle_fails_against_the_pinned_key(bundle: Path, tmp_path: 
     _resign_as_attacker(bundle, tmp_path)
     report = verify_bundle(bundle, _pinned(tmp_path))
     assert not report.ok and not report.signature_ok
-    assert report.bad_files == sorted([PROVENANCE, SIGNATURE]), report.problems  # both by the attacker
+    assert report.bad_files == sorted([PROVENANCE, SIGNATURE]), (
+        report.problems
+    )  # both by the attacker
     assert all("signed with another key" in problem.message for problem in report.problems)
     # The bundle's own key would have said yes: that is why it is never the default.
     insecure = verify_bundle(bundle, Anchor("insecure"))
@@ -379,7 +349,10 @@ def test_verify_checks_the_provenance_signature_with_the_bundle_key(
     _resign(bundle, tmp_path)
     report = verify_bundle(bundle, _pinned(tmp_path))
     assert report.signature_ok and report.bad_files == [PROVENANCE]
-    assert f"its DSSE signature does not verify with key {_key(tmp_path).fingerprint}" in report.problems[0].message
+    assert (
+        f"its DSSE signature does not verify with key {_key(tmp_path).fingerprint}"
+        in report.problems[0].message
+    )
     envelope = json.loads(render_provenance(source, _key(tmp_path)))
     statement = json.loads(base64.b64decode(envelope["payload"]))
     statement["subject"][0]["digest"]["sha256"] = "0" * 64
@@ -390,7 +363,9 @@ def test_verify_checks_the_provenance_signature_with_the_bundle_key(
     (bundle / PROVENANCE).write_text(json.dumps(build_statement(source)))  # the old, unsigned form
     _resign(bundle, tmp_path)
     problems = verify_bundle(bundle, _pinned(tmp_path)).problems
-    assert [p.message for p in problems] == ["not a DSSE envelope: it has no payload, payloadType, signatures"]
+    assert [p.message for p in problems] == [
+        "not a DSSE envelope: it has no payload, payloadType, signatures"
+    ]
 
 
 def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
@@ -408,7 +383,10 @@ def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
 
 
 def test_no_trust_anchor_is_exit_2_with_the_way_to_get_one(
-    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from gapforge.bundle.anchor import NoTrustAnchor, choose_anchor
     from gapforge.cli import main

@@ -27,16 +27,20 @@ from gapforge.bundle.receipt import (
 from gapforge.bundle.sign import SigningKey, load_public_key, public_path, write_key_pair
 
 IMAGE_ID = "sha256:" + "c" * 64
+ANCHOR = "key:sha256:" + "d" * 64
 
 
 def _key(seed: int) -> SigningKey:
-    return SigningKey(Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32), Path(f"k{seed}.key"))
+    return SigningKey(
+        Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32), Path(f"k{seed}.key")
+    )
 
 
 def _receipt(config_digest: str = IMAGE_ID, action: str = "load") -> dict[str, Any]:
     return make_receipt(
         action=action, bundle=Path("/media/usb/unit-desk-1.2.3"), name="unit-desk", version="1.2.3",
         manifest_digest="sha256:" + "a" * 64, config_digest=config_digest, archive_sha256="b" * 64,
+        sums_sha256="e" * 64, anchor=ANCHOR,
         checks=[{"check": "signature", "ok": True, "detail": "SHA256SUMS.sig with sha256:…"},
                 {"check": "files", "ok": True, "detail": "16 files"}],
         trust={"method": "pinned-key", "fingerprint": "sha256:" + "d" * 64},
@@ -55,7 +59,9 @@ def test_write_then_verify_round_trip(tmp_path: Path) -> None:
     copy = tmp_path / BY_IMAGE / f"{'c' * 64}.json"
     assert copy.read_bytes() == path.read_bytes()
     again = write_receipt(receipt, key, tmp_path)
-    assert again != path and verify_receipt(again, key.private.public_key())[0] == receipt, "never overwritten"
+    assert again != path and verify_receipt(again, key.private.public_key())[0] == receipt, (
+        "never overwritten"
+    )
 
 
 def test_a_changed_byte_fails(tmp_path: Path) -> None:
@@ -77,7 +83,9 @@ def test_another_key_fails(tmp_path: Path) -> None:
     assert value is None and _key(1).fingerprint in problems[0]
 
 
-def test_find_receipt_takes_the_newest_that_verifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_find_receipt_takes_the_newest_that_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key, forger = _key(1), _key(2)
     stamps = iter(["2026-12-01T10:00:00Z", "2026-12-02T10:00:00Z", "2026-12-03T10:00:00Z",
                    "2026-12-04T10:00:00Z"])  # fmt: skip
@@ -88,11 +96,11 @@ def test_find_receipt_takes_the_newest_that_verifies(tmp_path: Path, monkeypatch
     write_receipt(_receipt(config_digest="sha256:" + "e" * 64), key, tmp_path)  # another image
     write_receipt(_receipt(action="load"), forger, tmp_path)  # newest of all, bad signature
     public = key.private.public_key()
-    found = find_receipt(tmp_path, IMAGE_ID, [public])
+    found = find_receipt(tmp_path, IMAGE_ID, [public], ANCHOR)
     assert found == newest and found["time"] == "2026-12-02T10:00:00Z"
-    assert find_receipt(tmp_path, "sha256:" + "f" * 64, [public]) is None
-    assert find_receipt(tmp_path / "none", IMAGE_ID, [public]) is None
-    forged = find_receipt(tmp_path, IMAGE_ID, [forger.private.public_key()])
+    assert find_receipt(tmp_path, "sha256:" + "f" * 64, [public], ANCHOR) is None
+    assert find_receipt(tmp_path / "none", IMAGE_ID, [public], ANCHOR) is None
+    forged = find_receipt(tmp_path, IMAGE_ID, [forger.private.public_key()], ANCHOR)
     assert forged is not None and forged["time"] == "2026-12-04T10:00:00Z", "only with its own key"
 
 
@@ -105,11 +113,16 @@ def test_a_third_party_reads_the_receipt_with_securesystemslib(tmp_path: Path) -
     assert json.loads(envelope.payload)["config_digest"] == IMAGE_ID
 
 
-def test_operator_key_is_made_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_key_is_made_once_then_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(OPERATOR_KEY_ENV, raising=False)
     monkeypatch.delenv("GAPFORGE_KEY_PASSPHRASE", raising=False)
     made = operator_key(tmp_path / "trust")
-    assert made.path == tmp_path / "trust" / "operator.key" and made.path.stat().st_mode & 0o777 == 0o600
+    assert (
+        made.path == tmp_path / "trust" / "operator.key"
+        and made.path.stat().st_mode & 0o777 == 0o600
+    )
     assert load_public_key(public_path(made.path)) is not None
     assert operator_key(tmp_path / "trust").fingerprint == made.fingerprint
     explicit = write_key_pair(tmp_path / "mine.key")

@@ -12,18 +12,15 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle.imagetar import read_archive
-from gapforge.scan import (
+from gapforge.clamscan import (
     Finding,
     ScanError,
     ScanReport,
     choose_database,
-    extract_archive,
-    layer_names,
-    member_path,
     parse_clamscan,
-    scan_bundle,
     scan_problems,
 )
+from gapforge.scan import extract_archive, layer_names, member_path, scan_bundle
 
 EVIL = b"gapforge clean-room test payload: not a virus\n"
 
@@ -117,7 +114,9 @@ def test_layers_stream_out_regular_files_only_never_outside(tmp_path: Path) -> N
     assert not image.problems
     room = tmp_path / "room"
     room.mkdir()
-    extracted = extract_archive(image, layer_names(json.loads((bundle / "bundle.json").read_text())), room, 2)
+    extracted = extract_archive(
+        image, layer_names(json.loads((bundle / "bundle.json").read_text())), room, 2
+    )
     wheres = {target.where: Path(path) for path, target in extracted.targets.items()}
     model = f"layer 'model' ({image.layer_digests[1]})"
     evil = wheres[f"{model}, path opt/app/evil.bin"]
@@ -143,10 +142,15 @@ def test_clamscan_output_is_parsed_with_colons_in_paths() -> None:
         "----------- SCAN SUMMARY -----------\nKnown viruses: 2\nEngine version: 1.4.6\n"
         "Scanned directories: 0\nScanned files: 3\nInfected files: 2\n"
     )
-    output = parse_clamscan(stdout, "LibClamAV Error: cli_loaddbdir: oops\nLibClamAV Warning: meh\n")
+    output = parse_clamscan(
+        stdout, "LibClamAV Error: cli_loaddbdir: oops\nLibClamAV Warning: meh\n"
+    )
     assert output.hits == [("/tmp/r/layer-001/0000/0000002", "Gapforge.Test.UNOFFICIAL"),
                            ("/b/we: ird/a: b.bin", "Heuristics.Limits.Exceeded.MaxFileSize")]  # fmt: skip
-    assert output.errors == ["WARNING: /tmp/r/x: Can't access file", "LibClamAV Error: cli_loaddbdir: oops"]
+    assert output.errors == [
+        "WARNING: /tmp/r/x: Can't access file",
+        "LibClamAV Error: cli_loaddbdir: oops",
+    ]
     assert output.summary == {"Known viruses": "2", "Engine version": "1.4.6", "Scanned files": "3"}
 
 
@@ -154,13 +158,18 @@ def test_problems_name_the_layer_path_and_the_unscanned(tmp_path: Path) -> None:
     report = ScanReport(tmp_path, tmp_path)
     report.findings = [
         Finding("image.tar", "layer 'model' (sha256:ab), path opt/x", "Eicar-Signature"),
-        Finding("wheels/w.whl", "bundle file wheels/w.whl", "Heuristics.Limits.Exceeded.MaxFileSize"),
+        Finding(
+            "wheels/w.whl", "bundle file wheels/w.whl", "Heuristics.Limits.Exceeded.MaxFileSize"
+        ),
     ]
     report.errors = ["WARNING: layer 'model': Can't access file"]
     assert not report.ok
     assert scan_problems(report) == [
         ("image.tar", "layer 'model' (sha256:ab), path opt/x: Eicar-Signature FOUND"),
-        ("wheels/w.whl", "bundle file wheels/w.whl: not scanned: over the engine's limit (MaxFileSize)"),
+        (
+            "wheels/w.whl",
+            "bundle file wheels/w.whl: not scanned: over the engine's limit (MaxFileSize)",
+        ),
         ("clamscan", "the scan is incomplete: WARNING: layer 'model': Can't access file"),
     ]
     as_json = report.as_json()
@@ -181,7 +190,9 @@ def test_database_missing_or_empty_is_refused(tmp_path: Path) -> None:
     assert choose_database(empty) == (empty, ["site.ndb"])
 
 
-def test_a_file_over_the_engines_limit_is_reported_not_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_over_the_engines_limit_is_reported_not_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("gapforge.scan.ENGINE_FILE_LIMIT", len(EVIL) - 1)  # 2 GiB - 1 in ClamAV 1.4
     bundle = make_bundle(tmp_path / "bundle", layer_tar())
     image = read_archive(bundle / "image.tar")
@@ -189,12 +200,17 @@ def test_a_file_over_the_engines_limit_is_reported_not_scanned(tmp_path: Path, m
     room.mkdir()
     extracted = extract_archive(image, {}, room, 1)
     [finding] = extracted.findings
-    assert finding.over_limit and finding.where == f"layer 1 ({image.layer_digests[1]}), path opt/app/evil.bin"
+    assert (
+        finding.over_limit
+        and finding.where == f"layer 1 ({image.layer_digests[1]}), path opt/app/evil.bin"
+    )
     assert finding.message().endswith("not scanned: over the engine's limit (MaxFileSize)")
     assert not any(t.where == finding.where for t in extracted.targets.values())
 
 
-def test_no_clamscan_is_an_exit_2_error_naming_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_clamscan_is_an_exit_2_error_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("shutil.which", lambda _name: None)
     with pytest.raises(ScanError, match="apt-get install clamav") as error:
         scan_bundle(make_bundle(tmp_path / "bundle", layer_tar()), None)

@@ -1,0 +1,131 @@
+"""What the bundle's documents say, read once and shape-checked (gapforge.bundle.documents), and
+compared with what the archive really holds: bundle.json, the SBOM, the provenance statement (its
+DSSE signature checked with verify's anchored keys first) and the pretest evidence must all name the
+archive's image digest and image ID, and the pretest must have passed."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from gapforge.bundle import IMAGE_TAR, INDEX, PRETEST, PROVENANCE, SBOM
+from gapforge.bundle.documents import (
+    BUNDLE_INDEX,
+    PRETEST_EVIDENCE,
+    PROVENANCE_STATEMENT,
+    SBOM_FIELDS,
+    Schema,
+    is_digest,
+    read_document,
+    shape_problems,
+)
+from gapforge.bundle.imagetar import ImageArchive
+from gapforge.bundle.provenance import read_provenance, subject_digest
+from gapforge.bundle.sbom import image_digests
+from gapforge.bundle.sums import SumsLine
+from gapforge.bundle.verify_report import VerifyReport
+
+
+def read_checked(report: VerifyReport, name: str, schema: Schema) -> dict[str, Any]:
+    """`name`, shape-checked; {} and a refusal per problem (naming the field) when it is not."""
+    value, problems = read_document(report.bundle, name, schema)
+    for problem in problems:
+        if problem != "missing":  # a missing file is named by the SHA256SUMS comparison
+            report.refuse(name, problem)
+    return value or {}
+
+
+def read_index(report: VerifyReport, lines: list[SumsLine]) -> None:
+    """bundle.json into `report.index`: required, shape-checked, its digests well-formed, and the
+    very bytes parsed must hash to its signed line (a refusal otherwise, index left {})."""
+    value, problems = read_document(report.bundle, INDEX, BUNDLE_INDEX)
+    if problems == ["missing"]:
+        report.refuse(
+            INDEX, "missing: the bundle's index names its image; without it nothing is decided"
+        )
+        return
+    for problem in problems:
+        report.refuse(INDEX, problem)
+    if value is None:
+        return
+    image = value["image"]
+    bad = [
+        f"image.{key}" for key in ("manifest_digest", "config_digest") if not is_digest(image[key])
+    ]
+    for field_name in bad:
+        report.refuse(
+            INDEX, f"{field_name}: {image[field_name.split('.')[1]]!r} is not sha256:<64 hex>"
+        )
+    if bad:
+        return
+    from gapforge.bundle.documents import read_bytes_no_follow
+
+    line = next((line for line in lines if line.name == INDEX), None)
+    try:
+        data = read_bytes_no_follow(report.bundle / INDEX)
+    except (OSError, ValueError):
+        return
+    if line is None or hashlib.sha256(data).hexdigest() != line.sha256:
+        return  # named by the file comparison: an index SHA256SUMS does not vouch for is not used
+    report.index = value
+
+
+def _read_provenance(report: VerifyReport) -> dict[str, Any]:
+    """The statement inside provenance.json's DSSE envelope, checked with verify's key(s); {} when
+    it is missing (already reported), unsigned or malformed (reported here)."""
+    path = report.bundle / PROVENANCE
+    if not report.public_keys or not path.is_file() or path.is_symlink():
+        return {}  # no key to check it with: the report already fails, nothing is read unchecked
+    from gapforge.bundle.documents import read_bytes_no_follow
+
+    try:
+        data = read_bytes_no_follow(path)
+    except (OSError, ValueError) as exc:
+        report.refuse(PROVENANCE, f"unreadable ({exc})")
+        return {}
+    statement, problems = read_provenance(data, report.public_keys)
+    for problem in problems:
+        report.add(PROVENANCE, problem)
+    if statement is None:
+        return {}
+    shape = shape_problems(statement, PROVENANCE_STATEMENT)
+    for problem in shape:
+        report.refuse(PROVENANCE, f"its statement's {problem}")
+    return {} if shape else statement
+
+
+def cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLine]) -> None:
+    """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
+    manifest, config = archive.manifest_digest, archive.config_digest
+    index = report.index
+    sbom = read_checked(report, SBOM, SBOM_FIELDS)
+    provenance = _read_provenance(report)
+    evidence = read_checked(report, PRETEST, PRETEST_EVIDENCE)
+    claims: list[tuple[str, str, str, str]] = []
+    if index:
+        image = index["image"]
+        claims += [(INDEX, "image.manifest_digest", image["manifest_digest"], manifest),
+                   (INDEX, "image.config_digest", image["config_digest"], config)]  # fmt: skip
+        tar_line = next((line for line in lines if line.name == IMAGE_TAR), None)
+        if tar_line is not None:
+            claims.append((INDEX, "image.sha256", image["sha256"], tar_line.sha256))
+    if sbom:
+        sbom_manifest, sbom_config = image_digests(sbom)
+        claims += [(SBOM, "metadata.component (manifest digest)", sbom_manifest, manifest),
+                   (SBOM, "metadata.component (config digest)", sbom_config, config)]  # fmt: skip
+    if provenance:
+        claims.append((PROVENANCE, "subject (image digest)", subject_digest(provenance), manifest))
+    if evidence:
+        pretested = evidence["image"]
+        claims += [(PRETEST, "image.manifest_digest", pretested["manifest_digest"], manifest),
+                   (PRETEST, "image.config_digest", pretested["config_digest"], config)]  # fmt: skip
+        if evidence["passed"] is not True:
+            report.add(
+                PRETEST,
+                f"the sealed pretest did not pass (verdict {evidence.get('verdict')}): do not run this image",
+            )
+    for name, field_name, claimed, actual in claims:
+        if claimed != actual:
+            report.add(
+                name, f"{field_name} is {claimed or '(none)'}, but {IMAGE_TAR} holds {actual}"
+            )
