@@ -90,7 +90,9 @@ def test_an_unsigned_bundle_is_not_diffed(
     a, _b, pub = pair
     fake = make_bundle(hostile.inputs / "fake")
     status, text = hostile.run("diff", a, fake, "--key", pub, capsys=capsys)
-    assert status == 1 and "not verified, so 'gapforge diff' will not act on it" in text, text
+    # exit 2: the fake's documents cannot even be judged (fields missing), besides its bad signature
+    assert status == 2 and "not verified, so 'gapforge diff' will not act on it" in text, text
+    assert "does not verify over SHA256SUMS" in text
     assert "Recipe" not in text
 
 
