@@ -110,7 +110,7 @@ def test_a_bundle_without_a_signature_is_not_deployed(
     (bundle / SIGNATURE).write_bytes(b"\0" * 64)
     status, text = hostile.run("deploy", bundle, "--key", pub, "--registry", REGISTRY, "--slurm",
                                hostile.out / "t.sbatch", capsys=capsys)  # fmt: skip
-    assert status == 1 and "not verified" in text, text
+    assert status in (1, 2) and "not verified" in text, text  # 2 where the gate calls it unusable
     assert not hostile.out.exists()
 
 
@@ -147,3 +147,19 @@ def test_shell_and_yaml_metacharacters_in_a_signed_name_are_quoted(
     job = yaml.safe_load((hostile.out / "k8s" / "04-job.yaml").read_text())
     assert job["metadata"]["annotations"]["gapforge.io/release"] == f"{name} 1.2.3"
     assert set(job) == {"apiVersion", "kind", "metadata", "spec"}
+
+
+def test_insecure_is_never_enough_to_deploy(
+    source: BundleSource,  # noqa: F811
+    hostile: Hostile,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--insecure checks the bundle against its own key: integrity, not origin. The cluster would
+    pull an image nobody vouched for, so the gate refuses and nothing is written."""
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.inputs / "no-trust"))  # no trusted root
+    bundle, _ = _signed(source, hostile)
+    status, text = hostile.run("deploy", bundle, "--insecure", "--registry", REGISTRY, "--kubernetes",
+                               hostile.out, capsys=capsys)  # fmt: skip
+    assert status == 1 and "not verified" in text, text
+    assert not hostile.out.exists()
