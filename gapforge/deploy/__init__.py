@@ -193,6 +193,62 @@ def runtime_command(
     return command
 
 
+def _network_policy(
+    d: Deployment, meta: dict[str, Any], selector: dict[str, str]
+) -> dict[str, Any]:
+    """The NetworkPolicy of the job's pods."""
+    # Egress only to the job's own pods (rendezvous, NCCL/gloo) and to the cluster's DNS; ingress
+    # only from them. Everything else, the internet and the rest of the cluster, is refused.
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {**meta, "name": f"{d.name}-no-egress"},
+        "spec": {
+            "podSelector": {"matchLabels": selector},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
+            "egress": [
+                {"to": [{"podSelector": {"matchLabels": selector}}]},
+                {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            ],
+        },
+    }  # fmt: skip
+
+
+def _container(d: Deployment) -> dict[str, Any]:
+    """The runtime's container: by digest, non-root, read-only root, its node's rank from the index."""
+    endpoint = f"{d.name}-0.{d.name}.{d.namespace}.svc:{RDZV_PORT}"
+    command = runtime_command(
+        d, f"{OUTPUTS}/node-$(NODE_RANK)", f"{DATA}/{d.data_file}", "$(NODE_RANK)", endpoint
+    )
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "4", "memory": "32Gi"},
+        "limits": {"memory": "64Gi"},
+    }
+    if d.gpu:
+        resources = {"requests": {"cpu": str(8 * d.gpus_per_node), "memory": f"{64 * d.gpus_per_node}Gi",
+                                  "nvidia.com/gpu": d.gpus_per_node},
+                     "limits": {"nvidia.com/gpu": d.gpus_per_node}}  # fmt: skip
+    return {
+        "name": "runtime", "image": d.image, "imagePullPolicy": "IfNotPresent", "args": command,
+        "env": [
+            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        ],
+        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+        "resources": resources,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
+                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [
+            {"name": "outputs", "mountPath": OUTPUTS}, {"name": "data", "mountPath": DATA, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/gapforge"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }  # fmt: skip
+
+
 def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
     """Service, PersistentVolumeClaim, NetworkPolicy and the indexed Job, in the order to apply them."""
     labels = {"app.kubernetes.io/name": "gapforge", "app.kubernetes.io/instance": d.name,
@@ -218,52 +274,8 @@ def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
         claim_spec["storageClassName"] = d.storage_class
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
              "metadata": {**meta, "name": f"{d.name}-outputs"}, "spec": claim_spec}  # fmt: skip
-    # Egress only to the job's own pods (rendezvous, NCCL/gloo) and to the cluster's DNS; ingress
-    # only from them. Everything else, the internet and the rest of the cluster, is refused.
-    policy = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {**meta, "name": f"{d.name}-no-egress"},
-        "spec": {
-            "podSelector": {"matchLabels": selector},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}]}],
-            "egress": [
-                {"to": [{"podSelector": {"matchLabels": selector}}]},
-                {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-            ],
-        },
-    }  # fmt: skip
-    endpoint = f"{d.name}-0.{d.name}.{d.namespace}.svc:{RDZV_PORT}"
-    command = runtime_command(
-        d, f"{OUTPUTS}/node-$(NODE_RANK)", f"{DATA}/{d.data_file}", "$(NODE_RANK)", endpoint
-    )
-    resources: dict[str, Any] = {
-        "requests": {"cpu": "4", "memory": "32Gi"},
-        "limits": {"memory": "64Gi"},
-    }
-    if d.gpu:
-        resources = {"requests": {"cpu": str(8 * d.gpus_per_node), "memory": f"{64 * d.gpus_per_node}Gi",
-                                  "nvidia.com/gpu": d.gpus_per_node},
-                     "limits": {"nvidia.com/gpu": d.gpus_per_node}}  # fmt: skip
-    container = {
-        "name": "runtime", "image": d.image, "imagePullPolicy": "IfNotPresent", "args": command,
-        "env": [
-            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
-                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-        ],
-        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
-        "resources": resources,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
-                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [
-            {"name": "outputs", "mountPath": OUTPUTS}, {"name": "data", "mountPath": DATA, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/gapforge"},
-            {"name": "shm", "mountPath": "/dev/shm"},
-        ],
-    }  # fmt: skip
+    policy = _network_policy(d, meta, selector)
+    container = _container(d)
     job = {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
         "spec": {
