@@ -68,6 +68,13 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
     return {"PYTHONUNBUFFERED": "1", "GAPFORGE_LLAMA_CPP": llama_cpp}
 
 
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the hostile property tests (Hypothesis 'fuzz' profile) for --seconds (300); print the cases tried."""
+    _install_builder(session)
+    session.run("python", "-m", "tests.hostile.fuzz", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check (the builder and the runtime)."""

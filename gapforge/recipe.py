@@ -22,6 +22,7 @@ from gapforge.errors import GapforgeError, RecipeError
 from gapforge.profile import REPO_ROOT
 
 try:
+    from gapforge_runtime.bounded_yaml import YamlRefused, load_bounded_yaml, read_bounded_text
     from gapforge_runtime.recipe_schema import (
         GIT_COMMIT,
         GPU_ONLY_TARGETS,
@@ -44,7 +45,11 @@ try:
         json_schema,
     )
 except ModuleNotFoundError as missing:  # pragma: no cover - depends on the environment
-    if missing.name not in ("gapforge_runtime", "gapforge_runtime.recipe_schema"):
+    if missing.name not in (
+        "gapforge_runtime",
+        "gapforge_runtime.recipe_schema",
+        "gapforge_runtime.bounded_yaml",
+    ):
         raise
     raise GapforgeError(
         "the recipe schema lives in the runtime package (gapforge_runtime), which is not installed "
@@ -137,16 +142,29 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     shown = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded_text(path)
     except FileNotFoundError:
         raise RecipeError(
             shown,
             ["no such recipe file: check the path (recipes live in recipes/<model>/<name>.yaml)"],
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except YamlRefused as exc:
+        raise RecipeError(shown, [f"{exc.problem}: a recipe is a small file"]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            shown,
+            [f"byte {exc.start} is not UTF-8 ({exc.reason}): save the recipe as UTF-8"],
+        ) from None
+    except OSError as exc:
         raise RecipeError(shown, [f"cannot read the file: {exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        # Bounded: no anchors or aliases (a 1 KB "billion laughs" file would take gigabytes),
+        # a depth and an integer-size limit; each refusal names its line.
+        raw = load_bounded_yaml(text)
+    except YamlRefused as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise RecipeError(shown, [f"{where}{exc.problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from gapforge_runtime.bounded_yaml import BoundedSafeLoader
 from gapforge_runtime.recipe_schema import (
     GPU_ONLY_TARGETS,
     LineMap,
@@ -24,7 +25,7 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map each YAML path (as a tuple of keys/indices) to the 1-based line where it starts."""
     lines: dict[tuple[str, ...], int] = {}
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=BoundedSafeLoader)  # the loader that loaded it
     except yaml.YAMLError:
         return lines
 

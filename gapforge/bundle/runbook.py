@@ -1,14 +1,25 @@
-"""RUNBOOK.md: the operator's exact commands for one bundle, rendered from images/templates/."""
+"""RUNBOOK.md: the operator's exact commands for one bundle, rendered from images/templates/.
+
+An operator copies these commands into a shell, so what the template prints is held to two rules
+(Jinja's autoescape is off: this is Markdown): no value may hold a control or line-separator
+character (`finalize` refuses one, so nothing can end a line, a table row or a code block early),
+and every value inside a shell command goes through the `sh` filter (`shlex.quote`; a test holds
+the template to it). Free text (the recipe's description, the pretest's gate details) is folded
+onto one line first, since a line break in it means nothing to Markdown's tables and paragraphs.
+"""
 
 from __future__ import annotations
 
 import json
+import shlex
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from gapforge.bundle.source import BundleSource
+from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import HOME, IMAGE_USER, USER_ID
 from gapforge.profile import REPO_ROOT
 
@@ -52,7 +63,7 @@ def runbook_context(source: BundleSource, fingerprint: str, wheel_count: int) ->
     return {
         "name": source.name,
         "version": source.version,
-        "description": source.description,
+        "description": one_line(source.description),
         "bundle_dir": source.bundle_name,
         "profile": image.profile,
         "cuda": image.profile.startswith("cuda"),
@@ -77,7 +88,14 @@ def runbook_context(source: BundleSource, fingerprint: str, wheel_count: int) ->
             "verdict": evidence.get("verdict", "UNKNOWN"),
             "seconds": evidence.get("seconds", 0),
             "steps": evidence.get("steps", {}),
-            "gates": evidence.get("gates", []),
+            "gates": [
+                {
+                    **gate,
+                    "name": one_line(str(gate.get("name", ""))),
+                    "detail": one_line(str(gate.get("detail", ""))),
+                }
+                for gate in evidence.get("gates", [])
+            ],
         },
         "wheel_count": wheel_count,
         "debian": {
@@ -90,11 +108,31 @@ def runbook_context(source: BundleSource, fingerprint: str, wheel_count: int) ->
     }
 
 
+def one_line(text: str) -> str:
+    """Free text folded onto one line: every run of whitespace (line breaks included) as one space."""
+    return " ".join(text.split())
+
+
+def printable(value: object) -> object:
+    """Jinja's finalize: a value as it is, or BundleError if it holds a control character."""
+    if isinstance(value, str):
+        for char in value:
+            if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+                raise BundleError(
+                    f"RUNBOOK.md: the value {value!r:.80} holds a control character "
+                    f"(U+{ord(char):04X}), which would end a line of the operator's commands "
+                    "early; the recipe, lock or pretest evidence it came from must not hold one"
+                )
+    return value
+
+
 def render_runbook(context: dict[str, Any], templates: Path = TEMPLATES) -> str:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,  # Markdown, not HTML
+        autoescape=False,  # Markdown, not HTML: quoting is `finalize` and the `sh` filter
+        finalize=printable,
     )
+    environment.filters["sh"] = lambda value: shlex.quote(str(value))
     return environment.get_template(TEMPLATE).render(**context)

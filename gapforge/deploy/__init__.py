@@ -8,29 +8,47 @@ job's pods reach each other (and the cluster's DNS) and nothing else. `--slurm F
 sbatch script: one task per node, torchrun through the runtime, under Apptainer, enroot (pyxis) or
 Docker as the site has it. Both name the image by the manifest digest the bundle vouches for, so
 the cluster runs exactly what `gapforge load --to` verified and pushed.
+
+Nothing is written before the trust gate (gapforge.bundle.gate) has verified the bundle against the
+operator's anchor; every value comes from its record or from a checked option (DeployOptions), and
+each file quotes what it carries for its language: the manifests through a YAML emitter, the sbatch
+script through gapforge.deploy.slurm.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gapforge.bundle import INDEX
-from gapforge.errors import BundleError
+from gapforge.deploy.values import (
+    DIGEST,
+    DNS_SUBDOMAIN,
+    FILE_NAME,
+    PARTITION,
+    PROFILE,
+    QUANTITY,
+    REGISTRY,
+    SLURM_TIME,
+    UnsafeValue,
+    line_value,
+    matching,
+)
+
+if TYPE_CHECKING:
+    from gapforge.bundle.gate import VerifiedBundle
 
 RDZV_PORT = 29400
 OUTPUTS = "/outputs"
 DATA = "/data"
 USER_ID = 1000
 """The image's user (gapforge.fetch.rootfs.USER_ID): pods run as it, never as root."""
+SLURM_RUNTIMES = ("apptainer", "enroot", "docker")
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """What the hand-off needs, from the bundle and the options."""
+    """What the hand-off needs: from the verified bundle record and the checked options only."""
 
     name: str
     """A DNS-1123 name for the job (recipe name and version)."""
@@ -38,6 +56,8 @@ class Deployment:
     version: str
     image: str
     """REGISTRY/REPO@sha256:… (by digest: a tag can move)."""
+    image_id: str
+    """The image's config digest (what `docker images` shows), as the signature vouches for it."""
     profile: str
     nnodes: int
     gpus_per_node: int
@@ -59,50 +79,90 @@ class Deployment:
         return self.gpus_per_node if self.gpu else 1
 
 
+@dataclass(frozen=True)
+class DeployOptions:
+    """The operator's options, as typed: every one is checked before a bundle is read."""
+
+    registry: str
+    nnodes: int = 1
+    gpus_per_node: int | None = None
+    namespace: str = "gapforge"
+    data_claim: str = "gapforge-data"
+    data_file: str = "train.jsonl"
+    output_size: str = "200Gi"
+    storage_class: str | None = None
+    slurm_runtime: str = "apptainer"
+    partition: str | None = None
+    time_limit: str = "24:00:00"
+
+    def checked(self) -> DeployOptions:
+        """These options with every string held to what its consumer accepts, or UnsafeValue
+        (exit 2) naming the option; run before the bundle is verified, so a typo costs no hashing."""
+        registry = line_value(self.registry, "--registry").strip().rstrip("/")
+        if not re.fullmatch(REGISTRY, registry) or "@" in registry:
+            raise UnsafeValue(
+                f"deploy: --registry {self.registry!r}: expected HOST[:PORT]/REPO (the repository that "
+                "'gapforge load --to' pushed the image to), without a tag or digest: the digest comes from the bundle"
+            )
+        if self.nnodes < 1:
+            raise UnsafeValue(f"deploy: --nnodes {self.nnodes}: pass 1 or more nodes")
+        if self.slurm_runtime not in SLURM_RUNTIMES:
+            raise UnsafeValue(
+                f"deploy: --slurm-runtime {self.slurm_runtime!r}: one of {', '.join(SLURM_RUNTIMES)}"
+            )
+        storage = self.storage_class
+        partition = self.partition
+        return DeployOptions(
+            registry=registry, nnodes=self.nnodes, gpus_per_node=self.gpus_per_node,
+            namespace=_dns_name(line_value(self.namespace, "--namespace")),
+            data_claim=_dns_name(line_value(self.data_claim, "--data-claim")),
+            data_file=matching(self.data_file, FILE_NAME, "--data-file",
+                               "a file name of letters, digits, '.', '_' and '-'"),
+            output_size=matching(self.output_size, QUANTITY, "--output-size",
+                                 "a Kubernetes quantity such as 200Gi"),
+            storage_class=None if storage is None else matching(
+                storage, DNS_SUBDOMAIN, "--storage-class", "a storage class name (lower-case DNS-1123)"),
+            slurm_runtime=self.slurm_runtime,
+            partition=None if partition is None else matching(
+                partition, PARTITION, "--partition",
+                "a Slurm partition name (letters, digits, '_', '.', '-'), or several joined by ','"),
+            time_limit=matching(self.time_limit, SLURM_TIME, "--time",
+                                "Slurm's [D-]HH:MM:SS, such as 24:00:00"),
+        )  # fmt: skip
+
+
 def _dns_name(text: str) -> str:
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return name[:52].rstrip("-") or "gapforge"
 
 
-def deployment_from_bundle(
-    bundle: Path,
-    registry: str,
-    *,
-    nnodes: int,
-    gpus_per_node: int | None,
-    namespace: str = "gapforge",
-    data_claim: str = "gapforge-data",
-    data_file: str = "train.jsonl",
-    output_size: str = "200Gi",
-    storage_class: str | None = None,
-    slurm_runtime: str = "apptainer",
-    partition: str | None = None,
-    time_limit: str = "24:00:00",
-) -> Deployment:
-    """The deployment of `bundle`'s image from `registry` (HOST[:PORT]/REPO, where `load --to` put it)."""
-    if not (bundle / INDEX).is_file():
-        raise BundleError(
-            f"deploy: {bundle}: not a bundle (no {INDEX}): pass a folder that 'gapforge build' wrote"
-        )
-    index = json.loads((bundle / INDEX).read_text(encoding="utf-8"))
-    image = index.get("image", {})
-    digest = str(image.get("manifest_digest", ""))
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise BundleError(
-            f"deploy: {bundle / INDEX}: image.manifest_digest {digest!r} is not a sha256 digest"
-        )
-    repo = registry.strip().rstrip("/")
-    if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._-]+)+", repo) or "@" in repo:
-        raise BundleError(
-            f"deploy: --registry {registry!r}: expected HOST[:PORT]/REPO (the repository that "
-            "'gapforge load --to' pushed the image to), without a tag or digest: the digest comes from the bundle"
-        )
-    if nnodes < 1:
-        raise BundleError(f"deploy: --nnodes {nnodes}: pass 1 or more nodes")
-    profile = str(image.get("profile", "cpu"))
-    gpus = (8 if profile == "cuda" else 0) if gpus_per_node is None else gpus_per_node
+def deployment(verified: VerifiedBundle, options: DeployOptions) -> Deployment:
+    """The deployment of the verified bundle's image from the options' registry (where `load --to`
+    put it): name, version, image digest, image ID and profile come from the verified record only."""
+    options = options.checked()
+    where = f"{verified.folder / 'bundle.json'}:"
+    recipe = line_value(verified.name, f"{where} name")
+    version = line_value(verified.version, f"{where} version")
+    digest = matching(
+        verified.manifest_digest, DIGEST, f"{where} image.manifest_digest", "a sha256 digest"
+    )
+    image_id = matching(
+        verified.config_digest, DIGEST, f"{where} image.config_digest", "a sha256 digest"
+    )
+    image = verified.index.get("image")
+    if not isinstance(image, dict):
+        raise UnsafeValue(f"deploy: {where} image: expected an object, got {type(image).__name__}")
+    profile = matching(
+        image.get("profile", "cpu"),
+        PROFILE,
+        f"{where} image.profile",
+        "a profile name such as cuda",
+    )
+    gpus = (
+        (8 if profile == "cuda" else 0) if options.gpus_per_node is None else options.gpus_per_node
+    )
     if gpus < 0 or (profile == "cuda" and gpus == 0):
-        raise BundleError(
+        raise UnsafeValue(
             f"deploy: --gpus-per-node {gpus}: the image is the {profile} profile; "
             + (
                 "a cuda image trains on GPUs, pass 1 or more"
@@ -110,55 +170,36 @@ def deployment_from_bundle(
                 else "pass 0 or leave it out"
             )
         )
-    if not re.fullmatch(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi)", output_size):
-        raise BundleError(
-            f"deploy: --output-size {output_size!r}: expected a Kubernetes quantity such as 200Gi"
-        )
-    if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", time_limit):
-        raise BundleError(
-            f"deploy: --time {time_limit!r}: expected Slurm's [D-]HH:MM:SS, such as 24:00:00"
-        )
-    name, version = str(index.get("name", "gapforge")), str(index.get("version", "0"))
     return Deployment(
-        name=_dns_name(f"gf-{name}-{version}"), recipe=name, version=version, image=f"{repo}@{digest}",
-        profile=profile, nnodes=nnodes, gpus_per_node=gpus if profile == "cuda" else 0,
-        namespace=_dns_name(namespace), data_claim=_dns_name(data_claim), data_file=data_file,
-        output_size=output_size, storage_class=storage_class, slurm_runtime=slurm_runtime,
-        partition=partition, time_limit=time_limit,
+        name=_dns_name(f"gf-{recipe}-{version}"), recipe=recipe, version=version,
+        image=f"{options.registry}@{digest}", image_id=image_id, profile=profile, nnodes=options.nnodes,
+        gpus_per_node=gpus if profile == "cuda" else 0, namespace=options.namespace,
+        data_claim=options.data_claim, data_file=options.data_file, output_size=options.output_size,
+        storage_class=options.storage_class, slurm_runtime=options.slurm_runtime,
+        partition=options.partition, time_limit=options.time_limit,
     )  # fmt: skip
 
 
-def runtime_command(d: Deployment, node_rank: str, endpoint: str, out: str, data: str) -> list[str]:
-    """The runtime's command on one node (the image's entrypoint is gapforge-runtime)."""
+def runtime_command(
+    d: Deployment, out: str, data: str, node_rank: str | None = None, endpoint: str | None = None
+) -> list[str]:
+    """The runtime's command on one node (the image's entrypoint is gapforge-runtime); across
+    nodes, the node's rank and the rendezvous endpoint when given (the sbatch task adds its own)."""
     command = ["run", "--data", data, "--out", out, "--nproc", str(d.nproc)]
     if d.nnodes > 1:
-        command += ["--nnodes", str(d.nnodes), "--node-rank", node_rank,
-                    "--rdzv-endpoint", endpoint, "--rdzv-id", d.name]  # fmt: skip
+        command += ["--nnodes", str(d.nnodes), "--rdzv-id", d.name]
+        if node_rank is not None and endpoint is not None:
+            command += ["--node-rank", node_rank, "--rdzv-endpoint", endpoint]
     return command
 
 
-def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
-    """Service, PersistentVolumeClaim, NetworkPolicy and the indexed Job, in the order to apply them."""
-    labels = {"app.kubernetes.io/name": "gapforge", "app.kubernetes.io/instance": d.name,
-              "gapforge.io/recipe": _dns_name(d.recipe)}  # fmt: skip
-    selector = {"app.kubernetes.io/instance": d.name}
-    meta = {"name": d.name, "namespace": d.namespace, "labels": labels}
-    service = {
-        "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": {"clusterIP": "None", "selector": selector, "publishNotReadyAddresses": True,
-                 "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}]},
-    }  # fmt: skip
-    claim_spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteMany" if d.nnodes > 1 else "ReadWriteOnce"],
-        "resources": {"requests": {"storage": d.output_size}},
-    }
-    if d.storage_class:
-        claim_spec["storageClassName"] = d.storage_class
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {**meta, "name": f"{d.name}-outputs"}, "spec": claim_spec}  # fmt: skip
+def _network_policy(
+    d: Deployment, meta: dict[str, Any], selector: dict[str, str]
+) -> dict[str, Any]:
+    """The NetworkPolicy of the job's pods."""
     # Egress only to the job's own pods (rendezvous, NCCL/gloo) and to the cluster's DNS; ingress
     # only from them. Everything else, the internet and the rest of the cluster, is refused.
-    policy = {
+    return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {**meta, "name": f"{d.name}-no-egress"},
         "spec": {
@@ -173,9 +214,13 @@ def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
             ],
         },
     }  # fmt: skip
+
+
+def _container(d: Deployment) -> dict[str, Any]:
+    """The runtime's container: by digest, non-root, read-only root, its node's rank from the index."""
     endpoint = f"{d.name}-0.{d.name}.{d.namespace}.svc:{RDZV_PORT}"
     command = runtime_command(
-        d, "$(NODE_RANK)", endpoint, f"{OUTPUTS}/node-$(NODE_RANK)", f"{DATA}/{d.data_file}"
+        d, f"{OUTPUTS}/node-$(NODE_RANK)", f"{DATA}/{d.data_file}", "$(NODE_RANK)", endpoint
     )
     resources: dict[str, Any] = {
         "requests": {"cpu": "4", "memory": "32Gi"},
@@ -185,7 +230,7 @@ def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
         resources = {"requests": {"cpu": str(8 * d.gpus_per_node), "memory": f"{64 * d.gpus_per_node}Gi",
                                   "nvidia.com/gpu": d.gpus_per_node},
                      "limits": {"nvidia.com/gpu": d.gpus_per_node}}  # fmt: skip
-    container = {
+    return {
         "name": "runtime", "image": d.image, "imagePullPolicy": "IfNotPresent", "args": command,
         "env": [
             {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
@@ -202,6 +247,35 @@ def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
             {"name": "shm", "mountPath": "/dev/shm"},
         ],
     }  # fmt: skip
+
+
+def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
+    """Service, PersistentVolumeClaim, NetworkPolicy and the indexed Job, in the order to apply them."""
+    labels = {"app.kubernetes.io/name": "gapforge", "app.kubernetes.io/instance": d.name,
+              "gapforge.io/recipe": _dns_name(d.recipe)}  # fmt: skip
+    selector = {"app.kubernetes.io/instance": d.name}
+    # The verified record's own words beside the DNS-safe names: the image ID and the release, as
+    # annotations a reviewer can match against `gapforge verify`'s output.
+    annotations = {
+        "gapforge.io/image-id": d.image_id,
+        "gapforge.io/release": f"{d.recipe} {d.version}",
+    }
+    meta = {"name": d.name, "namespace": d.namespace, "labels": labels, "annotations": annotations}
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": meta,
+        "spec": {"clusterIP": "None", "selector": selector, "publishNotReadyAddresses": True,
+                 "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT}]},
+    }  # fmt: skip
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany" if d.nnodes > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": d.output_size}},
+    }
+    if d.storage_class:
+        claim_spec["storageClassName"] = d.storage_class
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {**meta, "name": f"{d.name}-outputs"}, "spec": claim_spec}  # fmt: skip
+    policy = _network_policy(d, meta, selector)
+    container = _container(d)
     job = {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
         "spec": {
@@ -227,73 +301,3 @@ def kubernetes_manifests(d: Deployment) -> list[dict[str, Any]]:
         },
     }  # fmt: skip
     return [service, claim, policy, job]
-
-
-SLURM_TEMPLATE = """\
-#!/bin/bash
-# {{ d.recipe }} {{ d.version }}: training across {{ d.nnodes }} node(s), written by `gapforge deploy --slurm`.
-# The image by digest: {{ d.image }}
-# Submit from a shared folder: sbatch {{ script_name }}  (DATA and OUT below must be on storage every node sees)
-#SBATCH --job-name={{ d.name }}
-#SBATCH --nodes={{ d.nnodes }}
-#SBATCH --ntasks-per-node=1
-{% if d.gpu %}#SBATCH --gpus-per-node={{ d.gpus_per_node }}
-{% endif %}#SBATCH --exclusive
-#SBATCH --time={{ d.time_limit }}
-{% if d.partition %}#SBATCH --partition={{ d.partition }}
-{% endif %}#SBATCH --output={{ d.name }}-%j.log
-set -euo pipefail
-
-DATA="${DATA:-$PWD/data/{{ d.data_file }}}"
-OUT="${OUT:-$PWD/outputs/{{ d.name }}}"
-{% if d.slurm_runtime == "apptainer" %}# Convert once on the connected side or a login node: apptainer build {{ d.name }}.sif docker://{{ d.image }}
-SIF="${SIF:-$PWD/{{ d.name }}.sif}"
-{% endif %}
-head_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-export RDZV_ENDPOINT="${head_node}:{{ port }}"
-mkdir -p "$OUT"
-export DATA OUT{% if d.slurm_runtime == "apptainer" %} SIF{% endif %}
-
-# One task per node; each runs torchrun (through the runtime) over its {{ d.nproc }} process(es).
-# A node that stops ends the job on every node; run this script again, adding --resume, to continue.
-# The task's script is in single quotes on purpose: $SLURM_NODEID and the rest expand on each node.
-# shellcheck disable=SC2016
-srun --kill-on-bad-exit=1 bash -c '
-set -euo pipefail
-rank="$SLURM_NODEID"
-mkdir -p "$OUT/node-$rank"
-{% if d.slurm_runtime == "apptainer" %}exec apptainer run --containall --cleanenv --writable-tmpfs {% if d.gpu %}--nv {% endif %}\\
-  --bind "$DATA:{{ data }}/{{ d.data_file }}:ro" --bind "$OUT/node-$rank:{{ outputs }}" \\
-  "$SIF" {{ command }}
-{% elif d.slurm_runtime == "enroot" %}exec enroot start --rw \\
-  --mount "$DATA:{{ data }}/{{ d.data_file }}" --mount "$OUT/node-$rank:{{ outputs }}" \\
-  "{{ d.name }}" {{ command }}
-{% else %}exec docker run --rm --read-only --user {{ uid }}:{{ uid }} --network host --cap-drop ALL \\
-  --security-opt no-new-privileges {% if d.gpu %}--gpus all {% endif %}--tmpfs /tmp --tmpfs /home/gapforge --shm-size 16g \\
-  -v "$DATA:{{ data }}/{{ d.data_file }}:ro" -v "$OUT/node-$rank:{{ outputs }}" \\
-  "{{ d.image }}" {{ command }}
-{% endif %}'
-"""
-
-
-def slurm_script(d: Deployment, script_name: str) -> str:
-    """The sbatch script (Jinja2), run through `bash -n` and shellcheck in the tests."""
-    import shlex
-
-    from jinja2 import Environment, StrictUndefined
-
-    args = runtime_command(d, "$rank", "$RDZV_ENDPOINT", OUTPUTS, f"{DATA}/{d.data_file}")
-    # $rank and $RDZV_ENDPOINT expand in the task's shell; everything else is quoted as it is
-    command = " ".join(f'"{a}"' if a.startswith("$") else shlex.quote(a) for a in args)
-    if d.slurm_runtime == "enroot":
-        command = "gapforge-runtime " + command  # enroot start runs a command, not the entrypoint
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
-    return env.from_string(SLURM_TEMPLATE).render(
-        d=d,
-        script_name=script_name,
-        port=RDZV_PORT,
-        data=DATA,
-        outputs=OUTPUTS,
-        uid=USER_ID,
-        command=command,
-    )

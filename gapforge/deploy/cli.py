@@ -1,15 +1,19 @@
-"""`gapforge deploy BUNDLE --registry HOST/REPO --kubernetes DIR | --slurm FILE`."""
+"""`gapforge deploy BUNDLE --registry HOST/REPO --kubernetes DIR | --slurm FILE`.
+
+Order: the options are checked, then the bundle is verified through the one trust gate
+(gapforge.bundle.gate.require_verified) against the operator's anchor, and only then is anything
+written; what the files name (recipe, version, image digest, image ID) comes from the gate's record.
+"""
 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from gapforge.atomic import write_atomic
-from gapforge.deploy import deployment_from_bundle, kubernetes_manifests, slurm_script
-from gapforge.errors import BundleError
-from gapforge.progress import console
+from gapforge.deploy import DeployOptions, deployment, kubernetes_manifests
+from gapforge.deploy.slurm import slurm_script
+from gapforge.progress import console, step
 
 
 def _plain_dumper() -> type:
@@ -25,6 +29,8 @@ def _plain_dumper() -> type:
 
 
 def deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    from gapforge.commands.operator import add_trust_options
+
     parser.add_argument(
         "bundle", type=Path, help="the bundle whose image the site's registry holds"
     )
@@ -35,6 +41,11 @@ def deploy_arguments(parser: argparse.ArgumentParser) -> None:
         "--kubernetes", type=Path, metavar="DIR", help="write Kubernetes manifests into DIR"
     )
     where.add_argument("--slurm", type=Path, metavar="FILE", help="write an sbatch script")
+    add_trust_options(
+        parser,
+        "check the bundle against its own key (integrity, not origin); deploy writes files only "
+        "for a bundle the trust gate accepts",
+    )
     parser.add_argument(
         "--nnodes", type=int, default=1, help="nodes the training spans (default 1)"
     )
@@ -55,38 +66,47 @@ def deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.data_file):
-        raise BundleError(
-            f"deploy: --data-file {args.data_file!r}: a file name of letters, digits, '.', '_' and '-'"
-        )
-    d = deployment_from_bundle(
-        args.bundle, args.registry, nnodes=args.nnodes, gpus_per_node=args.gpus_per_node,
+    from rich.markup import escape
+
+    from gapforge.bundle.gate import require_verified
+    from gapforge.commands.operator import anchor_of
+
+    options = DeployOptions(
+        registry=args.registry, nnodes=args.nnodes, gpus_per_node=args.gpus_per_node,
         namespace=args.namespace, data_claim=args.data_claim, data_file=args.data_file,
         output_size=args.output_size, storage_class=args.storage_class, slurm_runtime=args.slurm_runtime,
         partition=args.partition, time_limit=args.time,
-    )  # fmt: skip
+    ).checked()  # fmt: skip
+    anchor = anchor_of(args)
+    step(f"verifying {escape(str(args.bundle))}")
+    d = deployment(require_verified(args.bundle, anchor, "deploy"), options)
     if args.kubernetes is not None:
         import yaml
 
-        _PlainDumper = _plain_dumper()
+        dumper = _plain_dumper()
         folder: Path = args.kubernetes
+        texts = {
+            f"{number:02d}-{manifest['kind'].lower()}.yaml": yaml.dump(
+                manifest, Dumper=dumper, sort_keys=False
+            )
+            for number, manifest in enumerate(kubernetes_manifests(d), start=1)
+        }
         folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        for number, manifest in enumerate(kubernetes_manifests(d), start=1):
-            path = folder / f"{number:02d}-{manifest['kind'].lower()}.yaml"
-            text = yaml.dump(manifest, Dumper=_PlainDumper, sort_keys=False)
-            write_atomic(path, text.encode())
-            written.append(path.name)
+        for name, text in texts.items():
+            write_atomic(folder / name, text.encode())
         console.print(
-            f"deploy: {len(written)} manifests in {folder} ({', '.join(written)}): {d.nnodes} node(s), image "
-            f"{d.image}. Apply them with: kubectl apply -f {folder}"
+            f"deploy: {len(texts)} manifests in {folder} ({', '.join(texts)}): {d.nnodes} node(s), image "
+            f"{d.image}. Apply them with: kubectl apply -f {folder}",
+            markup=False,
         )
     else:
         script: Path = args.slurm
+        text = slurm_script(d, script.name)
         script.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(script, slurm_script(d, script.name).encode())
+        write_atomic(script, text.encode())
         script.chmod(0o755)
         console.print(
-            f"deploy: {script} ({d.slurm_runtime}, {d.nnodes} node(s)): submit it with sbatch {script.name}"
+            f"deploy: {script} ({d.slurm_runtime}, {d.nnodes} node(s)): submit it with sbatch {script.name}",
+            markup=False,
         )
     return 0

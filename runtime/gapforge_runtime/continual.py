@@ -164,8 +164,9 @@ def replay_count(new: int, ratio: float, available: int) -> int:
 
 def replay_records(parent: Parent, new: int, ratio: float, seed: int) -> list[dict[str, Any]]:
     """A seeded sample of the parent's training split, `ratio` of the final training set."""
-    lines = parent.train_split.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
+    from gapforge_runtime.data import read_split_file  # split at \n only, like every data reader
+
+    records = read_split_file(parent.train_split)
     count = replay_count(new, ratio, len(records))
     return random.Random(seed).sample(records, count)
 

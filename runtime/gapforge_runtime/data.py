@@ -1,9 +1,18 @@
-"""Operator data: read JSONL, list every bad line at once, drop exact duplicates, split by seed."""
+"""Operator data: read JSONL, list every bad line at once, drop exact duplicates, split by seed.
+
+The operator's data is read strictly, since it was written by someone else and silently changing it
+would train on text nobody wrote: the bytes must be UTF-8 (a bad byte is named by line and offset,
+never replaced), lines end at `\n` only (U+2028, U+0085 and the other separators `str.splitlines`
+would split at belong to the JSON strings that hold them), and each line is bounded in nesting
+depth and in the digits of its numbers, so a hostile line is named instead of ending the run in a
+RecursionError or ValueError.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +23,74 @@ from gapforge_runtime.preference_data import check_messages, check_preference, f
 FORMATS = ("alpaca", "chat", "completion", "preference")
 SMALL_DATASET = 10_000
 MAX_LISTED = 200
+MAX_DEPTH = 64
+"""Nested arrays and objects in one line; a chat example goes 3 deep."""
+MAX_NUMBER_CHARS = 100
+"""Characters of one number; Python refuses integers of over 4300 digits with a ValueError."""
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class LineProblem(ValueError):
+    """A line that parses as JSON but is past a bound (depth, digits); its message names why."""
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise LineProblem(
+            f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS}): {text[:20]}..."
+        )
+    return text
+
+
+def _constant(text: str) -> float:
+    raise LineProblem(f"{text} is not JSON (JavaScript's constants are not allowed)")
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=lambda text: int(_bounded(text)),
+    parse_float=lambda text: float(_bounded(text)),
+    parse_constant=_constant,
+)
+"""One decoder for every line (json.loads with hooks would build one per line)."""
+
+
+def _depth(line: str) -> int:
+    """The deepest nesting of arrays and objects in `line`, brackets inside strings not counted."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(line):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_line(line: str) -> Any:
+    """One JSONL line as data: json.JSONDecodeError for bad JSON, LineProblem past a bound."""
+    if line.count("[") + line.count("{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
+        raise LineProblem(f"nested more than {MAX_DEPTH} levels deep")
+    return _DECODER.decode(line)
+
+
+def jsonl_lines(path: Path, label: str) -> list[str]:
+    """The lines of a JSONL file: strict UTF-8, split at `\n` only (a `\r` before it is kept
+    and ignored by JSON as whitespace). RuntimeFailure names the line and byte of a bad byte."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        number = data.count(b"\n", 0, exc.start) + 1
+        raise RuntimeFailure(
+            f"{label} {path}: line {number}, byte {exc.start - start + 1} of the line (offset "
+            f"{exc.start} in the file) is 0x{data[exc.start]:02x}, which is not UTF-8 "
+            f"({exc.reason}). The data must be UTF-8; nothing is guessed or replaced. Convert "
+            f"the file (for Latin-1: iconv -f latin1 -t utf-8 {path.name} > "
+            f"{path.stem}.utf8{path.suffix}) and run again (nothing was trained)."
+        ) from None
+    return text.split("\n")
 
 
 @dataclass(frozen=True)
@@ -117,8 +194,8 @@ def read_examples(path: Path, data_format: str, *, label: str = "--data") -> lis
         raise RuntimeFailure(
             f"{label} {path}: no such file. Pass the path of your JSONL data file."
         )
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
+    lines = jsonl_lines(path, label)
+    if not any(line.strip() for line in lines):
         raise RuntimeFailure(
             f"{label} {path}: the file is empty. It must hold one JSON object per line "
             f"in the recipe's '{data_format}' format."
@@ -126,13 +203,16 @@ def read_examples(path: Path, data_format: str, *, label: str = "--data") -> lis
     check = CHECKS[data_format]
     examples: list[Example] = []
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue  # blank lines (a trailing newline, say) carry no example
         try:
-            obj = json.loads(line)
+            obj = parse_line(line)
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except LineProblem as exc:
+            problems.append(f"line {number}: {exc}")
             continue
         if not isinstance(obj, dict):
             problems.append(f"line {number}: expected a JSON object, got {type(obj).__name__}")
@@ -225,7 +305,8 @@ def write_split(split: DataSplit, folder: Path) -> dict[str, Path]:
 
 
 def read_split_file(path: Path) -> list[dict[str, Any]]:
-    """Read a split file written by `write_split`."""
+    """Read a split file written by `write_split` (split at `\n` only: a record's own U+2028
+    stays in its string)."""
     return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()
     ]

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from gapforge_runtime.bounded_yaml import BoundedSafeLoader, read_bounded_yaml
 from gapforge_runtime.errors import RuntimeFailure
 
 LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -39,8 +40,9 @@ class _Tagged:
         self.tag, self.value = tag, value
 
 
-class _TaskLoader(yaml.SafeLoader):
-    """Safe YAML that keeps lm-eval's `!function` (and any other) tags instead of failing on them."""
+class _TaskLoader(BoundedSafeLoader):
+    """Bounded safe YAML (no aliases, capped size and depth: the recipe author wrote it) that keeps
+    lm-eval's `!function` (and any other) tags instead of failing on them."""
 
 
 class _TaskDumper(yaml.SafeDumper):
@@ -73,7 +75,7 @@ _TaskDumper.add_representer(_Tagged, _represent_tagged)
 
 def read_task_yaml(path: Path) -> Any:
     """A task YAML as data (custom tags kept as `_Tagged`)."""
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader)  # a SafeLoader subclass
+    return read_bounded_yaml(path, _TaskLoader)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +139,46 @@ def ollama_template(tokenizer: Any) -> tuple[str, list[str]]:
     return template, stops
 
 
+def modelfile_string(value: str, field: str, triple: bool = False) -> str:
+    """`value` as one Ollama Modelfile string, or RuntimeFailure naming `field`.
+
+    Ollama's parser ends a value at the first line break where the value's quotes look closed (it
+    ends in `"`, or in three for one that opened with three), and silently drops characters it
+    cannot print. So a value with no double quote may be written in
+    double quotes; one with a double quote but never three in a row, in triple quotes (where a
+    closing quote can only be the last three); anything else is refused rather than written as
+    something Ollama would read differently.
+    """
+    for char in value:
+        if not (unicodedata.category(char)[0] in "LMNPS" or char in " \t\n\r"):
+            raise RuntimeFailure(
+                f"Modelfile {field}: {value!r:.80} holds U+{ord(char):04X}, a character Ollama's "
+                "parser would silently drop (it keeps letters, marks, numbers, punctuation, "
+                "symbols and whitespace); the tokenizer's chat template or end-of-sequence token "
+                "must not hold one"
+            )
+    if '"' not in value and not triple:
+        return f'"{value}"'
+    if '"""' not in value:
+        return f'"""{value}"""'
+    raise RuntimeFailure(
+        f"Modelfile {field}: {value!r:.80} holds three double quotes in a row, which no Ollama "
+        "string can carry; the tokenizer's chat template or end-of-sequence token must not hold them"
+    )
+
+
 def write_modelfile(gguf_file: Path, template: str, stops: list[str]) -> Path:
-    """An Ollama Modelfile beside `gguf_file` (FROM, TEMPLATE, PARAMETER stop)."""
-    lines = [f"FROM ./{gguf_file.name}", f'TEMPLATE """{template}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    """An Ollama Modelfile beside `gguf_file` (FROM, TEMPLATE, PARAMETER stop), every value quoted."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", gguf_file.name):
+        raise RuntimeFailure(
+            f"Modelfile FROM: {gguf_file.name!r} is not a plain file name (letters, digits, '.', "
+            "'_', '-'): the recipe's name makes it, and recipe names are slugs"
+        )
+    lines = [
+        f"FROM ./{gguf_file.name}",
+        f"TEMPLATE {modelfile_string(template, 'TEMPLATE', triple=True)}",
+    ]
+    lines += [f"PARAMETER stop {modelfile_string(stop, 'PARAMETER stop')}" for stop in stops]
     path = gguf_file.with_suffix(".Modelfile")
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

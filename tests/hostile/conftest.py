@@ -5,6 +5,10 @@ message, the two things shared by all (`Hostile.check`):
 - nothing was written outside the output folder: the `outside` folder beside it, planted with a
   canary, is byte-for-byte as it was, and no new name appeared next to the input or the output;
 - no byte of a host file (`/etc/passwd`'s first line, the planted canary) appears in any output.
+
+The property tests (test_properties.py) run under a Hypothesis profile chosen by
+$HYPOTHESIS_PROFILE: `ci` (the default: 50 cases a test, derandomized so a run is repeatable) or
+`fuzz` (`nox -s fuzz`: many cases, fresh randomness each run, the failing case's blob printed).
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gapforge.cli import main
 
 PASSWD = Path("/etc/passwd")
+
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, database=None)
+settings.register_profile("fuzz", max_examples=1_000, deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _tree(root: Path) -> dict[str, bytes | str]:
