@@ -15,6 +15,8 @@ leaves the trust state as it was.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -306,10 +308,41 @@ def check_release(
     """Check a bundle (its SHA256SUMS bytes and bundle.json) against release metadata in `metadata`,
     from this site's trust state; problems come back in the result, never as exceptions (only a
     missing trust state raises ReleaseError)."""
+    name, version = str(index.get("name", "")), str(index.get("version", ""))
+    sums_sha256 = hashlib.sha256(sums).hexdigest()
+    check = check_release_digest(sums_sha256, name, version, metadata, trust, channel)
+    if channel_entry_found(check):
+        image = index.get("image") or {}
+        for digest in ("manifest_digest", "config_digest"):
+            listed = (check.custom.get("image") or {}).get(digest)
+            if listed != image.get(digest):
+                check.problems.append(
+                    f"digest mismatch: bundle.json image.{digest} is {image.get(digest)}, the "
+                    f"release repository lists {listed}: this is not the image that was released"
+                )
+    return dataclasses.replace(check, ok=not check.problems)
+
+
+def channel_entry_found(check: ReleaseCheck) -> bool:
+    """Whether the release metadata lists the release on the channel the check required."""
+    return check.channel in check.found_on
+
+
+def check_release_digest(
+    sums_sha256: str,
+    name: str,
+    version: str,
+    metadata: Path,
+    trust: Path | None = None,
+    channel: str | None = None,
+) -> ReleaseCheck:
+    """The release `name` `version` in the metadata in `metadata`, from this site's trust state:
+    on the site's channel (or `channel`), not revoked, its SHA256SUMS the one of sha256
+    `sums_sha256`; with the build keys the verified metadata names. Problems come back in the
+    result. What a delta or split media binds is checked this way before any part is touched."""
     trust = trust or trust_dir()
     state = trust_state(trust)
     channel = channel or state.channel
-    name, version = str(index.get("name", "")), str(index.get("version", ""))
 
     def result(problems: list[str], found_on: list[str], keys: tuple[Ed25519PublicKey, ...] = (),
                custom: dict[str, Any] | None = None,
@@ -321,7 +354,7 @@ def check_release(
 
     if not (metadata / "timestamp.json").is_file():
         return result(
-            [f"no metadata: {metadata} holds no release metadata (timestamp.json): ask the release "
+            [f"no release metadata: {metadata} holds none (timestamp.json): ask the release "
              "manager for the bundle with its release/metadata/ ('gapforge release export BUNDLE'), "
              "or name the folder that holds it"], [])  # fmt: skip
     updater = _updater(metadata, trust)
@@ -351,21 +384,13 @@ def check_release(
         fallback = next((e for e in entries.values() if e is not None), None)
         custom = dict(fallback.custom or {}) if fallback else {}
         return result(problems, found_on, keys, custom, revoked)
-    custom = dict(entry.custom or {})
-    try:
-        entry.verify_length_and_hashes(sums)
-    except exceptions.LengthOrHashMismatchError:
+    if entry.hashes.get("sha256") != sums_sha256:
         problems.append(
             f"digest mismatch: SHA256SUMS differs from the release repository's entry for {name} "
-            f"{version} on {channel} (sha256 {entry.hashes.get('sha256')}): this is not the "
-            "bundle that was released; get an intact copy from the release manager"
+            f"{version} on {channel} (it has sha256 {sums_sha256}, the entry "
+            f"{entry.hashes.get('sha256')}): this is not the bundle that was released; get an "
+            "intact copy from the release manager"
         )
-    image = index.get("image") or {}
-    for digest in ("manifest_digest", "config_digest"):
-        listed = (custom.get("image") or {}).get(digest)
-        if listed != image.get(digest):
-            problems.append(
-                f"digest mismatch: bundle.json image.{digest} is {image.get(digest)}, the release "
-                f"repository lists {listed}: this is not the image that was released"
-            )
-    return result(problems, found_on, keys, custom, revoked)
+    if not keys:
+        problems.append("the verified release metadata names no build key")
+    return result(problems, found_on, keys, dict(entry.custom or {}), revoked)

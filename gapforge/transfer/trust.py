@@ -15,7 +15,6 @@ anywhere in it, and small files read through `gapforge.names.open_regular` (no-f
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -38,28 +37,23 @@ class TransferNotTrusted(TransferError):
 def refuse_links(folder: Path, where: str) -> None:
     """Refuse (UnsafeName) a symbolic link, device, FIFO or socket anywhere under `folder` (the
     folder the operator named may itself be reached through a link: a mount point, say):
-    transfer input holds plain files and folders only, and a link is never followed out of it."""
-    for path in _entries(folder):
-        mode = os.lstat(path).st_mode
-        if stat.S_ISLNK(mode):
-            target = os.readlink(path)
-            raise UnsafeName(
-                f"{where}: {path} is a symbolic link (to {target!r}): transfer input holds plain "
-                "files and folders only, and no link is ever followed. The delta or medium was "
-                "altered: ask the release manager for it again"
-            )
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise UnsafeName(
-                f"{where}: {path} is not a regular file or folder (a device, FIFO or socket): "
-                "transfer input holds plain files and folders only; ask for it again"
-            )
+    transfer input holds plain files and folders only, and a link is never followed out of it.
+    The walk is verify's own (gapforge.bundle.coverage.walk_bundle)."""
+    from gapforge.bundle.coverage import walk_bundle
 
-
-def _entries(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        found += [Path(dirpath) / name for name in (*dirnames, *filenames)]
-    return found
+    tree = walk_bundle(folder)
+    if tree.links:
+        path = folder / tree.links[0]
+        raise UnsafeName(
+            f"{where}: {path} is a symbolic link (to {os.readlink(path)!r}): transfer input holds "
+            "plain files and folders only, and no link is ever followed. The delta or medium was "
+            "altered: ask the release manager for it again"
+        )
+    if tree.odd:
+        raise UnsafeName(
+            f"{where}: {folder / tree.odd[0][0]} is not a regular file or folder ({tree.odd[0][1]}): "
+            "transfer input holds plain files and folders only; ask for it again"
+        )
 
 
 def read_small(path: Path, where: str, limit: int = SMALL_FILE_LIMIT) -> bytes:
@@ -86,57 +80,17 @@ def release_keys(
 ) -> tuple[Ed25519PublicKey, ...]:
     """The build keys of the release metadata in `metadata`, verified from this site's trusted
     root, once `name` `version` is a release on the site's channel, not revoked, whose SHA256SUMS
-    has sha256 `sums_sha256`; TransferNotTrusted (exit 1) naming the reason otherwise. `name` and
-    `version` must already be single components (gapforge.names.component)."""
-    from gapforge.release import REVOKED, target_path
-    from gapforge.release.client import (
-        _TUF_FAILURES,
-        _build_keys,
-        _updater,
-        explain,
-        trust_dir,
-        trust_state,
-    )
+    has sha256 `sums_sha256` (gapforge.release.client.check_release_digest, the check `verify`
+    makes too); TransferNotTrusted (exit 1) naming every reason otherwise. `name` and `version`
+    must already be single components (gapforge.names.component)."""
+    from gapforge.release.client import check_release_digest
 
     if metadata.is_dir():
         refuse_links(metadata, where)
-    if not metadata.is_dir() or not (metadata / "timestamp.json").is_file():
-        raise TransferNotTrusted(
-            f"{where}: no release metadata to check it against under the trusted root ({metadata} "
-            "holds no timestamp.json): pass --repo with the release repository's metadata folder "
-            "('gapforge release export'), or --key RELEASE.pub.pem"
-        )
-    trust = trust_dir()
-    channel = anchor.channel or trust_state(trust).channel
-    updater = _updater(metadata, trust)
-    try:
-        updater.refresh()
-        keys = _build_keys(trust)
-        revoked = updater.get_targetinfo(target_path(REVOKED, name, version))
-        entry = updater.get_targetinfo(target_path(channel, name, version))
-    except _TUF_FAILURES as exc:
-        raise TransferNotTrusted(f"{where}: {explain(exc, metadata, trust)}") from None
-    if revoked is not None:
-        reason = (revoked.custom or {}).get("revoked", {})
-        raise TransferNotTrusted(
-            f"{where}: {name} {version} is revoked ({reason.get('reason', 'no reason given')}): "
-            "ask the release manager which release replaces it"
-        )
-    if entry is None:
-        raise TransferNotTrusted(
-            f"{where}: {name} {version} is not a release on channel {channel} in the verified "
-            "release metadata: this site accepts only releases on its channel; ask the release "
-            "manager to promote it, or for media of a release that is on it"
-        )
-    if entry.hashes.get("sha256") != sums_sha256:
-        raise TransferNotTrusted(
-            f"{where}: binds SHA256SUMS sha256 {sums_sha256}, the release repository lists "
-            f"{entry.hashes.get('sha256')} for {name} {version}: this is not the bundle that was "
-            "released; ask for it again"
-        )
-    if not keys:
-        raise TransferNotTrusted(f"{where}: the verified release metadata names no build key")
-    return keys
+    check = check_release_digest(sums_sha256, name, version, metadata, channel=anchor.channel)
+    if check.problems:
+        raise TransferNotTrusted(f"{where}: {'; '.join(check.problems)}")
+    return check.build_keys
 
 
 def verify_or_refuse(folder: Path, anchor: Anchor, command: str) -> VerifyReport:

@@ -247,7 +247,7 @@ def test_root_anchor_refuses_a_delta_the_release_metadata_does_not_vouch_for(
     with pytest.raises(TransferNotTrusted) as caught:
         check_delta(folder, anchor)
     expected = {"resigned": "this is not the bundle that was released",
-                "unreleased": "is not a release on channel",
+                "unreleased": "not on channel approved",
                 "no-metadata": "no release metadata",
                 "foreign-signature": "does not prove SHA256SUMS"}[attack]  # fmt: skip
     assert expected in caught.value.message and caught.value.exit_status == 1

@@ -255,7 +255,7 @@ def test_root_anchor_refuses_a_release_the_metadata_does_not_vouch_for(
                 os.unlink(file)
     with pytest.raises(TransferNotTrusted) as caught:
         media_keys(sorted(out.iterdir()), anchor)
-    expected = {"version": "not a release on channel", "sums": "this is not the bundle that",
+    expected = {"version": "not on channel approved", "sums": "this is not the bundle that",
                 "metadata": "no release metadata"}[what]  # fmt: skip
     assert expected in caught.value.message and caught.value.exit_status == 1
 
