@@ -127,8 +127,8 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check (the builder and the runtime)."""
     _install_locked_tools(session)
-    session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
-    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py")
+    session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks", "scripts")
+    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py", "scripts")
 
 
 @nox.session
