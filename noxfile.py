@@ -70,7 +70,7 @@ def _run_tiers(session: nox.Session, tiers: tuple[str, ...]) -> None:
     os.makedirs(TEST_RESULTS, exist_ok=True)
     if session.posargs:
         # The builder's venv is enough for `-m unit`: tests/conftest.py skips the other tier folders.
-        selected = None if _unit_only(session.posargs) else _runtime_env(session)
+        selected = None if _unit_only(session.posargs) else _install_runtime(session)
         parallel = TIERS["unit"][2:] if selected is None else ()
         junit = os.path.join(TEST_RESULTS, "selected.xml")
         session.run("pytest", *parallel, f"--junitxml={junit}", *session.posargs, env=selected)
@@ -79,7 +79,7 @@ def _run_tiers(session: nox.Session, tiers: tuple[str, ...]) -> None:
     env: dict[str, str] | None = None
     for tier in tiers:
         if tier != "unit" and env is None:
-            env = _runtime_env(session)
+            env = _install_runtime(session)
         junit = os.path.join(TEST_RESULTS, f"{tier}.xml")
         session.log(f"tier {tier}: pytest {' '.join(TIERS[tier])}")
         try:
@@ -117,6 +117,11 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
     and llama.cpp's conversion scripts from the same locked sdist.
     """
     _install_builder(session)  # gapforge and the runtime, editable
+    return _install_runtime(session)
+
+
+def _install_runtime(session: nox.Session) -> dict[str, str]:
+    """The runtime's locked wheels and llama.cpp's scripts, where the builder is installed already."""
     llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
     python = os.path.join(session.virtualenv.location, "bin", "python")
     session.run("gapforge", "runtime-env", "--python", python, "--llama-cpp-dir", llama_cpp)
@@ -127,7 +132,9 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check (the builder and the runtime)."""
     _install_locked_tools(session)
-    session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks", "scripts")
+    session.run(
+        "ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks", "scripts"
+    )
     session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py", "scripts")
 
 
