@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import nox
+import nox.command
 
 nox.needs_version = ">=2024.4.15"
 nox.options.sessions = ["lint", "typecheck", "test"]
@@ -48,11 +50,64 @@ def build(session: nox.Session) -> None:
     session.run("gapforge", "build", *(session.posargs or [DEFAULT_RECIPE]))
 
 
+TEST_RESULTS = "test-results"
+"""Where each tier's pytest run writes its JUnit XML (`<tier>.xml`); scripts/test_times.py reads it."""
+TIERS: dict[str, tuple[str, ...]] = {
+    "unit": ("-m", "unit", "-n", "auto", "--maxprocesses", "4"),
+    "runtime": ("-m", "runtime and not slow"),
+    "integration": ("-m", "integration and not slow"),
+    "slow": ("-m", "slow"),
+}
+"""Each tier's pytest arguments (tests/conftest.py gives every test its tier). Only the unit tier runs
+in parallel: the runtime and integration tiers share session fixtures (one finished run, one built
+image) that parallel workers would each make again."""
+
+
+def _run_tiers(session: nox.Session, tiers: tuple[str, ...]) -> None:
+    """Each tier as its own pytest run, JUnit XML in TEST_RESULTS/, unit first and before the
+    runtime's heavy install; a failed tier does not stop the others (the durations stay whole),
+    the session fails at the end naming them. `-- ARGS` runs pytest on ARGS alone instead."""
+    os.makedirs(TEST_RESULTS, exist_ok=True)
+    if session.posargs:
+        # The builder's venv is enough for `-m unit`: tests/conftest.py skips the other tier folders.
+        selected = None if _unit_only(session.posargs) else _install_runtime(session)
+        parallel = TIERS["unit"][2:] if selected is None else ()
+        junit = os.path.join(TEST_RESULTS, "selected.xml")
+        session.run("pytest", *parallel, f"--junitxml={junit}", *session.posargs, env=selected)
+        return
+    failed = []
+    env: dict[str, str] | None = None
+    for tier in tiers:
+        if tier != "unit" and env is None:
+            env = _install_runtime(session)
+        junit = os.path.join(TEST_RESULTS, f"{tier}.xml")
+        session.log(f"tier {tier}: pytest {' '.join(TIERS[tier])}")
+        try:
+            session.run("pytest", *TIERS[tier], f"--junitxml={junit}", "tests", env=env)
+        except nox.command.CommandFailed:
+            failed.append(tier)
+    if failed:
+        session.error(f"the {', '.join(failed)} tier(s) failed; their pytest output is above")
+
+
+def _unit_only(posargs: list[str]) -> bool:
+    """Whether the arguments select the unit tier alone (`-m unit`), so the runtime is not needed."""
+    pairs = itertools.pairwise(posargs)
+    return any(pair == ("-m", "unit") for pair in pairs) or "-munit" in posargs
+
+
 @nox.session
 def test(session: nox.Session) -> None:
-    """Run the test suite: unit, runtime and Docker integration tests (pytest args pass through)."""
-    env = _runtime_env(session)
-    session.run("pytest", *(session.posargs or ["tests"]), env=env)
+    """The unit (parallel), runtime and Docker integration tiers, each its own pytest run; not slow."""
+    _install_builder(session)
+    _run_tiers(session, ("unit", "runtime", "integration"))
+
+
+@nox.session(name="test-all", default=False)
+def test_all(session: nox.Session) -> None:
+    """Every tier, slow included: the cuda image's first build, the cold rebuild as another machine."""
+    _install_builder(session)
+    _run_tiers(session, tuple(TIERS))
 
 
 def _runtime_env(session: nox.Session) -> dict[str, str]:
@@ -62,6 +117,11 @@ def _runtime_env(session: nox.Session) -> dict[str, str]:
     and llama.cpp's conversion scripts from the same locked sdist.
     """
     _install_builder(session)  # gapforge and the runtime, editable
+    return _install_runtime(session)
+
+
+def _install_runtime(session: nox.Session) -> dict[str, str]:
+    """The runtime's locked wheels and llama.cpp's scripts, where the builder is installed already."""
     llama_cpp = os.path.join(session.create_tmp(), "llama.cpp")
     python = os.path.join(session.virtualenv.location, "bin", "python")
     session.run("gapforge", "runtime-env", "--python", python, "--llama-cpp-dir", llama_cpp)
@@ -79,8 +139,10 @@ def fuzz(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check (the builder and the runtime)."""
     _install_locked_tools(session)
-    session.run("ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks")
-    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py")
+    session.run(
+        "ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks", "scripts"
+    )
+    session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py", "scripts")
 
 
 @nox.session

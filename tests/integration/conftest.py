@@ -55,9 +55,9 @@ class Built:
         return str(self.report["image"]["ref"])
 
 
-def build_tiny(project: Path, root: Path, key: Path, recipe: str = "recipes/tiny/tiny.yaml") -> subprocess.CompletedProcess[str]:
+def build_tiny(project: Path, root: Path, key: Path, *extra: str, recipe: str = "recipes/tiny/tiny.yaml") -> subprocess.CompletedProcess[str]:
     return gapforge("build", str(project / recipe), "--lock-dir", str(project / "lockfiles"),
-                    "--out", str(root / "build"), "--dist", str(root / "dist"), "--key", str(key))  # fmt: skip
+                    "--out", str(root / "build"), "--dist", str(root / "dist"), "--key", str(key), *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,10 +77,11 @@ def trust_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def built(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """One bundle of the tiny recipe for the whole session, signed with a release key made by
-    `gapforge keygen`: the stand-in for the default recipe's bundle."""
+    `gapforge keygen`: the stand-in for the default recipe's bundle. Also the image that
+    test_build_image inspects and rebuilds byte for byte (--frozen: never a lock rewritten)."""
     root = tmp_path_factory.mktemp("bundle")
     gapforge("keygen", "--out", str(root / "release.key"), check=True)
-    result = build_tiny(tiny_project, root, root / "release.key")
+    result = build_tiny(tiny_project, root, root / "release.key", "--frozen")
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads((root / "build/tiny-desk-0.0.1/build.json").read_text())
     bundle = root / "dist/tiny-desk-0.0.1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from gapforge.lock.debian import read_debian_lock
+from gapforge.lock.python import parse_python_lock
 from gapforge.profile import REPO_ROOT
+
+from .conftest import Built
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
@@ -46,9 +51,11 @@ def _build(
 
 
 @pytest.fixture(scope="module")
-def first_build(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    # --frozen: the byte-identity checks below compare against this build (test_bundle pretests).
-    return _build(tiny_project, tmp_path_factory.mktemp("out-first"), "--no-pretest", "--frozen")
+def first_build(built: Built) -> dict[str, Any]:
+    """The session's one build of the tiny recipe (tests/integration/conftest.py `built`: loaded,
+    pretested, bundled, --frozen), which the byte-identity checks below compare against; one full
+    build fewer than a build of this module's own."""
+    return built.report
 
 
 def test_image_loads_and_info_runs_with_the_network_cut(first_build: dict[str, Any]) -> None:
@@ -88,10 +95,17 @@ def test_network_really_is_cut_inside(first_build: dict[str, Any]) -> None:
 
 def test_skopeo_reads_the_same_config_digest(first_build: dict[str, Any]) -> None:
     tar = first_build["image"]["tar"]
-    raw = subprocess.run(["skopeo", "inspect", "--raw", f"oci-archive:{tar}"], capture_output=True, text=True, check=True)
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci-archive:{tar}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     manifest = json.loads(raw.stdout)
     assert manifest["config"]["digest"] == first_build["image"]["config_digest"]
-    assert [layer["digest"] for layer in manifest["layers"]] == [layer["digest"] for layer in first_build["layers"]]
+    assert [layer["digest"] for layer in manifest["layers"]] == [
+        layer["digest"] for layer in first_build["layers"]
+    ]
 
 
 def test_layers_are_in_design_order(first_build: dict[str, Any]) -> None:
@@ -112,7 +126,8 @@ def test_recipe_only_change_rewrites_only_the_top_layer(
     # A learning rate no earlier run used, so a warm shared cache cannot already hold this layer.
     data["train"]["learning_rate"] = 5e-4 + (time.time_ns() % 10**6) * 1e-12
     recipe_path.write_text(text.splitlines()[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
-    second = _build(project, tmp_path / "out", "--no-smoke")
+    # --no-load: the session's image keeps its tag (this build's ref is the same name and version).
+    second = _build(project, tmp_path / "out", "--no-load")
     before = [(layer["name"], layer["digest"]) for layer in first_build["layers"]]
     after = [(layer["name"], layer["digest"]) for layer in second["layers"]]
     assert before[:-1] == after[:-1]
@@ -120,6 +135,65 @@ def test_recipe_only_change_rewrites_only_the_top_layer(
     assert second["layers_written"] == ["recipe"]
 
 
+def _locked_digests(locks: Path) -> set[str]:
+    """Every sha256 the project's Python and Debian locks pin: its wheels, sdists and .debs."""
+    digests = {
+        h
+        for lock in locks.glob("*.txt")
+        for r in parse_python_lock(lock).requirements
+        for h in r.hashes
+    }
+    return digests | {
+        p.sha256 for lock in locks.glob("*.debian.lock") for p in read_debian_lock(lock).packages
+    }
+
+
+def seed_downloads(warm: Path, cache: Path, digests: set[str]) -> list[str]:
+    """Put the warm cache's downloaded files that `digests` name (files/sha256/<hex>/<name>) in the
+    new cache `cache`, hard-linked (the cache never writes in place) or copied across filesystems.
+    Nothing else: no built wheel, base root, layer, venv or index entry, and no verified/ record, so
+    the new cache hashes each seeded file again when it first reads it. Returns the names seeded."""
+    seeded = []
+    for hexdigest in sorted(digests):
+        folder = warm / "files" / "sha256" / hexdigest
+        for source in sorted(folder.iterdir()) if folder.is_dir() else []:
+            target = cache / "files" / "sha256" / hexdigest / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+            seeded.append(source.name)
+    return seeded
+
+
+def test_rebuild_as_another_machine_from_the_downloads_alone_is_byte_identical(
+    first_build: dict[str, Any], tiny_project: Path, tmp_path: Path
+) -> None:
+    """The cross-machine check of `make test`: an empty build cache seeded with only the downloaded
+    inputs (wheels, sdists, .debs), then the tiny recipe built again as another machine (see
+    test_rebuild_as_another_machine_is_byte_identical) with no network at all, so nothing is fetched
+    and the registry's speed is not measured: the sdists are built again, the build root and the
+    base installed again, every layer and the archive written again, and the bytes are the same."""
+    cache = tmp_path / "seeded-cache"
+    seeded = seed_downloads(
+        Path(first_build["cache"]), cache, _locked_digests(tiny_project / "lockfiles")
+    )
+    assert {name.rsplit(".", 1)[-1] for name in seeded} >= {"whl", "gz", "deb"}, seeded
+    # unshare --net: a network namespace with nothing in it; a download would fail the build.
+    second = _build(tiny_project, tmp_path / "out", "--no-load", "--frozen", cache=cache,
+                    wrapper=("unshare", "--net", "bash", ANOTHER_MACHINE))  # fmt: skip
+    assert second["cache"] == str(cache)
+    assert second["sdist_build_s"] > 0 and second["debian_refresh"] == []
+    assert [p.name for p in (cache / "index" / "rootfs").iterdir()], "the base root was not remade"
+    assert second["layers_reused"] == []
+    assert second["layers_written"] == [layer["name"] for layer in first_build["layers"]]
+    assert second["layers"] == first_build["layers"]
+    assert second["image"]["tar_sha256"] == first_build["image"]["tar_sha256"]
+    assert second["image"]["manifest_digest"] == first_build["image"]["manifest_digest"]
+
+
+@pytest.mark.slow  # fetches everything again: ~15 min of registry and one core (nox -s test-all)
 @pytest.mark.skipif(
     os.environ.get("GAPFORGE_TEST_SKIP_COLD_REBUILD") == "1",
     reason="GAPFORGE_TEST_SKIP_COLD_REBUILD=1: skipping the rebuild from an empty cache (~6 min on 2 cores)",
@@ -163,5 +237,9 @@ def test_two_builds_at_once_on_one_cache_both_succeed_with_the_same_bytes(
     errors = [run.communicate(timeout=1800)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     one, two = _report(tmp_path / "out-1"), _report(tmp_path / "out-2")
-    assert one["image"]["tar_sha256"] == two["image"]["tar_sha256"] == first_build["image"]["tar_sha256"]
+    assert (
+        one["image"]["tar_sha256"]
+        == two["image"]["tar_sha256"]
+        == first_build["image"]["tar_sha256"]
+    )
     assert not [p for p in (shared / "tmp").iterdir()], "a build left temporary files behind"

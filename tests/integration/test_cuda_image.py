@@ -31,8 +31,10 @@ from gapforge.profile import REPO_ROOT
 from gapforge.recipe import load_recipe
 from tests.integration.conftest import servable_debian_locks
 
+# slow: the multi-GB cuda image's first build (nox -s test-all), not in `make test`.
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.timeout(5400),
     pytest.mark.skipif(
         os.environ.get("GAPFORGE_TEST_SKIP_CUDA_IMAGE") == "1",

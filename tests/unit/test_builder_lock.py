@@ -52,7 +52,7 @@ def _copy_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
     [
         ('"rich>=13",', '"rich>=13",\n  "requests>=2",'),  # a runtime dependency
         ('"pytest>=8"', '"pytest>=9"'),  # the test extra
-        ('"types-docker"]', '"types-docker", "types-requests"]'),  # the lint extra
+        ('"import-linter>=2.1"]', '"import-linter>=2.1", "types-requests"]'),  # the lint extra
         ('requires = ["flit_core>=3.9,<4"]', 'requires = ["flit_core>=3.10,<4"]'),  # the backend
     ],
 )
