@@ -233,6 +233,8 @@ def main() -> int:
     parser.add_argument("--gptq-seq", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gapforge-bench-gpu"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="leave --work (the written model) for a later bench_gpu_packing.py --work run")  # fmt: skip
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method in this process (internal)
     parser.add_argument("--write-model", action="store_true", help=argparse.SUPPRESS)  # this process writes it (internal)
     import bench_gpu_compare
@@ -297,7 +299,8 @@ def main() -> int:
         figures["gptq"] = gptq_figures(args.work / "model", args, shape)
         log(f"gptq: quantized in {figures['gptq']['quantize_seconds']}s")
         save()
-    shutil.rmtree(args.work, ignore_errors=True)
+    if not args.keep_work:
+        shutil.rmtree(args.work, ignore_errors=True)
     return 0
 
 
