@@ -214,7 +214,8 @@ def gptq_figures(folder: Path, args: argparse.Namespace, shape: dict[str, int]) 
     }  # fmt: skip
 
 
-def main() -> int:
+def parse_arguments() -> argparse.Namespace:
+    """This script's options and the side-by-side comparison's (bench_gpu_compare.add_arguments)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -240,7 +241,13 @@ def main() -> int:
     import bench_gpu_compare
 
     bench_gpu_compare.add_arguments(parser)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    import bench_gpu_compare
+
+    args = parse_arguments()
     if args.write_model:
         params = write_model(args.work / "model", SHAPES[args.shape], args.device)
         (args.work / "params.json").write_text(json.dumps({"params": params}))
