@@ -76,6 +76,16 @@ def write_model(folder: Path, shape: dict[str, int], device: str) -> int:
     return params
 
 
+def write_model_in_child(work: Path, shape: str, device: str) -> int:
+    """Write the model (and params.json) in a child process: a CUDA process keeps what its caching
+    allocator held (about 31 GB after the 8B model is made on the GPU), which on an 80 GB card left
+    every variant started afterwards out of memory. The child's memory goes back when it ends."""
+    child = [sys.executable, __file__, "--write-model", "--work", str(work), "--shape", shape, "--device", device]
+    if subprocess.run(child, check=False).returncode != 0 or not (work / "params.json").is_file():
+        raise SystemExit(f"bench-gpu: writing the {shape} model under {work} failed (output above)")
+    return int(json.loads((work / "params.json").read_text())["params"])
+
+
 def free(device: str) -> None:
     import torch
 
@@ -204,7 +214,8 @@ def gptq_figures(folder: Path, args: argparse.Namespace, shape: dict[str, int]) 
     }  # fmt: skip
 
 
-def main() -> int:
+def parse_arguments() -> argparse.Namespace:
+    """This script's options and the side-by-side comparison's (bench_gpu_compare.add_arguments)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -223,11 +234,24 @@ def main() -> int:
     parser.add_argument("--gptq-seq", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gapforge-bench-gpu"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="leave --work (the written model) for a later bench_gpu_packing.py --work run")  # fmt: skip
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one method in this process (internal)
-    import bench_gpu_packing
+    parser.add_argument("--write-model", action="store_true", help=argparse.SUPPRESS)  # this process writes it (internal)
+    import bench_gpu_compare
 
-    bench_gpu_packing.add_arguments(parser)
-    args = parser.parse_args()
+    bench_gpu_compare.add_arguments(parser)
+    return parser.parse_args()
+
+
+def main() -> int:
+    import bench_gpu_compare
+
+    args = parse_arguments()
+    if args.write_model:
+        params = write_model(args.work / "model", SHAPES[args.shape], args.device)
+        (args.work / "params.json").write_text(json.dumps({"params": params}))
+        return 0
     if args.only:
         # A fresh process per method: its CUDA memory and peak counter start from zero.
         shape = SHAPES[args.shape]
@@ -254,8 +278,7 @@ def main() -> int:
 
     shutil.rmtree(args.work, ignore_errors=True)
     started = time.monotonic()
-    params = write_model(args.work / "model", shape, args.device)
-    (args.work / "params.json").write_text(json.dumps({"params": params}))
+    params = write_model_in_child(args.work, args.shape, args.device)
     figures["params"] = params
     figures["write_model_seconds"] = round(time.monotonic() - started, 1)
     log(f"{args.shape}: {params / 1e9:.2f}B parameters written in {figures['write_model_seconds']}s")
@@ -276,14 +299,15 @@ def main() -> int:
         save()
     if args.compare:
         log("realistic lengths: plain transformers + PEFT (padded) vs the runtime (packed, Liger, fused AdamW)")
-        figures["realistic"] = bench_gpu_packing.compare(args, args.work / "model", shape, params, log)
+        figures["realistic"] = bench_gpu_compare.compare(args, args.work / "model", shape, params, log)
         save()
     if args.gptq:
         log(f"gptq: GPTQ INT4 of the {args.shape} model, {args.gptq_samples} x {args.gptq_seq} calibration tokens")
         figures["gptq"] = gptq_figures(args.work / "model", args, shape)
         log(f"gptq: quantized in {figures['gptq']['quantize_seconds']}s")
         save()
-    shutil.rmtree(args.work, ignore_errors=True)
+    if not args.keep_work:
+        shutil.rmtree(args.work, ignore_errors=True)
     return 0
 
 
