@@ -175,20 +175,30 @@ def parse_document(data: bytes, schema: Schema) -> tuple[dict[str, Any] | None, 
     return value, []
 
 
-def read_document(
-    folder: Path, name: str, schema: Schema
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """`folder/name` read without following links and checked against `schema`: the document, or
-    None and every problem (each a sentence to put after the file's name)."""
+def read_raw(folder: Path, name: str) -> tuple[bytes | None, list[str]]:
+    """`folder/name`'s bytes, read once without following links: the bytes, or None and the one
+    problem (`missing`, or a sentence to put after the file's name). A caller that must know the
+    bytes are the signed ones hashes these very bytes, never a second read (a medium may serve
+    other bytes to each read)."""
     try:
         no_links(folder, folder / name, f"{folder}/{name}")
-        data = read_bytes_no_follow(folder / name)
+        return read_bytes_no_follow(folder / name), []
     except FileNotFoundError:
         return None, ["missing"]
     except UnsafeName:
         return None, ["not a regular file (a symbolic link, a device or a folder): refused"]
     except (OSError, ValueError) as exc:
         return None, [f"unreadable ({exc})"]
+
+
+def read_document(
+    folder: Path, name: str, schema: Schema
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """`folder/name` read without following links and checked against `schema`: the document, or
+    None and every problem (each a sentence to put after the file's name)."""
+    data, problems = read_raw(folder, name)
+    if data is None:
+        return None, problems
     return parse_document(data, schema)
 
 

@@ -330,6 +330,9 @@ def _verify(
         _check_blobs(report, archive, results)
     if archive is not None and not archive.problems:
         cross_check(report, archive, lines)
+    for name in sorted(report.changed_reads - set(sums_bad) - {IMAGE_TAR}):
+        report.add(name, "its bytes changed between two reads (hashed, then read to be used): "
+                   "the medium or folder is being altered; copy the bundle to a local disk")  # fmt: skip
     sbom_schema()
     if signature_ok is False:
         blame_signature(report, sums_bad + sorted(listed - present))

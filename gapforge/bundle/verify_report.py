@@ -60,6 +60,9 @@ class VerifyReport:
     archive: ImageArchive | None = None
     sums_sha256: str = ""
     """sha256 of the very SHA256SUMS bytes the signature was checked over ('' when none)."""
+    changed_reads: set[str] = field(default_factory=set)
+    """Documents whose bytes, read to be used, did not hash to their signed line (never used);
+    verify names those whose hashed read matched: the medium served other bytes to each read."""
     archive_hashed: bool = False
     """The archive's bytes were hashed against their signed line (False for the check `run`,
     `preflight` and `inspect` make, and for `load` until the stream into Docker matched)."""

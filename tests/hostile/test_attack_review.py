@@ -1,0 +1,103 @@
+"""The attacker's review of issue 22's fix: inputs the first corpus did not hold.
+
+Each case is an input an attacker in transit, on the media or writing a recipe would make, the
+operator command it is given to, and the expected refusal; the `hostile` fixture adds the shared
+checks (nothing written outside the output folder, no host bytes in any output).
+
+A race (a file swapped between the read that is hashed and the read that is used) is written here
+by wrapping the one function every bundle document is opened with, so the swap happens at exactly
+the moment a racing writer on a shared or FUSE-mounted medium would make it: the test is
+deterministic, and the code under test is the real verify.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import gapforge.bundle.documents
+from gapforge.bundle import INDEX, PRETEST
+from tests.bundles import signing_key, write_signed_bundle
+from tests.hostile.conftest import Hostile
+
+
+@pytest.fixture(scope="module")
+def genuine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genuine bundle signed by the release key (seed 1), made once."""
+    return write_signed_bundle(tmp_path_factory.mktemp("genuine"))
+
+
+def _copy(genuine: Path, hostile: Hostile) -> tuple[Path, Path]:
+    """The bundle in the attacker's hands, and the operator's pinned release key beside it."""
+    bundle = hostile.inputs / genuine.name
+    shutil.copytree(genuine, bundle)
+    key = hostile.inputs / "release.pub.pem"
+    key.write_bytes(signing_key(hostile.inputs).public_pem)
+    return bundle, key
+
+
+def _race(monkeypatch: pytest.MonkeyPatch, target: Path, swap_in: bytes, first: bool) -> None:
+    """The racing writer: at the first open of `target` by the document reader, `swap_in` is
+    renamed into its place, just after that open (`first`: that read still sees the old bytes,
+    every later read the new ones) or just before it (only that read sees the new bytes, the
+    hash having been taken before)."""
+    real: Callable[[Path], int] = gapforge.bundle.documents.open_regular
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        fresh = target.with_name(target.name + ".swap")
+        fresh.write_bytes(swap_in)
+        os.replace(fresh, target)  # a descriptor already open keeps reading the old bytes
+
+    def racing_open(path: Path) -> int:
+        if Path(path) != target or swapped:
+            return real(path)
+        swapped.append(True)
+        if not first:
+            swap()
+        fd = real(path)
+        if first:
+            swap()
+        return fd
+
+    monkeypatch.setattr(gapforge.bundle.documents, "open_regular", racing_open)
+
+
+def _retag(data: bytes) -> bytes:
+    index = json.loads(data)
+    index["image"]["ref"] = "docker.io/library/ubuntu:latest"  # a tag `load` would give the image
+    return json.dumps(index).encode()
+
+
+def _revote(data: bytes) -> bytes:
+    evidence = json.loads(data)
+    evidence["verdict"] = "ubuntu:latest"  # what a failed pretest would rewrite to pass
+    return json.dumps(evidence).encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "alter", "read_first"), [(INDEX, _retag, True), (PRETEST, _revote, False)]
+)
+def test_a_document_swapped_between_hash_and_use_is_not_used(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, name: str, alter: Callable[[bytes], bytes], read_first: bool,
+) -> None:  # fmt: skip
+    """The documents verify uses must be the very bytes that hashed to their signed lines: a
+    medium that serves altered bytes to the read that is used and the genuine ones to the read
+    that is hashed must not get them into the verified record (before: exit 0, `verified: true`).
+    bundle.json is read to be used before the files are hashed; the evidence after."""
+    bundle, key = _copy(genuine, hostile)
+    real = (bundle / name).read_bytes()
+    if read_first:
+        (bundle / name).write_bytes(alter(real))
+        _race(monkeypatch, bundle / name, real, first=True)
+    else:
+        _race(monkeypatch, bundle / name, alter(real), first=False)
+    status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
+    assert status == 1 and "ubuntu:latest" not in text, text
+    assert f"{name}: its bytes changed between two reads" in " ".join(text.split()), text
