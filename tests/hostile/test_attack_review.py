@@ -12,9 +12,11 @@ deterministic, and the code under test is the real verify.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 
 import gapforge.bundle.documents
 from gapforge.bundle import INDEX, PRETEST
+from gapforge.oci.untag import ArchiveFormatError, UntaggedStream
 from tests.bundles import signing_key, write_signed_bundle
 from tests.hostile.conftest import Hostile
 
@@ -101,3 +104,44 @@ def test_a_document_swapped_between_hash_and_use_is_not_used(
     status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
     assert status == 1 and "ubuntu:latest" not in text, text
     assert f"{name}: its bytes changed between two reads" in " ".join(text.split()), text
+
+
+_TAGS = json.dumps([{"Config": "c.json", "RepoTags": ["ubuntu:latest"], "Layers": []}]).encode()
+
+
+def _member(tar: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, **pax: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind == tarfile.REGTYPE:
+        info.size = len(_TAGS)
+    else:
+        info.linkname = "decoy.json" if kind != tarfile.SYMTYPE or name != "d" else "."
+    info.pax_headers = dict(pax)
+    tar.addfile(info, io.BytesIO(_TAGS) if kind == tarfile.REGTYPE else None)
+
+
+_DISGUISES: dict[str, Callable[[tarfile.TarFile], None]] = {
+    "pax path": lambda t: _member(t, "decoy.json", path="manifest.json"),
+    "./ name": lambda t: _member(t, "./manifest.json"),
+    "GNU long name with ..": lambda t: _member(t, "a/" * 60 + "../" * 60 + "manifest.json"),
+    "hard link": lambda t: (_member(t, "decoy.json"), _member(t, "manifest.json", tarfile.LNKTYPE)),
+    "symlink": lambda t: (_member(t, "decoy.json"), _member(t, "manifest.json", tarfile.SYMTYPE)),
+    "folder link": lambda t: (_member(t, "d", tarfile.SYMTYPE), _member(t, "d/manifest.json")),
+}
+
+
+@pytest.mark.parametrize("disguise", sorted(_DISGUISES))
+def test_a_disguised_manifest_json_never_reaches_the_engine_with_its_tags(disguise: str) -> None:
+    """`load` streams the archive to the engine with manifest.json's RepoTags taken out, so no tag
+    is given before the image ID is compared. An archive (one that then fails its hash: the tag
+    would already sit on the attacker's image) may name manifest.json so that the rewrite does not
+    see it but docker's extraction does: by a pax path, `./`, a long name with `..`, a hard or
+    symbolic link to a member holding tags, or a folder link. Before: streamed with the tags
+    intact; after: refused (the engine gets a broken stream, and loads nothing)."""
+    buffer = io.BytesIO()
+    fmt = tarfile.GNU_FORMAT if "GNU" in disguise else tarfile.PAX_FORMAT
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        _DISGUISES[disguise](tar)
+    stream = UntaggedStream(io.BytesIO(buffer.getvalue()))
+    with pytest.raises(ArchiveFormatError, match=r"manifest\.json"):
+        b"".join(stream.chunks())
