@@ -131,3 +131,17 @@ def open_regular(path: Path) -> int:
         os.close(fd)
         raise UnsafeName(f"{path}: not a regular file: only regular files are read from input")
     return fd
+
+
+def links_out_of(folder: Path, root: Path) -> list[tuple[Path, Path]]:
+    """Every symbolic link under `folder` (walked without following one) whose target resolves
+    outside `root`, as (the link, where it leads), sorted. A folder shipped whole (a recipe's
+    lm-eval tasks) must not carry a file of the host, through a link, into what is built from it."""
+    inside = root.resolve()
+    found = []
+    for dirpath, dirs, files in os.walk(folder, followlinks=False):
+        for name in [*dirs, *files]:
+            path = Path(dirpath) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                found.append((path, path.resolve()))
+    return sorted(found)

@@ -145,3 +145,28 @@ def test_a_disguised_manifest_json_never_reaches_the_engine_with_its_tags(disgui
     stream = UntaggedStream(io.BytesIO(buffer.getvalue()))
     with pytest.raises(ArchiveFormatError, match=r"manifest\.json"):
         b"".join(stream.chunks())
+
+
+@pytest.mark.parametrize("link", ["notes.txt", "sub/desk.jsonl"])
+def test_a_link_in_the_lm_eval_task_folder_to_a_host_file_is_refused(
+    hostile: Hostile, capsys: pytest.CaptureFixture[str], link: str
+) -> None:
+    """A recipe author's lm-eval task folder is shipped whole, into the image and the bundle: a
+    link in it to a file of the build host (the canary here; ~/.ssh/id_rsa or the signing key in
+    earnest) must not be read into either. Before: `validate` passed (only the YAMLs' data_files
+    were checked) and the build read the canary's bytes into the recipe layer."""
+    from gapforge.names import UnsafeName
+    from gapforge.recipe import load_recipe
+    from gapforge.stages.assemble import lm_eval_task_files
+    from tests.unit.test_recipe import _lm_eval_recipe
+
+    recipe = _lm_eval_recipe(hostile.inputs)
+    loaded = load_recipe(recipe)  # checked before the link appears: the build reads it later
+    target = hostile.inputs / "data" / "lm_eval" / link
+    target.parent.mkdir(exist_ok=True)
+    target.symlink_to(hostile.canary)
+    status, text = hostile.run("validate", recipe, capsys=capsys)
+    assert status == 2 and link in text and "leads out of" in text, text
+    assert hostile.secret.decode() not in text
+    with pytest.raises(UnsafeName, match="symbolic link"):
+        lm_eval_task_files(loaded)
