@@ -19,6 +19,7 @@ import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,3 +171,55 @@ def test_a_link_in_the_lm_eval_task_folder_to_a_host_file_is_refused(
     assert hostile.secret.decode() not in text
     with pytest.raises(UnsafeName, match="symbolic link"):
         lm_eval_task_files(loaded)
+
+
+def _then(monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None]) -> None:
+    """The medium changes the bundle right after `diff`'s gate verified it (the racing writer)."""
+    import gapforge.transfer.trust
+
+    real = gapforge.transfer.trust.verify_or_refuse
+
+    def verify_then_change(folder: Path, anchor: Any, command: str) -> Any:
+        report = real(folder, anchor, command)
+        change(folder)
+        return report
+
+    monkeypatch.setattr(gapforge.transfer.trust, "verify_or_refuse", verify_then_change)
+
+
+def _evil_verdict(folder: Path) -> None:
+    evidence = json.loads((folder / PRETEST).read_bytes())
+    evidence["verdict"] = "EVIL-VERDICT"
+    fresh = folder / "evidence.swap"
+    fresh.write_text(json.dumps(evidence))
+    os.replace(fresh, folder / PRETEST)
+
+
+def _lock_to_canary(canary: Path) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        (folder / "recipe/locks/cpu.txt").unlink()
+        (folder / "recipe/locks/cpu.txt").symlink_to(canary)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [("evidence rewritten", "changed after it was verified"),
+     ("lock made a link to a host file", "symbolic link")],
+)  # fmt: skip
+def test_diff_compares_only_the_bytes_that_were_verified(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, change: str, said: str,
+) -> None:  # fmt: skip
+    """diff verifies each side, then reads its documents and locks again: what it reads must be
+    what was verified (each file's bytes against the verified SHA256SUMS, no link followed).
+    Before: the rewritten evidence's verdict was shown as the bundle's, exit 0 (a hole); a lock
+    swapped for a link was already refused by the lock reader's link check (held)."""
+    bundle, key = _copy(genuine, hostile)
+    other = hostile.inputs / "other"
+    shutil.copytree(genuine, other)
+    _then(monkeypatch, _evil_verdict if "evidence" in change else _lock_to_canary(hostile.canary))
+    status, text = hostile.run("diff", other, bundle, "--key", key, capsys=capsys)
+    assert status == 2 and "EVIL-VERDICT" not in text, text
+    assert said in " ".join(text.split()), text
