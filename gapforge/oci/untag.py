@@ -85,8 +85,18 @@ def untagged_manifest(data: bytes) -> bytes:
     if not isinstance(entries, list):
         raise ArchiveFormatError(f"{MANIFEST} is not a JSON list")
     for entry in entries:
-        if isinstance(entry, dict):
-            entry["RepoTags"] = None
+        if not isinstance(entry, dict):
+            continue
+        for key in entry:
+            # docker reads this file with Go's encoding/json, which matches a key to RepoTags
+            # case-insensitively (and folds U+017F to s), the last one winning: `repotags` after
+            # a nulled RepoTags would tag the image before its ID is compared.
+            if key != "RepoTags" and key.replace("\u017f", "s").lower() == "repotags":
+                raise ArchiveFormatError(
+                    f"{MANIFEST} holds the key {key!r}, which docker reads as RepoTags: its tags "
+                    "would reach the engine before the image ID is checked"
+                )
+        entry["RepoTags"] = None
     return json.dumps(entries, separators=(",", ":")).encode()
 
 

@@ -223,3 +223,21 @@ def test_diff_compares_only_the_bytes_that_were_verified(
     status, text = hostile.run("diff", other, bundle, "--key", key, capsys=capsys)
     assert status == 2 and "EVIL-VERDICT" not in text, text
     assert said in " ".join(text.split()), text
+
+
+@pytest.mark.parametrize("key", ["repotags", "REPOTAGS", "RepoTag\u017f"])
+def test_a_repotags_key_in_another_case_never_reaches_the_engine(key: str) -> None:
+    """docker parses manifest.json with Go's encoding/json, which takes `repotags` (any case, and
+    U+017F for s) as RepoTags, the last key winning. Before: the stream nulled `RepoTags` and
+    passed the other key on, so the engine tagged the image before its ID was compared; after:
+    refused."""
+    entry = {"Config": "c.json", "RepoTags": [], key: ["ubuntu:latest"], "Layers": []}
+    data = json.dumps([entry]).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    stream = UntaggedStream(io.BytesIO(buffer.getvalue()))
+    with pytest.raises(ArchiveFormatError, match="docker reads as RepoTags"):
+        b"".join(stream.chunks())
