@@ -8,7 +8,6 @@ the trust gate first. Names from bundle.json (the locks) are parsed as plain rel
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX, PRETEST, RECIPE_DIR, SBOM, SUMS
-from gapforge.bundle.documents import read_bytes_no_follow
+from gapforge.bundle.documents import SignedFiles as Signed
 from gapforge.bundle.sums import parse_sums
 from gapforge.errors import BundleError
-from gapforge.names import UnsafeName, no_links, relative_path
+from gapforge.names import no_links, relative_path
 
 RECIPE_JSON = f"{RECIPE_DIR}/recipe.json"
 LOCKS_DIR = f"{RECIPE_DIR}/locks"
@@ -68,51 +67,6 @@ class BundleFacts:
 def normalize_python_name(name: str) -> str:
     """PEP 503: `Charset_Normalizer` and `charset-normalizer` are one package."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-class Signed:
-    """How a bundle's files are read for the diff: once each, never through a link, and, when the
-    side was verified (`pinned`: the sha256 of the SHA256SUMS whose signature the gate proved),
-    only as the bytes its SHA256SUMS line names; a file changed after the gate is refused."""
-
-    def __init__(self, bundle: Path, pinned: str | None) -> None:
-        self.bundle = bundle
-        self.pinned = pinned
-        self.sums_bytes = self.read(SUMS) if pinned else None
-        self.lines: dict[str, str] = {}
-        if self.sums_bytes is not None:
-            parsed, _ = parse_sums(self.sums_bytes.decode("utf-8", errors="replace"))
-            self.lines = {line.name: line.sha256 for line in parsed}
-
-    def _changed(self, name: str, why: str) -> BundleError:
-        after = " after it was verified" if self.pinned else ""
-        return BundleError(
-            f"{self.bundle / name}: {why}: it changed{after} (the folder or its medium is being "
-            "altered), and is never read through a link. Copy the bundle to a local disk and run "
-            "the diff again."
-        )
-
-    def read(self, name: str) -> bytes:
-        """`name`'s bytes, read once with no link followed: OSError when missing or unreadable,
-        BundleError for a link, or (when pinned) for bytes other than the verified ones."""
-        path = self.bundle / name
-        try:
-            no_links(self.bundle, path, str(path))
-            data = read_bytes_no_follow(path)
-        except UnsafeName:
-            raise self._changed(name, "a symbolic link or not a regular file") from None
-        except ValueError as exc:  # larger than a document may be
-            raise OSError(str(exc)) from None
-        if self.pinned is None:
-            return data
-        actual = hashlib.sha256(data).hexdigest()
-        if name == SUMS and actual != self.pinned:
-            raise self._changed(name, f"sha256 {actual}, the verified one was {self.pinned}")
-        if name != SUMS and self.lines.get(name) != actual:
-            raise self._changed(
-                name, f"sha256 {actual}, its {SUMS} line says {self.lines.get(name)}"
-            )
-        return data
 
 
 def _json_document(signed: Signed, name: str, notes: list[str] | None) -> dict[str, Any]:

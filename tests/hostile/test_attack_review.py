@@ -241,3 +241,26 @@ def test_a_repotags_key_in_another_case_never_reaches_the_engine(key: str) -> No
     stream = UntaggedStream(io.BytesIO(buffer.getvalue()))
     with pytest.raises(ArchiveFormatError, match="docker reads as RepoTags"):
         b"".join(stream.chunks())
+
+
+def test_inspect_shows_only_the_documents_that_were_verified(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """inspect proves the bundle, then reads its evidence, recipe, SBOM and provenance again to
+    show them: a verdict rewritten after the gate must not be shown beside `verified: true`.
+    Before: `"verdict": "EVIL-VERDICT"`, exit 0."""
+    import gapforge.bundle.gate
+
+    bundle, key = _copy(genuine, hostile)
+    real = gapforge.bundle.gate.gate
+
+    def gate_then_change(report: Any, command: str) -> Any:
+        verified = real(report, command)
+        _evil_verdict(bundle)
+        return verified
+
+    monkeypatch.setattr(gapforge.bundle.gate, "gate", gate_then_change)
+    status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
+    assert status == 2 and "EVIL-VERDICT" not in text, text
+    assert "changed after it was verified" in " ".join(text.split()), text
