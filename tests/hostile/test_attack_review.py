@@ -26,7 +26,7 @@ import pytest
 import gapforge.bundle.documents
 from gapforge.bundle import INDEX, PRETEST
 from gapforge.oci.untag import ArchiveFormatError, UntaggedStream
-from tests.bundles import signing_key, write_signed_bundle
+from tests.bundles import ReleaseWorld, release_world, signing_key, write_signed_bundle
 from tests.hostile.conftest import Hostile
 
 
@@ -264,3 +264,42 @@ def test_inspect_shows_only_the_documents_that_were_verified(
     status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
     assert status == 2 and "EVIL-VERDICT" not in text, text
     assert "changed after it was verified" in " ".join(text.split()), text
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> ReleaseWorld:
+    """A release repository, its released bundle, a trust folder pinning its root (made once)."""
+    return release_world(tmp_path_factory.mktemp("world"))
+
+
+def _payload_in_root(metadata: Path) -> None:
+    root = json.loads((metadata / "1.root.json").read_bytes())
+    root["signed"]["x-payload"] = "ATTACKER " * 64  # unsigned: the client never reads v1 again
+    (metadata / "1.root.json").write_text(json.dumps(root))
+
+
+def _extra_role(metadata: Path) -> None:
+    candidate = next(metadata.glob("*.candidate.json"))
+    (metadata / candidate.name.replace("candidate", "payload")).write_bytes(candidate.read_bytes())
+
+
+@pytest.mark.parametrize("change", [_payload_in_root, _extra_role], ids=["root v1", "extra role"])
+def test_release_metadata_the_tuf_client_never_verified_is_refused(
+    world: ReleaseWorld, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None],
+) -> None:  # fmt: skip
+    """Under the trusted root every file of release/metadata/ must be metadata the TUF client
+    verified (issue 22, item 6): an altered copy of a root version the site already trusts (which
+    the client never reads again) or an extra, well-formed role file nothing delegates to is an
+    extraneous file. Before: `verify` exit 0, `ok: true`."""
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
+    bundle = hostile.inputs / world.bundle.name
+    shutil.copytree(world.bundle, bundle)
+    change(bundle / "release" / "metadata")
+    status, text = hostile.run("verify", bundle, capsys=capsys)
+    flat = " ".join(text.split())
+    assert status == 1 and ("never read it" in flat or "not those the TUF client verified" in flat)
+    shutil.rmtree(bundle / "release")
+    shutil.copytree(world.bundle / "release", bundle / "release")
+    status, text = hostile.run("verify", bundle, capsys=capsys)
+    assert status == 0, text  # the genuine metadata still verifies
