@@ -292,6 +292,9 @@ def _verify(
     stream_archive: bool, prefetched: Prefetch | None = None,
 ) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
+    # A scan unpacks the archive's layers: only after its bytes were hashed (check, then touch),
+    # so `load --scan` hashes the archive here as well as in the stream into the engine.
+    stream_archive = stream_archive and scan is None
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
         from gapforge.clamscan import choose_database, find_clamscan
 
@@ -349,7 +352,7 @@ def _scan(report: VerifyReport, scan: ScanOptions) -> None:
     file it could not scan) is a problem naming the layer and the path inside it."""
     from gapforge.scan import scan_bundle, scan_problems
 
-    if not report.ok or report.archive is None:
+    if not report.ok or report.archive is None or not report.archive_hashed:
         report.add(
             "clamscan",
             "not run: the bundle did not verify, and nothing of it is unpacked until it does",

@@ -303,3 +303,33 @@ def test_release_metadata_the_tuf_client_never_verified_is_refused(
     shutil.copytree(world.bundle / "release", bundle / "release")
     status, text = hostile.run("verify", bundle, capsys=capsys)
     assert status == 0, text  # the genuine metadata still verifies
+
+
+@pytest.mark.skipif(shutil.which("clamscan") is None, reason="no clamscan")
+def test_load_scan_never_unpacks_an_archive_whose_bytes_were_not_hashed(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`load` leaves the archive's bytes to the stream into the engine; with --scan, ClamAV
+    unpacked every layer of that not-yet-hashed archive first (issue 22 item 3: nothing is
+    unpacked or scanned before the check passes). A layer altered in transit (its structure
+    intact) was unpacked into --scan-tmp; after: refused before any layer is touched, exit 1, and
+    the engine is never contacted."""
+    from gapforge import scan as scan_module
+
+    bundle, key = _copy(genuine, hostile)
+    tar = bundle / "image.tar"
+    data = tar.read_bytes()
+    assert data.count(b"debian") > 1
+    tar.write_bytes(data.replace(b"debian", b"DEBIAN", 1))  # same size, same tar headers
+    database = hostile.inputs / "clamav-db"
+    database.mkdir()
+    (database / "site.hdb").write_text("0" * 32 + ":1:Site.Nothing\n")
+    unpacked: list[object] = []
+    monkeypatch.setattr(scan_module, "extract_archive", lambda *a, **k: unpacked.append(a))
+    scratch = hostile.out / "scan-tmp"
+    scratch.mkdir(parents=True)
+    status, text = hostile.run("load", bundle, "--key", key, "--scan", "--clamav-db", database,
+                               "--scan-tmp", scratch, capsys=capsys)  # fmt: skip
+    assert not unpacked, "an archive whose bytes were not checked was unpacked for the scan"
+    assert status == 1 and "image.tar" in text, text
