@@ -333,3 +333,23 @@ def test_load_scan_never_unpacks_an_archive_whose_bytes_were_not_hashed(
                                "--scan-tmp", scratch, capsys=capsys)  # fmt: skip
     assert not unpacked, "an archive whose bytes were not checked was unpacked for the scan"
     assert status == 1 and "image.tar" in text, text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with --key (or --repo) no TUF client reads the bundle's release/metadata/, so nothing "
+    "proves its files: a well-formed extra or altered one still passes (left for the trust owner: "
+    "refuse release/ under --key, or verify it against an installed root)",
+)
+def test_release_metadata_nobody_verified_is_refused_under_a_pinned_key_too(
+    world: ReleaseWorld, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.inputs / "no-root"))
+    bundle = hostile.inputs / world.bundle.name
+    shutil.copytree(world.bundle, bundle)
+    _payload_in_root(bundle / "release" / "metadata")
+    key = hostile.inputs / "build.pub.pem"
+    key.write_bytes(world.build_key.public_pem)
+    status, text = hostile.run("verify", bundle, "--key", key, capsys=capsys)
+    assert status == 1, text
