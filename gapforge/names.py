@@ -125,8 +125,9 @@ def no_links(root: Path, path: Path, where: str) -> None:
 
 def open_regular(path: Path) -> int:
     """A read-only descriptor of `path`, refusing a symbolic link at the last component and
-    anything that is not a regular file (a device, a FIFO): the caller closes it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    anything that is not a regular file (a device, a FIFO): the caller closes it. Opened
+    non-blocking, so a FIFO is refused at once instead of waiting forever for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafeName(f"{path}: not a regular file: only regular files are read from input")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,25 @@ def test_release_metadata_nobody_verified_is_refused_under_a_pinned_key_too(
     key.write_bytes(world.build_key.public_pem)
     status, text = hostile.run("verify", bundle, "--key", key, capsys=capsys)
     assert status == 1, text
+
+
+@pytest.mark.parametrize("name", ["SHA256SUMS.sig", "SHA256SUMS", "bundle.json"])
+def test_a_fifo_where_a_signed_file_belongs_is_refused_at_once(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A medium (or a tar the bundle came in) can hold a FIFO. Opening one for reading waits for
+    a writer that never comes: before, `verify` hung forever on a FIFO named SHA256SUMS.sig (the
+    walk reported it, then the signature reader opened it). After: refused, exit 2."""
+    bundle, key = _copy(genuine, hostile)
+    (bundle / name).unlink()
+    os.mkfifo(bundle / name)
+    outcome: list[tuple[int, str]] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(hostile.run("verify", bundle, "--key", key, capsys=capsys)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert outcome, f"verify still waits on the FIFO {name} after 60 s"
+    status, text = outcome[0]
+    assert status in (1, 2) and name in text, text
