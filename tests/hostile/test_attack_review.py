@@ -376,3 +376,35 @@ def test_a_fifo_where_a_signed_file_belongs_is_refused_at_once(
     assert outcome, f"verify still waits on the FIFO {name} after 60 s"
     status, text = outcome[0]
     assert status in (1, 2) and name in text, text
+
+
+@pytest.mark.parametrize("name", ["recipe/recipe.yaml", "sbom.cdx.json", "image.tar"])
+def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused_at_once(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, name: str,
+) -> None:  # fmt: skip
+    """verify walks the folder (a FIFO there is reported), then hashes each listed file: a name
+    swapped for a FIFO between the two must not make the hashing wait forever for a writer.
+    Before: `verify` hung on a FIFO swapped in for recipe/recipe.yaml. After: refused, named."""
+    import gapforge.bundle.verify
+
+    bundle, key = _copy(genuine, hostile)
+    real = gapforge.bundle.verify.walk_bundle
+
+    def walk_then_swap(root: Path) -> Any:
+        tree = real(root)
+        (root / name).unlink()
+        os.mkfifo(root / name)
+        return tree
+
+    monkeypatch.setattr(gapforge.bundle.verify, "walk_bundle", walk_then_swap)
+    outcome: list[tuple[int, str]] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(hostile.run("verify", bundle, "--key", key, capsys=capsys)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert outcome, f"verify still waits on the FIFO {name} after 60 s"
+    status, text = outcome[0]
+    assert status in (1, 2) and name in text, text
