@@ -55,6 +55,23 @@ def _problem(value: object) -> str | None:
     return None
 
 
+def printable(text: str, newlines: bool = False) -> str:
+    """`text` safe to show on a terminal: every control, format or line-separator character (ESC
+    of an escape sequence that clears the screen and paints a fake "ok", a CR that overwrites a
+    line, U+2028, a lone surrogate of an undecodable file name) written as `\\xNN` / `\\uNNNN`;
+    with `newlines`, a plain newline is kept (messages of several lines)."""
+    if text.isprintable():
+        return text
+    shown = []
+    for char in text:
+        category = unicodedata.category(char)
+        if (char == "\n" and newlines) or category not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            shown.append(char)
+        else:
+            shown.append(f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+    return "".join(shown)
+
+
 def _refuse(value: object, where: str, why: str, expected: str) -> UnsafeName:
     shown = repr(value)
     if len(shown) > 120:

@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 import threading
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -408,3 +409,22 @@ def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused_at_once(
     assert outcome, f"verify still waits on the FIFO {name} after 60 s"
     status, text = outcome[0]
     assert status in (1, 2) and name in text, text
+
+
+@pytest.mark.parametrize(
+    "name", ["x\x1b[2J\x1b[32mverified: ok\x1b[0m", "x\rSIGNATURE OK", "x\u2028ok", "x\x9bc"]
+)
+def test_a_file_name_cannot_write_escape_sequences_to_the_operators_terminal(
+    genuine: Path, hostile: Hostile, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """An unlisted file's name is shown in verify's report: with ESC sequences it cleared the
+    operator's screen and painted a green "verified: ok" over a failed check (exit 1 all the
+    same); a CR overwrote the line. After: every control or format character is shown escaped
+    (names.printable), in the report and in any error message."""
+    bundle, key = _copy(genuine, hostile)
+    (bundle / name).write_bytes(b"x")
+    for argv in (("verify", bundle, "--key", key), ("load", bundle, "--key", key)):
+        status, text = hostile.run(*argv, capsys=capsys)
+        assert status == 1, text
+        leaked = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl") and c != "\n"]
+        assert not leaked, f"control characters reached the terminal: {leaked!r}"
