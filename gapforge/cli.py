@@ -22,6 +22,7 @@ from gapforge import __version__
 from gapforge.cache import default_cache_dir
 from gapforge.commands._shared import cache_of, gigabytes
 from gapforge.errors import GapforgeError
+from gapforge.names import printable
 from gapforge.progress import console
 
 
@@ -186,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except GapforgeError as exc:
         console.print("[bold red]error:[/] ", end="")
-        console.print(exc.message, markup=False, highlight=False, soft_wrap=True)
+        # a message may quote a name from outside: no escape sequence reaches the terminal
+        console.print(printable(exc.message, newlines=True), markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
         return exc.exit_status
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: nothing half-written is trusted; run the command again")

@@ -55,6 +55,23 @@ def _problem(value: object) -> str | None:
     return None
 
 
+def printable(text: str, newlines: bool = False) -> str:
+    """`text` safe to show on a terminal: every control, format or line-separator character (ESC
+    of an escape sequence that clears the screen and paints a fake "ok", a CR that overwrites a
+    line, U+2028, a lone surrogate of an undecodable file name) written as `\\xNN` / `\\uNNNN`;
+    with `newlines`, a plain newline is kept (messages of several lines)."""
+    if text.isprintable():
+        return text
+    shown = []
+    for char in text:
+        category = unicodedata.category(char)
+        if (char == "\n" and newlines) or category not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            shown.append(char)
+        else:
+            shown.append(f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+    return "".join(shown)
+
+
 def _refuse(value: object, where: str, why: str, expected: str) -> UnsafeName:
     shown = repr(value)
     if len(shown) > 120:
@@ -125,9 +142,24 @@ def no_links(root: Path, path: Path, where: str) -> None:
 
 def open_regular(path: Path) -> int:
     """A read-only descriptor of `path`, refusing a symbolic link at the last component and
-    anything that is not a regular file (a device, a FIFO): the caller closes it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    anything that is not a regular file (a device, a FIFO): the caller closes it. Opened
+    non-blocking, so a FIFO is refused at once instead of waiting forever for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafeName(f"{path}: not a regular file: only regular files are read from input")
     return fd
+
+
+def links_out_of(folder: Path, root: Path) -> list[tuple[Path, Path]]:
+    """Every symbolic link under `folder` (walked without following one) whose target resolves
+    outside `root`, as (the link, where it leads), sorted. A folder shipped whole (a recipe's
+    lm-eval tasks) must not carry a file of the host, through a link, into what is built from it."""
+    inside = root.resolve()
+    found = []
+    for dirpath, dirs, files in os.walk(folder, followlinks=False):
+        for name in [*dirs, *files]:
+            path = Path(dirpath) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                found.append((path, path.resolve()))
+    return sorted(found)

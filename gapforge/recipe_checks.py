@@ -20,6 +20,8 @@ from gapforge_runtime.recipe_schema import (
 )
 from pydantic import BaseModel, ValidationError
 
+from gapforge.names import links_out_of
+
 
 def _line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map each YAML path (as a tuple of keys/indices) to the 1-based line where it starts."""
@@ -360,6 +362,14 @@ def _check_lm_eval(problems: _Problems, get: _Values) -> None:
     folder = _inside_folder(problems, get, "evaluate", "lm_eval", "tasks")
     if folder is None:
         return
+    for link, target in links_out_of(folder, get.directory):
+        problems.add(
+            ("evaluate", "lm_eval", "tasks"),
+            f"{link.relative_to(get.directory)} is a symbolic link that leads out of the recipe's "
+            f"folder, to {target}: the task folder is shipped whole, so the build would copy that "
+            "file of this machine into the image; copy the file into the folder instead",
+            show=False,
+        )
     for found in check_task_folder(folder):
         # one problem per task YAML's fault: its file (under the recipe's folder), field, value, fix
         problems.add(("evaluate", "lm_eval", "tasks"), found.text(get.directory), show=False)

@@ -6,6 +6,7 @@ The folder is walked without following links (a link to `/` is reported, never e
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 from gapforge.bundle import RELEASE_DIR, SIGNATURE, SUMS
 from gapforge.bundle.documents import read_bytes_no_follow
 from gapforge.bundle.verify_report import VerifyReport
+from gapforge.names import UnsafeName
 
 METADATA_DIR = f"{RELEASE_DIR}/metadata"
 _METADATA_NAME = re.compile(
@@ -99,9 +101,34 @@ def check_release_dir(report: VerifyReport, tree: Tree) -> None:
                 "not part of the signed release; remove it",
             )
             continue
-        why = _metadata_problem(report.bundle / name, inside)
+        why = _metadata_problem(report.bundle / name, inside) or _unverified(report, inside)
         if why:
             report.add(name, f"not listed in {SUMS}, and {why}: not part of the release; remove it")
+
+
+def _unverified(report: VerifyReport, name: str) -> str:
+    """Under the trusted root, with the bundle's own release/metadata/ as the TUF client's source:
+    why `name` there is not metadata the client verified ('' when it is: fetched and verified, or a
+    root version this site trusts, byte for byte). Root versions older than any this site trusts
+    are inert (never read) and pass; with --key the metadata is not part of what is proven."""
+    check = report.release
+    source = report.bundle / METADATA_DIR
+    if report.anchor != "root" or check is None or check.metadata_source != source:
+        return ""
+    verified = check.verified_files.get(name)
+    if verified is None:
+        match = _METADATA_NAME.match(name)
+        trusted = [int(n.split(".")[0]) for n in check.verified_files if n.endswith(".root.json")]
+        if match and match[3] == "root" and trusted and int(match[2]) < min(trusted):
+            return ""
+        return "the TUF client never read it (extraneous: no verified metadata names it)"
+    try:
+        actual = hashlib.sha256(read_bytes_no_follow(source / name, _MAX_METADATA)).hexdigest()
+    except (OSError, ValueError, UnsafeName) as exc:
+        return f"unreadable ({exc})"
+    if actual != verified:
+        return "its bytes are not those the TUF client verified (altered)"
+    return ""
 
 
 def is_covered_elsewhere(name: str) -> bool:

@@ -16,7 +16,8 @@ from gapforge.bundle.documents import (
     SBOM_FIELDS,
     Schema,
     is_digest,
-    read_document,
+    parse_document,
+    read_raw,
     shape_problems,
 )
 from gapforge.bundle.imagetar import ImageArchive
@@ -26,27 +27,53 @@ from gapforge.bundle.sums import SumsLine
 from gapforge.bundle.verify_report import VerifyReport
 
 
-def read_checked(report: VerifyReport, name: str, schema: Schema) -> dict[str, Any]:
-    """`name`, shape-checked; {} and a refusal per problem (naming the field) when it is not."""
-    value, problems = read_document(report.bundle, name, schema)
+def signed_bytes(report: VerifyReport, name: str, lines: list[SumsLine]) -> bytes | None:
+    """`name`'s bytes, read once, and only when those very bytes hash to its signed SHA256SUMS
+    line: None otherwise (a missing or unreadable file refused here; bytes that differ from the
+    line are named by the file comparison, or, when the hashed read matched, recorded in
+    `report.changed_reads`: the medium served other bytes to another read)."""
+    data, problems = read_raw(report.bundle, name)
     for problem in problems:
         if problem != "missing":  # a missing file is named by the SHA256SUMS comparison
             report.refuse(name, problem)
+    if data is None:
+        return None
+    line = next((line for line in lines if line.name == name), None)
+    if line is None or hashlib.sha256(data).hexdigest() != line.sha256:
+        if line is not None:
+            report.changed_reads.add(name)
+        return None
+    return data
+
+
+def read_checked(
+    report: VerifyReport, name: str, schema: Schema, lines: list[SumsLine]
+) -> dict[str, Any]:
+    """`name`, from bytes that hash to its signed line, shape-checked; {} and a refusal per
+    problem (naming the field) when it is not."""
+    data = signed_bytes(report, name, lines)
+    if data is None:
+        return {}
+    value, problems = parse_document(data, schema)
+    for problem in problems:
+        report.refuse(name, problem)
     return value or {}
 
 
 def read_index(report: VerifyReport, lines: list[SumsLine]) -> None:
-    """bundle.json into `report.index`: required, shape-checked, its digests well-formed, and the
-    very bytes parsed must hash to its signed line (a refusal otherwise, index left {})."""
-    value, problems = read_document(report.bundle, INDEX, BUNDLE_INDEX)
+    """bundle.json into `report.index`: required, shape-checked, its digests well-formed, parsed
+    from the very bytes that hash to its signed line (read once: a medium that serves other bytes
+    to a second read cannot slip in an index SHA256SUMS does not vouch for)."""
+    data, problems = read_raw(report.bundle, INDEX)
     if problems == ["missing"]:
         report.refuse(
             INDEX, "missing: the bundle's index names its image; without it nothing is decided"
         )
         return
+    value, problems = (None, problems) if data is None else parse_document(data, BUNDLE_INDEX)
     for problem in problems:
         report.refuse(INDEX, problem)
-    if value is None:
+    if value is None or data is None:
         return
     image = value["image"]
     bad = [
@@ -58,30 +85,21 @@ def read_index(report: VerifyReport, lines: list[SumsLine]) -> None:
         )
     if bad:
         return
-    from gapforge.bundle.documents import read_bytes_no_follow
-
     line = next((line for line in lines if line.name == INDEX), None)
-    try:
-        data = read_bytes_no_follow(report.bundle / INDEX)
-    except (OSError, ValueError):
-        return
     if line is None or hashlib.sha256(data).hexdigest() != line.sha256:
-        return  # named by the file comparison: an index SHA256SUMS does not vouch for is not used
+        if line is not None:
+            report.changed_reads.add(INDEX)
+        return  # an index SHA256SUMS does not vouch for is not used
     report.index = value
 
 
-def _read_provenance(report: VerifyReport) -> dict[str, Any]:
+def _read_provenance(report: VerifyReport, lines: list[SumsLine]) -> dict[str, Any]:
     """The statement inside provenance.json's DSSE envelope, checked with verify's key(s); {} when
     it is missing (already reported), unsigned or malformed (reported here)."""
-    path = report.bundle / PROVENANCE
-    if not report.public_keys or not path.is_file() or path.is_symlink():
+    if not report.public_keys:
         return {}  # no key to check it with: the report already fails, nothing is read unchecked
-    from gapforge.bundle.documents import read_bytes_no_follow
-
-    try:
-        data = read_bytes_no_follow(path)
-    except (OSError, ValueError) as exc:
-        report.refuse(PROVENANCE, f"unreadable ({exc})")
+    data = signed_bytes(report, PROVENANCE, lines)
+    if data is None:
         return {}
     statement, problems = read_provenance(data, report.public_keys)
     for problem in problems:
@@ -98,9 +116,9 @@ def cross_check(report: VerifyReport, archive: ImageArchive, lines: list[SumsLin
     """bundle.json, SBOM, provenance and pretest evidence all name the archive's real digests."""
     manifest, config = archive.manifest_digest, archive.config_digest
     index = report.index
-    sbom = read_checked(report, SBOM, SBOM_FIELDS)
-    provenance = _read_provenance(report)
-    evidence = read_checked(report, PRETEST, PRETEST_EVIDENCE)
+    sbom = read_checked(report, SBOM, SBOM_FIELDS, lines)
+    provenance = _read_provenance(report, lines)
+    evidence = read_checked(report, PRETEST, PRETEST_EVIDENCE, lines)
     claims: list[tuple[str, str, str, str]] = []
     if index:
         image = index["image"]

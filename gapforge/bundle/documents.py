@@ -15,11 +15,14 @@ for a list of that item. Fields a schema does not name are not checked (and not 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from gapforge.bundle import SUMS
+from gapforge.errors import BundleError
 from gapforge.names import UnsafeName, no_links, open_regular
 
 MAX_DOCUMENT = 64 * 1024 * 1024
@@ -175,20 +178,30 @@ def parse_document(data: bytes, schema: Schema) -> tuple[dict[str, Any] | None, 
     return value, []
 
 
-def read_document(
-    folder: Path, name: str, schema: Schema
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """`folder/name` read without following links and checked against `schema`: the document, or
-    None and every problem (each a sentence to put after the file's name)."""
+def read_raw(folder: Path, name: str) -> tuple[bytes | None, list[str]]:
+    """`folder/name`'s bytes, read once without following links: the bytes, or None and the one
+    problem (`missing`, or a sentence to put after the file's name). A caller that must know the
+    bytes are the signed ones hashes these very bytes, never a second read (a medium may serve
+    other bytes to each read)."""
     try:
         no_links(folder, folder / name, f"{folder}/{name}")
-        data = read_bytes_no_follow(folder / name)
+        return read_bytes_no_follow(folder / name), []
     except FileNotFoundError:
         return None, ["missing"]
     except UnsafeName:
         return None, ["not a regular file (a symbolic link, a device or a folder): refused"]
     except (OSError, ValueError) as exc:
         return None, [f"unreadable ({exc})"]
+
+
+def read_document(
+    folder: Path, name: str, schema: Schema
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """`folder/name` read without following links and checked against `schema`: the document, or
+    None and every problem (each a sentence to put after the file's name)."""
+    data, problems = read_raw(folder, name)
+    if data is None:
+        return None, problems
     return parse_document(data, schema)
 
 
@@ -198,3 +211,50 @@ def is_digest(value: object) -> bool:
         return False
     hex_part = value.removeprefix(_DIGEST_PREFIX)
     return len(hex_part) == 64 and all(c in "0123456789abcdef" for c in hex_part)
+
+
+class SignedFiles:
+    """A bundle's files read again after the trust gate (diff, inspect): once each, never through
+    a link, and, when `pinned` (the sha256 of the SHA256SUMS whose signature the gate proved), only
+    as the bytes its SHA256SUMS lines name: a file changed after the gate is refused (BundleError)."""
+
+    def __init__(self, bundle: Path, pinned: str | None) -> None:
+        from gapforge.bundle.sums import parse_sums
+
+        self.bundle = bundle
+        self.pinned = pinned
+        self.sums_bytes = self.read(SUMS) if pinned else None
+        self.lines: dict[str, str] = {}
+        if self.sums_bytes is not None:
+            parsed, _ = parse_sums(self.sums_bytes.decode("utf-8", errors="replace"))
+            self.lines = {line.name: line.sha256 for line in parsed}
+
+    def _changed(self, name: str, why: str) -> BundleError:
+        after = " after it was verified" if self.pinned else ""
+        return BundleError(
+            f"{self.bundle / name}: {why}: it changed{after} (the folder or its medium is being "
+            "altered), and is never read through a link. Copy the bundle to a local disk and run "
+            "the command again."
+        )
+
+    def read(self, name: str) -> bytes:
+        """`name`'s bytes, read once with no link followed: OSError when missing or unreadable,
+        BundleError for a link, or (when pinned) for bytes other than the verified ones."""
+        path = self.bundle / name
+        try:
+            no_links(self.bundle, path, str(path))
+            data = read_bytes_no_follow(path)
+        except UnsafeName:
+            raise self._changed(name, "a symbolic link or not a regular file") from None
+        except ValueError as exc:  # larger than a document may be
+            raise OSError(str(exc)) from None
+        if self.pinned is None:
+            return data
+        actual = hashlib.sha256(data).hexdigest()
+        if name == SUMS and actual != self.pinned:
+            raise self._changed(name, f"sha256 {actual}, the verified one was {self.pinned}")
+        if name != SUMS and self.lines.get(name) != actual:
+            raise self._changed(
+                name, f"sha256 {actual}, its {SUMS} line says {self.lines.get(name)}"
+            )
+        return data

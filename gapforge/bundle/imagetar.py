@@ -7,6 +7,7 @@ byte range, so a 10 GB archive costs no extra disk and every blob can be hashed 
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from gapforge.bundle.documents import Schema, shape_problems
 from gapforge.bundle.sums import HashJob
+from gapforge.names import UnsafeName, open_regular
 
 BLOB_PREFIX = "blobs/sha256/"
 
@@ -101,16 +103,19 @@ def _shaped(archive: tarfile.TarFile, name: str, schema: Schema) -> Any:
 def read_archive(path: Path) -> ImageArchive:
     """List the archive's members and read its index, manifests and config; never raises on bad input."""
     result = ImageArchive(path)
-    try:
-        with tarfile.open(path, "r:") as archive:
+    try:  # a regular file, never through a link, never a FIFO that waits forever (open_regular)
+        with (
+            os.fdopen(open_regular(path), "rb") as raw,
+            tarfile.open(fileobj=raw, mode="r:") as archive,
+        ):
+            size = os.fstat(raw.fileno()).st_size
             for info in archive:
                 if info.isfile():
                     result.members[info.name] = Member(info.name, info.offset_data, info.size)
             _read_structure(archive, result)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, UnsafeName) as exc:
         result.problems.append(f"not a readable tar archive ({exc})")
         return result
-    size = path.stat().st_size
     for member in result.members.values():
         if member.offset + member.size > size:
             result.problems.append(

@@ -19,8 +19,8 @@ from gapforge.bundle.documents import (
     PROVENANCE_STATEMENT,
     SBOM_FIELDS,
     Schema,
-    read_bytes_no_follow,
-    read_document,
+    SignedFiles,
+    parse_document,
     shape_problems,
 )
 from gapforge.bundle.dsse import envelope_payload_unverified
@@ -38,11 +38,15 @@ RECIPE_FIELDS: Schema = {
 """The fields of recipe/recipe.json that inspect shows."""
 
 
-def _read(bundle: Path, name: str, schema: Schema) -> dict[str, Any]:
+def _read(files: SignedFiles, name: str, schema: Schema) -> dict[str, Any]:
     """`name`, shape-checked ({} when absent); BundleError naming the file and field otherwise."""
-    value, problems = read_document(bundle, name, schema)
-    if problems == ["missing"]:
+    bundle = files.bundle
+    try:
+        value, problems = parse_document(files.read(name), schema)
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        value, problems = None, [f"unreadable ({exc})"]
     if problems or value is None:
         raise BundleError(
             f"{bundle / name}: {'; '.join(problems)}: the bundle is malformed; run 'gapforge "
@@ -51,13 +55,14 @@ def _read(bundle: Path, name: str, schema: Schema) -> dict[str, Any]:
     return value
 
 
-def _provenance(bundle: Path) -> dict[str, Any]:
+def _provenance(files: SignedFiles) -> dict[str, Any]:
     """What provenance.json's statement says, read from its DSSE envelope WITHOUT checking the
     signature (display only: `verify` checks it)."""
-    path = bundle / PROVENANCE
-    if not path.is_file() or path.is_symlink():
+    try:
+        data = files.read(PROVENANCE)
+    except OSError:
         return {}
-    statement = envelope_payload_unverified(read_bytes_no_follow(path))
+    statement = envelope_payload_unverified(data)
     if not statement or shape_problems(statement, PROVENANCE_STATEMENT):
         return {}
     predicate = statement.get("predicate", {})
@@ -73,17 +78,21 @@ def _provenance(bundle: Path) -> dict[str, Any]:
     }
 
 
-def describe_bundle(bundle: Path, index: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe_bundle(
+    bundle: Path, index: dict[str, Any] | None = None, pinned: str | None = None
+) -> dict[str, Any]:
     """The facts `inspect` shows, as one JSON-able dict; `index`: the gate's verified bundle.json
-    (read and shape-checked here when None)."""
+    (read and shape-checked here when None); `pinned`: the sha256 of the SHA256SUMS the gate
+    proved, so every document shown is the verified bytes (gapforge.bundle.documents.SignedFiles)."""
+    files = SignedFiles(bundle, pinned)
     if index is None:
         if not (bundle / INDEX).is_file():
             raise BundleError(
                 f"{bundle}: not a bundle (no {INDEX}): pass a folder that 'gapforge build' wrote in dist/"
             )
-        index = _read(bundle, INDEX, BUNDLE_INDEX)
-    evidence = _read(bundle, PRETEST, PRETEST_EVIDENCE)
-    recipe = _read(bundle, "recipe/recipe.json", RECIPE_FIELDS)
+        index = _read(files, INDEX, BUNDLE_INDEX)
+    evidence = _read(files, PRETEST, PRETEST_EVIDENCE)
+    recipe = _read(files, "recipe/recipe.json", RECIPE_FIELDS)
     return {
         "bundle": str(bundle),
         "name": index.get("name"),
@@ -99,7 +108,7 @@ def describe_bundle(bundle: Path, index: dict[str, Any] | None = None) -> dict[s
             "quantize": recipe.get("quantize", []),
             "gates": recipe.get("evaluate", {}).get("gates", {}),
         },
-        "packages": summary(_read(bundle, SBOM, SBOM_FIELDS)),
+        "packages": summary(_read(files, SBOM, SBOM_FIELDS)),
         "locks": index.get("locks", {}),
         "pretest": {
             "verdict": evidence.get("verdict"),
@@ -109,7 +118,7 @@ def describe_bundle(bundle: Path, index: dict[str, Any] | None = None) -> dict[s
             "gates": evidence.get("gates", []),
             "deltas_vs_merged_pct": evidence.get("deltas_vs_merged_pct", {}),
         },
-        "provenance": _provenance(bundle),
+        "provenance": _provenance(files),
         "signed": (bundle / SIGNATURE).is_file() and (bundle / SUMS).is_file(),
         "signing_key": index.get("signing_key", {}),
         "builder": index.get("builder", {}),

@@ -9,6 +9,7 @@ the hash of the blob it belongs to on another, so every blob's digest comes with
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import queue
 import re
@@ -18,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from gapforge.names import is_relative_path
+from gapforge.names import UnsafeName, is_relative_path, open_regular
 
 CHUNK = 4 * 1024 * 1024
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
@@ -47,11 +48,18 @@ class HashResult:
     error: str = ""
 
 
+def _open_input(path: Path) -> io.FileIO:
+    """`path` for hashing: a regular file, never through a link at its last component, never a
+    FIFO that would wait forever (gapforge.names.open_regular): the walk saw a regular file, but
+    the name may have been swapped since."""
+    return os.fdopen(open_regular(path), "rb", buffering=0)
+
+
 def _hash_range(job: HashJob, advance: Callable[[int], None]) -> HashResult:
     digest = hashlib.sha256()
     done = 0
     try:
-        with open(job.path, "rb", buffering=0) as handle:
+        with _open_input(job.path) as handle:
             if job.offset:
                 handle.seek(job.offset)
             remaining = job.length
@@ -67,6 +75,8 @@ def _hash_range(job: HashJob, advance: Callable[[int], None]) -> HashResult:
                     remaining -= len(chunk)
     except OSError as exc:
         return HashResult(job.label, None, done, exc.strerror or str(exc))
+    except UnsafeName:
+        return HashResult(job.label, None, done, "not a regular file (a link, a FIFO, a device)")
     if job.length is not None and done < job.length:
         return HashResult(job.label, None, done, f"ends after {done} of {job.length} bytes")
     return HashResult(job.label, digest.hexdigest(), done)
@@ -122,7 +132,7 @@ def _hash_with_parts(
     position = 0
     first = 0
     try:
-        with open(job.path, "rb", buffering=0) as handle:
+        with _open_input(job.path) as handle:
             while True:
                 buffer = free.get()
                 view = memoryview(buffers[buffer])
@@ -150,6 +160,8 @@ def _hash_with_parts(
                 advance(read)
     except OSError as exc:
         error = exc.strerror or str(exc)
+    except UnsafeName:
+        error = "not a regular file (a link, a FIFO, a device)"
     finally:
         for items, _ in consumers:
             items.put(None)

@@ -292,6 +292,9 @@ def _verify(
     stream_archive: bool, prefetched: Prefetch | None = None,
 ) -> tuple[VerifyReport, list[SumsLine]]:  # fmt: skip
     _check_folder(bundle)
+    # A scan unpacks the archive's layers: only after its bytes were hashed (check, then touch),
+    # so `load --scan` hashes the archive here as well as in the stream into the engine.
+    stream_archive = stream_archive and scan is None
     if scan is not None:  # a bad database or no clamscan fails now, not after the hashing
         from gapforge.clamscan import choose_database, find_clamscan
 
@@ -330,6 +333,9 @@ def _verify(
         _check_blobs(report, archive, results)
     if archive is not None and not archive.problems:
         cross_check(report, archive, lines)
+    for name in sorted(report.changed_reads - set(sums_bad) - {IMAGE_TAR}):
+        report.add(name, "its bytes changed between two reads (hashed, then read to be used): "
+                   "the medium or folder is being altered; copy the bundle to a local disk")  # fmt: skip
     sbom_schema()
     if signature_ok is False:
         blame_signature(report, sums_bad + sorted(listed - present))
@@ -346,7 +352,7 @@ def _scan(report: VerifyReport, scan: ScanOptions) -> None:
     file it could not scan) is a problem naming the layer and the path inside it."""
     from gapforge.scan import scan_bundle, scan_problems
 
-    if not report.ok or report.archive is None:
+    if not report.ok or report.archive is None or not report.archive_hashed:
         report.add(
             "clamscan",
             "not run: the bundle did not verify, and nothing of it is unpacked until it does",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge.bundle.imagetar import ImageArchive
+from gapforge.names import printable
 
 if TYPE_CHECKING:
     from gapforge.release.client import ReleaseCheck
@@ -60,6 +61,9 @@ class VerifyReport:
     archive: ImageArchive | None = None
     sums_sha256: str = ""
     """sha256 of the very SHA256SUMS bytes the signature was checked over ('' when none)."""
+    changed_reads: set[str] = field(default_factory=set)
+    """Documents whose bytes, read to be used, did not hash to their signed line (never used);
+    verify names those whose hashed read matched: the medium served other bytes to each read."""
     archive_hashed: bool = False
     """The archive's bytes were hashed against their signed line (False for the check `run`,
     `preflight` and `inspect` make, and for `load` until the stream into Docker matched)."""
@@ -94,12 +98,13 @@ class VerifyReport:
         return sorted({p.file for p in self.problems})
 
     def add(self, file: str, message: str) -> None:
-        """A failed check (exit 1)."""
-        self.problems.append(Problem(file, message))
+        """A failed check (exit 1). Names come from the bundle: shown escaped (names.printable),
+        so a file name cannot write terminal escape sequences into the report."""
+        self.problems.append(Problem(printable(file), printable(message)))
 
     def refuse(self, file: str, message: str) -> None:
         """An input that cannot be judged (exit 2): missing, malformed, unreadable."""
-        self.problems.append(Problem(file, message, refused=True))
+        self.problems.append(Problem(printable(file), printable(message), refused=True))
 
     def as_json(self) -> dict[str, Any]:
         archive = self.archive

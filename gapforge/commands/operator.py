@@ -434,7 +434,7 @@ def _inspect_checked(
     report = authenticate_index(args.bundle, anchor)
     if report.authenticated:
         verified = gate(report, "inspect")
-        return describe(verified.folder, verified.index) | {"verified": True}
+        return describe(verified.folder, verified.index, verified.sums_sha256) | {"verified": True}
     if not args.insecure:
         raise NotVerified(report, "inspect")
     step(

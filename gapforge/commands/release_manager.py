@@ -304,7 +304,7 @@ def write_atomically(path: Path, text: str) -> None:
         ) from None
 
 
-def _diff_side(spec: str, args: argparse.Namespace) -> Path:
+def _diff_side(spec: str, args: argparse.Namespace) -> tuple[Path, str]:
     """One side of the diff, verified before it is read (gapforge.diff.sides)."""
     from gapforge.diff.sides import verified_side
 
@@ -314,7 +314,8 @@ def _diff_side(spec: str, args: argparse.Namespace) -> Path:
 def cmd_diff(args: argparse.Namespace) -> int:
     from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text
 
-    diff = compare_bundles(_diff_side(args.a, args), _diff_side(args.b, args))
+    (a, a_sums), (b, b_sums) = _diff_side(args.a, args), _diff_side(args.b, args)
+    diff = compare_bundles(a, b, (a_sums, b_sums))
     if args.json:
         text = json.dumps(diff_json(diff), indent=2, sort_keys=True) + "\n"
     elif args.markdown:

@@ -404,9 +404,8 @@ def compare_facts(a: BundleFacts, b: BundleFacts) -> BundleDiff:
     )
 
 
-def compare_bundles(a: Path, b: Path) -> BundleDiff:
-    """What changed from bundle folder `a` to bundle folder `b` (dist/<name>-<version>/).
-
-    Reads what the bundles say about themselves and does not verify them (`gapforge verify` does).
-    Raises BundleError when a folder is not a bundle or its recipe/recipe.json cannot be read."""
-    return compare_facts(read_bundle(a), read_bundle(b))
+def compare_bundles(a: Path, b: Path, pinned: tuple[str | None, ...] = (None, None)) -> BundleDiff:
+    """What changed from bundle folder `a` to bundle folder `b` (dist/<name>-<version>/): what they
+    say about themselves. `pinned`: each side's verified SHA256SUMS digest (gapforge.diff.read).
+    BundleError when a folder is not a bundle, recipe/recipe.json is unreadable, a file changed."""
+    return compare_facts(read_bundle(a, pinned[0]), read_bundle(b, pinned[1]))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX, PRETEST, RECIPE_DIR, SBOM, SUMS
+from gapforge.bundle.documents import SignedFiles as Signed
 from gapforge.bundle.sums import parse_sums
 from gapforge.errors import BundleError
 from gapforge.names import no_links, relative_path
@@ -68,20 +69,20 @@ def normalize_python_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _json_document(bundle: Path, name: str, notes: list[str] | None) -> dict[str, Any]:
+def _json_document(signed: Signed, name: str, notes: list[str] | None) -> dict[str, Any]:
     """The JSON object in `name`; with `notes`, a missing or bad file is noted and reads as {},
     without, it is an error that names the file."""
-    path = bundle / name
+    path = signed.bundle / name
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(signed.read(name).decode("utf-8"))
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         if notes is None:
             raise BundleError(
                 f"{path}: unreadable ({type(exc).__name__}: {detail}); the diff needs it. Pass "
-                f"an intact bundle (check it with 'gapforge verify {bundle}')."
+                f"an intact bundle (check it with 'gapforge verify {signed.bundle}')."
             ) from None
         if not isinstance(exc, FileNotFoundError):
             notes.append(f"{path}: unreadable ({detail}); compared as empty")
@@ -156,18 +157,20 @@ def _choose(expected: Any, candidates: list[PackageList]) -> PackageList:
     return max(present, key=lambda c: len(c.versions))
 
 
-def _packages(bundle: Path, index: dict[str, Any], sbom: dict[str, Any], kind: str) -> PackageList:
+def _packages(
+    signed: Signed, index: dict[str, Any], sbom: dict[str, Any], kind: str
+) -> PackageList:
     purl_type, suffix, parse = (
         ("pypi", ".txt", parse_pip_lock)
         if kind == "python"
         else ("deb", ".debian.lock", parse_debian_lock)
     )
     candidates = [PackageList(_sbom_packages(sbom, purl_type), SBOM)]
-    locks = _lock_files(bundle, index, suffix)
+    locks = _lock_files(signed.bundle, index, suffix)
     if locks:
         merged: dict[str, str] = {}
         for name in locks:
-            merged.update(parse((bundle / name).read_text(encoding="utf-8", errors="replace")))
+            merged.update(parse(signed.read(name).decode("utf-8", errors="replace")))
         candidates.append(PackageList(merged, ", ".join(locks)))
     return _choose(index.get("packages", {}).get(kind), candidates)
 
@@ -191,19 +194,21 @@ def _sbom_model_files(sbom: dict[str, Any]) -> dict[str, FileEntry]:
     return files
 
 
-def _model_inputs(bundle: Path, index: dict[str, Any], notes: list[str]) -> dict[str, FileEntry]:
+def _model_inputs(signed: Signed, index: dict[str, Any], notes: list[str]) -> dict[str, FileEntry]:
     files = {}
-    for name in _lock_files(bundle, index, ".json"):
-        lock = _json_document(bundle, name, notes)
+    for name in _lock_files(signed.bundle, index, ".json"):
+        lock = _json_document(signed, name, notes)
         for file in lock.get("files", []):
             if isinstance(file, dict) and "path" in file:
                 files[str(file["path"])] = FileEntry(str(file.get("sha256", "")), file.get("size"))
     return files
 
 
-def _sums(bundle: Path, notes: list[str]) -> tuple[dict[str, str] | None, dict[str, int]]:
+def _sums(signed: Signed, notes: list[str]) -> tuple[dict[str, str] | None, dict[str, int]]:
+    bundle = signed.bundle
     try:
-        text = (bundle / SUMS).read_text(encoding="utf-8")
+        raw = signed.sums_bytes if signed.sums_bytes is not None else signed.read(SUMS)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         notes.append(f"{bundle / SUMS}: unreadable ({exc}); the bundle's files are not compared")
         return None, {}
@@ -218,32 +223,34 @@ def _sums(bundle: Path, notes: list[str]) -> tuple[dict[str, str] | None, dict[s
     return sums, sizes
 
 
-def read_bundle(bundle: Path) -> BundleFacts:
+def read_bundle(bundle: Path, pinned: str | None = None) -> BundleFacts:
     """Read the documents of the bundle folder `bundle`; BundleError when it is not a bundle or its
-    bundle.json or recipe/recipe.json cannot be read."""
+    bundle.json or recipe/recipe.json cannot be read. `pinned`: the sha256 of the SHA256SUMS the
+    trust gate proved; every file read must then be the bytes it lists (Signed)."""
     if not (bundle / INDEX).is_file():
         raise BundleError(
             f"{bundle}: not a bundle (no {INDEX} in it): pass the folder 'gapforge build' wrote, "
             "dist/<name>-<version>/, for each of the two bundles to compare."
         )
+    signed = Signed(bundle, pinned)
     notes: list[str] = []
-    index = _json_document(bundle, INDEX, None)
-    recipe = _json_document(bundle, RECIPE_JSON, None)
-    sbom = _json_document(bundle, SBOM, notes)
-    evidence = _json_document(bundle, PRETEST, notes)
+    index = _json_document(signed, INDEX, None)
+    recipe = _json_document(signed, RECIPE_JSON, None)
+    sbom = _json_document(signed, SBOM, notes)
+    evidence = _json_document(signed, PRETEST, notes)
     for name, document in ((SBOM, sbom), (PRETEST, evidence)):
         if not document and not any(note.startswith(str(bundle / name)) for note in notes):
             notes.append(f"{bundle / name}: missing; compared as empty")
-    sums, sizes = _sums(bundle, notes)
+    sums, sizes = _sums(signed, notes)
     return BundleFacts(
         path=bundle,
         index=index,
         recipe=recipe,
         evidence=evidence,
-        python=_packages(bundle, index, sbom, "python"),
-        debian=_packages(bundle, index, sbom, "debian"),
+        python=_packages(signed, index, sbom, "python"),
+        debian=_packages(signed, index, sbom, "debian"),
         model_files=_sbom_model_files(sbom),
-        model_inputs=_model_inputs(bundle, index, notes),
+        model_inputs=_model_inputs(signed, index, notes),
         sums=sums,
         sizes=sizes,
         notes=notes,

@@ -10,12 +10,10 @@ one the repository lists for that version.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gapforge.bundle import SUMS
 from gapforge.errors import BundleError
 
 if TYPE_CHECKING:
@@ -24,9 +22,10 @@ if TYPE_CHECKING:
 
 def verified_side(
     spec: str, key: Path | None, insecure: bool, open_repo: Callable[[], Repository]
-) -> Path:
-    """The bundle folder `spec` names, once verified (module docstring); NotVerified (exit 1) or
-    NoTrustAnchor / BundleError (exit 2) otherwise."""
+) -> tuple[Path, str]:
+    """The bundle folder `spec` names, once verified (module docstring), and the sha256 of the
+    SHA256SUMS whose signature was proven (what the diff then reads must be the bytes it lists:
+    gapforge.diff.read.Signed); NotVerified (exit 1) or NoTrustAnchor / BundleError (exit 2)."""
     from gapforge.bundle.anchor import Anchor, choose_anchor
     from gapforge.release import target_path
     from gapforge.release.keys import crypto_key
@@ -34,8 +33,8 @@ def verified_side(
     from gapforge.transfer.trust import verify_or_refuse
 
     if Path(spec).is_dir():
-        verify_or_refuse(Path(spec), choose_anchor("diff", key, insecure), "diff")
-        return Path(spec)
+        report = verify_or_refuse(Path(spec), choose_anchor("diff", key, insecure), "diff")
+        return Path(spec), report.sums_sha256
     repo = open_repo()
     name, version = resolve(repo, spec)
     recorded = repo.bundles.get(f"{name}-{version}")
@@ -49,11 +48,11 @@ def verified_side(
     report = verify_or_refuse(Path(recorded), anchor, "diff")
     entry = repo.targets("candidate").signed.targets.get(target_path("candidate", name, version))
     listed = entry.hashes.get("sha256") if entry is not None else None
-    actual = hashlib.sha256((report.bundle / SUMS).read_bytes()).hexdigest()
+    actual = report.sums_sha256  # the very bytes whose signature was proven
     if listed != actual:
         raise BundleError(
             f"{recorded}: its SHA256SUMS (sha256 {actual}) is not the one the release repository "
             f"lists for {name} {version} ({listed}): the bundle folder changed after it was added; "
             "pass the released bundle"
         )
-    return Path(recorded)
+    return Path(recorded), actual

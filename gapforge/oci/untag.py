@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -44,6 +45,13 @@ def _name(header: bytes) -> str:
     name = header[0:100].split(b"\0", 1)[0]
     prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
     return (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
+
+
+def _extracted_name(name: str) -> str:
+    """Where an extractor puts a member named `name`: leading `/` and `./` and any `..` or `.`
+    collapsed, as docker's Untar cleans a name under its folder (`./manifest.json`, `/manifest.json`
+    and `a/../manifest.json` all land on manifest.json)."""
+    return posixpath.normpath("/" + name).lstrip("/")
 
 
 def _pax_values(data: bytes) -> dict[str, str]:
@@ -77,9 +85,42 @@ def untagged_manifest(data: bytes) -> bytes:
     if not isinstance(entries, list):
         raise ArchiveFormatError(f"{MANIFEST} is not a JSON list")
     for entry in entries:
-        if isinstance(entry, dict):
-            entry["RepoTags"] = None
+        if not isinstance(entry, dict):
+            continue
+        for key in entry:
+            # docker reads this file with Go's encoding/json, which matches a key to RepoTags
+            # case-insensitively (and folds U+017F to s), the last one winning: `repotags` after
+            # a nulled RepoTags would tag the image before its ID is compared.
+            if key != "RepoTags" and key.replace("\u017f", "s").lower() == "repotags":
+                raise ArchiveFormatError(
+                    f"{MANIFEST} holds the key {key!r}, which docker reads as RepoTags: its tags "
+                    "would reach the engine before the image ID is checked"
+                )
+        entry["RepoTags"] = None
     return json.dumps(entries, separators=(",", ":")).encode()
+
+
+def _refuse_disguised_manifest(
+    name: str, kind: bytes, named_by: str | None, sized_by_pax: bool
+) -> None:
+    """A member the engine would read as manifest.json must be the plain regular file this stream
+    rewrites: one reached by a pax or GNU long name, `./` or `..`, or that is a link (hard or
+    symbolic, to a member holding tags), would carry its RepoTags past the rewrite, and the engine
+    would tag an image before its ID is compared. gapforge's writer never makes one."""
+    why = ""
+    if named_by is not None:
+        why = "named by a pax or GNU long-name header"
+    elif name != MANIFEST:
+        why = f"named {name!r}"
+    elif kind not in (b"0", b"\0"):
+        why = f"a tar member of type {kind.decode('ascii', 'replace')!r}, not a file"
+    elif sized_by_pax:
+        why = "sized by a pax header"
+    if why:
+        raise ArchiveFormatError(
+            f"a member the engine would read as {MANIFEST} is {why}: its tags would reach the "
+            "engine before the image ID is checked"
+        )
 
 
 class UntaggedStream:
@@ -114,6 +155,7 @@ class UntaggedStream:
 
     def chunks(self) -> Iterator[bytes]:
         next_size: int | None = None
+        next_name: str | None = None
         while True:
             header = self._read(BLOCK)
             if not header:
@@ -127,15 +169,31 @@ class UntaggedStream:
                 break
             kind = header[156:157]
             size = next_size if next_size is not None else _octal(header[124:136])
-            next_size = None
+            sized_by_pax, named_by, next_size, next_name = (
+                next_size is not None,
+                next_name,
+                None,
+                None,
+            )
             if kind in _METADATA_TYPES:
                 content = self._exactly(_padded(size))
                 if kind == b"x":
-                    pax_size = _pax_values(content[:size]).get("size")
-                    next_size = int(pax_size) if pax_size else None
+                    values = _pax_values(content[:size])
+                    next_size = int(values["size"]) if values.get("size") else None
+                    next_name = values.get("path")
+                elif kind == b"L":
+                    next_name = content[:size].split(b"\0", 1)[0].decode("utf-8", "replace")
                 yield header + content
                 continue
-            if _name(header) == MANIFEST and kind in (b"0", b"\0"):
+            name = named_by if named_by is not None else _name(header)
+            if kind in (b"1", b"2"):  # through a link `d -> .`, `d/manifest.json` is manifest.json
+                raise ArchiveFormatError(
+                    f"member {name!r} is a link: the image archive gapforge writes holds files "
+                    "and folders only, and a link could put a manifest.json past the tag rewrite"
+                )
+            if _extracted_name(name) == MANIFEST:
+                _refuse_disguised_manifest(name, kind, named_by, sized_by_pax)
+            if name == MANIFEST and kind in (b"0", b"\0"):
                 original = self._exactly(_padded(size))[:size]
                 try:
                     self.tags = [

@@ -20,26 +20,24 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tuf.api import exceptions
 from tuf.api.metadata import Metadata, Root, Targets
 from tuf.ngclient import Updater
-from tuf.ngclient.fetcher import FetcherInterface
 
 from gapforge.release import CHANNELS, REVOKED, ReleaseError, target_path
+from gapforge.release.fetcher import BASE_URL as _BASE_URL
+from gapforge.release.fetcher import FolderFetcher, trusted_files
 from gapforge.release.keys import crypto_key, key_fingerprint
 from gapforge.release.repository import atomic_write, iso, metadata_bytes, role_keys
 
 TRUST_ENV = "GAPFORGE_TRUST_DIR"
 SITE = "site.json"
-_BASE_URL = "gapforge-release:/"
 
 
 def trust_dir() -> Path:
@@ -158,38 +156,11 @@ def trust_init(
     return trust_state(trust)
 
 
-class FolderFetcher(FetcherInterface):
-    """Serves the Updater's metadata requests from a folder; a missing file is a 404, which is how
-    the Updater learns that no newer root exists. A name is one plain component, and a file is read
-    only if it is a regular file, never through a symbolic link (a link is refused, not followed)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        from gapforge.names import UnsafeName, open_regular
-
-        name = unquote(url.removeprefix(_BASE_URL))
-        path = self.folder / name
-        if "/" in name or name.startswith(".") or not name or "\x00" in name:
-            raise exceptions.DownloadHTTPError(f"{path}: no such file", 404)
-        try:
-            fd = open_regular(path)
-        except FileNotFoundError:
-            raise exceptions.DownloadHTTPError(f"{path}: no such file", 404) from None
-        except (OSError, UnsafeName):  # a link (ELOOP), a device, a folder: refused
-            raise exceptions.DownloadHTTPError(
-                f"{path}: not a regular file, refused", 403
-            ) from None
-        with os.fdopen(fd, "rb") as handle:
-            return iter([handle.read()])
-
-
-def _updater(metadata: Path, trust: Path) -> Updater:
+def _updater(metadata: Path, trust: Path, fetcher: FolderFetcher | None = None) -> Updater:
     return Updater(
         metadata_dir=str(trust / "metadata"),
         metadata_base_url=_BASE_URL,
-        fetcher=FolderFetcher(metadata),
+        fetcher=fetcher or FolderFetcher(metadata),
         bootstrap=None,
     )
 
@@ -290,6 +261,9 @@ class ReleaseCheck:
     metadata_source: Path
     root_version: int
     revoked: dict[str, Any] | None = field(default=None)
+    verified_files: dict[str, str] = field(default_factory=dict)
+    """File name in the metadata folder → sha256 of the bytes the TUF client verified: those it
+    fetched now, and those it verified before and keeps (root versions, the newest roles)."""
 
 
 def _build_keys(trust: Path) -> tuple[Ed25519PublicKey, ...]:
@@ -344,12 +318,16 @@ def check_release_digest(
     state = trust_state(trust)
     channel = channel or state.channel
 
+    fetcher = FolderFetcher(metadata)
+    served = fetcher.served  # filled as the Updater reads; read when a result is made
+
     def result(problems: list[str], found_on: list[str], keys: tuple[Ed25519PublicKey, ...] = (),
                custom: dict[str, Any] | None = None,
                revoked: dict[str, Any] | None = None) -> ReleaseCheck:  # fmt: skip
         return ReleaseCheck(
             not problems, problems, name, version, channel, found_on, keys, custom or {},
             metadata, trust_state(trust).root_version, revoked,
+            {**trusted_files(trust), **served},
         )  # fmt: skip
 
     if not (metadata / "timestamp.json").is_file():
@@ -357,7 +335,7 @@ def check_release_digest(
             [f"no release metadata: {metadata} holds none (timestamp.json): ask the release "
              "manager for the bundle with its release/metadata/ ('gapforge release export BUNDLE'), "
              "or name the folder that holds it"], [])  # fmt: skip
-    updater = _updater(metadata, trust)
+    updater = _updater(metadata, trust, fetcher)
     try:
         updater.refresh()
         keys = _build_keys(trust)

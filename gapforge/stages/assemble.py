@@ -24,6 +24,7 @@ from gapforge.image import (
     plan_wheel_layers,
     write_layers,
 )
+from gapforge.names import UnsafeName, links_out_of
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
 from gapforge.profile import profile_env, profile_labels
 from gapforge.progress import byte_progress, note, step
@@ -68,6 +69,12 @@ def lm_eval_task_files(loaded: LoadedRecipe) -> dict[str, bytes]:
     if spec is None:
         return {}
     folder = (loaded.directory / spec.tasks).resolve()
+    for link, target in links_out_of(folder, loaded.directory):  # the recipe check names these
+        raise UnsafeName(
+            f"{link}: a symbolic link out of the recipe's folder (to {target}): the lm-eval task "
+            "folder is shipped whole and no file of this machine goes into the image through a "
+            "link; copy the file into the folder, run 'gapforge validate', and build again"
+        )
     return {
         path.relative_to(loaded.directory).as_posix(): path.read_bytes()
         for path in sorted(folder.rglob("*"))
