@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def test_payload_in_a_layer_and_in_a_bundle_file_is_found_and_named(tmp_path: Pa
     bundle = make_bundle(tmp_path / "bundle", layer_tar(), {"recipe/data/sample.bin": EVIL, "recipe/empty.txt": b""})
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    report = scan_bundle(bundle, database, scan_tmp=scratch)
+    # verify hands the scan the verified bundle.json, whose layer names label the hits
+    index = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
+    report = scan_bundle(bundle, database, scan_tmp=scratch, index=index)
     digest = read_archive(bundle / "image.tar").layer_digests[1]
     assert sorted((f.file, f.where, f.signature) for f in report.hits) == [
         ("image.tar", f"layer 'model' ({digest}), path opt/app/evil.bin", "Gapforge.Test.Payload.UNOFFICIAL"),
