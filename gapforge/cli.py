@@ -43,6 +43,7 @@ class Command:
 
 _BUILD_ENGINEER = "gapforge.commands.build_engineer"
 _OPERATOR = "gapforge.commands.operator"
+_SITE = "gapforge.commands.site"
 _RELEASE_MANAGER = "gapforge.commands.release_manager"
 
 BUILD_ENGINEER = "build engineer (connected side)"
@@ -85,7 +86,7 @@ COMMANDS: dict[str, Command] = {
                      "cut a bundle into parts sized to the medium, each hashed, with parity",
                      RELEASE_MANAGER,
                      "gapforge split dist/NAME-0.1.0 --media dvd --parity 2 --out media/ --key release.key"),
-    "trust": Command(_OPERATOR, "cmd_trust",
+    "trust": Command(_SITE, "cmd_trust",
                      "pin the release repository's root once; show or update what the site trusts",
                      OPERATOR, "gapforge trust init root.json"),
     "verify": Command(_OPERATOR, "cmd_verify",
@@ -102,13 +103,13 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command(_OPERATOR, "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest", OPERATOR,
                        "gapforge inspect BUNDLE --json"),
-    "deploy": Command(_OPERATOR, "cmd_deploy",
+    "deploy": Command(_SITE, "cmd_deploy",
                       "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest",
                       OPERATOR, "gapforge deploy BUNDLE --registry REGISTRY/REPO --kubernetes k8s/"),
-    "inventory": Command(_OPERATOR, "cmd_inventory",
+    "inventory": Command(_SITE, "cmd_inventory",
                          "the signed list of blobs and files this site holds (what a delta is made against)",
                          OPERATOR, "gapforge inventory /srv/bundles --out inventory.json"),
-    "join": Command(_OPERATOR, "cmd_join",
+    "join": Command(_SITE, "cmd_join",
                     "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it",
                     OPERATOR, "gapforge join /media/disc-* --out bundles/"),
 }  # fmt: skip

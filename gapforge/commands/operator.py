@@ -1,8 +1,8 @@
-"""The operator's commands, inside the gap with no network: verify, load, run, preflight, inspect.
+"""The operator's commands on one bundle, inside the gap with no network: verify, load, run,
+preflight, inspect (the site's own: trust, inventory, join, deploy, are in gapforge.commands.site).
 
 Each command is a pair: `<name>_arguments(parser)` adds its arguments, `cmd_<name>(args)` runs it and
-returns the exit status. What a command needs is imported when it runs. The operator's coming
-commands (trust, inventory, join) will live here too: see gapforge.commands.release_manager.
+returns the exit status. What a command needs is imported when it runs.
 """
 
 from __future__ import annotations
@@ -13,100 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gapforge.progress import console, step
-
-KEY_HELP = (
-    "the release key's public half (.pub.pem), received out of band: pins it for this command"
+from gapforge.commands.trust_options import (
+    add_delta_options,
+    add_scan_options,
+    add_trust_options,
+    anchor_of,
+    full_bundle,
+    operator_key_help,
+    scan_options,
+    target_anchor,
 )
-
-
-def operator_key_help() -> str:
-    from gapforge.bundle.receipt import OPERATOR_KEY_HELP
-
-    return OPERATOR_KEY_HELP
-
-
-def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> None:
-    """The trust anchor (gapforge.bundle.anchor): --key, or the root from 'gapforge trust init';
-    --repo and --channel for the release check; --insecure, explicit and loud."""
-    parser.add_argument("--key", type=Path, help=KEY_HELP)
-    parser.add_argument(
-        "--repo", type=Path, metavar="METADATA",
-        help="the release repository's metadata folder to check against (default: the bundle's "
-        "own release/metadata/); used with the trusted root from 'gapforge trust init'",
-    )  # fmt: skip
-    parser.add_argument(
-        "--channel", help="the release channel to require (default: the site's, from trust init)"
-    )
-    parser.add_argument("--insecure", action="store_true", help=insecure_help)
-
-
-def anchor_of(args: argparse.Namespace) -> Any:
-    """The command's trust anchor, or NoTrustAnchor (exit 2) saying how to get one."""
-    from gapforge.bundle.anchor import choose_anchor
-
-    return choose_anchor(args.command, args.key, args.insecure, args.repo, args.channel)
-
-
-def target_anchor(args: argparse.Namespace) -> Any:
-    """run/preflight: a bundle folder needs the anchor; an image reference is checked against the
-    signed receipt of the verified load that imported it instead (None here)."""
-    return anchor_of(args) if Path(args.target).is_dir() or args.key else None
-
-
-def add_scan_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scan", action="store_true",
-        help="clean room: run ClamAV (clamscan) over every file and the contents of every layer "
-        "before anything is loaded; a hit refuses the bundle, naming the layer and path",
-    )  # fmt: skip
-    parser.add_argument(
-        "--clamav-db", type=Path, metavar="PATH",
-        help="the site's ClamAV signature database, a folder or a file (default /var/lib/clamav)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--scan-tmp", type=Path, metavar="DIR",
-        help="where the layers are unpacked for the scan (default $TMPDIR); needs the image's size free",
-    )  # fmt: skip
-
-
-def add_delta_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--from", dest="held", type=Path, action="append", default=[], metavar="SOURCE",
-        help="BUNDLE is a delta: rebuild it from these (the site's bundle folders, folders of "
-        "bundles, blobs/sha256/ folders; repeatable; read only), then check it like a full bundle",
-    )  # fmt: skip
-    parser.add_argument(
-        "--rebuild-into", type=Path, metavar="DIR", default=None,
-        help="where a delta's full bundle is rebuilt (default: the current folder)",
-    )  # fmt: skip
-
-
-def full_bundle(args: argparse.Namespace) -> Path:
-    """args.bundle, or, for a delta, the full bundle rebuilt from it and what the site holds."""
-    from gapforge.errors import BundleError
-    from gapforge.transfer import is_delta
-
-    bundle: Path = args.bundle
-    if not is_delta(bundle):
-        return bundle
-    if not args.held:
-        raise BundleError(
-            f"{bundle}: a delta bundle (it holds only the blobs the site lacked): pass --from with "
-            "where the site keeps what it already holds (the bundle it was made against, a folder "
-            "of bundles), and it is rebuilt and checked like the full bundle"
-        )
-    from gapforge.transfer.rebuild import rebuild_bundle
-
-    step(f"rebuilding the full bundle from the delta {bundle}")
-    into = args.rebuild_into or Path.cwd()
-    return rebuild_bundle(bundle, list(args.held), into, anchor_of(args), args.command).path
-
-
-def scan_options(args: argparse.Namespace) -> Any:
-    from gapforge.bundle.verify import ScanOptions
-
-    return ScanOptions(args.clamav_db, args.scan_tmp) if args.scan else None
+from gapforge.progress import console, step
 
 
 def verify_arguments(verify: argparse.ArgumentParser) -> None:
@@ -134,7 +51,7 @@ def verify_arguments(verify: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_verify(report: Any) -> None:
+def print_verify(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -222,7 +139,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_json() | {"receipt": receipt and str(receipt)}, indent=2))
     else:
-        _print_verify(report)
+        print_verify(report)
         if receipt is not None:
             console.print(f"  receipt       {receipt}")
         elif args.receipt:
@@ -257,7 +174,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     anchor = anchor_of(args)
     loaded = load_bundle(
         full_bundle(args), anchor, args.to, args.insecure, args.tls_verify,
-        on_verified=_print_verify, operator_key=args.operator_key, scan=scan_options(args),
+        on_verified=print_verify, operator_key=args.operator_key, scan=scan_options(args),
     )  # fmt: skip
     console.print(f"[bold green]loaded[/] into {loaded.where}")
     console.print(f"  image digest  {loaded.manifest_digest}")
@@ -443,73 +360,7 @@ def _inspect_checked(
     return describe(args.bundle) | {"verified": False}
 
 
-def inventory_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.transfer.delta_cli import inventory_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_inventory(args: argparse.Namespace) -> int:
-    from gapforge.transfer.delta_cli import cmd_inventory as run
-
-    return run(args)
-
-
-def join_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "sources", type=Path, nargs="+", metavar="PARTS_OR_DELTA",
-        help="mounted media (disc-01 …), part files, the folder 'gapforge split' wrote; or one "
-        "delta folder ('gapforge delta' wrote it) with --from",
-    )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help="where the bundle folder goes")
-    parser.add_argument(
-        "--from", dest="held", type=Path, action="append", default=[], metavar="SOURCE",
-        help="for a delta: where the site's blobs are (bundle folders, folders of bundles, "
-        "blobs/sha256/ folders; repeatable; read only)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--check", action="store_true", help="only check the media given, block by block"
-    )
-    add_trust_options(parser, "verify the joined bundle against its own key only")
-
-
-def cmd_join(args: argparse.Namespace) -> int:
-    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle.
-    The parts manifest or the delta's SHA256SUMS is checked against the operator's trust anchor
-    before anything it names is touched, and the result goes through the trust gate before it is
-    renamed into place (gapforge.transfer.trust)."""
-    from gapforge.errors import BundleError
-    from gapforge.release.client import trusted_root_installed
-    from gapforge.transfer import is_delta
-
-    if args.check:  # one medium (or several) on its own: every block against the manifest
-        from gapforge.transfer.split_cli import check_media
-        from gapforge.transfer.split_cli import cmd_join as check_unpinned
-
-        if args.key is None and not args.insecure and trusted_root_installed():
-            from gapforge.transfer.join_sources import media_keys
-
-            return check_media(args.sources, media_keys(args.sources, anchor_of(args)))
-        return check_unpinned(args)  # --key, or no anchor: says UNPINNED loudly
-    anchor = anchor_of(args)  # before any work: no anchor, no join
-    if args.out is None:
-        raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
-    if len(args.sources) == 1 and is_delta(args.sources[0]):
-        from gapforge.transfer.rebuild import rebuild_bundle
-
-        step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
-        report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report
-    else:
-        from gapforge.transfer.split_cli import join_verified
-
-        report = join_verified(args.sources, args.out, anchor)
-    _print_verify(report)
-    return 0
-
-
 ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "inventory": inventory_arguments,
-    "join": join_arguments,
     "verify": verify_arguments,
     "load": load_arguments,
     "run": run_arguments,
@@ -521,65 +372,3 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
 def register(name: str, parser: argparse.ArgumentParser) -> None:
     """Add the arguments of `name`, one of this module's commands, to its parser."""
     ARGUMENTS[name](parser)
-
-
-def trust_arguments(trust: argparse.ArgumentParser) -> None:
-    sub = trust.add_subparsers(dest="trust_command", required=True, metavar="SUBCOMMAND")
-    init = sub.add_parser("init", help="pin the release repository's root.json (out of band)")
-    init.add_argument("root_json", type=Path)
-    init.add_argument("--channel", choices=("approved", "candidate"), default="approved")
-    init.add_argument("--force", action="store_true", help="replace the site's trust state")
-    sub.add_parser("show", help="what this site trusts")
-    update = sub.add_parser("update", help="refresh from a metadata folder (follows rotations)")
-    update.add_argument("--metadata", type=Path, required=True)
-
-
-def _print_trust(state: Any) -> None:
-    from rich.table import Table
-
-    table = Table("", "", title=f"trust state {state.path}", title_justify="left")
-    table.add_row("root version", str(state.root_version))
-    table.add_row("root expires", state.as_json()["root_expires"])
-    table.add_row("root threshold", f"{state.threshold} of {len(state.root_keys)}")
-    for fp, keyid in state.root_keys:
-        table.add_row("root key", f"{fp} (keyid {keyid[:8]})")
-    table.add_row("channel", state.channel)
-    table.add_row("timestamp version", str(state.timestamp_version or "none yet"))
-    receipts = Path(state.path) / "receipts"
-    count = len(list(receipts.glob("*.receipt.json"))) if receipts.is_dir() else 0
-    table.add_row("receipts", f"{count} signed receipts in {receipts}")
-    console.print(table)
-
-
-def cmd_trust(args: argparse.Namespace) -> int:
-    from gapforge.release.client import trust_init, trust_state, trust_update
-
-    if args.trust_command == "init":
-        state = trust_init(args.root_json, args.channel, force=args.force)
-        console.print(f"[bold green]trusted[/] release root version {state.root_version}")
-        _print_trust(state)
-    elif args.trust_command == "show":
-        _print_trust(trust_state())
-    else:
-        before, after = trust_update(args.metadata)
-        console.print(f"root version {before.root_version} → {after.root_version}")
-        _print_trust(after)
-    return 0
-
-
-ARGUMENTS["trust"] = trust_arguments
-
-
-def deploy_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.deploy.cli import deploy_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from gapforge.deploy.cli import cmd_deploy as run
-
-    return run(args)
-
-
-ARGUMENTS["deploy"] = deploy_arguments

@@ -5,7 +5,7 @@ Also `gapforge diff A B` (gapforge.diff): what changed between two bundles or tw
 The libraries are gapforge.release and gapforge.diff; this module only parses arguments and prints.
 `delta` and `split` (gapforge.transfer) cross the gap cheaply: only what the site lacks, on media
 sized to the medium with parity; their operator counterparts (`inventory`, `join`) live in
-gapforge.commands.operator.
+gapforge.commands.site.
 """
 
 from __future__ import annotations

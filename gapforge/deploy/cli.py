@@ -29,7 +29,7 @@ def _plain_dumper() -> type:
 
 
 def deploy_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.commands.operator import add_trust_options
+    from gapforge.commands.trust_options import add_trust_options
 
     parser.add_argument(
         "bundle", type=Path, help="the bundle whose image the site's registry holds"
@@ -69,7 +69,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from gapforge.bundle.gate import require_verified
-    from gapforge.commands.operator import anchor_of
+    from gapforge.commands.trust_options import anchor_of
 
     options = DeployOptions(
         registry=args.registry, nnodes=args.nnodes, gpus_per_node=args.gpus_per_node,
