@@ -110,11 +110,16 @@ def _unverified(report: VerifyReport, name: str) -> str:
     """Under the trusted root, with the bundle's own release/metadata/ as the TUF client's source:
     why `name` there is not metadata the client verified ('' when it is: fetched and verified, or a
     root version this site trusts, byte for byte). Root versions older than any this site trusts
-    are inert (never read) and pass; with --key the metadata is not part of what is proven."""
+    are inert (never read) and pass; under --key or --repo nothing reads it, so it is refused."""
     check = report.release
     source = report.bundle / METADATA_DIR
     if report.anchor != "root" or check is None or check.metadata_source != source:
-        return ""
+        # Nothing reads it, so nothing proves it: a file no check covers is refused, inert or not.
+        return (
+            "nothing verified it (under --key or --repo the bundle's own release metadata is "
+            "not read): verify under the trusted root from 'gapforge trust init' without --repo, "
+            f"or remove {RELEASE_DIR}/ (only that check reads it)"
+        )
     verified = check.verified_files.get(name)
     if verified is None:
         match = _METADATA_NAME.match(name)

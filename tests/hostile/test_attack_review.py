@@ -274,12 +274,6 @@ def test_load_scan_never_unpacks_an_archive_whose_bytes_were_not_hashed(
     assert status == 1 and "image.tar" in text, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --key (or --repo) no TUF client reads the bundle's release/metadata/, so nothing "
-    "proves its files: a well-formed extra or altered one still passes (left for the trust owner: "
-    "refuse release/ under --key, or verify it against an installed root)",
-)
 def test_release_metadata_nobody_verified_is_refused_under_a_pinned_key_too(
     world: ReleaseWorld, hostile: Hostile, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -290,8 +284,11 @@ def test_release_metadata_nobody_verified_is_refused_under_a_pinned_key_too(
     _payload_in_root(bundle / "release" / "metadata")
     key = hostile.inputs / "build.pub.pem"
     key.write_bytes(world.build_key.public_pem)
-    status, text = hostile.run("verify", bundle, "--key", key, capsys=capsys)
-    assert status == 1, text
+    status, text = hostile.run("verify", bundle, "--key", key, "--json", capsys=capsys)
+    report, _ = json.JSONDecoder().raw_decode(text[text.index("{") :])
+    assert status == 1 and report["ok"] is False, text
+    refused = {p["file"] for p in report["problems"] if "nothing verified it" in p["message"]}
+    assert refused and all(name.startswith("release/metadata/") for name in refused), report
 
 
 @pytest.mark.parametrize(

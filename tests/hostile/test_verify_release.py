@@ -120,17 +120,20 @@ def test_links_and_extra_files_anywhere_are_refused(
     assert hostile.secret.decode() not in text, "the canary's bytes were read and shown"
 
 
-@pytest.mark.parametrize("anchor", ["root", "key"])
+@pytest.mark.parametrize("anchor", ["root", "key-without-release"])
 def test_the_genuine_bundle_with_its_release_metadata_verifies(
     hostile: Hostile, world: ReleaseWorld, anchor: str,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """Under the root, with its release metadata; under --key, once release/ (which only the
+    root's check reads, so nothing proves it there) is removed: with it, see test_attack_review."""
     bundle = hostile.inputs / world.bundle.name
     shutil.copytree(world.bundle, bundle, symlinks=True)
     argv: list[str | Path] = ["verify", bundle]
     if anchor == "root":
         monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(world.trust))
     else:
+        shutil.rmtree(bundle / "release")
         monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(hostile.root / "no-trust-here"))
         key = hostile.inputs / "release.pub.pem"
         key.write_bytes(world.build_key.public_pem)
