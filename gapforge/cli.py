@@ -142,7 +142,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     )
     for name, command in COMMANDS.items():
         subparser = sub.add_parser(
-            name, help=command.help, description=command.help,
+            name, prog=f"gapforge {name}", help=command.help, description=command.help,
             epilog=f"example:\n  {command.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip

@@ -37,4 +37,6 @@ def test_each_command_help_ends_with_an_example_it_accepts(
     assert args.command == name
     with pytest.raises(SystemExit):
         main([name, "--help"])
-    assert capsys.readouterr().out.rstrip().endswith(f"example:\n  {example}")
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: gapforge {name} "), out[:120]
+    assert out.rstrip().endswith(f"example:\n  {example}")
