@@ -89,6 +89,8 @@ def waiting(description: str, estimate: str = "") -> Iterator[None]:
     elapsed time on a terminal, a line every HEARTBEAT_SECONDS elsewhere, and its time at the end."""
     start = time.monotonic()
     suffix = f" ({estimate})" if estimate else ""
+    if not console.is_terminal:  # a log gets the start at once, not only after the first beat
+        note(f"{description}{suffix} …")
     columns = (SpinnerColumn(), TextColumn(f"{description}{suffix}"), TimeElapsedColumn())
     with Progress(
         *columns, console=console, transient=True, disable=not console.is_terminal

@@ -104,7 +104,9 @@ def fetch_locked_files(
             platform_args += ["--python-version", profile.python, "--implementation", "cp"]
             platform_args += ["--abi", profile.python_tag, "--abi", "abi3", "--abi", "none"]
         with cache.tempdir("download-") as work:
-            _pip_download(missing, work, binary, platform_args)
+            kind = "wheels" if binary else "sdists"
+            with waiting(f"pip download of {len(missing)} locked {kind}"):
+                _pip_download(missing, work, binary, platform_args)
             by_name = {r.key: r for r in missing}
             for file in sorted((work / "files").iterdir()):
                 matched = by_name.get(_project_of(file.name))

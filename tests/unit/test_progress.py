@@ -18,6 +18,7 @@ def test_waiting_prints_a_heartbeat_and_its_time_in_a_log(
     lines = capsys.readouterr().err.splitlines()
     beats = [line for line in lines if "compiling llama.cpp: " in line and "so far" in line]
     assert len(beats) >= 2, lines
+    assert lines[0].strip() == "compiling llama.cpp (about 3 min) …", lines  # its start, at once
     assert "(about 3 min)" in beats[0]
     assert lines[-1].strip().startswith("compiling llama.cpp: done in 0.")
 
