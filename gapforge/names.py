@@ -8,6 +8,7 @@ resolve outside `root`, and `no_links(root, name)`, which refuses a path through
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import unicodedata
@@ -140,15 +141,50 @@ def no_links(root: Path, path: Path, where: str) -> None:
             )
 
 
-def open_regular(path: Path) -> int:
+def open_regular(path: Path, root: Path | None = None) -> int:
     """A read-only descriptor of `path`, refusing a symbolic link at the last component and
     anything that is not a regular file (a device, a FIFO): the caller closes it. Opened
-    non-blocking, so a FIFO is refused at once instead of waiting forever for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    non-blocking, so a FIFO is refused at once instead of waiting forever for a writer.
+
+    With `root` (the folder an operator named, `path` inside it), every folder between them is
+    opened in turn without following a link too: a folder swapped for a link after the walk saw
+    it cannot lead the read out of `root`."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(path, flags) if root is None else _open_beneath(root, path, flags)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UnsafeName(f"{path}: not a regular file: only regular files are read from input")
     return fd
+
+
+def _open_beneath(root: Path, path: Path, flags: int) -> int:
+    """Open `path` by walking down from `root` one folder at a time (openat, no link followed)."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise UnsafeName(f"{path}: not inside {root}") from None
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise UnsafeName(f"{path}: not a file name inside {root}")
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=folder,
+                )  # fmt: skip
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeName(
+                        f"{path}: its folder {part} is a link or not a folder: only files in "
+                        f"real folders inside {root} are read"
+                    ) from None
+                raise
+            os.close(folder)
+            folder = inner
+        return os.open(parts[-1], flags, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def links_out_of(folder: Path, root: Path) -> list[tuple[Path, Path]]:

@@ -37,6 +37,9 @@ class HashJob:
     parts: tuple[HashJob, ...] = ()
     """Byte ranges of the same file (each with a length) hashed in the same pass: the blobs of an
     image archive. Only for a whole-file job."""
+    root: Path | None = None
+    """The folder the file was found in (a bundle): every folder between is opened without
+    following a link (gapforge.names.open_regular)."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,18 @@ class HashResult:
     error: str = ""
 
 
-def _open_input(path: Path) -> io.FileIO:
+def _open_input(path: Path, root: Path | None = None) -> io.FileIO:
     """`path` for hashing: a regular file, never through a link at its last component, never a
     FIFO that would wait forever (gapforge.names.open_regular): the walk saw a regular file, but
     the name may have been swapped since."""
-    return os.fdopen(open_regular(path), "rb", buffering=0)
+    return os.fdopen(open_regular(path, root), "rb", buffering=0)
 
 
 def _hash_range(job: HashJob, advance: Callable[[int], None]) -> HashResult:
     digest = hashlib.sha256()
     done = 0
     try:
-        with _open_input(job.path) as handle:
+        with _open_input(job.path, job.root) as handle:
             if job.offset:
                 handle.seek(job.offset)
             remaining = job.length
@@ -132,7 +135,7 @@ def _hash_with_parts(
     position = 0
     first = 0
     try:
-        with _open_input(job.path) as handle:
+        with _open_input(job.path, job.root) as handle:
             while True:
                 buffer = free.get()
                 view = memoryview(buffers[buffer])

@@ -224,7 +224,8 @@ def blame_archive(report: VerifyReport, line: SumsLine | None) -> None:
     """After a load saw the archive's bytes differ: hash it as `verify` does, and report the file
     and every altered blob with `verify`'s messages."""
     archive = report.archive
-    job = HashJob(IMAGE_TAR, report.bundle / IMAGE_TAR, parts=_parts(archive, report.workers))
+    job = HashJob(IMAGE_TAR, report.bundle / IMAGE_TAR, parts=_parts(archive, report.workers),
+                  root=report.bundle)  # fmt: skip
     results = _hash(report, [job], "hashing the archive again to find what was altered")
     lines = [line] if line is not None else []
     if (line is None or IMAGE_TAR in _compare_files(report, lines, results)) and archive:
@@ -321,7 +322,12 @@ def _verify(
     # covers them, and on few cores the extra hashing slows the pass; a bad archive is read again.
     parts = _parts(archive, report.workers) if deep else ()
     jobs = [
-        HashJob(line.name, bundle / line.name, parts=parts if line.name == IMAGE_TAR else ())
+        HashJob(
+            line.name,
+            bundle / line.name,
+            parts=parts if line.name == IMAGE_TAR else (),
+            root=bundle,
+        )
         for line in lines
         if line.name in present and not (stream_archive and line.name == IMAGE_TAR)
     ]
