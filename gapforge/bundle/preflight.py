@@ -13,7 +13,7 @@ from typing import Any
 
 from gapforge.bundle import PRETEST
 from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.run import gpu_present, prepare_out, resolve_target, sealed_run
+from gapforge.bundle.run import Target, gpu_present, prepare_out, resolve_target, sealed_run
 from gapforge.bundle.runbook import human_size
 from gapforge.engine import SealedRun, run_sealed
 from gapforge.errors import BundleError
@@ -26,14 +26,22 @@ class Check:
     detail: str
 
 
-def _pretest_output_bytes(bundle: Path | None) -> int:
-    """What the pretest wrote on sample data (0 when unknown): its evidence, shape-checked."""
-    from gapforge.bundle.documents import PRETEST_EVIDENCE, read_document
+def _pretest_output_bytes(target: Target) -> int:
+    """What the pretest wrote on sample data (0 for an image reference): its evidence, read as the
+    bytes the checked bundle's SHA256SUMS names (BundleError if they changed since) and
+    shape-checked, so an altered evidence file cannot talk the disk check into a yes."""
+    from gapforge.bundle.documents import PRETEST_EVIDENCE, SignedFiles, parse_document
 
-    if bundle is None:
+    if target.bundle is None:
         return 0
-    evidence, _ = read_document(bundle, PRETEST, PRETEST_EVIDENCE)
-    outputs = (evidence or {}).get("outputs", {})
+    try:
+        data = SignedFiles(target.bundle, target.sums_sha256 or None).read(PRETEST)
+    except OSError as exc:
+        raise BundleError(f"{target.bundle / PRETEST}: cannot be read ({exc})") from None
+    evidence, problems = parse_document(data, PRETEST_EVIDENCE)
+    if evidence is None:
+        raise BundleError(f"{target.bundle / PRETEST}: {'; '.join(problems)}")
+    outputs = evidence.get("outputs", {})
     return sum(int(v.get("size", 0)) for v in outputs.values())
 
 
@@ -87,7 +95,7 @@ def preflight(
     try:
         user = prepare_out(out)
         free = shutil.disk_usage(out).free
-        need = 2 * _pretest_output_bytes(resolved.bundle)
+        need = 2 * _pretest_output_bytes(resolved)
         room = free >= need
         detail = f"{out} is writable by {user}; {human_size(free)} free"
         if need:

@@ -32,6 +32,12 @@ PARENT_DIR = "/parent"
 GPU_CHOICES = ("auto", "all", "none")
 
 
+class RevokedRelease(BundleError):
+    """The image's release was revoked since it was loaded: a failed check, exit 1."""
+
+    exit_status = 1
+
+
 @dataclass(frozen=True)
 class Target:
     """The image to run: from a bundle (its ref and the image ID it must have) or a plain reference."""
@@ -99,12 +105,31 @@ def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
     if anchor is None and trusted_root_installed():
         identity = root_identity()
     folder = trust_dir() / "receipts"
-    if find_receipt(folder, config_digest, operator_public_keys(trust_dir()), identity) is None:
+    receipt = find_receipt(folder, config_digest, operator_public_keys(trust_dir()), identity)
+    if receipt is not None and anchor is None:
+        _not_revoked(receipt, ref)
+    if receipt is None:
         raise BundleError(
             f"{ref} is image {config_digest}, and no signed receipt in {folder} says a verified "
             "'gapforge load' imported it on this machine under this site's trust anchor: run the "
             "bundle folder instead (it is checked against your trust anchor), or load the bundle "
             "with 'gapforge load' first; --insecure runs it unchecked (never for production)"
+        )
+
+
+def _not_revoked(receipt: dict[str, Any], ref: str) -> None:
+    """Under a trusted release root, a receipt authorises a run only while the release it loaded
+    is not revoked in the site's newest verified release metadata (exit 1 when it is)."""
+    from gapforge.release.client import revocation_on_record
+
+    name, version = str(receipt.get("name", "")), str(receipt.get("version", ""))
+    revoked = revocation_on_record(name, version)
+    if revoked is not None:
+        raise RevokedRelease(
+            f"{ref} is image {receipt.get('config_digest')}, loaded from {name} {version}, which the "
+            f"release repository revoked on {revoked.get('at', 'an unknown date')}: "
+            f"{revoked.get('reason', 'no reason given')}. It must not run: ask the release manager "
+            "which release replaces it"
         )
 
 

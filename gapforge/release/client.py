@@ -266,6 +266,28 @@ class ReleaseCheck:
     fetched now, and those it verified before and keeps (root versions, the newest roles)."""
 
 
+def revocation_on_record(
+    name: str, version: str, trust: Path | None = None
+) -> dict[str, Any] | None:
+    """The revocation of `name` `version` that this site's release metadata lists (the targets
+    role the TUF client verified at its newest refresh and keeps in the trust folder), or None.
+    A receipt says a bundle was proven when it was loaded; this says whether the release manager
+    has since withdrawn it. ReleaseError when the metadata cannot be read: no answer, no run."""
+    path = (trust or trust_dir()) / "metadata" / "targets.json"
+    try:
+        targets: Metadata[Targets] = Metadata.from_file(str(path))
+    except Exception as exc:  # any unreadable or malformed file: cannot decide, so refuse
+        raise ReleaseError(
+            f"{path}: this site's verified release metadata cannot be read ({exc}), so whether the "
+            "release was revoked cannot be decided: import the newest release metadata with "
+            "'gapforge trust update METADATA' (or verify the bundle folder again)"
+        ) from None
+    entry = targets.signed.targets.get(target_path(REVOKED, name, version))
+    if entry is None:
+        return None
+    return dict((entry.custom or {}).get("revoked", {})) or {"reason": "no reason given"}
+
+
 def _build_keys(trust: Path) -> tuple[Ed25519PublicKey, ...]:
     """The candidate delegation's keys from targets.json the Updater just verified and persisted."""
     targets: Metadata[Targets] = Metadata.from_file(str(trust / "metadata" / "targets.json"))
