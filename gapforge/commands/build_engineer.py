@@ -14,9 +14,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gapforge.commands._shared import add_cache_dir, add_common, cache_dir, cache_of, gigabytes
+
+if TYPE_CHECKING:
+    from gapforge.transfer.delta import Against
 from gapforge.errors import GapforgeError
 from gapforge.profile import REPO_ROOT
 from gapforge.progress import console
@@ -104,6 +107,10 @@ def build_arguments(build: argparse.ArgumentParser) -> None:
         help="also write a delta bundle beside the bundle: only the blobs and files that the site's "
         "signed inventory (or the last bundle delivered there) lacks",
     )  # fmt: skip
+    build.add_argument("--inventory-key", type=Path, action="append", default=[], metavar="OPERATOR.pub.pem",
+                       help="with --delta-from INVENTORY: the site's operator key that signed it")  # fmt: skip
+    build.add_argument("--insecure-inventory", action="store_true",
+                       help="with --delta-from INVENTORY: accept the key it names itself")  # fmt: skip
     build.add_argument(
         "--frozen",
         action="store_true",
@@ -124,6 +131,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     from gapforge.build import build
     from gapforge.stages.plan import BuildOptions
 
+    against = None  # the site's inventory (or old bundle) is checked before minutes of building
+    if args.delta_from:
+        from gapforge.transfer.delta import against_spec
+
+        against = against_spec(
+            Path(args.delta_from), args.inventory_key, args.insecure_inventory, "--delta-from"
+        )
     options = BuildOptions(
         recipe=Path(args.recipe),
         cache_dir=cache_dir(args),
@@ -158,23 +172,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     if "bundle" in report:
         console.print(f"  bundle        {report['bundle']['path']}")
         console.print(f"  signed by     {report['bundle']['signing_key']}")
-    if args.delta_from:
-        _delta_after_build(args, report)
+    if against is not None:
+        _delta_after_build(against, report)
     return 0
 
 
-def _delta_after_build(args: argparse.Namespace, report: dict[str, Any]) -> None:
+def _delta_after_build(against: Against, report: dict[str, Any]) -> None:
     """`build --delta-from`: the delta of the bundle just written, beside it in dist/."""
     from gapforge.errors import BuildError
-    from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
+    from gapforge.transfer.delta import make_delta
 
     if "bundle" not in report:
         raise BuildError(
             "--delta-from: this build wrote no bundle (--no-load/--no-smoke/--no-pretest)"
         )
     bundle = Path(report["bundle"]["path"])
-    spec = Path(args.delta_from)
-    against = against_inventory(spec) if spec.is_file() else against_bundle(spec)
     result = make_delta(bundle, against, bundle.parent)
     console.print(
         f"  delta         {result.path} ({result.delta_bytes / 1e6:.2f} MB of the full "

@@ -126,6 +126,35 @@ def against_inventory(path: Path, keys: list[Any] | None = None) -> Against:
     return Against("inventory", held, record, f"the inventory {path} ({len(held)} blobs)")
 
 
+def against_site_inventory(
+    spec: Path, key_paths: list[Path], insecure: bool, option: str = "--against"
+) -> Against:
+    """The site's inventory `spec`, trusted only when signed by a pinned operator key (`key_paths`,
+    received from the site out of band); `insecure` accepts the key the inventory names itself
+    (integrity, not origin). Used by `delta --against` and `build --delta-from` alike."""
+    from gapforge.bundle.sign import load_public_key
+    from gapforge.transfer import TransferError
+
+    keys = [load_public_key(path) for path in key_paths]
+    if not keys and not insecure:
+        raise TransferError(
+            f"{option} {spec}: an inventory is trusted only when it is signed by the site's "
+            "operator key, pinned with --inventory-key OPERATOR.pub.pem (received from the site "
+            "out of band; the release repository's metadata names no operator keys). Pass it, "
+            "or --insecure-inventory to accept the key the inventory names itself (integrity, "
+            "not origin)"
+        )
+    return against_inventory(spec, keys or None)
+
+
+def against_spec(spec: Path, key_paths: list[Path], insecure: bool, option: str) -> Against:
+    """What `option` names: the site's signed inventory (a file) or the last bundle delivered
+    there (a folder)."""
+    if spec.is_file():
+        return against_site_inventory(spec, key_paths, insecure, option)
+    return against_bundle(spec)
+
+
 def against_bundle(folder: Path) -> Against:
     """The last bundle delivered (its image.tar's headers), standing in for an inventory."""
     facts = read_facts(folder)

@@ -104,23 +104,13 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _against(args: argparse.Namespace) -> Against:
-    from gapforge.bundle.sign import load_public_key
     from gapforge.errors import BundleError
     from gapforge.transfer import TransferError
-    from gapforge.transfer.delta import against_bundle, against_inventory
+    from gapforge.transfer.delta import against_bundle, against_site_inventory
 
     spec = Path(args.against)
     if spec.is_file():
-        keys = [load_public_key(path) for path in args.inventory_key]
-        if not keys and not args.insecure_inventory:
-            raise TransferError(
-                f"--against {spec}: an inventory is trusted only when it is signed by the site's "
-                "operator key, pinned with --inventory-key OPERATOR.pub.pem (received from the site "
-                "out of band; the release repository's metadata names no operator keys). Pass it, "
-                "or --insecure-inventory to accept the key the inventory names itself (integrity, "
-                "not origin)"
-            )
-        return against_inventory(spec, keys or None)
+        return against_site_inventory(spec, args.inventory_key, args.insecure_inventory)
     if spec.is_dir():
         return against_bundle(spec)
     from gapforge.release.releases import resolve

@@ -144,3 +144,21 @@ def _snapshot(root: Path) -> dict[str, bytes | str]:
     from tests.hostile.conftest import _tree
 
     return _tree(root)
+
+
+def test_build_delta_from_checks_the_inventory_before_it_builds(
+    hostile: Hostile, inventory: tuple[Path, Path, SigningKey, Path],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    """`build --delta-from INVENTORY` trusts the inventory as `delta --against` does (before: read
+    with the key it names itself), and refuses before any build work: the recipe named here does
+    not exist, so reaching the build would be a different error."""
+    path = inventory[0]
+    recipe = hostile.inputs / "no-such-recipe.yaml"
+    status, text = hostile.run("build", recipe, "--delta-from", path, capsys=capsys)
+    assert status == 2 and "--delta-from" in text and "--inventory-key" in text, text
+    forge(path, _key(tmp_path, 8), lambda payload: payload["blobs"].clear())
+    status, text = hostile.run(
+        "build", recipe, "--delta-from", path, "--inventory-key", inventory[3], capsys=capsys
+    )
+    assert status != 0 and "no-such-recipe" not in text, text
