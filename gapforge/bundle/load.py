@@ -15,7 +15,6 @@ the bundle's.
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ from gapforge.bundle.verify import (
 from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError, EnvironmentProblem
 from gapforge.progress import note, step
+from gapforge.registry import is_loopback
 
 
 class Refused(BundleError):
@@ -68,18 +68,6 @@ def registry_destination(to: str, version: str) -> tuple[str, str]:
     if ":" not in last and "@" not in last:
         repo = f"{repo}:{version}"
     return f"docker://{host}/{repo}", host
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost: Docker itself treats these registries as plain HTTP."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def check_verified(report: VerifyReport, insecure: bool) -> None:

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle.load import is_loopback
 from gapforge.errors import GapforgeError
-from gapforge.registry import MANIFEST_TYPES, OCI_INDEX
+from gapforge.registry import MANIFEST_TYPES, OCI_INDEX, is_loopback
 
 FIX_REACH = (
     "check that the registry runs, that HOST[:PORT] is right and that this machine can reach it"
