@@ -28,10 +28,8 @@ from gapforge.transfer.delta import against_bundle, against_inventory, make_delt
 from gapforge.transfer.delta_cli import (
     cmd_delta,
     cmd_inventory,
-    cmd_rebuild,
     delta_arguments,
     inventory_arguments,
-    rebuild_arguments,
 )
 from gapforge.transfer.inventory import make_inventory, read_inventory, write_inventory
 from gapforge.transfer.rebuild import rebuild_bundle
@@ -322,18 +320,8 @@ def test_commands_end_to_end(
     ]
     assert run(delta_arguments, cmd_delta, argv) == 0
     delta = tmp_path / "out" / "unit-desk-2.0.0.delta"
-    release_pub = tmp_path / "release.pub.pem"
-    release_pub.write_bytes(_key(tmp_path).public_pem)
-    argv = [
-        str(delta),
-        "--from",
-        str(old),
-        "--out",
-        str(tmp_path / "inside"),
-        "--key",
-        str(release_pub),
-    ]
-    assert run(rebuild_arguments, cmd_rebuild, argv) == 0
+    # Inside, `gapforge join` rebuilds it (commands/site.py); the rebuild itself, pinned to the key.
+    rebuild_bundle(delta, [old], tmp_path / "inside", _pinned(tmp_path))
     assert _sha256(tmp_path / "inside" / "unit-desk-2.0.0" / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 
 
