@@ -1,7 +1,8 @@
 """The site's registry, with everything attached: a small OCI distribution client (client.py) and
 OCI 1.1 referrers (referrers.py): the bundle's SBOM, provenance and signature pushed as artifact
 manifests whose `subject` is the image, listed through the referrers API or, where the registry
-has none, the referrers tag schema (`sha256-<hex>`), and verified from the registry alone.
+has none, the referrers tag schema (`sha256-<hex>`), and verified from the registry alone
+(verify.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from gapforge.errors import GapforgeError
 from gapforge.progress import console
 
 if TYPE_CHECKING:
-    from gapforge.registry.referrers import RegistryReport
+    from gapforge.registry.verify import RegistryReport
 
 
 def parse_image_reference(text: str) -> tuple[str, str, str]:
@@ -64,12 +64,8 @@ def cmd_inspect_registry(args: argparse.Namespace) -> int:
     """Print what is attached to the image; with --key, verify it (exit 1 when a check fails)."""
     from gapforge.bundle.sign import load_public_key
     from gapforge.registry.client import RegistryClient
-    from gapforge.registry.referrers import (
-        RegistryReport,
-        listed_referrers,
-        resolve_image,
-        verify_referrers,
-    )
+    from gapforge.registry.referrers import listed_referrers, resolve_image
+    from gapforge.registry.verify import RegistryReport, verify_referrers
 
     registry, repo, reference = parse_image_reference(args.registry)
     tls_verify, creds = getattr(args, "tls_verify", None), getattr(args, "creds", None)

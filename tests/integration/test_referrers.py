@@ -33,9 +33,9 @@ from gapforge.registry.referrers import (
     list_referrers,
     make_artifacts,
     merge_index,
-    verify_referrers,
 )
 from gapforge.registry.registry_cli import cmd_inspect_registry, inspect_registry_arguments
+from gapforge.registry.verify import verify_referrers
 
 pytestmark = pytest.mark.integration
 
