@@ -92,7 +92,7 @@ def _open(args: argparse.Namespace) -> Repository:
 def _init(args: argparse.Namespace) -> int:
     from gapforge.bundle.sign import development_key_path
     from gapforge.cache import default_cache_dir
-    from gapforge.release.repository import init_repository, parse_expires
+    from gapforge.release.create import init_repository, parse_expires
 
     result = init_repository(
         args.dir, args.keys_dir, args.root_keys, args.root_threshold, args.approvers,

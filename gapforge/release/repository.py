@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,6 @@ from typing import Any
 
 from securesystemslib.signer import Key
 from tuf.api.metadata import (
-    DelegatedRole,
-    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -30,8 +27,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from gapforge.bundle.sign import SigningKey, fingerprint, load_private_key, write_key_pair
-from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ROLES, ReleaseError
+from gapforge.bundle.sign import load_private_key
+from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ReleaseError
 from gapforge.release.keys import KeyRing, describe, signer, tuf_key
 
 REPO_ENV = "GAPFORGE_RELEASE_REPO"
@@ -284,173 +281,3 @@ class Repository:
             return []
         lines = path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
-
-
-# --- init ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InitResult:
-    repository: Repository
-    generated: list[Path]
-    """Private key files made just now."""
-    offline: list[Path]
-    """Private key files to move off this machine (root and approver keys)."""
-
-
-def _key_file(folder: Path, name: str, generated: list[Path]) -> SigningKey:
-    path = folder / name
-    if path.is_file():
-        return load_private_key(path)
-    key = write_key_pair(path)
-    generated.append(path)
-    return key
-
-
-def parse_expires(values: Iterable[str]) -> dict[str, int]:
-    """`ROLE=DAYS` pairs from --expires."""
-    days: dict[str, int] = {}
-    for value in values:
-        role, _, number = value.partition("=")
-        if role not in ROLES or not number.isdigit() or int(number) < 1:
-            raise ReleaseError(
-                f"--expires {value}: must be ROLE=DAYS with ROLE one of {', '.join(ROLES)} and "
-                "DAYS a whole number of at least 1 (e.g. --expires timestamp=14)"
-            )
-        days[role] = int(number)
-    return days
-
-
-def _refuse_development_key(key: SigningKey, development_key: Path | None) -> None:
-    if development_key is None or not development_key.is_file():
-        return
-    dev = load_private_key(development_key)
-    if fingerprint(dev.private.public_key()) == key.fingerprint:
-        raise ReleaseError(
-            f"--build-key {key.path}: this is the cache's development key ({development_key}, "
-            f"{key.fingerprint}): a release repository must not trust it. Make a build key with "
-            "'gapforge keygen', build with --key (or $GAPFORGE_SIGNING_KEY), and pass that key"
-        )
-
-
-def init_repository(
-    path: Path,
-    keys_dir: Path | None = None,
-    root_keys: int = 3,
-    root_threshold: int = 2,
-    approvers: int = 1,
-    approve_threshold: int = 1,
-    build_keys: Iterable[Path] = (),
-    expires_days: dict[str, int] | None = None,
-    development_key: Path | None = None,
-    clock: Callable[[], datetime] = utc_now,
-) -> InitResult:
-    """Make a new repository in `path` (absent or empty), its missing keys in `keys_dir`."""
-    path = path.resolve()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ReleaseError(
-            f"{path}: exists and is not an empty folder: a release repository is made in a new "
-            "folder; choose another path (an existing repository is used with --repo)"
-        )
-    keys_dir = (keys_dir or path.with_name(path.name + ".keys")).resolve()
-    if keys_dir == path or path in keys_dir.parents:
-        raise ReleaseError(
-            f"--keys-dir {keys_dir}: inside the repository {path}, which is published: keep "
-            "private keys outside it (the default is DIR.keys/ beside DIR)"
-        )
-    for what, count, threshold in (("root", root_keys, root_threshold),
-                                   ("approve", approvers, approve_threshold)):  # fmt: skip
-        if count < 1 or not 1 <= threshold <= count:
-            raise ReleaseError(
-                f"--{what}-threshold {threshold} with {count} keys: the threshold must be between "
-                f"1 and the number of keys ({count})"
-            )
-    generated: list[Path] = []
-    roots = [_key_file(keys_dir, f"root-{i}.key", generated) for i in range(1, root_keys + 1)]
-    targets_key = _key_file(keys_dir, "targets.key", generated)
-    online = _key_file(keys_dir, "online.key", generated)
-    build_paths = [p.expanduser().resolve() for p in build_keys]
-    builds = [load_private_key(p) for p in build_paths]
-    for key in builds:
-        _refuse_development_key(key, development_key)
-    if not builds:
-        builds = [_key_file(keys_dir, "build.key", generated)]
-    approver_keys = [
-        _key_file(keys_dir, f"approver-{i}.key", generated) for i in range(1, approvers + 1)
-    ]
-    ring = KeyRing.load((), keys_dir)
-    for key in builds:
-        ring.explicit[tuf_key(key.private.public_key()).keyid] = key
-
-    days = {**DEFAULT_EXPIRY_DAYS, **(expires_days or {})}
-    now = clock()
-
-    def expiry(role: str) -> datetime:
-        return now + timedelta(days=days[role])
-
-    root = Metadata(Root(expires=expiry("root")))
-    for role, holders in (("root", roots), ("targets", [targets_key]),
-                          ("snapshot", [online]), ("timestamp", [online])):  # fmt: skip
-        for key in holders:
-            root.signed.add_key(tuf_key(key.private.public_key()), role)
-    root.signed.roles["root"].threshold = root_threshold
-    targets = Metadata(Targets(expires=expiry("targets")))
-    targets.signed.delegations = Delegations(
-        keys={},
-        roles={
-            "candidate": DelegatedRole("candidate", [], 1, False, ["candidate/*/*"]),
-            "approved": DelegatedRole("approved", [], approve_threshold, False, ["approved/*/*"]),
-        },
-    )
-    for key in builds:
-        targets.signed.add_key(tuf_key(key.private.public_key()), "candidate")
-    for key in approver_keys:
-        targets.signed.add_key(tuf_key(key.private.public_key()), "approved")
-    channels = {role: Metadata(Targets(expires=expiry(role))) for role in CHANNELS}
-    snapshot = Metadata(
-        Snapshot(
-            expires=expiry("snapshot"),
-            meta={f"{role}.json": MetaFile(version=1) for role in ("targets", *CHANNELS)},
-        )
-    )
-    timestamp = Metadata(Timestamp(expires=expiry("timestamp"), snapshot_meta=MetaFile(1)))
-
-    sign_role(root, "root", role_keys(root.signed, "root"), root_threshold, ring)
-    top: dict[str, Metadata[Any]] = {
-        "targets": targets,
-        "snapshot": snapshot,
-        "timestamp": timestamp,
-    }
-    for role, md in top.items():
-        sign_role(md, role, role_keys(root.signed, role), 1, ring)
-    for role, channel in channels.items():
-        delegated = role_keys(targets.signed, role)
-        sign_role(channel, role, delegated, role_threshold(targets.signed, role), ring)
-
-    work = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    files: dict[str, Metadata[Any]] = {
-        "1.root.json": root, "root.json": root, "1.targets.json": targets,
-        "1.candidate.json": channels["candidate"], "1.approved.json": channels["approved"],
-        "1.snapshot.json": snapshot, "timestamp.json": timestamp,
-    }  # fmt: skip
-    for name, written in files.items():
-        atomic_write(work / METADATA / name, metadata_bytes(written))
-    settings = {
-        "schema": "gapforge/release-repository/v1",
-        "keys_dir": str(keys_dir),
-        "thresholds": {"root": root_threshold, "approved": approve_threshold},
-        "expires_days": days,
-        "build_key_files": [str(p) for p in build_paths],
-        "bundles": {},
-    }
-    atomic_write(work / SETTINGS, json.dumps(settings, indent=2, sort_keys=True).encode() + b"\n")
-    (work / STAGED).mkdir()
-    if path.exists():
-        path.rmdir()
-    os.rename(work, path)
-    repository = Repository.open(path, clock)
-    repository.log("init")
-    offline = [keys_dir / f"root-{i}.key" for i in range(1, root_keys + 1)]
-    offline += [keys_dir / f"approver-{i}.key" for i in range(1, approvers + 1)]
-    return InitResult(repository, generated, offline)

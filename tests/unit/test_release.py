@@ -19,10 +19,11 @@ from gapforge.bundle.sums import render_sums
 from gapforge.cli import main
 from gapforge.release import ReleaseError
 from gapforge.release.client import check_release, trust_init, trust_state, trust_update
+from gapforge.release.create import init_repository
 from gapforge.release.keys import KeyRing, public_tuf_key, signer
 from gapforge.release.maintenance import export, rotate, status
 from gapforge.release.releases import add_bundle, promote, releases, revoke
-from gapforge.release.repository import Repository, init_repository, metadata_bytes
+from gapforge.release.repository import Repository, metadata_bytes
 
 
 def make_bundle(
