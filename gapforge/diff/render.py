@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gapforge.bundle.runbook import human_size
-from gapforge.diff.compare import (
+from gapforge.diff.results import (
     BundleDiff,
     Figure,
     KeyedChanges,
