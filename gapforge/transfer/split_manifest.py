@@ -143,24 +143,9 @@ class PartsManifest:
             for field_name in ("name", "medium", "file"):
                 component(getattr(part, field_name), f"{where}: parts[{number}].{field_name}")
 
-    def validate(self, where: str) -> None:
-        problems = []
-        if self.k < 1 or self.n < 0 or self.k + self.n > 256:
-            problems.append(f"k={self.k}, n={self.n} (need k >= 1, n >= 0, k + n <= 256)")
-        if self.block_size < 1 or self.part_size < 1:
-            problems.append("block_size and part_size must be > 0")
-        if (
-            self.stream_size < 0
-            or not _HEX.match(self.stream_sha256)
-            or not _HEX.match(self.sums_sha256)
-        ):
-            problems.append("stream_size, stream_sha256 or sums_sha256 is malformed")
-        if len(self.data_parts) != self.k or len(self.parity_parts) != self.n:
-            problems.append("the part list does not hold k data and n parity parts")
-        if sum(p.size for p in self.data_parts) != self.stream_size:
-            problems.append("the data parts do not add up to the stream's size")
-        if len({p.name for p in self.parts}) != len(self.parts):
-            problems.append("two parts share a name")
+    def _part_problems(self) -> list[str]:
+        """What is wrong with the parts themselves: kinds, order, offsets, sizes, hashes, names."""
+        problems: list[str] = []
         offset, first = 0, self.data_parts[0].size if self.data_parts else 0
         for number, p in enumerate(self.parts):
             if p.kind not in ("data", "parity") or p.size < 0 or p.offset < 0:
@@ -178,6 +163,28 @@ class PartsManifest:
                 problems.append(f"{p.name}: a sha256 that is not 64 hex digits")
             if p.file.startswith("."):
                 problems.append(f"{p.name}: a hidden file name {p.file!r}")
+        return problems
+
+    def validate(self, where: str) -> None:
+        """Every inconsistency of the manifest at once, in one error that names `where`."""
+        problems = []
+        if self.k < 1 or self.n < 0 or self.k + self.n > 256:
+            problems.append(f"k={self.k}, n={self.n} (need k >= 1, n >= 0, k + n <= 256)")
+        if self.block_size < 1 or self.part_size < 1:
+            problems.append("block_size and part_size must be > 0")
+        if (
+            self.stream_size < 0
+            or not _HEX.match(self.stream_sha256)
+            or not _HEX.match(self.sums_sha256)
+        ):
+            problems.append("stream_size, stream_sha256 or sums_sha256 is malformed")
+        if len(self.data_parts) != self.k or len(self.parity_parts) != self.n:
+            problems.append("the part list does not hold k data and n parity parts")
+        if sum(p.size for p in self.data_parts) != self.stream_size:
+            problems.append("the data parts do not add up to the stream's size")
+        if len({p.name for p in self.parts}) != len(self.parts):
+            problems.append("two parts share a name")
+        problems += self._part_problems()
         if problems:
             raise BundleError(f"{where}: inconsistent parts manifest: {'; '.join(problems)}")
 
