@@ -24,7 +24,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gapforge.bundle import SIGNATURE, SUMS
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import SigningKey, load_private_key, sign
 from gapforge.bundle.source import (
     BundleSource,
@@ -40,6 +39,7 @@ from gapforge.bundle.write import write_bundle
 from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
+from gapforge.operator.anchor import Anchor
 
 EPOCH = 1735689600
 REF = "gapforge/unit-desk:1.2.3"

@@ -121,7 +121,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # imports, the trust anchor and the signature check run beside it (not for --deep, which
     # hashes each blob in the same pass).
     early = None if args.deep else prefetch(args.bundle / IMAGE_TAR)
-    from gapforge.bundle.verify import verify_bundle
+    from gapforge.operator.verify import verify_bundle
 
     anchor = anchor_of(args)
     bundle = full_bundle(args)
@@ -130,8 +130,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                            early if bundle == args.bundle else None)  # fmt: skip
     receipt = None
     if args.receipt and report.authenticated:  # a receipt records a proven success, never a failure
-        from gapforge.bundle.gate import gate
-        from gapforge.bundle.load import record_receipt
+        from gapforge.operator.gate import gate
+        from gapforge.operator.load import record_receipt
 
         receipt = record_receipt(
             gate(report, "verify --receipt"), "verify", None, args.operator_key
@@ -169,7 +169,7 @@ def load_arguments(load: argparse.ArgumentParser) -> None:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from gapforge.bundle.load import load_bundle
+    from gapforge.operator.load import load_bundle
 
     anchor = anchor_of(args)
     loaded = load_bundle(
@@ -244,8 +244,8 @@ def run_arguments(run: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gapforge.bundle.run import run_image
     from gapforge.multinode import node_run
+    from gapforge.operator.run import run_image
 
     node = node_run(args.nnodes, args.node_rank, args.rdzv_endpoint, args.network, args.hostname,
                     args.rdzv_id)  # fmt: skip
@@ -280,7 +280,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from gapforge.bundle.preflight import preflight
+    from gapforge.operator.preflight import preflight
 
     step(f"preflight: {args.target} on {args.data} → {args.out}")
     checks = preflight(args.target, args.data, args.out, target_anchor(args), args.insecure)
@@ -310,7 +310,7 @@ def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from gapforge.bundle.inspect import bundle_table, describe_bundle
+    from gapforge.operator.inspect import bundle_table, describe_bundle
 
     if args.registry is not None:
         from gapforge.registry.registry_cli import cmd_inspect_registry
@@ -342,9 +342,9 @@ def _inspect_checked(
 ) -> dict[str, Any]:
     """The facts of a bundle the gate proved (its verified bundle.json); with --insecure, of one it
     did not, marked `verified: false`. NotVerified (exit 1) otherwise."""
-    from gapforge.bundle.anchor import choose_anchor
-    from gapforge.bundle.gate import NotVerified, gate
-    from gapforge.bundle.verify import authenticate_index
+    from gapforge.operator.anchor import choose_anchor
+    from gapforge.operator.gate import NotVerified, gate
+    from gapforge.operator.verify import authenticate_index
 
     key = (args.registry_keys or [None])[0]
     anchor = choose_anchor("inspect", key, args.insecure, args.repo, args.channel)

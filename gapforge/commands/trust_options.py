@@ -15,13 +15,13 @@ KEY_HELP = (
 
 
 def operator_key_help() -> str:
-    from gapforge.bundle.receipt import OPERATOR_KEY_HELP
+    from gapforge.operator.receipt import OPERATOR_KEY_HELP
 
     return OPERATOR_KEY_HELP
 
 
 def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> None:
-    """The trust anchor (gapforge.bundle.anchor): --key, or the root from 'gapforge trust init';
+    """The trust anchor (gapforge.operator.anchor): --key, or the root from 'gapforge trust init';
     --repo and --channel for the release check; --insecure, explicit and loud."""
     parser.add_argument("--key", type=Path, help=KEY_HELP)
     parser.add_argument(
@@ -37,7 +37,7 @@ def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> No
 
 def anchor_of(args: argparse.Namespace) -> Any:
     """The command's trust anchor, or NoTrustAnchor (exit 2) saying how to get one."""
-    from gapforge.bundle.anchor import choose_anchor
+    from gapforge.operator.anchor import choose_anchor
 
     return choose_anchor(args.command, args.key, args.insecure, args.repo, args.channel)
 
@@ -98,6 +98,6 @@ def full_bundle(args: argparse.Namespace) -> Path:
 
 
 def scan_options(args: argparse.Namespace) -> Any:
-    from gapforge.bundle.verify import ScanOptions
+    from gapforge.operator.verify import ScanOptions
 
     return ScanOptions(args.clamav_db, args.scan_tmp) if args.scan else None

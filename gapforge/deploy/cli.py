@@ -1,7 +1,7 @@
 """`gapforge deploy BUNDLE --registry HOST/REPO --kubernetes DIR | --slurm FILE`.
 
 Order: the options are checked, then the bundle is verified through the one trust gate
-(gapforge.bundle.gate.require_verified) against the operator's anchor, and only then is anything
+(gapforge.operator.gate.require_verified) against the operator's anchor, and only then is anything
 written; what the files name (recipe, version, image digest, image ID) comes from the gate's record.
 """
 
@@ -68,8 +68,8 @@ def deploy_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from gapforge.bundle.gate import require_verified
     from gapforge.commands.trust_options import anchor_of
+    from gapforge.operator.gate import require_verified
 
     options = DeployOptions(
         registry=args.registry, nnodes=args.nnodes, gpus_per_node=args.gpus_per_node,

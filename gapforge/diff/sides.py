@@ -26,7 +26,7 @@ def verified_side(
     """The bundle folder `spec` names, once verified (module docstring), and the sha256 of the
     SHA256SUMS whose signature was proven (what the diff then reads must be the bytes it lists:
     gapforge.diff.read.Signed); NotVerified (exit 1) or NoTrustAnchor / BundleError (exit 2)."""
-    from gapforge.bundle.anchor import Anchor, choose_anchor
+    from gapforge.operator.anchor import Anchor, choose_anchor
     from gapforge.release import target_path
     from gapforge.release.keys import crypto_key
     from gapforge.release.releases import resolve

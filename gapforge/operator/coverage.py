@@ -15,8 +15,8 @@ from pathlib import Path
 
 from gapforge.bundle import RELEASE_DIR, SIGNATURE, SUMS
 from gapforge.bundle.documents import read_bytes_no_follow
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.names import UnsafeName
+from gapforge.operator.verify_report import VerifyReport
 
 METADATA_DIR = f"{RELEASE_DIR}/metadata"
 _METADATA_NAME = re.compile(

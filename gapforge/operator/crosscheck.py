@@ -24,7 +24,7 @@ from gapforge.bundle.imagetar import ImageArchive
 from gapforge.bundle.provenance import read_provenance, subject_digest
 from gapforge.bundle.sbom import image_digests
 from gapforge.bundle.sums import SumsLine
-from gapforge.bundle.verify_report import VerifyReport
+from gapforge.operator.verify_report import VerifyReport
 
 
 def signed_bytes(report: VerifyReport, name: str, lines: list[SumsLine]) -> bytes | None:

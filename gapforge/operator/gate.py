@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import GapforgeError
 from gapforge.names import component
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify_report import VerifyReport
 
 
 class NotVerified(GapforgeError):
@@ -76,7 +76,7 @@ class VerifiedBundle:
     """How the key was anchored: `key` (pinned) or `root` (the trusted TUF release root)."""
     report: VerifyReport
     anchor_identity: str = ""
-    """The anchor as a receipt binds it (gapforge.bundle.anchor.Anchor.identity)."""
+    """The anchor as a receipt binds it (gapforge.operator.anchor.Anchor.identity)."""
 
     @property
     def ref(self) -> str:
@@ -90,7 +90,7 @@ class VerifiedBundle:
     @property
     def archive_hashed(self) -> bool:
         """Whether the archive's bytes were hashed too: `require_verified` always; the lighter
-        check of run/preflight/inspect (gapforge.bundle.verify.authenticate_index) never, since
+        check of run/preflight/inspect (gapforge.operator.verify.authenticate_index) never, since
         they act on the image ID the signed bundle.json names, a content address."""
         return self.report.archive_hashed
 
@@ -127,6 +127,6 @@ def require_verified(
 ) -> VerifiedBundle:
     """Verify `folder` against `anchor` (a full verify: every file hashed) and return the record,
     or raise NotVerified (exit 1) / BundleError (exit 2, unusable input)."""
-    from gapforge.bundle.verify import verify_bundle
+    from gapforge.operator.verify import verify_bundle
 
     return gate(verify_bundle(folder, anchor, workers), command)

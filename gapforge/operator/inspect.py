@@ -1,5 +1,5 @@
 """`gapforge inspect`: what a bundle holds (recipe, model, packages, digests, pretest), as a table or
-JSON. The command shows a bundle the trust gate proved (gapforge.bundle.gate: names and digests
+JSON. The command shows a bundle the trust gate proved (gapforge.operator.gate: names and digests
 from the signed, shape-checked bundle.json it returns); with --insecure, what an unproven bundle
 says about itself, marked so. Every document is shape-checked where read (gapforge.bundle.documents):
 a wrong type is one paragraph naming the file and field, never a traceback."""

@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import IMAGE_TAR
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.gate import VerifiedBundle, gate
-from gapforge.bundle.verify import (
+from gapforge.errors import BundleError, EnvironmentProblem
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.gate import VerifiedBundle, gate
+from gapforge.operator.verify import (
     ScanOptions,
     blame_archive,
     verify_all_but_archive_bytes,
     verify_bundle,
 )
-from gapforge.bundle.verify_report import VerifyReport
-from gapforge.errors import BundleError, EnvironmentProblem
+from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import note, step
 from gapforge.registry import is_loopback
 
@@ -172,8 +172,8 @@ def record_receipt(
 ) -> Path:
     """Write the signed receipt of `action` (load, verify) of a bundle the gate proved, in the trust
     folder's receipts/: a receipt records a success, so it takes the gate's record, nothing less."""
-    from gapforge.bundle.receipt import make_receipt, write_receipt
-    from gapforge.bundle.receipt import operator_key as resolve_key
+    from gapforge.operator.receipt import make_receipt, write_receipt
+    from gapforge.operator.receipt import operator_key as resolve_key
     from gapforge.release.client import trust_dir
 
     report = verified.report

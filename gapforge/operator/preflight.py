@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import PRETEST
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.run import gpu_present, prepare_out, resolve_target, sealed_run
 from gapforge.bundle.runbook import human_size
 from gapforge.engine import SealedRun, run_sealed
 from gapforge.errors import BundleError
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.run import gpu_present, prepare_out, resolve_target, sealed_run
 
 
 @dataclass(frozen=True)

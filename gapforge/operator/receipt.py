@@ -15,7 +15,7 @@ quick look-ups; `find_receipt` reads every receipt and trusts only signatures th
 A receipt means success: one is written only for a bundle the trust gate proved (a failed or
 --insecure check writes none), and `find_receipt` accepts one only when it verifies with the
 operator key, every check in it passed, and it binds the image ID asked for, a SHA256SUMS digest and
-this site's trust anchor (`anchor`: gapforge.bundle.anchor.Anchor.identity). A receipt made under
+this site's trust anchor (`anchor`: gapforge.operator.anchor.Anchor.identity). A receipt made under
 another anchor (another pinned key, another root) authorises nothing here.
 """
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX
-from gapforge.bundle.anchor import Anchor, NoTrustAnchor, no_anchor_message
-from gapforge.bundle.load import Refused
 from gapforge.engine import PROFILE_LABEL, SealedRun, run_sealed
 from gapforge.errors import BundleError
 from gapforge.fetch.rootfs import IMAGE_USER, USER_ID
 from gapforge.multinode import NodeRun, check_internal_network
+from gapforge.operator.anchor import Anchor, NoTrustAnchor, no_anchor_message
+from gapforge.operator.load import Refused
 from gapforge.progress import step
 
 DATA_DIR = "/data"
@@ -52,8 +52,8 @@ def _checked_bundle(path: Path, anchor: Anchor, insecure: bool) -> Target:
     """The image a bundle folder names, from the record the trust gate returns (the signature by
     the anchor, every file but the archive's bytes, the documents against the archive); with
     `insecure`, a failure is printed loudly and the run goes on from the shape-checked bundle.json."""
-    from gapforge.bundle.gate import NotVerified, gate
-    from gapforge.bundle.verify import authenticate_index
+    from gapforge.operator.gate import NotVerified, gate
+    from gapforge.operator.verify import authenticate_index
 
     report = authenticate_index(path, anchor)
     if anchor.kind == "insecure":
@@ -91,8 +91,8 @@ def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
     checked by `verify --receipt`) on this machine, under this site's trust anchor: its signed
     receipt, under the operator key, names this image ID, a SHA256SUMS digest and the anchor, and
     records a success."""
-    from gapforge.bundle.anchor import root_identity
-    from gapforge.bundle.receipt import find_receipt, operator_public_keys
+    from gapforge.operator.anchor import root_identity
+    from gapforge.operator.receipt import find_receipt, operator_public_keys
     from gapforge.release.client import trust_dir, trusted_root_installed
 
     identity = anchor.identity if anchor is not None else ""

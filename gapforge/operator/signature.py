@@ -1,4 +1,4 @@
-"""The signature over SHA256SUMS, checked against the operator's trust anchor (gapforge.bundle.anchor):
+"""The signature over SHA256SUMS, checked against the operator's trust anchor (gapforge.operator.anchor):
 the pinned key; or the trusted release root, whose verified metadata names the build keys (and the
 bundle must be a release on the site's channel); or, with --insecure only, the bundle's own key.
 
@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge.bundle import INDEX, PUBLIC_KEY, RELEASE_DIR, SIGNATURE, SUMS
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.documents import read_bytes_no_follow
 from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, signature_valid
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import GapforgeError
 from gapforge.names import UnsafeName, no_links
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify_report import VerifyReport
 
 
 def read_signed_file(report: VerifyReport, name: str, limit: int) -> bytes | None:

@@ -1,12 +1,12 @@
 """`gapforge verify`: check a bundle offline and name every bad file.
 
 Fail closed: the report is `ok` only when the signature over SHA256SUMS was proven by a key the
-anchor gives and nothing else is wrong (gapforge.bundle.verify_report); whatever cannot be decided
+anchor gives and nothing else is wrong (gapforge.operator.verify_report); whatever cannot be decided
 is a refusal (exit 2). Files are read without following links, a link anywhere in the folder is a
 failed check, and every file is listed in SHA256SUMS or is release metadata in release/metadata/
-(gapforge.bundle.coverage). Documents are shape-checked where read (gapforge.bundle.documents).
+(gapforge.operator.coverage). Documents are shape-checked where read (gapforge.bundle.documents).
 
-In order: the signature over SHA256SUMS against the operator's trust anchor (gapforge.bundle.anchor:
+In order: the signature over SHA256SUMS against the operator's trust anchor (gapforge.operator.anchor:
 a pinned key; or the trusted TUF release root, when the bundle must also be a release the repository
 lists on the site's channel, unrevoked, with this very SHA256SUMS; or, with --insecure only, the
 bundle's own key, which proves integrity but not origin); every file against SHA256SUMS (none missing, none extra);
@@ -36,24 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import IMAGE_TAR, INDEX, SBOM, SUMS
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.coverage import (
-    Tree,
-    check_entries,
-    check_release_dir,
-    is_covered_elsewhere,
-    walk_bundle,
-)
-from gapforge.bundle.crosscheck import cross_check, read_index
 from gapforge.bundle.documents import read_bytes_no_follow
 from gapforge.bundle.imagetar import ImageArchive, read_archive
 from gapforge.bundle.sbom import validate_sbom
-from gapforge.bundle.signature import (
-    anchored_keys,
-    blame_signature,
-    check_signature,
-    read_signed_file,
-)
 from gapforge.bundle.sums import (
     HashJob,
     HashResult,
@@ -64,9 +49,24 @@ from gapforge.bundle.sums import (
     job_bytes,
     parse_sums,
 )
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.errors import BundleError
 from gapforge.names import UnsafeName
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.coverage import (
+    Tree,
+    check_entries,
+    check_release_dir,
+    is_covered_elsewhere,
+    walk_bundle,
+)
+from gapforge.operator.crosscheck import cross_check, read_index
+from gapforge.operator.signature import (
+    anchored_keys,
+    blame_signature,
+    check_signature,
+    read_signed_file,
+)
+from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import byte_progress
 
 MAX_SUMS = 16 * 1024 * 1024
@@ -203,7 +203,7 @@ def verify_bundle(
     bundle: Path, anchor: Anchor, workers: int | None = None, deep: bool = False,
     scan: ScanOptions | None = None, prefetched: Prefetch | None = None,
 ) -> VerifyReport:  # fmt: skip
-    """Check everything against `anchor` (gapforge.bundle.anchor.choose_anchor), and with `scan`
+    """Check everything against `anchor` (gapforge.operator.anchor.choose_anchor), and with `scan`
     run ClamAV over it; never stop at the first problem. Raises BundleError only for bad input.
     `prefetched`: the archive's hash already begun (gapforge.bundle.sums.prefetch)."""
     report, _ = _verify(bundle, anchor, workers, deep, scan, False, prefetched)

@@ -10,7 +10,7 @@ adds a problem, and a problem marked `refused` (the input could not be judged) m
 With `--insecure` the anchor is the bundle's own key: `ok` then proves integrity only (the files
 are the ones that key signed), never origin. `authenticated` is True only when the key came from the
 operator (a pinned `--key`, or a build key the trusted TUF root names); the trust gate
-(gapforge.bundle.gate) and receipts require it, and `verify --json` prints both.
+(gapforge.operator.gate) and receipts require it, and `verify --json` prints both.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class VerifyReport:
     anchor: str = ""
     """How the signature was anchored: `key` (pinned), `root` (a TUF release), `insecure`."""
     anchor_identity: str = ""
-    """gapforge.bundle.anchor.Anchor.identity: what a receipt binds ('' for --insecure)."""
+    """gapforge.operator.anchor.Anchor.identity: what a receipt binds ('' for --insecure)."""
     public_keys: list[Ed25519PublicKey] = field(default_factory=list)
     release: ReleaseCheck | None = None
     scan: dict[str, Any] | None = None

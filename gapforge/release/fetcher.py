@@ -3,7 +3,7 @@
 `FolderFetcher` serves the Updater's metadata requests from a folder (media, a bundle's
 release/metadata/) and records the sha256 of every file it handed over; `trusted_files` names the
 metadata the client verified before and keeps. Together they say which files of a metadata folder
-the client verified, byte for byte (gapforge.bundle.coverage refuses the others in a bundle).
+the client verified, byte for byte (gapforge.operator.coverage refuses the others in a bundle).
 """
 
 from __future__ import annotations

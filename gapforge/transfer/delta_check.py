@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gapforge.bundle import INDEX, PUBLIC_KEY, RELEASE_DIR, SIGNATURE, SUMS
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, load_public_key, signature_valid
 from gapforge.bundle.sums import parse_sums
 from gapforge.names import component, open_regular, relative_path
+from gapforge.operator.anchor import Anchor
 from gapforge.transfer import DELTA_DIR, TransferError
 from gapforge.transfer.trust import TransferNotTrusted, read_small, refuse_links, release_keys
 

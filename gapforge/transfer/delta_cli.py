@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gapforge.bundle.receipt import OPERATOR_KEY_HELP
+from gapforge.operator.receipt import OPERATOR_KEY_HELP
 from gapforge.progress import console, note, step
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def inventory_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    from gapforge.bundle.receipt import operator_key
+    from gapforge.operator.receipt import operator_key
     from gapforge.release.client import trust_dir
     from gapforge.transfer.inventory import make_inventory, write_inventory
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.errors import BundleError
 from gapforge.names import UnsafeName
+from gapforge.operator.anchor import Anchor
 from gapforge.transfer import TransferError
 from gapforge.transfer.parity import block_length
 from gapforge.transfer.split_manifest import (

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify_report import VerifyReport
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import byte_progress
 from gapforge.transfer import ARCHIVE_MAP, DELTA_BLOBS, DELTA_DIR, TransferError, is_delta
 from gapforge.transfer.archivemap import ArchiveMap, Inline, parse_map

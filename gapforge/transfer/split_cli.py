@@ -8,11 +8,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import load_public_key, resolve_signing_key
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.cache import default_cache_dir
 from gapforge.errors import BundleError
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import console, note, step
 from gapforge.transfer.join import JoinResult, join_parts
 from gapforge.transfer.join_sources import check_part, find_sources, media_keys, ranges

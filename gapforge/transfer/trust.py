@@ -19,9 +19,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gapforge.bundle.anchor import Anchor
-from gapforge.bundle.verify_report import VerifyReport
 from gapforge.names import UnsafeName, open_regular
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify_report import VerifyReport
 from gapforge.transfer import TransferError
 
 SMALL_FILE_LIMIT = 64 * 1024 * 1024
@@ -38,8 +38,8 @@ def refuse_links(folder: Path, where: str) -> None:
     """Refuse (UnsafeName) a symbolic link, device, FIFO or socket anywhere under `folder` (the
     folder the operator named may itself be reached through a link: a mount point, say):
     transfer input holds plain files and folders only, and a link is never followed out of it.
-    The walk is verify's own (gapforge.bundle.coverage.walk_bundle)."""
-    from gapforge.bundle.coverage import walk_bundle
+    The walk is verify's own (gapforge.operator.coverage.walk_bundle)."""
+    from gapforge.operator.coverage import walk_bundle
 
     tree = walk_bundle(folder)
     if tree.links:
@@ -95,11 +95,11 @@ def release_keys(
 
 def verify_or_refuse(folder: Path, anchor: Anchor, command: str) -> VerifyReport:
     """The full verify of a bundle (a joined or rebuilt one still in its private work folder, a
-    side of a diff) through the trust gate (gapforge.bundle.gate): NotVerified (exit 1) unless its signature is proven by
+    side of a diff) through the trust gate (gapforge.operator.gate): NotVerified (exit 1) unless its signature is proven by
     a key the anchor names and nothing else was found. With --insecure (the bundle's own key) the
     signature must still verify and nothing be found; the report says it is not pinned."""
-    from gapforge.bundle.gate import NotVerified, require_verified
-    from gapforge.bundle.verify import verify_bundle
+    from gapforge.operator.gate import NotVerified, require_verified
+    from gapforge.operator.verify import verify_bundle
 
     if anchor.kind != "insecure":
         return require_verified(folder, anchor, command).report

@@ -189,17 +189,17 @@ def test_inspect_shows_only_the_documents_that_were_verified(
     """inspect proves the bundle, then reads its evidence, recipe, SBOM and provenance again to
     show them: a verdict rewritten after the gate must not be shown beside `verified: true`.
     Before: `"verdict": "EVIL-VERDICT"`, exit 0."""
-    import gapforge.bundle.gate
+    import gapforge.operator.gate
 
     bundle, key = _copy(genuine, hostile)
-    real = gapforge.bundle.gate.gate
+    real = gapforge.operator.gate.gate
 
     def gate_then_change(report: Any, command: str) -> Any:
         verified = real(report, command)
         _evil_verdict(bundle)
         return verified
 
-    monkeypatch.setattr(gapforge.bundle.gate, "gate", gate_then_change)
+    monkeypatch.setattr(gapforge.operator.gate, "gate", gate_then_change)
     status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
     assert status == 2 and "EVIL-VERDICT" not in text, text
     assert "changed after it was verified" in " ".join(text.split()), text

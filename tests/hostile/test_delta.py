@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import SigningKey, write_key_pair
 from gapforge.bundle.sign import sign as sign_bytes
+from gapforge.operator.anchor import Anchor
 from gapforge.release.maintenance import export
 from gapforge.release.releases import promote
 from gapforge.transfer.delta import against_bundle, make_delta

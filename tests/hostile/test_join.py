@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import sign_envelope
 from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
 from gapforge.cli import main
 from gapforge.errors import GapforgeError
 from gapforge.names import UnsafeName
+from gapforge.operator.anchor import Anchor
 from gapforge.release.maintenance import export
 from gapforge.release.releases import promote
 from gapforge.transfer.join_sources import find_sources, media_keys

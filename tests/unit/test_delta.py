@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle import IMAGE_TAR
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.source import BundleSource, ImageInfo, Layer
-from gapforge.bundle.verify import verify_bundle
 from gapforge.bundle.write import write_bundle
 from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify import verify_bundle
 from gapforge.transfer import DELTA_BLOBS, TransferError, is_delta
 from gapforge.transfer.archivemap import BlobRef, Inline, map_archive, parse_map
 from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
