@@ -29,9 +29,10 @@ from gapforge.progress import console
 @dataclass(frozen=True)
 class Command:
     module: str
-    """The module that holds the command: `register(name, parser)` adds its arguments."""
+    """The module under gapforge/commands/ that holds the command."""
     function: str
-    """`cmd_<name>(args) -> exit status` in that module."""
+    """`cmd_<name>(args) -> exit status` in that module; `<name>_arguments(parser)` beside it adds
+    the command's arguments."""
     help: str
     user: str
     """Whose command it is: one of USERS, its group in `gapforge --help`."""
@@ -39,6 +40,11 @@ class Command:
     """One line that `gapforge COMMAND --help` ends with."""
     uses_cache: bool = False
     """Reads and writes the cache: holds its shared lock against 'cache prune' while it runs."""
+
+    @property
+    def arguments(self) -> str:
+        """The name of the function in `module` that adds the command's arguments to its parser."""
+        return self.function.removeprefix("cmd_") + "_arguments"
 
 
 _BUILD_ENGINEER = "gapforge.commands.build_engineer"
@@ -78,11 +84,11 @@ COMMANDS: dict[str, Command] = {
     "diff": Command(_RELEASE_MANAGER, "cmd_diff",
                     "what changed between two bundles: recipe, packages, model, layers, figures",
                     RELEASE_MANAGER, "gapforge diff dist/NAME-0.1.0 dist/NAME-0.2.0 --markdown"),
-    "delta": Command(_RELEASE_MANAGER, "cmd_delta",
+    "delta": Command("gapforge.commands.delta", "cmd_delta",
                      "a delta bundle: only the blobs and files a site's inventory lacks",
                      RELEASE_MANAGER,
                      "gapforge delta dist/NAME-0.2.0 --against inventory.json --out outgoing/"),
-    "split": Command(_RELEASE_MANAGER, "cmd_split",
+    "split": Command("gapforge.commands.split", "cmd_split",
                      "cut a bundle into parts sized to the medium, each hashed, with parity",
                      RELEASE_MANAGER,
                      "gapforge split dist/NAME-0.1.0 --media dvd --parity 2 --out media/ --key release.key"),
@@ -103,13 +109,13 @@ COMMANDS: dict[str, Command] = {
     "inspect": Command(_OPERATOR, "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest", OPERATOR,
                        "gapforge inspect BUNDLE --json"),
-    "deploy": Command(_SITE, "cmd_deploy",
+    "deploy": Command("gapforge.commands.deploy", "cmd_deploy",
                       "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest",
                       OPERATOR, "gapforge deploy BUNDLE --registry REGISTRY/REPO --kubernetes k8s/"),
-    "inventory": Command(_SITE, "cmd_inventory",
+    "inventory": Command("gapforge.commands.inventory", "cmd_inventory",
                          "the signed list of blobs and files this site holds (what a delta is made against)",
                          OPERATOR, "gapforge inventory /srv/bundles --out inventory.json"),
-    "join": Command(_SITE, "cmd_join",
+    "join": Command("gapforge.commands.join", "cmd_join",
                     "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it",
                     OPERATOR, "gapforge join /media/disc-* --out bundles/"),
 }  # fmt: skip
@@ -147,7 +153,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         if name in wanted:
-            importlib.import_module(command.module).register(name, subparser)
+            getattr(importlib.import_module(command.module), command.arguments)(subparser)
     return parser
 
 

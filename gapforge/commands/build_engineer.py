@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -368,18 +367,3 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
         shutil.rmtree(args.llama_cpp_dir, ignore_errors=True)
         extract_llama_cpp(sdists["llama-cpp-python"], args.llama_cpp_dir)
     return 0
-
-
-ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "lock": lock_arguments,
-    "build": build_arguments,
-    "keygen": keygen_arguments,
-    "cache": cache_arguments,
-    "validate": validate_arguments,
-    "runtime-env": runtime_env_arguments,
-}
-
-
-def register(name: str, parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of `name`, one of this module's commands, to its parser."""
-    ARGUMENTS[name](parser)

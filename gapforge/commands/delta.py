@@ -1,6 +1,6 @@
-"""The transfer commands' arguments and functions, for the CLI to wire: `inventory` (inside),
-`delta` (outside), and the rebuild (inside; `join` or `rebuild`, the CLI names it). Each function
-returns the exit status; every problem is a GapforgeError (one paragraph, exit 2)."""
+"""`gapforge delta BUNDLE --against INVENTORY|BUNDLE|VERSION --out DIR` (outside): a delta bundle,
+only the blobs and files the site lacks. The site rebuilds it with `gapforge join` (commands/join.py).
+Every problem is a GapforgeError (one paragraph, exit 2)."""
 
 from __future__ import annotations
 
@@ -9,66 +9,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gapforge.operator.receipt import OPERATOR_KEY_HELP
+from gapforge.commands._shared import megabytes
 from gapforge.progress import console, note, step
 
 if TYPE_CHECKING:
     from gapforge.transfer.delta import Against
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
-
-
-# --- inventory (inside) ----------------------------------------------------------------------------
-
-
-def inventory_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "sources", type=Path, nargs="+", metavar="SOURCE",
-        help="bundle folders, rebuilt bundles, delta folders, folders of blobs/sha256/<hex>, or "
-        "folders holding bundles",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, default=Path("inventory.json"),
-        help="where to write the signed inventory (default: ./inventory.json)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--verify-blobs", action="store_true",
-        help="hash every blob and leave out (and list) any whose bytes are not its digest",
-    )  # fmt: skip
-    parser.add_argument("--operator-key", type=Path, help=OPERATOR_KEY_HELP)
-    parser.add_argument("--json", action="store_true", help="print the inventory on stdout")
-
-
-def cmd_inventory(args: argparse.Namespace) -> int:
-    from gapforge.operator.receipt import operator_key
-    from gapforge.release.client import trust_dir
-    from gapforge.transfer.inventory import make_inventory, write_inventory
-
-    step(f"listing the blobs held in {', '.join(str(s) for s in args.sources)}")
-    inventory = make_inventory(list(args.sources), verify_blobs=args.verify_blobs)
-    key = operator_key(trust_dir(), args.operator_key)
-    path = write_inventory(inventory, key, args.out)
-    blobs = inventory["blobs"]
-    note(
-        f"{len(blobs)} blobs ({_mb(sum(b['size'] for b in blobs.values()))}), "
-        f"{len(inventory['releases'])} releases: "
-        + (", ".join(f"{r['name']} {r['version']}" for r in inventory["releases"]) or "none")
-    )
-    for damaged in inventory["damaged"]:
-        console.print(
-            f"[bold red]damaged[/] {damaged['digest']} in {damaged['place']}: "
-            f"{damaged['problem']} (left out of the inventory)"
-        )
-    note(f"signed with operator key {key.fingerprint}")
-    console.print(f"[bold green]wrote[/] {path}: carry it out to make deltas against")
-    if args.json:
-        print(json.dumps(inventory, indent=2))
-    return 0
-
-
-# --- delta (outside) -------------------------------------------------------------------------------
 
 
 def delta_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,23 +103,23 @@ def cmd_delta(args: argparse.Namespace) -> int:
     step(f"writing a delta of {args.bundle} against {against.label}")
     result = make_delta(args.bundle, against, args.out, check_archive=not args.no_check)
     left = sum(item["size"] for item in result.left_out)
-    note(f"left out, the site holds them ({len(result.left_out)} blobs, {_mb(left)}):")
+    note(f"left out, the site holds them ({len(result.left_out)} blobs, {megabytes(left)}):")
     for item in result.left_out:
-        note(f"  {item['digest']}  {item['what']}  {_mb(item['size'])}")
+        note(f"  {item['digest']}  {item['what']}  {megabytes(item['size'])}")
     if result.files_left_out:
         size = sum(item["size"] for item in result.files_left_out)
         note(
-            f"left out, the site holds the same files ({len(result.files_left_out)}, {_mb(size)}):"
+            f"left out, the site holds the same files ({len(result.files_left_out)}, {megabytes(size)}):"
         )
         for item in result.files_left_out:
-            note(f"  {item['name']}  {_mb(item['size'])}")
+            note(f"  {item['name']}  {megabytes(item['size'])}")
     note(f"included ({len(result.included)} blobs):")
     for item in result.included:
-        note(f"  {item['digest']}  {item['what']}  {_mb(item['size'])}")
+        note(f"  {item['digest']}  {item['what']}  {megabytes(item['size'])}")
     share = result.delta_bytes / result.full_bytes * 100 if result.full_bytes else 0.0
     console.print(
-        f"[bold green]wrote[/] {result.path}: {_mb(result.delta_bytes)}, the full bundle "
-        f"{_mb(result.full_bytes)} ({share:.2f}%), in {result.seconds:.1f} s"
+        f"[bold green]wrote[/] {result.path}: {megabytes(result.delta_bytes)}, the full bundle "
+        f"{megabytes(result.full_bytes)} ({share:.2f}%), in {result.seconds:.1f} s"
     )
     if args.json:
         summary = {

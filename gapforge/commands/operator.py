@@ -1,5 +1,6 @@
 """The operator's commands on one bundle, inside the gap with no network: verify, load, run,
-preflight, inspect (the site's own: trust, inventory, join, deploy, are in gapforge.commands.site).
+preflight, inspect (the site's own commands, trust, inventory, join and deploy, have a module each
+beside this one).
 
 Each command is a pair: `<name>_arguments(parser)` adds its arguments, `cmd_<name>(args)` runs it and
 returns the exit status. What a command needs is imported when it runs.
@@ -295,7 +296,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def inspect_arguments(inspect: argparse.ArgumentParser) -> None:
-    from gapforge.registry.registry_cli import inspect_registry_arguments
+    from gapforge.commands.inspect_registry import inspect_registry_arguments
 
     inspect.add_argument("bundle", type=Path, nargs="?", help="a bundle folder")
     inspect.add_argument("--json", action="store_true")
@@ -313,7 +314,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from gapforge.operator.inspect import bundle_table, describe_bundle
 
     if args.registry is not None:
-        from gapforge.registry.registry_cli import cmd_inspect_registry
+        from gapforge.commands.inspect_registry import cmd_inspect_registry
 
         return cmd_inspect_registry(args)
     if args.bundle is None:
@@ -358,17 +359,3 @@ def _inspect_checked(
         f"[bold red]--insecure[/]: {args.bundle} did not verify; showing what it says about itself"
     )
     return describe(args.bundle) | {"verified": False}
-
-
-ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "verify": verify_arguments,
-    "load": load_arguments,
-    "run": run_arguments,
-    "preflight": preflight_arguments,
-    "inspect": inspect_arguments,
-}
-
-
-def register(name: str, parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of `name`, one of this module's commands, to its parser."""
-    ARGUMENTS[name](parser)

@@ -3,9 +3,9 @@ repository of releases (channels candidate and approved, revocation, expiry, key
 
 Also `gapforge diff A B` (gapforge.diff): what changed between two bundles or two release versions.
 The libraries are gapforge.release and gapforge.diff; this module only parses arguments and prints.
-`delta` and `split` (gapforge.transfer) cross the gap cheaply: only what the site lacks, on media
-sized to the medium with parity; their operator counterparts (`inventory`, `join`) live in
-gapforge.commands.site.
+`delta` and `split` (commands/delta.py, commands/split.py) cross the gap cheaply: only what the
+site lacks, on media sized to the medium with parity; their operator counterparts are
+commands/inventory.py and commands/join.py.
 """
 
 from __future__ import annotations
@@ -327,43 +327,3 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
-
-
-# --- delta and split: gapforge.transfer -----------------------------------------------------------
-
-
-def delta_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.transfer.delta_cli import delta_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_delta(args: argparse.Namespace) -> int:
-    from gapforge.transfer.delta_cli import cmd_delta as run
-
-    return run(args)
-
-
-def split_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.transfer.split_cli import split_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_split(args: argparse.Namespace) -> int:
-    from gapforge.transfer.split_cli import cmd_split as run
-
-    return run(args)
-
-
-ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "release": release_arguments,
-    "diff": diff_arguments,
-    "delta": delta_arguments,
-    "split": split_arguments,
-}
-
-
-def register(name: str, parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of `name`, one of this module's commands, to its parser."""
-    ARGUMENTS[name](parser)

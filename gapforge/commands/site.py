@@ -1,85 +1,13 @@
-"""The operator's commands for the site itself, inside the gap: trust (pin the release root once),
-inventory (what the site holds), join (media parts or a delta into a verified bundle) and deploy
-(the cluster hand-off of a verified bundle).
-
-Each command is a pair: `<name>_arguments(parser)` adds its arguments, `cmd_<name>(args)` runs it and
-returns the exit status. What a command needs is imported when it runs.
-"""
+"""`gapforge trust init ROOT | show | update --metadata DIR` (inside): the site pins the release
+repository's root once, out of band, and follows its rotations from then on."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gapforge.commands.operator import print_verify
-from gapforge.commands.trust_options import add_trust_options, anchor_of
-from gapforge.progress import console, step
-
-
-def inventory_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.transfer.delta_cli import inventory_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_inventory(args: argparse.Namespace) -> int:
-    from gapforge.transfer.delta_cli import cmd_inventory as run
-
-    return run(args)
-
-
-def join_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "sources", type=Path, nargs="+", metavar="PARTS_OR_DELTA",
-        help="mounted media (disc-01 …), part files, the folder 'gapforge split' wrote; or one "
-        "delta folder ('gapforge delta' wrote it) with --from",
-    )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help="where the bundle folder goes")
-    parser.add_argument(
-        "--from", dest="held", type=Path, action="append", default=[], metavar="SOURCE",
-        help="for a delta: where the site's blobs are (bundle folders, folders of bundles, "
-        "blobs/sha256/ folders; repeatable; read only)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--check", action="store_true", help="only check the media given, block by block"
-    )
-    add_trust_options(parser, "verify the joined bundle against its own key only")
-
-
-def cmd_join(args: argparse.Namespace) -> int:
-    """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle.
-    The parts manifest or the delta's SHA256SUMS is checked against the operator's trust anchor
-    before anything it names is touched, and the result goes through the trust gate before it is
-    renamed into place (gapforge.transfer.trust)."""
-    from gapforge.errors import BundleError
-    from gapforge.release.client import trusted_root_installed
-    from gapforge.transfer import is_delta
-
-    if args.check:  # one medium (or several) on its own: every block against the manifest
-        from gapforge.transfer.split_cli import check_media
-        from gapforge.transfer.split_cli import cmd_join as check_unpinned
-
-        if args.key is None and not args.insecure and trusted_root_installed():
-            from gapforge.transfer.join_sources import media_keys
-
-            return check_media(args.sources, media_keys(args.sources, anchor_of(args)))
-        return check_unpinned(args)  # --key, or no anchor: says UNPINNED loudly
-    anchor = anchor_of(args)  # before any work: no anchor, no join
-    if args.out is None:
-        raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
-    if len(args.sources) == 1 and is_delta(args.sources[0]):
-        from gapforge.transfer.rebuild import rebuild_bundle
-
-        step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
-        report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report
-    else:
-        from gapforge.transfer.split_cli import join_verified
-
-        report = join_verified(args.sources, args.out, anchor)
-    print_verify(report)
-    return 0
+from gapforge.progress import console
 
 
 def trust_arguments(trust: argparse.ArgumentParser) -> None:
@@ -124,28 +52,3 @@ def cmd_trust(args: argparse.Namespace) -> int:
         console.print(f"root version {before.root_version} → {after.root_version}")
         _print_trust(after)
     return 0
-
-
-def deploy_arguments(parser: argparse.ArgumentParser) -> None:
-    from gapforge.deploy.cli import deploy_arguments as arguments
-
-    arguments(parser)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from gapforge.deploy.cli import cmd_deploy as run
-
-    return run(args)
-
-
-ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "trust": trust_arguments,
-    "inventory": inventory_arguments,
-    "join": join_arguments,
-    "deploy": deploy_arguments,
-}
-
-
-def register(name: str, parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of `name`, one of this module's commands, to its parser."""
-    ARGUMENTS[name](parser)

@@ -1,4 +1,5 @@
-"""Command-line functions of `gapforge split` and `gapforge join` (the integrator wires them)."""
+"""`gapforge split BUNDLE --media M --out DIR` (outside): parts sized to the medium, with parity;
+and the media checks `gapforge join` (commands/join.py) runs on them inside."""
 
 from __future__ import annotations
 

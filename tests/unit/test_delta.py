@@ -17,6 +17,8 @@ import pytest
 from gapforge.bundle import IMAGE_TAR
 from gapforge.bundle.source import BundleSource, ImageInfo, Layer
 from gapforge.bundle.write import write_bundle
+from gapforge.commands.delta import cmd_delta, delta_arguments
+from gapforge.commands.inventory import cmd_inventory, inventory_arguments
 from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
@@ -25,12 +27,6 @@ from gapforge.operator.verify import verify_bundle
 from gapforge.transfer import DELTA_BLOBS, TransferError, is_delta
 from gapforge.transfer.archivemap import BlobRef, Inline, map_archive, parse_map
 from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
-from gapforge.transfer.delta_cli import (
-    cmd_delta,
-    cmd_inventory,
-    delta_arguments,
-    inventory_arguments,
-)
 from gapforge.transfer.inventory import make_inventory, read_inventory, write_inventory
 from gapforge.transfer.rebuild import rebuild_bundle
 from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, _pinned, source  # noqa: F401 (fixture)
@@ -320,7 +316,7 @@ def test_commands_end_to_end(
     ]
     assert run(delta_arguments, cmd_delta, argv) == 0
     delta = tmp_path / "out" / "unit-desk-2.0.0.delta"
-    # Inside, `gapforge join` rebuilds it (commands/site.py); the rebuild itself, pinned to the key.
+    # Inside, `gapforge join` rebuilds it (commands/join.py); the rebuild itself, pinned to the key.
     rebuild_bundle(delta, [old], tmp_path / "inside", _pinned(tmp_path))
     assert _sha256(tmp_path / "inside" / "unit-desk-2.0.0" / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 

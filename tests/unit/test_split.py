@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle.sign import SigningKey, write_key_pair
+from gapforge.commands import split as split_cli
 from gapforge.errors import BundleError
-from gapforge.transfer import split_cli
 from gapforge.transfer.join import STATE_NAME, join_parts
 from gapforge.transfer.parity import StripeCoder
 from gapforge.transfer.split import parse_medium, split_bundle
