@@ -3,9 +3,9 @@ release, diff, delta and split for release managers (connected side); trust, ver
 preflight, run, inspect, deploy, inventory and join for operators (inside the gap); and the helpers the
 tests and benchmarks use."""
 
-# Wiring only: COMMANDS maps each command to the module under gapforge/commands/ that holds it (one
-# module per kind of user) and its function. A module is imported only when one of its commands is
-# run (or when build_parser() is asked for every command's arguments); `gapforge --help` imports none.
+# Wiring only: COMMANDS maps each command to its own module under gapforge/commands/ and its
+# function. A module is imported only when its command is run (or when build_parser() is asked for
+# every command's arguments); `gapforge --help` imports none.
 
 from __future__ import annotations
 
@@ -47,11 +47,6 @@ class Command:
         return self.function.removeprefix("cmd_") + "_arguments"
 
 
-_BUILD_ENGINEER = "gapforge.commands.build_engineer"
-_OPERATOR = "gapforge.commands.operator"
-_SITE = "gapforge.commands.site"
-_RELEASE_MANAGER = "gapforge.commands.release_manager"
-
 BUILD_ENGINEER = "build engineer (connected side)"
 RELEASE_MANAGER = "release manager (connected side)"
 OPERATOR = "operator (inside the gap, no network)"
@@ -60,28 +55,28 @@ USERS = (BUILD_ENGINEER, RELEASE_MANAGER, OPERATOR)
 
 COMMANDS: dict[str, Command] = {
     # the order of `gapforge --help` within each user's group
-    "lock": Command(_BUILD_ENGINEER, "cmd_lock",
+    "lock": Command("gapforge.commands.lock", "cmd_lock",
                     "rewrite the lockfiles from their inputs (needs the network)", BUILD_ENGINEER,
                     "gapforge lock --profile cpu recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
-    "build": Command(_BUILD_ENGINEER, "cmd_build",
+    "build": Command("gapforge.commands.build", "cmd_build",
                      "build a recipe into a sealed image, load it and smoke-run it", BUILD_ENGINEER,
                      "gapforge build recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
-    "validate": Command(_BUILD_ENGINEER, "cmd_validate", "validate recipes and report every problem",
+    "validate": Command("gapforge.commands.validate", "cmd_validate", "validate recipes and report every problem",
                         BUILD_ENGINEER, "gapforge validate recipes/smollm2/lora-q8-q4.yaml"),
-    "cache": Command(_BUILD_ENGINEER, "cmd_cache",
+    "cache": Command("gapforge.commands.cache", "cmd_cache",
                      "what the build cache holds (info), and removing what no build used (prune)",
                      BUILD_ENGINEER, "gapforge cache prune --older-than 30"),
-    "keygen": Command(_BUILD_ENGINEER, "cmd_keygen", "make an Ed25519 key pair for signing bundles",
+    "keygen": Command("gapforge.commands.keygen", "cmd_keygen", "make an Ed25519 key pair for signing bundles",
                       BUILD_ENGINEER, "gapforge keygen --out release.key"),
-    "runtime-env": Command(_BUILD_ENGINEER, "cmd_runtime_env",
+    "runtime-env": Command("gapforge.commands.runtime_env", "cmd_runtime_env",
                            "install a profile's locked runtime wheels into a Python (tests)",
                            BUILD_ENGINEER,
                            "gapforge runtime-env --python .venv/bin/python --llama-cpp-dir llama.cpp",
                            uses_cache=True),
-    "release": Command(_RELEASE_MANAGER, "cmd_release",
+    "release": Command("gapforge.commands.release", "cmd_release",
                        "a TUF repository of releases: add, promote, revoke, rotate, refresh, export",
                        RELEASE_MANAGER, "gapforge release add dist/smollm2-135m-desk-0.1.0 --repo REPO"),
-    "diff": Command(_RELEASE_MANAGER, "cmd_diff",
+    "diff": Command("gapforge.commands.diff", "cmd_diff",
                     "what changed between two bundles: recipe, packages, model, layers, figures",
                     RELEASE_MANAGER, "gapforge diff dist/NAME-0.1.0 dist/NAME-0.2.0 --markdown"),
     "delta": Command("gapforge.commands.delta", "cmd_delta",
@@ -92,21 +87,21 @@ COMMANDS: dict[str, Command] = {
                      "cut a bundle into parts sized to the medium, each hashed, with parity",
                      RELEASE_MANAGER,
                      "gapforge split dist/NAME-0.1.0 --media dvd --parity 2 --out media/ --key release.key"),
-    "trust": Command(_SITE, "cmd_trust",
+    "trust": Command("gapforge.commands.trust", "cmd_trust",
                      "pin the release repository's root once; show or update what the site trusts",
                      OPERATOR, "gapforge trust init root.json"),
-    "verify": Command(_OPERATOR, "cmd_verify",
+    "verify": Command("gapforge.commands.verify", "cmd_verify",
                       "check a bundle offline: signature, checksums, digests", OPERATOR,
                       "gapforge verify dist/smollm2-135m-desk-0.1.0"),
-    "load": Command(_OPERATOR, "cmd_load",
+    "load": Command("gapforge.commands.load", "cmd_load",
                     "verify a bundle, then load its image into Docker or a registry", OPERATOR,
                     "gapforge load dist/smollm2-135m-desk-0.1.0"),
-    "preflight": Command(_OPERATOR, "cmd_preflight",
+    "preflight": Command("gapforge.commands.preflight", "cmd_preflight",
                          "go/no-go before a run: image, offline start, data, disk, GPU", OPERATOR,
                          "gapforge preflight BUNDLE --data my.jsonl --out out/"),
-    "run": Command(_OPERATOR, "cmd_run", "run the sealed image on your data, network cut", OPERATOR,
+    "run": Command("gapforge.commands.run", "cmd_run", "run the sealed image on your data, network cut", OPERATOR,
                    "gapforge run BUNDLE --data my.jsonl --out out/"),
-    "inspect": Command(_OPERATOR, "cmd_inspect",
+    "inspect": Command("gapforge.commands.inspect", "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest", OPERATOR,
                        "gapforge inspect BUNDLE --json"),
     "deploy": Command("gapforge.commands.deploy", "cmd_deploy",

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gapforge.commands.operator import print_verify
 from gapforge.commands.trust_options import add_trust_options, anchor_of
+from gapforge.commands.verify import print_verify
 from gapforge.progress import step
 
 

@@ -1,12 +1,5 @@
-"""The release manager's commands, on the connected side: `gapforge release SUBCOMMAND`, a TUF
-repository of releases (channels candidate and approved, revocation, expiry, key rotation).
-
-Also `gapforge diff A B` (gapforge.diff): what changed between two bundles or two release versions.
-The libraries are gapforge.release and gapforge.diff; this module only parses arguments and prints.
-`delta` and `split` (commands/delta.py, commands/split.py) cross the gap cheaply: only what the
-site lacks, on media sized to the medium with parity; their operator counterparts are
-commands/inventory.py and commands/join.py.
-"""
+"""`gapforge release SUBCOMMAND`: the release manager's TUF repository of releases (init, add,
+promote, revoke, rotate, refresh, status, log, show, list, export); the library is gapforge/release/."""
 
 from __future__ import annotations
 
@@ -16,16 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gapforge.errors import BundleError
 from gapforge.progress import console
 
 if TYPE_CHECKING:
     from gapforge.release.repository import Repository
 
+
 _KEY_HELP = "a private key file to sign with (repeatable; default: the repository's keys folder)"
 
 
-def _repo_option(parser: argparse.ArgumentParser) -> None:
+def add_repo_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo", type=Path, default=None,
         help="the release repository (default: $GAPFORGE_RELEASE_REPO, else ./release-repo)",
@@ -75,7 +68,7 @@ def release_arguments(release: argparse.ArgumentParser) -> None:
     exp.add_argument("dest", type=Path)
     for parser in sub.choices.values():
         if parser is not init:
-            _repo_option(parser)
+            add_repo_option(parser)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -83,7 +76,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def _open(args: argparse.Namespace) -> Repository:
+def open_repository(args: argparse.Namespace) -> Repository:
     from gapforge.release.repository import Repository, default_repository
 
     return Repository.open(args.repo or default_repository())
@@ -115,7 +108,7 @@ def _init(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     from gapforge.release.releases import add_bundle
 
-    done = add_bundle(_open(args), args.bundle, args.key)
+    done = add_bundle(open_repository(args), args.bundle, args.key)
     verb = "added" if done.added else "already listed (same SHA256SUMS): nothing changed"
     console.print(f"[bold green]{done.name} {done.version}[/] {verb} on candidate")
     console.print(f"  SHA256SUMS signed by build key {done.signer}")
@@ -125,7 +118,7 @@ def _add(args: argparse.Namespace) -> int:
 def _promote(args: argparse.Namespace) -> int:
     from gapforge.release.releases import promote
 
-    done = promote(_open(args), args.version, args.key, args.to)
+    done = promote(open_repository(args), args.version, args.key, args.to)
     label = f"{done.name} {done.version}"
     if done.already:
         console.print(f"{label} is already on approved: nothing changed")
@@ -144,7 +137,7 @@ def _promote(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from gapforge.release.releases import revoke
 
-    release = revoke(_open(args), args.version, args.reason, args.key)
+    release = revoke(open_repository(args), args.version, args.reason, args.key)
     console.print(f"[bold red]revoked[/] {release.name} {release.version}: {args.reason}")
     return 0
 
@@ -153,7 +146,7 @@ def _rotate(args: argparse.Namespace) -> int:
     from gapforge.release.maintenance import rotate
 
     written = rotate(
-        _open(args), args.role, args.add_key, args.remove_key, args.threshold, args.key
+        open_repository(args), args.role, args.add_key, args.remove_key, args.threshold, args.key
     )
     versions = ", ".join(f"{role} version {v}" for role, v in written.items())
     console.print(
@@ -165,7 +158,7 @@ def _rotate(args: argparse.Namespace) -> int:
 def _refresh(args: argparse.Namespace) -> int:
     from gapforge.release.repository import iso
 
-    timestamp = _open(args).refresh()
+    timestamp = open_repository(args).refresh()
     console.print(f"[bold green]refreshed[/]: timestamp version {timestamp.signed.version}, "
                   f"valid until {iso(timestamp.signed.expires)}")  # fmt: skip
     return 0
@@ -177,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     from gapforge.release.maintenance import status
     from gapforge.release.repository import iso
 
-    rows = status(_open(args))
+    rows = status(open_repository(args))
     table = Table("role", "version", "expires", "days left", "")
     colours = {"ok": "green", "WARN": "yellow", "EXPIRED": "bold red"}
     for row in rows:
@@ -196,7 +189,7 @@ def _log(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table("time", "action", "release", "channel", "detail", "roles")
-    for entry in _open(args).history():
+    for entry in open_repository(args).history():
         detail = entry.get("reason") or entry.get("approvals") or entry.get("role") or ""
         roles = " ".join(f"{k}:{v}" for k, v in sorted(entry.get("roles", {}).items()))
         table.add_row(entry["time"], entry["action"], entry.get("version", ""),
@@ -212,7 +205,7 @@ def _show(args: argparse.Namespace) -> int:
     from gapforge.release.maintenance import show_rows
     from gapforge.release.releases import releases, resolve
 
-    repo = _open(args)
+    repo = open_repository(args)
     release = releases(repo)[resolve(repo, args.version)]
     if args.json:
         print(json.dumps({"name": release.name, "version": release.version,
@@ -240,7 +233,7 @@ def _list(args: argparse.Namespace) -> int:
     from gapforge.release.releases import releases
 
     table = Table("name", "version", *CHANNELS, "revoked", "added")
-    for _, release in sorted(releases(_open(args)).items()):
+    for _, release in sorted(releases(open_repository(args)).items()):
         marks = ["yes" if c in release.channels else "" for c in CHANNELS]
         revoked = f"[bold red]{release.revoked.get('at')}[/]" if release.revoked else ""
         table.add_row(release.name, release.version, *marks, revoked,
@@ -252,7 +245,7 @@ def _list(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from gapforge.release.maintenance import export
 
-    where = export(_open(args), args.dest)
+    where = export(open_repository(args), args.dest)
     console.print(f"[bold green]exported[/] the current metadata to {where}")
     return 0
 
@@ -262,68 +255,3 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "refresh": _refresh, "status": _status, "log": _log, "show": _show, "list": _list,
     "export": _export,
 }  # fmt: skip
-
-# --- diff ---------------------------------------------------------------------------------------
-
-BUNDLE_HELP = "a bundle folder (dist/<recipe>-<version>/)"
-
-
-def diff_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "a", help=BUNDLE_HELP + ", or a release version: the one the site holds (old)"
-    )
-    parser.add_argument("b", help=BUNDLE_HELP + ", or a release version: the one to deliver (new)")
-    _repo_option(parser)
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--markdown", action="store_true", help="release notes in Markdown")
-    output.add_argument("--json", action="store_true", help="machine-readable, stable keys")
-    parser.add_argument(
-        "--out", type=Path, metavar="FILE", help="write to FILE (atomically) instead of stdout"
-    )
-    parser.add_argument(
-        "--key", type=Path, metavar="RELEASE.pub.pem",
-        help="the key a bundle folder must be signed with (default: the trusted root from "
-        "'gapforge trust init'); a release version is checked against the repository's build keys",
-    )  # fmt: skip
-    parser.add_argument(
-        "--insecure", action="store_true",
-        help="check a bundle folder against its own key only (integrity, not origin)",
-    )  # fmt: skip
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling of `path`, then rename it into place."""
-    from gapforge.atomic import write_atomic
-
-    try:
-        write_atomic(path, text.encode())
-    except OSError as exc:
-        raise BundleError(
-            f"{path}: could not write the diff ({exc.strerror or exc}): pass an --out FILE in a "
-            "folder you can write to"
-        ) from None
-
-
-def _diff_side(spec: str, args: argparse.Namespace) -> tuple[Path, str]:
-    """One side of the diff, verified before it is read (gapforge.diff.sides)."""
-    from gapforge.diff.sides import verified_side
-
-    return verified_side(spec, args.key, args.insecure, lambda: _open(args))
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text
-
-    (a, a_sums), (b, b_sums) = _diff_side(args.a, args), _diff_side(args.b, args)
-    diff = compare_bundles(a, b, (a_sums, b_sums))
-    if args.json:
-        text = json.dumps(diff_json(diff), indent=2, sort_keys=True) + "\n"
-    elif args.markdown:
-        text = render_markdown(diff)
-    else:
-        text = render_text(diff)
-    if args.out is not None:
-        write_atomically(args.out, text)
-    else:
-        print(text, end="")
-    return 0

@@ -3,7 +3,7 @@
 Recipe keys and hyper-parameters, Python and Debian packages, model files (and, for .safetensors,
 which tensors), image layers and the bytes that must cross the gap to deliver B to a site holding A,
 and the pretest's figures side by side. It reads what the bundles say about themselves; the command
-(gapforge.commands.release_manager) passes both through the trust gate first, so nothing is diffed
+(gapforge.commands.diff) passes both through the trust gate first, so nothing is diffed
 before its check passes, and every name it takes from bundle.json is parsed (gapforge.names).
 """
 

@@ -20,7 +20,7 @@ import pytest
 
 from gapforge.bundle.source import BundleSource
 from gapforge.bundle.write import write_bundle
-from gapforge.commands.release_manager import cmd_diff, diff_arguments
+from gapforge.commands.diff import cmd_diff, diff_arguments
 from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text, tensor_digests
 from gapforge.diff.read import parse_debian_lock, parse_pip_lock
 from gapforge.errors import BundleError
