@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gapforge.bundle.transfer import MAP_SCHEMA, TransferError
 from gapforge.oci.untag import BLOCK, _name, _octal, _padded, _pax_values
-from gapforge.transfer import MAP_SCHEMA, TransferError
 
 INLINE_LIMIT = 4096
 """Blob members up to this size are kept inline: a reference would cost more than the bytes."""

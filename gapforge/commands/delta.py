@@ -50,8 +50,8 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _against(args: argparse.Namespace) -> Against:
     from gapforge.bundle.sign import load_public_key
+    from gapforge.bundle.transfer import TransferError
     from gapforge.errors import BundleError
-    from gapforge.transfer import TransferError
     from gapforge.transfer.delta import against_bundle, against_inventory
 
     spec = Path(args.against)

@@ -31,9 +31,9 @@ def inventory_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
+    from gapforge.operator.inventory import make_inventory, write_inventory
     from gapforge.operator.receipt import operator_key
     from gapforge.release.client import trust_dir
-    from gapforge.transfer.inventory import make_inventory, write_inventory
 
     step(f"listing the blobs held in {', '.join(str(s) for s in args.sources)}")
     inventory = make_inventory(list(args.sources), verify_blobs=args.verify_blobs)

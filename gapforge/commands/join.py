@@ -34,17 +34,17 @@ def cmd_join(args: argparse.Namespace) -> int:
     """Parts (repaired from parity) or a delta (plus what the site holds) into the full bundle.
     The parts manifest or the delta's SHA256SUMS is checked against the operator's trust anchor
     before anything it names is touched, and the result goes through the trust gate before it is
-    renamed into place (gapforge.transfer.trust)."""
+    renamed into place (gapforge.operator.transfer_trust)."""
+    from gapforge.bundle.transfer import is_delta
     from gapforge.errors import BundleError
     from gapforge.release.client import trusted_root_installed
-    from gapforge.transfer import is_delta
 
     if args.check:  # one medium (or several) on its own: every block against the manifest
         from gapforge.commands.split import check_media
         from gapforge.commands.split import cmd_join as check_unpinned
 
         if args.key is None and not args.insecure and trusted_root_installed():
-            from gapforge.transfer.join_sources import media_keys
+            from gapforge.operator.join_sources import media_keys
 
             return check_media(args.sources, media_keys(args.sources, anchor_of(args)))
         return check_unpinned(args)  # --key, or no anchor: says UNPINNED loudly
@@ -52,7 +52,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if args.out is None:
         raise BundleError("gapforge join: --out DIR is needed (or --check to only check media)")
     if len(args.sources) == 1 and is_delta(args.sources[0]):
-        from gapforge.transfer.rebuild import rebuild_bundle
+        from gapforge.operator.rebuild import rebuild_bundle
 
         step(f"checking and rebuilding the full bundle from the delta {args.sources[0]}")
         report = rebuild_bundle(args.sources[0], list(args.held), args.out, anchor).report

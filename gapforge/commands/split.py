@@ -13,10 +13,10 @@ from gapforge.bundle.sign import load_public_key, resolve_signing_key
 from gapforge.cache import default_cache_dir
 from gapforge.errors import BundleError
 from gapforge.operator.anchor import Anchor
+from gapforge.operator.join import JoinResult, join_parts
+from gapforge.operator.join_sources import check_part, find_sources, media_keys, ranges
 from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import console, note, step
-from gapforge.transfer.join import JoinResult, join_parts
-from gapforge.transfer.join_sources import check_part, find_sources, media_keys, ranges
 from gapforge.transfer.split import DEFAULT_BLOCK_SIZE, MEDIA, split_bundle
 
 
@@ -117,7 +117,7 @@ def join_verified(paths: Sequence[Path], out: Path, anchor: Anchor) -> VerifyRep
     keys the anchor names before any part is read (join_sources.media_keys), the joined bundle
     through the trust gate before it is renamed into place; the gate's report, of the bundle in
     its place."""
-    from gapforge.transfer.trust import verify_or_refuse
+    from gapforge.operator.transfer_trust import verify_or_refuse
 
     reports: list[VerifyReport] = []
 

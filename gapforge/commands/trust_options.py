@@ -78,8 +78,8 @@ def add_delta_options(parser: argparse.ArgumentParser) -> None:
 
 def full_bundle(args: argparse.Namespace) -> Path:
     """args.bundle, or, for a delta, the full bundle rebuilt from it and what the site holds."""
+    from gapforge.bundle.transfer import is_delta
     from gapforge.errors import BundleError
-    from gapforge.transfer import is_delta
 
     bundle: Path = args.bundle
     if not is_delta(bundle):
@@ -90,7 +90,7 @@ def full_bundle(args: argparse.Namespace) -> Path:
             "where the site keeps what it already holds (the bundle it was made against, a folder "
             "of bundles), and it is rebuilt and checked like the full bundle"
         )
-    from gapforge.transfer.rebuild import rebuild_bundle
+    from gapforge.operator.rebuild import rebuild_bundle
 
     step(f"rebuilding the full bundle from the delta {bundle}")
     into = args.rebuild_into or Path.cwd()

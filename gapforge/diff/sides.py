@@ -27,10 +27,10 @@ def verified_side(
     SHA256SUMS whose signature was proven (what the diff then reads must be the bytes it lists:
     gapforge.diff.read.Signed); NotVerified (exit 1) or NoTrustAnchor / BundleError (exit 2)."""
     from gapforge.operator.anchor import Anchor, choose_anchor
+    from gapforge.operator.transfer_trust import verify_or_refuse
     from gapforge.release import target_path
     from gapforge.release.keys import crypto_key
     from gapforge.release.releases import resolve
-    from gapforge.transfer.trust import verify_or_refuse
 
     if Path(spec).is_dir():
         report = verify_or_refuse(Path(spec), choose_anchor("diff", key, insecure), "diff")

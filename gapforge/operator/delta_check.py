@@ -2,7 +2,7 @@
 
 In order, before the rebuild reads a blob or writes a byte: no symbolic link, device or FIFO
 anywhere in the delta; its SHA256SUMS parses, lists bundle.json, and its signature is proven by a
-key the operator's anchor names (gapforge.transfer.trust: the pinned key, or a build key of release
+key the operator's anchor names (gapforge.operator.transfer_trust: the pinned key, or a build key of release
 metadata verified from the trusted root, for this very release and SHA256SUMS); bundle.json is the
 file its signed line names, and its name and version are single plain components; every other file
 of the delta (but delta/ and release/) is one SHA256SUMS lists. With --insecure the delta's own key
@@ -22,10 +22,15 @@ from typing import Any
 from gapforge.bundle import INDEX, PUBLIC_KEY, RELEASE_DIR, SIGNATURE, SUMS
 from gapforge.bundle.sign import SIGNATURE_SIZE, fingerprint, load_public_key, signature_valid
 from gapforge.bundle.sums import parse_sums
+from gapforge.bundle.transfer import DELTA_DIR, TransferError
 from gapforge.names import component, open_regular, relative_path
 from gapforge.operator.anchor import Anchor
-from gapforge.transfer import DELTA_DIR, TransferError
-from gapforge.transfer.trust import TransferNotTrusted, read_small, refuse_links, release_keys
+from gapforge.operator.transfer_trust import (
+    TransferNotTrusted,
+    read_small,
+    refuse_links,
+    release_keys,
+)
 
 
 @dataclass(frozen=True)

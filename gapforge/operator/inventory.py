@@ -32,14 +32,20 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gapforge import __version__
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
+from gapforge.bundle.archivemap import INLINE_LIMIT, map_archive
 from gapforge.bundle.dsse import envelope_payload_unverified, open_envelope, sign_envelope
 from gapforge.bundle.sign import SigningKey, fingerprint
 from gapforge.bundle.sums import HashJob, hash_jobs, job_bytes, parse_sums
+from gapforge.bundle.transfer import (
+    DELTA_BLOBS,
+    INVENTORY_SCHEMA,
+    INVENTORY_TYPE,
+    TransferError,
+    is_delta,
+)
 from gapforge.names import UnsafeName, component, no_links, relative_path
+from gapforge.operator.transfer_trust import TransferNotTrusted
 from gapforge.progress import byte_progress
-from gapforge.transfer import DELTA_BLOBS, INVENTORY_SCHEMA, INVENTORY_TYPE, TransferError, is_delta
-from gapforge.transfer.archivemap import INLINE_LIMIT, map_archive
-from gapforge.transfer.trust import TransferNotTrusted
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")

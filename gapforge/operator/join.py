@@ -5,12 +5,12 @@ fails counts as missing, so one bad sector costs one block, not the medium. Good
 copied into `OUT/.join-<name>-<version>/stream` and recorded in `state.json` beside it, so a join that
 stops (a disc not at hand, Ctrl-C, a full disk) resumes where it was: parts already copied and
 checked are not read again. Missing data blocks are rebuilt stripe by stripe from parity
-(gapforge.transfer.parity), each checked against its own hash. The stream is then unpacked into
+(gapforge.bundle.parity), each checked against its own hash. The stream is then unpacked into
 `OUT/<name>-<version>/` (renamed into place only when its sha256 matches) and the work folder
 removed. The sources are opened read-only, never written.
 
 Check, then touch: the manifest's signature is checked with the keys the operator's anchor names
-(gapforge.transfer.join_sources.media_keys) before any part is read, and every name in it is a plain
+(gapforge.operator.join_sources.media_keys) before any part is read, and every name in it is a plain
 component (`split_manifest`). The work folder lies inside OUT and holds only what this join wrote;
 the unpacked bundle goes through the trust gate (the `verify` callback) before it is renamed into
 place, and a refused stream or bundle removes the work folder.
@@ -32,13 +32,13 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gapforge.bundle import PUBLIC_KEY, SUMS
+from gapforge.bundle.parity import StripeCoder, block_length, padded
 from gapforge.bundle.sign import load_public_key
+from gapforge.bundle.split_manifest import PartEntry, PartsManifest, open_manifest
 from gapforge.errors import BundleError, GapforgeError
 from gapforge.names import no_links, relative_path
+from gapforge.operator.join_sources import Sources, find_sources, ranges, read_block
 from gapforge.progress import byte_progress
-from gapforge.transfer.join_sources import Sources, find_sources, ranges, read_block
-from gapforge.transfer.parity import StripeCoder, block_length, padded
-from gapforge.transfer.split_manifest import PartEntry, PartsManifest, open_manifest
 
 STATE_NAME = "state.json"
 STREAM_NAME = "stream"

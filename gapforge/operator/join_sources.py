@@ -12,12 +12,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gapforge.errors import BundleError
-from gapforge.names import UnsafeName
-from gapforge.operator.anchor import Anchor
-from gapforge.transfer import TransferError
-from gapforge.transfer.parity import block_length
-from gapforge.transfer.split_manifest import (
+from gapforge.bundle.parity import block_length
+from gapforge.bundle.split_manifest import (
     MANIFEST_NAME,
     METADATA_DIR,
     PartEntry,
@@ -25,7 +21,11 @@ from gapforge.transfer.split_manifest import (
     PartsNotTrusted,
     open_manifest,
 )
-from gapforge.transfer.trust import read_small, release_keys
+from gapforge.bundle.transfer import TransferError
+from gapforge.errors import BundleError
+from gapforge.names import UnsafeName
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.transfer_trust import read_small, release_keys
 
 
 @dataclass

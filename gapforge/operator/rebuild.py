@@ -22,15 +22,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
+from gapforge.bundle.archivemap import ArchiveMap, Inline, parse_map
+from gapforge.bundle.transfer import (
+    ARCHIVE_MAP,
+    CHUNK,
+    DELTA_BLOBS,
+    DELTA_DIR,
+    BundleFacts,
+    TransferError,
+    delta_record,
+    is_delta,
+    read_facts,
+)
 from gapforge.operator.anchor import Anchor
+from gapforge.operator.delta_check import check_delta, copy_regular_tree
+from gapforge.operator.inventory import HeldBlob, Source, blob_folder, scan_sources
+from gapforge.operator.transfer_trust import verify_or_refuse
 from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import byte_progress
-from gapforge.transfer import ARCHIVE_MAP, DELTA_BLOBS, DELTA_DIR, TransferError, is_delta
-from gapforge.transfer.archivemap import ArchiveMap, Inline, parse_map
-from gapforge.transfer.delta import CHUNK, BundleFacts, delta_record, read_facts
-from gapforge.transfer.delta_check import check_delta, copy_regular_tree
-from gapforge.transfer.inventory import HeldBlob, Source, blob_folder, scan_sources
-from gapforge.transfer.trust import verify_or_refuse
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gapforge.bundle.transfer import TransferError
 from gapforge.names import UnsafeName, open_regular
 from gapforge.operator.anchor import Anchor
 from gapforge.operator.verify_report import VerifyReport
-from gapforge.transfer import TransferError
 
 SMALL_FILE_LIMIT = 64 * 1024 * 1024
 """A delta's SHA256SUMS, signature and bundle.json, a parts manifest: far below this."""

@@ -20,77 +20,22 @@ from typing import Any, BinaryIO, Literal
 
 from gapforge import __version__
 from gapforge.atomic import swap_in
-from gapforge.bundle import IMAGE_TAR, INDEX, SUMS
-from gapforge.bundle.sums import parse_sums
-from gapforge.progress import byte_progress
-from gapforge.transfer import (
+from gapforge.bundle import IMAGE_TAR, SUMS
+from gapforge.bundle.archivemap import ArchiveMap, BlobRef, map_archive
+from gapforge.bundle.transfer import (
     ARCHIVE_MAP,
+    CHUNK,
     DELTA_BLOBS,
     DELTA_JSON,
     DELTA_SCHEMA,
+    BundleFacts,
     TransferError,
     is_delta,
+    read_facts,
 )
-from gapforge.transfer.archivemap import ArchiveMap, BlobRef, map_archive
-from gapforge.transfer.delta_check import copy_regular
-from gapforge.transfer.inventory import read_inventory, scan_sources
-
-CHUNK = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BundleFacts:
-    """What the transfer needs from a bundle's (or a delta's) small files."""
-
-    folder: Path
-    index: dict[str, Any]
-    sums: bytes
-    archive_sha256: str
-    """image.tar's line in SHA256SUMS."""
-    lines: dict[str, str] = field(default_factory=dict)
-    """Every SHA256SUMS line: file name → sha256 hex."""
-
-    @property
-    def label(self) -> str:
-        return f"{self.index.get('name')}-{self.index.get('version')}"
-
-    @property
-    def sums_sha256(self) -> str:
-        return hashlib.sha256(self.sums).hexdigest()
-
-    def blob_names(self) -> dict[str, str]:
-        """digest → what the blob is, for messages: `layer 'model'`, `the image config`."""
-        image = self.index.get("image", {})
-        names = {
-            str(image.get("config_digest")): "the image config",
-            str(image.get("manifest_digest")): "the image manifest",
-        }
-        for layer in image.get("layers", []):
-            names[str(layer.get("digest"))] = f"layer '{layer.get('name')}'"
-        return names
-
-
-def read_facts(folder: Path) -> BundleFacts:
-    """bundle.json and SHA256SUMS of a bundle or delta folder, and image.tar's line in it."""
-    missing = [name for name in (INDEX, SUMS) if not (folder / name).is_file()]
-    if missing:
-        raise TransferError(
-            f"{folder}: {', '.join(missing)} missing: not a bundle folder 'gapforge build' wrote "
-            "(or a delta made from one); pass the whole folder"
-        )
-    try:
-        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TransferError(f"{folder / INDEX}: cannot be read ({exc})") from None
-    sums = (folder / SUMS).read_bytes()
-    lines, _ = parse_sums(sums.decode(errors="replace"))
-    line = next((line for line in lines if line.name == IMAGE_TAR), None)
-    if not isinstance(index, dict) or line is None:
-        raise TransferError(
-            f"{folder}: {SUMS} lists no {IMAGE_TAR} (or {INDEX} is not an object): not a bundle "
-            "gapforge built"
-        )
-    return BundleFacts(folder, index, sums, line.sha256, {x.name: x.sha256 for x in lines})
+from gapforge.operator.delta_check import copy_regular
+from gapforge.operator.inventory import read_inventory, scan_sources
+from gapforge.progress import byte_progress
 
 
 @dataclass(frozen=True)
@@ -305,14 +250,3 @@ def make_delta(
     result.delta_bytes = _folder_bytes(result.path)
     result.seconds = time.monotonic() - start
     return result
-
-
-def delta_record(delta: Path) -> dict[str, Any]:
-    """delta/delta.json of a delta folder."""
-    try:
-        value = json.loads((delta / DELTA_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TransferError(f"{delta / DELTA_JSON}: cannot be read ({exc})") from None
-    if not isinstance(value, dict) or value.get("schema") != DELTA_SCHEMA:
-        raise TransferError(f"{delta / DELTA_JSON}: not a gapforge delta (schema {DELTA_SCHEMA})")
-    return value

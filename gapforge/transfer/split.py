@@ -4,8 +4,8 @@ The bundle folder becomes one deterministic stream: a tar of its files in sorted
 `<name>-<version>/`, mtime 0, owner 0, modes normalized (gapforge.oci.tar). The stream is cut into
 K data parts of the medium's size, plain byte ranges (`cat data-*.part | tar -x` gives the bundle
 back when every data part is there), then N parity parts are computed stripe by stripe
-(gapforge.transfer.parity): any N lost or corrupt parts can be rebuilt. Every medium gets its part,
-the signed parts manifest (gapforge.transfer.split_manifest) and a README.txt:
+(gapforge.bundle.parity): any N lost or corrupt parts can be rebuilt. Every medium gets its part,
+the signed parts manifest (gapforge.bundle.split_manifest) and a README.txt:
 
     OUT/disc-01/data-01.part  parts.dsse.json  README.txt
     …
@@ -28,12 +28,9 @@ from typing import BinaryIO
 
 from gapforge.atomic import write_atomic
 from gapforge.bundle import INDEX, RELEASE_DIR, SUMS
+from gapforge.bundle.parity import MAX_SHARES, StripeCoder, block_length, padded
 from gapforge.bundle.sign import SigningKey
-from gapforge.errors import BundleError
-from gapforge.oci.tar import entries_from_tree, write_tar
-from gapforge.progress import byte_progress
-from gapforge.transfer.parity import MAX_SHARES, StripeCoder, block_length, padded
-from gapforge.transfer.split_manifest import (
+from gapforge.bundle.split_manifest import (
     MANIFEST_NAME,
     METADATA_DIR,
     README_NAME,
@@ -41,6 +38,9 @@ from gapforge.transfer.split_manifest import (
     PartsManifest,
     sign_manifest,
 )
+from gapforge.errors import BundleError
+from gapforge.oci.tar import entries_from_tree, write_tar
+from gapforge.progress import byte_progress
 
 MEDIA: dict[str, int] = {
     "dvd": 4_700_372_992,  # DVD±R single layer, 2,295,104 sectors of 2,048 bytes

@@ -132,16 +132,16 @@ def test_a_link_in_the_lm_eval_task_folder_to_a_host_file_is_refused(
 
 def _then(monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None]) -> None:
     """The medium changes the bundle right after `diff`'s gate verified it (the racing writer)."""
-    import gapforge.transfer.trust
+    import gapforge.operator.transfer_trust
 
-    real = gapforge.transfer.trust.verify_or_refuse
+    real = gapforge.operator.transfer_trust.verify_or_refuse
 
     def verify_then_change(folder: Path, anchor: Any, command: str) -> Any:
         report = real(folder, anchor, command)
         change(folder)
         return report
 
-    monkeypatch.setattr(gapforge.transfer.trust, "verify_or_refuse", verify_then_change)
+    monkeypatch.setattr(gapforge.operator.transfer_trust, "verify_or_refuse", verify_then_change)
 
 
 def _evil_verdict(folder: Path) -> None:

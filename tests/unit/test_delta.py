@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle import IMAGE_TAR
+from gapforge.bundle.archivemap import BlobRef, Inline, map_archive, parse_map
 from gapforge.bundle.source import BundleSource, ImageInfo, Layer
+from gapforge.bundle.transfer import DELTA_BLOBS, TransferError, is_delta
 from gapforge.bundle.write import write_bundle
 from gapforge.commands.delta import cmd_delta, delta_arguments
 from gapforge.commands.inventory import cmd_inventory, inventory_arguments
@@ -23,12 +25,10 @@ from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
 from gapforge.operator.anchor import Anchor
+from gapforge.operator.inventory import make_inventory, read_inventory, write_inventory
+from gapforge.operator.rebuild import rebuild_bundle
 from gapforge.operator.verify import verify_bundle
-from gapforge.transfer import DELTA_BLOBS, TransferError, is_delta
-from gapforge.transfer.archivemap import BlobRef, Inline, map_archive, parse_map
 from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
-from gapforge.transfer.inventory import make_inventory, read_inventory, write_inventory
-from gapforge.transfer.rebuild import rebuild_bundle
 from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, _pinned, source  # noqa: F401 (fixture)
 
 BASE = bytes(range(256)) * 2000  # 512 KB, shared by both bundles
