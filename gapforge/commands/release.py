@@ -156,7 +156,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    from gapforge.release.repository import iso
+    from gapforge.release.metadata import iso
 
     timestamp = open_repository(args).refresh()
     console.print(f"[bold green]refreshed[/]: timestamp version {timestamp.signed.version}, "
@@ -168,7 +168,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from gapforge.release.maintenance import status
-    from gapforge.release.repository import iso
+    from gapforge.release.metadata import iso
 
     rows = status(open_repository(args))
     table = Table("role", "version", "expires", "days left", "")

@@ -34,7 +34,7 @@ from gapforge.release import CHANNELS, REVOKED, ReleaseError, target_path
 from gapforge.release.fetcher import BASE_URL as _BASE_URL
 from gapforge.release.fetcher import FolderFetcher, trusted_files
 from gapforge.release.keys import crypto_key, key_fingerprint
-from gapforge.release.repository import atomic_write, iso, metadata_bytes, role_keys
+from gapforge.release.metadata import atomic_write, iso, metadata_bytes, role_keys
 
 TRUST_ENV = "GAPFORGE_TRUST_DIR"
 SITE = "site.json"

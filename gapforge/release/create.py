@@ -30,14 +30,12 @@ from tuf.api.metadata import (
 from gapforge.bundle.sign import SigningKey, fingerprint, load_private_key, write_key_pair
 from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ROLES, ReleaseError
 from gapforge.release.keys import KeyRing, tuf_key
+from gapforge.release.metadata import atomic_write, metadata_bytes, role_keys
 from gapforge.release.repository import (
     METADATA,
     SETTINGS,
     STAGED,
     Repository,
-    atomic_write,
-    metadata_bytes,
-    role_keys,
     role_threshold,
     sign_role,
     utc_now,

@@ -13,14 +13,8 @@ from gapforge.bundle.sign import signature_valid
 from gapforge.release import CHANNELS, REVOKED, ReleaseError, target_path
 from gapforge.release.entry import read_bundle
 from gapforge.release.keys import crypto_key, key_fingerprint
-from gapforge.release.repository import (
-    STAGED,
-    Repository,
-    atomic_write,
-    iso,
-    metadata_bytes,
-    sign_role,
-)
+from gapforge.release.metadata import atomic_write, iso, metadata_bytes
+from gapforge.release.repository import STAGED, Repository, sign_role
 
 
 @dataclass

@@ -25,11 +25,11 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
 
 from gapforge.bundle.sign import load_private_key
 from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ReleaseError
 from gapforge.release.keys import KeyRing, describe, signer, tuf_key
+from gapforge.release.metadata import atomic_write, iso, metadata_bytes, role_keys
 
 REPO_ENV = "GAPFORGE_RELEASE_REPO"
 SETTINGS = "repository.json"
@@ -46,28 +46,6 @@ def default_repository() -> Path:
 
 def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a finished file under its final name by rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def metadata_bytes(md: Metadata[Any]) -> bytes:
-    return md.to_bytes(JSONSerializer(compact=False))
-
-
-def role_keys(delegator: Root | Targets, role: str) -> list[Key]:
-    """The keys a delegator names for `role`, in its order."""
-    delegated = delegator.get_delegated_role(role)
-    return [delegator.get_key(keyid) for keyid in delegated.keyids]
 
 
 def role_threshold(delegator: Root | Targets, role: str) -> int:

@@ -22,8 +22,9 @@ from gapforge.release.client import check_release, trust_init, trust_state, trus
 from gapforge.release.create import init_repository
 from gapforge.release.keys import KeyRing, public_tuf_key, signer
 from gapforge.release.maintenance import export, rotate, status
+from gapforge.release.metadata import metadata_bytes
 from gapforge.release.releases import add_bundle, promote, releases, revoke
-from gapforge.release.repository import Repository, metadata_bytes
+from gapforge.release.repository import Repository
 
 
 def make_bundle(
