@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gapforge.bundle.sign import write_key_pair
 from gapforge.operator.join import join_parts
-from gapforge.transfer.split import split_bundle, write_parity
+from gapforge.release_manager.split import split_bundle, write_parity
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = next(iter(sorted((ROOT / "dist").glob("*/bundle.json"))), ROOT / "dist" / "none").parent
@@ -82,7 +82,7 @@ def bench_delta(bundle: Path, work: Path) -> None:
     rebuild inside, against copying the whole bundle (`cp -r`) in the same run."""
     from gapforge.operator.inventory import make_inventory, write_inventory
     from gapforge.operator.rebuild import rebuild_bundle
-    from gapforge.transfer.delta import against_inventory, make_delta
+    from gapforge.release_manager.delta import against_inventory, make_delta
 
     index = json.loads((bundle / "bundle.json").read_text())
     recipe = next(layer for layer in index["image"]["layers"] if layer["name"] == "recipe")

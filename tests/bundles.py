@@ -155,10 +155,10 @@ class ReleaseWorld:
 
 def release_world(folder: Path) -> ReleaseWorld:
     """Build the world above under `folder`; point $GAPFORGE_TRUST_DIR at `.trust` to use it."""
-    from gapforge.release.client import trust_init
-    from gapforge.release.create import init_repository
-    from gapforge.release.maintenance import export
-    from gapforge.release.releases import add_bundle, promote
+    from gapforge.operator.tuf_client import trust_init
+    from gapforge.release_manager.create import init_repository
+    from gapforge.release_manager.maintenance import export
+    from gapforge.release_manager.releases import add_bundle, promote
 
     repo = init_repository(folder / "repo").repository
     build_key = load_private_key(repo.keys_dir / "build.key")

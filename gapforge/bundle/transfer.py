@@ -1,13 +1,13 @@
 """The formats a bundle crosses the gap in, read and written on both sides: a delta's folder and
 records, an inventory's type, and the error of any transfer input. The release manager's side is
-gapforge/transfer/ (delta, split); the site's is gapforge/operator/ (inventory, join,
+gapforge/release_manager/ (delta, split); the site's is gapforge/operator/ (inventory, join,
 rebuild).
 
 Bundles are content-addressed, so the inside exports a signed inventory of the blobs it holds
-(`operator/inventory.py`), the outside writes a delta against it (`transfer/delta.py`), and the
-inside rebuilds the very same image.tar from the delta and what it holds (`operator/rebuild.py`),
-then verifies it like a full bundle: the delta carries the original SHA256SUMS and SHA256SUMS.sig
-unchanged.
+(`operator/inventory.py`), the outside writes a delta against it (`release_manager/delta.py`),
+and the inside rebuilds the very same image.tar from the delta and what it holds
+(`operator/rebuild.py`), then verifies it like a full bundle: the delta carries the original
+SHA256SUMS and SHA256SUMS.sig unchanged.
 
 A delta bundle folder holds every file of the bundle except image.tar, plus:
 
@@ -17,9 +17,9 @@ A delta bundle folder holds every file of the bundle except image.tar, plus:
                               padding, end blocks; base64) and blob references (digest, size)
     delta/blobs/sha256/<hex>  only the blobs the site lacks
 
-A split (`transfer/split.py`, `bundle/parity.py`, `bundle/split_manifest.py`; `operator/join.py`,
-`operator/join_sources.py`) serialises the bundle as one deterministic tar stream cut into K data
-parts of the medium's size plus N zfec parity parts, each with its own sha256 and per-block
+A split (`release_manager/split.py`, `bundle/parity.py`, `bundle/split_manifest.py`;
+`operator/join.py`, `operator/join_sources.py`) serialises the bundle as one deterministic tar
+stream cut into K data parts of the medium's size plus N zfec parity parts, each with its own sha256 and per-block
 hashes in a signed manifest carried on every medium (with the bundle's release metadata,
 `release-metadata/`, so a site under the trusted root can check the manifest's signer before
 reading a part).

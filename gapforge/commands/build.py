@@ -123,7 +123,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _delta_after_build(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """`build --delta-from`: the delta of the bundle just written, beside it in dist/."""
     from gapforge.errors import BuildError
-    from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
+    from gapforge.release_manager.delta import against_bundle, against_inventory, make_delta
 
     if "bundle" not in report:
         raise BuildError(

@@ -13,7 +13,7 @@ from gapforge.commands._shared import megabytes
 from gapforge.progress import console, note, step
 
 if TYPE_CHECKING:
-    from gapforge.transfer.delta import Against
+    from gapforge.release_manager.delta import Against
 
 
 def delta_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def _against(args: argparse.Namespace) -> Against:
     from gapforge.bundle.sign import load_public_key
     from gapforge.bundle.transfer import TransferError
     from gapforge.errors import BundleError
-    from gapforge.transfer.delta import against_bundle, against_inventory
+    from gapforge.release_manager.delta import against_bundle, against_inventory
 
     spec = Path(args.against)
     if spec.is_file():
@@ -68,8 +68,8 @@ def _against(args: argparse.Namespace) -> Against:
         return against_inventory(spec, keys or None)
     if spec.is_dir():
         return against_bundle(spec)
-    from gapforge.release.releases import resolve
-    from gapforge.release.repository import Repository, default_repository
+    from gapforge.release_manager.releases import resolve
+    from gapforge.release_manager.repository import Repository, default_repository
 
     repository = args.repo or default_repository()
     if not repository.is_dir():
@@ -91,7 +91,7 @@ def _against(args: argparse.Namespace) -> Against:
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
-    from gapforge.transfer.delta import make_delta
+    from gapforge.release_manager.delta import make_delta
 
     against = _against(args)
     check = against.record

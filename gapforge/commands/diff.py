@@ -1,5 +1,5 @@
 """`gapforge diff A B`: what changed between two bundles or two release versions, each side through
-the trust gate first (gapforge/diff/ compares, this module parses arguments and prints)."""
+the trust gate first (gapforge/release_manager/diff/ compares, this module parses arguments and prints)."""
 
 from __future__ import annotations
 
@@ -50,14 +50,19 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _diff_side(spec: str, args: argparse.Namespace) -> tuple[Path, str]:
-    """One side of the diff, verified before it is read (gapforge.diff.sides)."""
-    from gapforge.diff.sides import verified_side
+    """One side of the diff, verified before it is read (gapforge.release_manager.diff.sides)."""
+    from gapforge.release_manager.diff.sides import verified_side
 
     return verified_side(spec, args.key, args.insecure, lambda: open_repository(args))
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text
+    from gapforge.release_manager.diff import (
+        compare_bundles,
+        diff_json,
+        render_markdown,
+        render_text,
+    )
 
     (a, a_sums), (b, b_sums) = _diff_side(args.a, args), _diff_side(args.b, args)
     diff = compare_bundles(a, b, (a_sums, b_sums))

@@ -33,7 +33,7 @@ def inventory_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_inventory(args: argparse.Namespace) -> int:
     from gapforge.operator.inventory import make_inventory, write_inventory
     from gapforge.operator.receipt import operator_key
-    from gapforge.release.client import trust_dir
+    from gapforge.operator.tuf_client import trust_dir
 
     step(f"listing the blobs held in {', '.join(str(s) for s in args.sources)}")
     inventory = make_inventory(list(args.sources), verify_blobs=args.verify_blobs)

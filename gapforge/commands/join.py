@@ -37,7 +37,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     renamed into place (gapforge.operator.transfer_trust)."""
     from gapforge.bundle.transfer import is_delta
     from gapforge.errors import BundleError
-    from gapforge.release.client import trusted_root_installed
+    from gapforge.operator.tuf_client import trusted_root_installed
 
     if args.check:  # one medium (or several) on its own: every block against the manifest
         from gapforge.commands.split import check_media

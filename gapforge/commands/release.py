@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from gapforge.progress import console
 
 if TYPE_CHECKING:
-    from gapforge.release.repository import Repository
+    from gapforge.release_manager.repository import Repository
 
 
 _KEY_HELP = "a private key file to sign with (repeatable; default: the repository's keys folder)"
@@ -77,7 +77,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def open_repository(args: argparse.Namespace) -> Repository:
-    from gapforge.release.repository import Repository, default_repository
+    from gapforge.release_manager.repository import Repository, default_repository
 
     return Repository.open(args.repo or default_repository())
 
@@ -85,7 +85,7 @@ def open_repository(args: argparse.Namespace) -> Repository:
 def _init(args: argparse.Namespace) -> int:
     from gapforge.bundle.sign import development_key_path
     from gapforge.cache import default_cache_dir
-    from gapforge.release.create import init_repository, parse_expires
+    from gapforge.release_manager.create import init_repository, parse_expires
 
     result = init_repository(
         args.dir, args.keys_dir, args.root_keys, args.root_threshold, args.approvers,
@@ -106,7 +106,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from gapforge.release.releases import add_bundle
+    from gapforge.release_manager.releases import add_bundle
 
     done = add_bundle(open_repository(args), args.bundle, args.key)
     verb = "added" if done.added else "already listed (same SHA256SUMS): nothing changed"
@@ -116,7 +116,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from gapforge.release.releases import promote
+    from gapforge.release_manager.releases import promote
 
     done = promote(open_repository(args), args.version, args.key, args.to)
     label = f"{done.name} {done.version}"
@@ -135,7 +135,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from gapforge.release.releases import revoke
+    from gapforge.release_manager.releases import revoke
 
     release = revoke(open_repository(args), args.version, args.reason, args.key)
     console.print(f"[bold red]revoked[/] {release.name} {release.version}: {args.reason}")
@@ -143,7 +143,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from gapforge.release.maintenance import rotate
+    from gapforge.release_manager.maintenance import rotate
 
     written = rotate(
         open_repository(args), args.role, args.add_key, args.remove_key, args.threshold, args.key
@@ -167,8 +167,8 @@ def _refresh(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from gapforge.release.maintenance import status
     from gapforge.release.metadata import iso
+    from gapforge.release_manager.maintenance import status
 
     rows = status(open_repository(args))
     table = Table("role", "version", "expires", "days left", "")
@@ -202,8 +202,8 @@ def _show(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from gapforge.release.maintenance import show_rows
-    from gapforge.release.releases import releases, resolve
+    from gapforge.release_manager.maintenance import show_rows
+    from gapforge.release_manager.releases import releases, resolve
 
     repo = open_repository(args)
     release = releases(repo)[resolve(repo, args.version)]
@@ -230,7 +230,7 @@ def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from gapforge.release import CHANNELS
-    from gapforge.release.releases import releases
+    from gapforge.release_manager.releases import releases
 
     table = Table("name", "version", *CHANNELS, "revoked", "added")
     for _, release in sorted(releases(open_repository(args)).items()):
@@ -243,7 +243,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from gapforge.release.maintenance import export
+    from gapforge.release_manager.maintenance import export
 
     where = export(open_repository(args), args.dest)
     console.print(f"[bold green]exported[/] the current metadata to {where}")

@@ -17,7 +17,7 @@ from gapforge.operator.join import JoinResult, join_parts
 from gapforge.operator.join_sources import check_part, find_sources, media_keys, ranges
 from gapforge.operator.verify_report import VerifyReport
 from gapforge.progress import console, note, step
-from gapforge.transfer.split import DEFAULT_BLOCK_SIZE, MEDIA, split_bundle
+from gapforge.release_manager.split import DEFAULT_BLOCK_SIZE, MEDIA, split_bundle
 
 
 def split_arguments(parser: argparse.ArgumentParser) -> None:

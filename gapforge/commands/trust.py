@@ -39,7 +39,7 @@ def _print_trust(state: Any) -> None:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from gapforge.release.client import trust_init, trust_state, trust_update
+    from gapforge.operator.tuf_client import trust_init, trust_state, trust_update
 
     if args.trust_command == "init":
         state = trust_init(args.root_json, args.channel, force=args.force)

@@ -68,7 +68,7 @@ class Anchor:
 def root_identity(trust: Path | None = None) -> str:
     """The trusted TUF root, as one string: the sha256 of its sorted root key IDs. A root rotation
     to other keys changes it, so receipts made under the old root no longer authorise a run."""
-    from gapforge.release.client import trust_state
+    from gapforge.operator.tuf_client import trust_state
 
     keyids = sorted(keyid for _, keyid in trust_state(trust).root_keys)
     return "tuf-root:sha256:" + hashlib.sha256(",".join(keyids).encode()).hexdigest()
@@ -94,7 +94,7 @@ def choose_anchor(
     channel: str | None = None,
 ) -> Anchor:
     """--key, else the trusted root, else --insecure, else NoTrustAnchor (exit 2)."""
-    from gapforge.release.client import trust_dir, trusted_root_installed
+    from gapforge.operator.tuf_client import trust_dir, trusted_root_installed
 
     if key is not None:
         return Anchor("key", (load_public_key(key),), f"--key {key}", metadata, channel)

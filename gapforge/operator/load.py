@@ -174,7 +174,7 @@ def record_receipt(
     folder's receipts/: a receipt records a success, so it takes the gate's record, nothing less."""
     from gapforge.operator.receipt import make_receipt, write_receipt
     from gapforge.operator.receipt import operator_key as resolve_key
-    from gapforge.release.client import trust_dir
+    from gapforge.operator.tuf_client import trust_dir
 
     report = verified.report
     folder = trust_dir()

@@ -93,7 +93,7 @@ def _receipt_check(config_digest: str, ref: str, anchor: Anchor | None) -> None:
     records a success."""
     from gapforge.operator.anchor import root_identity
     from gapforge.operator.receipt import find_receipt, operator_public_keys
-    from gapforge.release.client import trust_dir, trusted_root_installed
+    from gapforge.operator.tuf_client import trust_dir, trusted_root_installed
 
     identity = anchor.identity if anchor is not None else ""
     if anchor is None and trusted_root_installed():

@@ -64,7 +64,7 @@ def _release_keys(
     """The trusted root: the bundle must be a release on the site's channel; the build keys the
     verified repository metadata names are the keys SHA256SUMS.sig may be made with. Anything
     that stops the look-up is a refusal (exit 2), never an empty list on its own."""
-    from gapforge.release.client import check_release
+    from gapforge.operator.tuf_client import check_release
 
     metadata = anchor.metadata or report.bundle / RELEASE_DIR / "metadata"
     report.key_source = "a build key the trusted release repository names"

@@ -80,10 +80,10 @@ def release_keys(
 ) -> tuple[Ed25519PublicKey, ...]:
     """The build keys of the release metadata in `metadata`, verified from this site's trusted
     root, once `name` `version` is a release on the site's channel, not revoked, whose SHA256SUMS
-    has sha256 `sums_sha256` (gapforge.release.client.check_release_digest, the check `verify`
+    has sha256 `sums_sha256` (gapforge.operator.tuf_client.check_release_digest, the check `verify`
     makes too); TransferNotTrusted (exit 1) naming every reason otherwise. `name` and `version`
     must already be single components (gapforge.names.component)."""
-    from gapforge.release.client import check_release_digest
+    from gapforge.operator.tuf_client import check_release_digest
 
     if metadata.is_dir():
         refuse_links(metadata, where)

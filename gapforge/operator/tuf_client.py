@@ -30,9 +30,9 @@ from tuf.api import exceptions
 from tuf.api.metadata import Metadata, Root, Targets
 from tuf.ngclient import Updater
 
+from gapforge.operator.tuf_fetcher import BASE_URL as _BASE_URL
+from gapforge.operator.tuf_fetcher import FolderFetcher, trusted_files
 from gapforge.release import CHANNELS, REVOKED, ReleaseError, target_path
-from gapforge.release.fetcher import BASE_URL as _BASE_URL
-from gapforge.release.fetcher import FolderFetcher, trusted_files
 from gapforge.release.keys import crypto_key, key_fingerprint
 from gapforge.release.metadata import atomic_write, iso, metadata_bytes, role_keys
 

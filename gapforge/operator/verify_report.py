@@ -25,7 +25,7 @@ from gapforge.bundle.imagetar import ImageArchive
 from gapforge.names import printable
 
 if TYPE_CHECKING:
-    from gapforge.release.client import ReleaseCheck
+    from gapforge.operator.tuf_client import ReleaseCheck
 
 
 @dataclass(frozen=True)

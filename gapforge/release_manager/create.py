@@ -31,7 +31,7 @@ from gapforge.bundle.sign import SigningKey, fingerprint, load_private_key, writ
 from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ROLES, ReleaseError
 from gapforge.release.keys import KeyRing, tuf_key
 from gapforge.release.metadata import atomic_write, metadata_bytes, role_keys
-from gapforge.release.repository import (
+from gapforge.release_manager.repository import (
     METADATA,
     SETTINGS,
     STAGED,

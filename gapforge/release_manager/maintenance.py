@@ -16,7 +16,7 @@ from gapforge.bundle import INDEX, RELEASE_DIR
 from gapforge.release import CHANNELS, DEFAULT_EXPIRY_DAYS, ROLES, ReleaseError
 from gapforge.release.keys import KeyRing, describe, matches, public_tuf_key
 from gapforge.release.metadata import metadata_bytes, role_keys
-from gapforge.release.repository import Repository, role_threshold, sign_role
+from gapforge.release_manager.repository import Repository, role_threshold, sign_role
 
 
 def _new_keys(

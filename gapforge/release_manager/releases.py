@@ -11,10 +11,10 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from gapforge.bundle.sign import signature_valid
 from gapforge.release import CHANNELS, REVOKED, ReleaseError, target_path
-from gapforge.release.entry import read_bundle
 from gapforge.release.keys import crypto_key, key_fingerprint
 from gapforge.release.metadata import atomic_write, iso, metadata_bytes
-from gapforge.release.repository import STAGED, Repository, sign_role
+from gapforge.release_manager.entry import read_bundle
+from gapforge.release_manager.repository import STAGED, Repository, sign_role
 
 
 @dataclass

@@ -24,9 +24,9 @@ from gapforge.names import UnsafeName
 from gapforge.operator.anchor import Anchor
 from gapforge.operator.join_sources import find_sources, media_keys
 from gapforge.operator.transfer_trust import TransferNotTrusted
-from gapforge.release.maintenance import export
-from gapforge.release.releases import promote
-from gapforge.transfer.split import split_bundle
+from gapforge.release_manager.maintenance import export
+from gapforge.release_manager.releases import promote
+from gapforge.release_manager.split import split_bundle
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_delta import bundles  # noqa: F401 (fixture)

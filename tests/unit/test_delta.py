@@ -28,7 +28,7 @@ from gapforge.operator.anchor import Anchor
 from gapforge.operator.inventory import make_inventory, read_inventory, write_inventory
 from gapforge.operator.rebuild import rebuild_bundle
 from gapforge.operator.verify import verify_bundle
-from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
+from gapforge.release_manager.delta import against_bundle, against_inventory, make_delta
 from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, _pinned, source  # noqa: F401 (fixture)
 
 BASE = bytes(range(256)) * 2000  # 512 KB, shared by both bundles

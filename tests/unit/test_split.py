@@ -17,7 +17,7 @@ from gapforge.bundle.split_manifest import MANIFEST_NAME, PartsManifest
 from gapforge.commands import split as split_cli
 from gapforge.errors import BundleError
 from gapforge.operator.join import STATE_NAME, join_parts
-from gapforge.transfer.split import parse_medium, split_bundle
+from gapforge.release_manager.split import parse_medium, split_bundle
 
 BLOCK = 4096
 MEDIUM = "256KiB"  # tiny media: a 1.2 MB bundle becomes 6 data parts

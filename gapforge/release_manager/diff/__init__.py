@@ -9,10 +9,10 @@ before its check passes, and every name it takes from bundle.json is parsed (gap
 
 from __future__ import annotations
 
-from gapforge.diff.compare import compare_bundles
-from gapforge.diff.render import diff_json, render_markdown, render_text
-from gapforge.diff.results import BundleDiff
-from gapforge.diff.safetensors import TensorDigest, tensor_digests
+from gapforge.release_manager.diff.compare import compare_bundles
+from gapforge.release_manager.diff.render import diff_json, render_markdown, render_text
+from gapforge.release_manager.diff.results import BundleDiff
+from gapforge.release_manager.diff.safetensors import TensorDigest, tensor_digests
 
 __all__ = [
     "BundleDiff",

@@ -14,8 +14,8 @@ from typing import Any
 
 from gapforge.bundle import IMAGE_TAR, SIGNATURE, SUMS
 from gapforge.bundle.imagetar import read_archive
-from gapforge.diff.read import BundleFacts, FileEntry, read_bundle
-from gapforge.diff.results import (
+from gapforge.release_manager.diff.read import BundleFacts, FileEntry, read_bundle
+from gapforge.release_manager.diff.results import (
     BundleDiff,
     Figure,
     KeyedChanges,
@@ -28,7 +28,7 @@ from gapforge.diff.results import (
     TensorChanges,
     Transfer,
 )
-from gapforge.diff.safetensors import TensorDigest, model_file_tensors
+from gapforge.release_manager.diff.safetensors import TensorDigest, model_file_tensors
 
 MODEL_LAYER = "model"
 
@@ -255,6 +255,6 @@ def compare_facts(a: BundleFacts, b: BundleFacts) -> BundleDiff:
 
 def compare_bundles(a: Path, b: Path, pinned: tuple[str | None, ...] = (None, None)) -> BundleDiff:
     """What changed from bundle folder `a` to bundle folder `b` (dist/<name>-<version>/): what they
-    say about themselves. `pinned`: each side's verified SHA256SUMS digest (gapforge.diff.read).
+    say about themselves. `pinned`: each side's verified SHA256SUMS digest (gapforge.release_manager.diff.read).
     BundleError when a folder is not a bundle, recipe/recipe.json is unreadable, a file changed."""
     return compare_facts(read_bundle(a, pinned[0]), read_bundle(b, pinned[1]))

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gapforge.bundle.runbook import human_size
-from gapforge.diff.results import (
+from gapforge.release_manager.diff.results import (
     BundleDiff,
     Figure,
     KeyedChanges,
@@ -17,9 +17,9 @@ from gapforge.diff.results import (
     PackageDiff,
     TensorChanges,
 )
-from gapforge.diff.safetensors import TensorDigest
+from gapforge.release_manager.diff.safetensors import TensorDigest
 
-DIFF_SCHEMA = "gapforge/diff/v1"
+DIFF_SCHEMA = "gapforge/release_manager/diff/v1"
 ABSENT = "—"
 NOT_VERIFIED = "what the bundles say about themselves, not verified: run 'gapforge verify' on each to check them"
 UNCHANGED = "unchanged"
@@ -322,7 +322,7 @@ def _ab(pair: tuple[Any, Any]) -> dict[str, Any]:
 
 
 def diff_json(diff: BundleDiff) -> dict[str, Any]:
-    """The diff as JSON-able data with stable keys (schema gapforge/diff/v1)."""
+    """The diff as JSON-able data with stable keys (schema gapforge/release_manager/diff/v1)."""
     model, layers, transfer = diff.model, diff.layers, diff.transfer
     return {
         "schema": DIFF_SCHEMA,

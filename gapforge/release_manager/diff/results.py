@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gapforge.diff.safetensors import TensorDigest
+from gapforge.release_manager.diff.safetensors import TensorDigest
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class PretestDiff:
 
 @dataclass(frozen=True)
 class BundleDiff:
-    """Everything `gapforge diff A B` reports; render it with gapforge.diff.render."""
+    """Everything `gapforge diff A B` reports; render it with gapforge.release_manager.diff.render."""
 
     a: Path
     b: Path

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gapforge.errors import BundleError
 
 if TYPE_CHECKING:
-    from gapforge.release.repository import Repository
+    from gapforge.release_manager.repository import Repository
 
 
 def verified_side(
@@ -25,12 +25,12 @@ def verified_side(
 ) -> tuple[Path, str]:
     """The bundle folder `spec` names, once verified (module docstring), and the sha256 of the
     SHA256SUMS whose signature was proven (what the diff then reads must be the bytes it lists:
-    gapforge.diff.read.Signed); NotVerified (exit 1) or NoTrustAnchor / BundleError (exit 2)."""
+    gapforge.release_manager.diff.read.Signed); NotVerified (exit 1) or NoTrustAnchor / BundleError (exit 2)."""
     from gapforge.operator.anchor import Anchor, choose_anchor
     from gapforge.operator.transfer_trust import verify_or_refuse
     from gapforge.release import target_path
     from gapforge.release.keys import crypto_key
-    from gapforge.release.releases import resolve
+    from gapforge.release_manager.releases import resolve
 
     if Path(spec).is_dir():
         report = verify_or_refuse(Path(spec), choose_anchor("diff", key, insecure), "diff")
