@@ -137,12 +137,16 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check (the builder and the runtime)."""
+    """ruff check and format --check; the import contracts; module and function sizes (pyproject.toml)."""
     _install_locked_tools(session)
     session.run(
         "ruff", "check", "gapforge", "runtime", "tests", "noxfile.py", "benchmarks", "scripts"
     )
     session.run("ruff", "format", "--check", "gapforge", "runtime", "noxfile.py", "scripts")
+    # lint-imports reads [tool.importlinter] and finds gapforge and scripts/ from this folder; the
+    # runtime package is found on PYTHONPATH, as mypy finds it (neither is installed here).
+    session.run("lint-imports", "--no-cache", env={"PYTHONPATH": "runtime"})
+    session.run("python", "scripts/check_shape.py", "gapforge", "runtime")
 
 
 @nox.session

@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gapforge.bundle.sign import write_key_pair
-from gapforge.transfer.join import join_parts
-from gapforge.transfer.split import split_bundle, write_parity
+from gapforge.operator.join import join_parts
+from gapforge.release_manager.split import split_bundle, write_parity
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = next(iter(sorted((ROOT / "dist").glob("*/bundle.json"))), ROOT / "dist" / "none").parent
@@ -80,9 +80,9 @@ def bench_delta(bundle: Path, work: Path) -> None:
     """A recipe-only change, as the site sees it: the site holds every blob and file of the bundle
     but the recipe layer (its inventory with that layer taken out). The delta against it, and the
     rebuild inside, against copying the whole bundle (`cp -r`) in the same run."""
-    from gapforge.transfer.delta import against_inventory, make_delta
-    from gapforge.transfer.inventory import make_inventory, write_inventory
-    from gapforge.transfer.rebuild import rebuild_bundle
+    from gapforge.operator.inventory import make_inventory, write_inventory
+    from gapforge.operator.rebuild import rebuild_bundle
+    from gapforge.release_manager.delta import against_inventory, make_delta
 
     index = json.loads((bundle / "bundle.json").read_text())
     recipe = next(layer for layer in index["image"]["layers"] if layer["name"] == "recipe")
@@ -131,7 +131,7 @@ def main() -> int:
             lambda: split_bundle(bundle, out0, medium, 0, key, args.block_size),  # type: ignore[arg-type]
             size,
         )
-        from gapforge.transfer.split_manifest import MANIFEST_NAME, open_manifest
+        from gapforge.bundle.split_manifest import MANIFEST_NAME, open_manifest
 
         manifest, _ = open_manifest(
             (out0 / "disc-01" / MANIFEST_NAME).read_bytes(),

@@ -3,9 +3,9 @@ release, diff, delta and split for release managers (connected side); trust, ver
 preflight, run, inspect, deploy, inventory and join for operators (inside the gap); and the helpers the
 tests and benchmarks use."""
 
-# Wiring only: COMMANDS maps each command to the module under gapforge/commands/ that holds it (one
-# module per kind of user) and its function. A module is imported only when one of its commands is
-# run (or when build_parser() is asked for every command's arguments); `gapforge --help` imports none.
+# Wiring only: COMMANDS maps each command to its own module under gapforge/commands/ and its
+# function. A module is imported only when its command is run (or when build_parser() is asked for
+# every command's arguments); `gapforge --help` imports none.
 
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ from gapforge.progress import console
 @dataclass(frozen=True)
 class Command:
     module: str
-    """The module that holds the command: `register(name, parser)` adds its arguments."""
+    """The module under gapforge/commands/ that holds the command."""
     function: str
-    """`cmd_<name>(args) -> exit status` in that module."""
+    """`cmd_<name>(args) -> exit status` in that module; `<name>_arguments(parser)` beside it adds
+    the command's arguments."""
     help: str
     user: str
     """Whose command it is: one of USERS, its group in `gapforge --help`."""
@@ -40,11 +41,11 @@ class Command:
     uses_cache: bool = False
     """Reads and writes the cache: holds its shared lock against 'cache prune' while it runs."""
 
+    @property
+    def arguments(self) -> str:
+        """The name of the function in `module` that adds the command's arguments to its parser."""
+        return self.function.removeprefix("cmd_") + "_arguments"
 
-_BUILD_ENGINEER = "gapforge.commands.build_engineer"
-_OPERATOR = "gapforge.commands.operator"
-_SITE = "gapforge.commands.site"
-_RELEASE_MANAGER = "gapforge.commands.release_manager"
 
 BUILD_ENGINEER = "build engineer (connected side)"
 RELEASE_MANAGER = "release manager (connected side)"
@@ -54,62 +55,62 @@ USERS = (BUILD_ENGINEER, RELEASE_MANAGER, OPERATOR)
 
 COMMANDS: dict[str, Command] = {
     # the order of `gapforge --help` within each user's group
-    "lock": Command(_BUILD_ENGINEER, "cmd_lock",
+    "lock": Command("gapforge.commands.lock", "cmd_lock",
                     "rewrite the lockfiles from their inputs (needs the network)", BUILD_ENGINEER,
                     "gapforge lock --profile cpu recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
-    "build": Command(_BUILD_ENGINEER, "cmd_build",
+    "build": Command("gapforge.commands.build", "cmd_build",
                      "build a recipe into a sealed image, load it and smoke-run it", BUILD_ENGINEER,
                      "gapforge build recipes/smollm2/lora-q8-q4.yaml", uses_cache=True),
-    "validate": Command(_BUILD_ENGINEER, "cmd_validate", "validate recipes and report every problem",
+    "validate": Command("gapforge.commands.validate", "cmd_validate", "validate recipes and report every problem",
                         BUILD_ENGINEER, "gapforge validate recipes/smollm2/lora-q8-q4.yaml"),
-    "cache": Command(_BUILD_ENGINEER, "cmd_cache",
+    "cache": Command("gapforge.commands.cache", "cmd_cache",
                      "what the build cache holds (info), and removing what no build used (prune)",
                      BUILD_ENGINEER, "gapforge cache prune --older-than 30"),
-    "keygen": Command(_BUILD_ENGINEER, "cmd_keygen", "make an Ed25519 key pair for signing bundles",
+    "keygen": Command("gapforge.commands.keygen", "cmd_keygen", "make an Ed25519 key pair for signing bundles",
                       BUILD_ENGINEER, "gapforge keygen --out release.key"),
-    "runtime-env": Command(_BUILD_ENGINEER, "cmd_runtime_env",
+    "runtime-env": Command("gapforge.commands.runtime_env", "cmd_runtime_env",
                            "install a profile's locked runtime wheels into a Python (tests)",
                            BUILD_ENGINEER,
                            "gapforge runtime-env --python .venv/bin/python --llama-cpp-dir llama.cpp",
                            uses_cache=True),
-    "release": Command(_RELEASE_MANAGER, "cmd_release",
+    "release": Command("gapforge.commands.release", "cmd_release",
                        "a TUF repository of releases: add, promote, revoke, rotate, refresh, export",
                        RELEASE_MANAGER, "gapforge release add dist/smollm2-135m-desk-0.1.0 --repo REPO"),
-    "diff": Command(_RELEASE_MANAGER, "cmd_diff",
+    "diff": Command("gapforge.commands.diff", "cmd_diff",
                     "what changed between two bundles: recipe, packages, model, layers, figures",
                     RELEASE_MANAGER, "gapforge diff dist/NAME-0.1.0 dist/NAME-0.2.0 --markdown"),
-    "delta": Command(_RELEASE_MANAGER, "cmd_delta",
+    "delta": Command("gapforge.commands.delta", "cmd_delta",
                      "a delta bundle: only the blobs and files a site's inventory lacks",
                      RELEASE_MANAGER,
                      "gapforge delta dist/NAME-0.2.0 --against inventory.json --out outgoing/"),
-    "split": Command(_RELEASE_MANAGER, "cmd_split",
+    "split": Command("gapforge.commands.split", "cmd_split",
                      "cut a bundle into parts sized to the medium, each hashed, with parity",
                      RELEASE_MANAGER,
                      "gapforge split dist/NAME-0.1.0 --media dvd --parity 2 --out media/ --key release.key"),
-    "trust": Command(_SITE, "cmd_trust",
+    "trust": Command("gapforge.commands.trust", "cmd_trust",
                      "pin the release repository's root once; show or update what the site trusts",
                      OPERATOR, "gapforge trust init root.json"),
-    "verify": Command(_OPERATOR, "cmd_verify",
+    "verify": Command("gapforge.commands.verify", "cmd_verify",
                       "check a bundle offline: signature, checksums, digests", OPERATOR,
                       "gapforge verify dist/smollm2-135m-desk-0.1.0"),
-    "load": Command(_OPERATOR, "cmd_load",
+    "load": Command("gapforge.commands.load", "cmd_load",
                     "verify a bundle, then load its image into Docker or a registry", OPERATOR,
                     "gapforge load dist/smollm2-135m-desk-0.1.0"),
-    "preflight": Command(_OPERATOR, "cmd_preflight",
+    "preflight": Command("gapforge.commands.preflight", "cmd_preflight",
                          "go/no-go before a run: image, offline start, data, disk, GPU", OPERATOR,
                          "gapforge preflight BUNDLE --data my.jsonl --out out/"),
-    "run": Command(_OPERATOR, "cmd_run", "run the sealed image on your data, network cut", OPERATOR,
+    "run": Command("gapforge.commands.run", "cmd_run", "run the sealed image on your data, network cut", OPERATOR,
                    "gapforge run BUNDLE --data my.jsonl --out out/"),
-    "inspect": Command(_OPERATOR, "cmd_inspect",
+    "inspect": Command("gapforge.commands.inspect", "cmd_inspect",
                        "what a bundle holds: recipe, model, packages, digests, pretest", OPERATOR,
                        "gapforge inspect BUNDLE --json"),
-    "deploy": Command(_SITE, "cmd_deploy",
+    "deploy": Command("gapforge.commands.deploy", "cmd_deploy",
                       "the cluster hand-off: Kubernetes manifests or an sbatch script, image by digest",
                       OPERATOR, "gapforge deploy BUNDLE --registry REGISTRY/REPO --kubernetes k8s/"),
-    "inventory": Command(_SITE, "cmd_inventory",
+    "inventory": Command("gapforge.commands.inventory", "cmd_inventory",
                          "the signed list of blobs and files this site holds (what a delta is made against)",
                          OPERATOR, "gapforge inventory /srv/bundles --out inventory.json"),
-    "join": Command(_SITE, "cmd_join",
+    "join": Command("gapforge.commands.join", "cmd_join",
                     "rebuild a bundle from media parts (repairing from parity) or a delta, then verify it",
                     OPERATOR, "gapforge join /media/disc-* --out bundles/"),
 }  # fmt: skip
@@ -147,7 +148,7 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
         if name in wanted:
-            importlib.import_module(command.module).register(name, subparser)
+            getattr(importlib.import_module(command.module), command.arguments)(subparser)
     return parser
 
 

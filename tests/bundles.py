@@ -24,7 +24,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gapforge.bundle import SIGNATURE, SUMS
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import SigningKey, load_private_key, sign
 from gapforge.bundle.source import (
     BundleSource,
@@ -40,6 +39,7 @@ from gapforge.bundle.write import write_bundle
 from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
+from gapforge.operator.anchor import Anchor
 
 EPOCH = 1735689600
 REF = "gapforge/unit-desk:1.2.3"
@@ -155,10 +155,10 @@ class ReleaseWorld:
 
 def release_world(folder: Path) -> ReleaseWorld:
     """Build the world above under `folder`; point $GAPFORGE_TRUST_DIR at `.trust` to use it."""
-    from gapforge.release.client import trust_init
-    from gapforge.release.maintenance import export
-    from gapforge.release.releases import add_bundle, promote
-    from gapforge.release.repository import init_repository
+    from gapforge.operator.tuf_client import trust_init
+    from gapforge.release_manager.create import init_repository
+    from gapforge.release_manager.maintenance import export
+    from gapforge.release_manager.releases import add_bundle, promote
 
     repo = init_repository(folder / "repo").repository
     build_key = load_private_key(repo.keys_dir / "build.key")

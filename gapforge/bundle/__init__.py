@@ -1,5 +1,6 @@
-"""The air-gap bundle: what `gapforge build` writes into `dist/<recipe>-<version>/`, and the operator
-side that checks, loads and runs it with no network (`verify`, `load`, `run`, `inspect`).
+"""The air-gap bundle: what `gapforge build` writes into `dist/<recipe>-<version>/`, and the parsers
+of its files (SHA256SUMS, the JSON documents, the image archive) that the operator's side
+(gapforge/operator/: verify, load, run, inspect) reads them with.
 
 Layout of a bundle (every file but the two signature files is listed in SHA256SUMS):
 

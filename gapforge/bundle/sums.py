@@ -106,6 +106,41 @@ def _end(part: HashJob) -> int:
     return part.offset + (part.length or 0)
 
 
+def _sends(
+    parts: list[HashJob], first: int, position: int, end: int, threads: int
+) -> list[tuple[int, int, int, int]]:
+    """Where the chunk `[position, end)` goes, as (consumer, digest, from, to): the whole file's
+    digest, then each part from `first` on that the chunk holds, parts spread over the threads."""
+    sends = [(0, 0, position, end)]
+    for number in range(first, len(parts)):
+        if parts[number].offset >= end:
+            break
+        low, high = max(parts[number].offset, position), min(_end(parts[number]), end)
+        if low < high:
+            sends.append((1 + number % threads, number + 1, low, high))
+    return sends
+
+
+def _results(
+    label: str, parts: list[HashJob], digests: dict[int, hashlib._Hash], done: list[int], error: str
+) -> list[HashResult]:
+    """The whole file's result, then each part's: a part cut short fails with the read's error
+    or, where the read ended cleanly, with how far it got."""
+    results = [
+        HashResult(label, None, done[0], error)
+        if error
+        else HashResult(label, digests[0].hexdigest(), done[0])
+    ]
+    for number, part in enumerate(parts, start=1):
+        length = part.length or 0
+        if done[number] < length:
+            reason = error or f"ends after {done[number]} of {length} bytes"
+            results.append(HashResult(part.label, None, done[number], reason))
+        else:
+            results.append(HashResult(part.label, digests[number].hexdigest(), done[number]))
+    return results
+
+
 def _hash_with_parts(
     job: HashJob, advance: Callable[[int], None], threads: int
 ) -> list[HashResult]:
@@ -146,14 +181,7 @@ def _hash_with_parts(
                 end = position + read
                 while first < len(parts) and _end(parts[first]) <= position:
                     first += 1
-                # (consumer, digest, from, to): the whole file, then each part this chunk holds
-                sends = [(0, 0, position, end)]
-                for number in range(first, len(parts)):
-                    if parts[number].offset >= end:
-                        break
-                    low, high = max(parts[number].offset, position), min(_end(parts[number]), end)
-                    if low < high:
-                        sends.append((1 + number % threads, number + 1, low, high))
+                sends = _sends(parts, first, position, end, threads)
                 pending[buffer] = len(sends)
                 for consumer, number, low, high in sends:
                     chunk = view[low - position : high - position]
@@ -170,19 +198,7 @@ def _hash_with_parts(
             items.put(None)
         for _, thread in consumers:
             thread.join()
-    results = [
-        HashResult(job.label, None, done[0], error)
-        if error
-        else HashResult(job.label, digests[0].hexdigest(), done[0])
-    ]
-    for number, part in enumerate(parts, start=1):
-        length = part.length or 0
-        if done[number] < length:
-            reason = error or f"ends after {done[number]} of {length} bytes"
-            results.append(HashResult(part.label, None, done[number], reason))
-        else:
-            results.append(HashResult(part.label, digests[number].hexdigest(), done[number]))
-    return results
+    return _results(job.label, parts, digests, done, error)
 
 
 class Prefetch:

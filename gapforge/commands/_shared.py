@@ -46,3 +46,7 @@ def cache_of(args: argparse.Namespace) -> Cache:
 
 def gigabytes(size: int) -> str:
     return f"{size / 1e9:.2f} GB"
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"

@@ -15,13 +15,13 @@ KEY_HELP = (
 
 
 def operator_key_help() -> str:
-    from gapforge.bundle.receipt import OPERATOR_KEY_HELP
+    from gapforge.operator.receipt import OPERATOR_KEY_HELP
 
     return OPERATOR_KEY_HELP
 
 
 def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> None:
-    """The trust anchor (gapforge.bundle.anchor): --key, or the root from 'gapforge trust init';
+    """The trust anchor (gapforge.operator.anchor): --key, or the root from 'gapforge trust init';
     --repo and --channel for the release check; --insecure, explicit and loud."""
     parser.add_argument("--key", type=Path, help=KEY_HELP)
     parser.add_argument(
@@ -37,7 +37,7 @@ def add_trust_options(parser: argparse.ArgumentParser, insecure_help: str) -> No
 
 def anchor_of(args: argparse.Namespace) -> Any:
     """The command's trust anchor, or NoTrustAnchor (exit 2) saying how to get one."""
-    from gapforge.bundle.anchor import choose_anchor
+    from gapforge.operator.anchor import choose_anchor
 
     return choose_anchor(args.command, args.key, args.insecure, args.repo, args.channel)
 
@@ -78,8 +78,8 @@ def add_delta_options(parser: argparse.ArgumentParser) -> None:
 
 def full_bundle(args: argparse.Namespace) -> Path:
     """args.bundle, or, for a delta, the full bundle rebuilt from it and what the site holds."""
+    from gapforge.bundle.transfer import is_delta
     from gapforge.errors import BundleError
-    from gapforge.transfer import is_delta
 
     bundle: Path = args.bundle
     if not is_delta(bundle):
@@ -90,7 +90,7 @@ def full_bundle(args: argparse.Namespace) -> Path:
             "where the site keeps what it already holds (the bundle it was made against, a folder "
             "of bundles), and it is rebuilt and checked like the full bundle"
         )
-    from gapforge.transfer.rebuild import rebuild_bundle
+    from gapforge.operator.rebuild import rebuild_bundle
 
     step(f"rebuilding the full bundle from the delta {bundle}")
     into = args.rebuild_into or Path.cwd()
@@ -98,6 +98,6 @@ def full_bundle(args: argparse.Namespace) -> Path:
 
 
 def scan_options(args: argparse.Namespace) -> Any:
-    from gapforge.bundle.verify import ScanOptions
+    from gapforge.operator.verify import ScanOptions
 
     return ScanOptions(args.clamav_db, args.scan_tmp) if args.scan else None

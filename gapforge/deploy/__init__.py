@@ -9,7 +9,7 @@ sbatch script: one task per node, torchrun through the runtime, under Apptainer,
 Docker as the site has it. Both name the image by the manifest digest the bundle vouches for, so
 the cluster runs exactly what `gapforge load --to` verified and pushed.
 
-Nothing is written before the trust gate (gapforge.bundle.gate) has verified the bundle against the
+Nothing is written before the trust gate (gapforge.operator.gate) has verified the bundle against the
 operator's anchor; every value comes from its record or from a checked option (DeployOptions), and
 each file quotes what it carries for its language: the manifests through a YAML emitter, the sbatch
 script through gapforge.deploy.slurm.
@@ -36,7 +36,7 @@ from gapforge.deploy.values import (
 )
 
 if TYPE_CHECKING:
-    from gapforge.bundle.gate import VerifiedBundle
+    from gapforge.operator.gate import VerifiedBundle
 
 RDZV_PORT = 29400
 OUTPUTS = "/outputs"

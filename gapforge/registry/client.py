@@ -1,6 +1,6 @@
 """A small OCI distribution client over urllib: blobs (HEAD, GET, monolithic upload), manifests
 (PUT and GET by tag or digest) and the referrers API, which is all `attach_referrers` and
-`verify_referrers` need, with no registry library.
+`verify_referrers` (verify.py) need, with no registry library.
 
 Plain HTTP for loopback registries (127.0.0.0/8, ::1, localhost; as Docker and `gapforge load` do)
 or when the operator says `tls_verify=False` (`--no-tls-verify`); HTTPS otherwise. A loopback
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge.bundle.load import is_loopback
 from gapforge.errors import GapforgeError
-from gapforge.registry import MANIFEST_TYPES, OCI_INDEX
+from gapforge.registry import MANIFEST_TYPES, OCI_INDEX, is_loopback
 
 FIX_REACH = (
     "check that the registry runs, that HOST[:PORT] is right and that this machine can reach it"

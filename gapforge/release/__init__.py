@@ -1,6 +1,10 @@
-"""The release repository (TUF, file-based) and the operator's check of a bundle against it.
+"""Release metadata (TUF, file-based) as both sides read it: roles, channels, expiries, keys
+(keys.py) and the metadata files (metadata.py). The repository is the release manager's
+(gapforge.release_manager); the check of a bundle against it is the site's
+(gapforge.operator.tuf_client).
 
-A release manager keeps a folder of TUF metadata (`gapforge release ...`, gapforge.release.repository):
+A release manager keeps a folder of TUF metadata (`gapforge release ...`,
+gapforge.release_manager.repository):
 
     DIR/metadata/        1.root.json, 2.root.json, ... root.json (the newest), timestamp.json,
                          N.snapshot.json, N.targets.json, N.candidate.json, N.approved.json
@@ -13,8 +17,8 @@ and the delegations); candidate (the build keys: candidate/<name>/<version>); ap
 approved/<name>/<version>); snapshot and timestamp (one online key). A target's file is the bundle's
 SHA256SUMS, so one TUF entry pins every file of the bundle.
 
-Inside the gap, gapforge.release.client checks a bundle's SHA256SUMS against metadata carried beside it
-(BUNDLE/release/metadata/), from a root pinned once with `gapforge trust init`.
+Inside the gap, gapforge.operator.tuf_client checks a bundle's SHA256SUMS against metadata carried
+beside it (BUNDLE/release/metadata/), from a root pinned once with `gapforge trust init`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from gapforge.bundle.sign import SigningKey, public_path, resolve_signing_key
 from gapforge.bundle.source import BundleSource, FileDigest, ImageInfo, ModelInfo, PythonPackage
 from gapforge.bundle.source import Layer as BundleLayer
 from gapforge.bundle.write import write_bundle
+from gapforge.checkout import git_state
 from gapforge.hashing import sha256_file
 from gapforge.lock.debian import read_debian_lock
 from gapforge.pretest import PretestResult
@@ -23,7 +24,6 @@ from gapforge.stages.assemble import BuiltImage, recipe_files
 from gapforge.stages.fetch import Inputs
 from gapforge.stages.locks import Locks
 from gapforge.stages.plan import BuildPlan
-from gapforge.stages.report import git_state
 
 
 @dataclass(frozen=True)

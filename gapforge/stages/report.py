@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gapforge import __version__
+from gapforge.checkout import git_state
 from gapforge.lock.debian import read_debian_lock
 from gapforge.pretest import PretestResult
 from gapforge.profile import REPO_ROOT
@@ -20,23 +20,6 @@ from gapforge.stages.plan import BuildPlan
 
 if TYPE_CHECKING:
     from gapforge.stages.bundle import WrittenBundle
-
-
-def git_state() -> dict[str, str]:
-    """The builder checkout's commit and whether it had local changes (empty outside git)."""
-
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
-                                text=True, check=False)  # fmt: skip
-        return result.stdout.strip() if result.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
-        return {}
-    return {
-        "commit": commit,
-        "dirty": "true" if git("status", "--porcelain", "--untracked-files=no") else "false",
-    }
 
 
 def reproduce_section(plan: BuildPlan, locks: Locks, inputs: Inputs) -> dict[str, Any]:

@@ -132,16 +132,16 @@ def test_a_link_in_the_lm_eval_task_folder_to_a_host_file_is_refused(
 
 def _then(monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None]) -> None:
     """The medium changes the bundle right after `diff`'s gate verified it (the racing writer)."""
-    import gapforge.transfer.trust
+    import gapforge.operator.transfer_trust
 
-    real = gapforge.transfer.trust.verify_or_refuse
+    real = gapforge.operator.transfer_trust.verify_or_refuse
 
     def verify_then_change(folder: Path, anchor: Any, command: str) -> Any:
         report = real(folder, anchor, command)
         change(folder)
         return report
 
-    monkeypatch.setattr(gapforge.transfer.trust, "verify_or_refuse", verify_then_change)
+    monkeypatch.setattr(gapforge.operator.transfer_trust, "verify_or_refuse", verify_then_change)
 
 
 def _evil_verdict(folder: Path) -> None:
@@ -189,17 +189,17 @@ def test_inspect_shows_only_the_documents_that_were_verified(
     """inspect proves the bundle, then reads its evidence, recipe, SBOM and provenance again to
     show them: a verdict rewritten after the gate must not be shown beside `verified: true`.
     Before: `"verdict": "EVIL-VERDICT"`, exit 0."""
-    import gapforge.bundle.gate
+    import gapforge.operator.gate
 
     bundle, key = _copy(genuine, hostile)
-    real = gapforge.bundle.gate.gate
+    real = gapforge.operator.gate.gate
 
     def gate_then_change(report: Any, command: str) -> Any:
         verified = real(report, command)
         _evil_verdict(bundle)
         return verified
 
-    monkeypatch.setattr(gapforge.bundle.gate, "gate", gate_then_change)
+    monkeypatch.setattr(gapforge.operator.gate, "gate", gate_then_change)
     status, text = hostile.run("inspect", bundle, "--key", key, "--json", capsys=capsys)
     assert status == 2 and "EVIL-VERDICT" not in text, text
     assert "changed after it was verified" in " ".join(text.split()), text

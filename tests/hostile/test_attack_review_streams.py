@@ -116,10 +116,10 @@ def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused_at_once(
     """verify walks the folder (a FIFO there is reported), then hashes each listed file: a name
     swapped for a FIFO between the two must not make the hashing wait forever for a writer.
     Before: `verify` hung on a FIFO swapped in for recipe/recipe.yaml. After: refused, named."""
-    import gapforge.bundle.verify
+    import gapforge.operator.verify
 
     bundle, key = _copy(genuine, hostile)
-    real = gapforge.bundle.verify.walk_bundle
+    real = gapforge.operator.verify.walk_bundle
 
     def walk_then_swap(root: Path) -> Any:
         tree = real(root)
@@ -127,7 +127,7 @@ def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused_at_once(
         os.mkfifo(root / name)
         return tree
 
-    monkeypatch.setattr(gapforge.bundle.verify, "walk_bundle", walk_then_swap)
+    monkeypatch.setattr(gapforge.operator.verify, "walk_bundle", walk_then_swap)
     outcome: list[tuple[int, str]] = []
     worker = threading.Thread(
         target=lambda: outcome.append(hostile.run("verify", bundle, "--key", key, capsys=capsys)),

@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.sign import SigningKey, write_key_pair
 from gapforge.bundle.sign import sign as sign_bytes
-from gapforge.release.maintenance import export
-from gapforge.release.releases import promote
-from gapforge.transfer.delta import against_bundle, make_delta
-from gapforge.transfer.delta_check import check_delta
-from gapforge.transfer.trust import TransferNotTrusted
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.delta_check import check_delta
+from gapforge.operator.transfer_trust import TransferNotTrusted
+from gapforge.release_manager.delta import against_bundle, make_delta
+from gapforge.release_manager.maintenance import export
+from gapforge.release_manager.releases import promote
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_delta import bundles  # noqa: F401 (fixture)

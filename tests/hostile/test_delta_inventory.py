@@ -15,8 +15,8 @@ import pytest
 
 from gapforge.bundle.dsse import sign_envelope
 from gapforge.bundle.sign import SigningKey
-from gapforge.transfer import INVENTORY_TYPE
-from gapforge.transfer.inventory import make_inventory, write_inventory
+from gapforge.bundle.transfer import INVENTORY_TYPE
+from gapforge.operator.inventory import make_inventory, write_inventory
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_delta import bundles  # noqa: F401 (fixture)

@@ -12,10 +12,10 @@ import pytest
 from gapforge.bundle.sign import load_private_key
 from gapforge.bundle.source import BundleSource
 from gapforge.bundle.write import write_bundle
-from gapforge.diff import compare_bundles
 from gapforge.names import UnsafeName
-from gapforge.release.releases import add_bundle
-from gapforge.release.repository import init_repository
+from gapforge.release_manager.create import init_repository
+from gapforge.release_manager.diff import compare_bundles
+from gapforge.release_manager.releases import add_bundle
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_diff import make_bundle, signed_bundle

@@ -15,18 +15,18 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import sign_envelope
 from gapforge.bundle.sign import SigningKey, load_private_key, write_key_pair
+from gapforge.bundle.split_manifest import MANIFEST_NAME, METADATA_DIR, PAYLOAD_TYPE
 from gapforge.cli import main
 from gapforge.errors import GapforgeError
 from gapforge.names import UnsafeName
-from gapforge.release.maintenance import export
-from gapforge.release.releases import promote
-from gapforge.transfer.join_sources import find_sources, media_keys
-from gapforge.transfer.split import split_bundle
-from gapforge.transfer.split_manifest import MANIFEST_NAME, METADATA_DIR, PAYLOAD_TYPE
-from gapforge.transfer.trust import TransferNotTrusted
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.join_sources import find_sources, media_keys
+from gapforge.operator.transfer_trust import TransferNotTrusted
+from gapforge.release_manager.maintenance import export
+from gapforge.release_manager.releases import promote
+from gapforge.release_manager.split import split_bundle
 from tests.hostile.conftest import Hostile
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 from tests.unit.test_delta import bundles  # noqa: F401 (fixture)

@@ -12,9 +12,14 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import root_identity
-from gapforge.bundle.receipt import find_receipt, make_receipt, operator_public_keys, write_receipt
-from gapforge.bundle.receipt import operator_key as resolve_operator_key
+from gapforge.operator.anchor import root_identity
+from gapforge.operator.receipt import (
+    find_receipt,
+    make_receipt,
+    operator_public_keys,
+    write_receipt,
+)
+from gapforge.operator.receipt import operator_key as resolve_operator_key
 from tests.bundles import ReleaseWorld, release_world, write_signed_bundle
 from tests.hostile.conftest import Hostile
 from tests.hostile.test_verify import attack_bundle

@@ -20,12 +20,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gapforge.bundle.archivemap import BlobRef, Inline, map_archive, parse_map
+from gapforge.bundle.split_manifest import SCHEMA, PartEntry, PartsManifest, open_manifest
+from gapforge.bundle.transfer import MAP_SCHEMA, TransferError
 from gapforge.errors import BundleError
 from gapforge.names import UnsafeName, component, relative_path
-from gapforge.transfer import MAP_SCHEMA, TransferError
-from gapforge.transfer.archivemap import BlobRef, Inline, map_archive, parse_map
-from gapforge.transfer.join import _unpack
-from gapforge.transfer.split_manifest import SCHEMA, PartEntry, PartsManifest, open_manifest
+from gapforge.operator.join import _unpack
 
 _DEFAULT = settings.get_profile("default").max_examples
 PROPERTY = settings(

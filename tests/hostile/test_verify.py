@@ -264,8 +264,8 @@ def test_the_gate_returns_the_signed_record_or_refuses(
     """require_verified: the genuine release gives the record other commands act on (names and
     digests of the signed bundle.json, the SHA256SUMS digest, the anchor); attack 1 is NotVerified
     with one paragraph naming its reasons."""
-    from gapforge.bundle.anchor import choose_anchor, root_identity
-    from gapforge.bundle.gate import NotVerified, require_verified
+    from gapforge.operator.anchor import choose_anchor, root_identity
+    from gapforge.operator.gate import NotVerified, require_verified
 
     anchor = choose_anchor("verify")
     record = require_verified(rooted.bundle, anchor, "deploy")
@@ -359,9 +359,9 @@ def test_a_malformed_image_archive_is_named_never_a_traceback(
 
 
 def test_the_record_says_whether_the_archive_was_hashed(rooted: ReleaseWorld) -> None:
-    from gapforge.bundle.anchor import choose_anchor
-    from gapforge.bundle.gate import gate, require_verified
-    from gapforge.bundle.verify import authenticate_index
+    from gapforge.operator.anchor import choose_anchor
+    from gapforge.operator.gate import gate, require_verified
+    from gapforge.operator.verify import authenticate_index
 
     anchor = choose_anchor("verify")
     assert require_verified(rooted.bundle, anchor, "deploy").archive_hashed

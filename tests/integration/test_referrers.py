@@ -22,6 +22,7 @@ from gapforge.bundle.provenance import (
 )
 from gapforge.bundle.sign import SigningKey, sign
 from gapforge.bundle.sums import render_sums
+from gapforge.commands.inspect_registry import cmd_inspect_registry, inspect_registry_arguments
 from gapforge.hashing import sha256_file
 from gapforge.registry import EMPTY_DATA, EMPTY_DIGEST, EMPTY_MEDIA_TYPE, OCI_INDEX, OCI_MANIFEST
 from gapforge.registry.client import RegistryClient, RegistryError, sha256_digest
@@ -33,9 +34,8 @@ from gapforge.registry.referrers import (
     list_referrers,
     make_artifacts,
     merge_index,
-    verify_referrers,
 )
-from gapforge.registry.registry_cli import cmd_inspect_registry, inspect_registry_arguments
+from gapforge.registry.verify import verify_referrers
 
 pytestmark = pytest.mark.integration
 

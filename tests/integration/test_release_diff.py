@@ -51,7 +51,7 @@ def test_diff_names_exactly_the_changes_and_the_bytes_to_carry(
 def test_a_real_bundle_against_itself_is_unchanged(built: Built) -> None:
     """The tiny recipe's bundle diffed with itself: nothing changed, nothing to carry, and the
     package tables were read (a diff that read nothing would also say 'unchanged')."""
-    from gapforge.diff import compare_bundles, render_text
+    from gapforge.release_manager.diff import compare_bundles, render_text
 
     diff = compare_bundles(built.bundle, built.bundle)
     assert diff.unchanged and diff.transfer.total == 0

@@ -22,7 +22,6 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 
 from gapforge.bundle import PRETEST, PROVENANCE, PUBLIC_KEY, SBOM, SIGNATURE, SUMS
-from gapforge.bundle.anchor import Anchor
 from gapforge.bundle.dsse import open_envelope, sign_envelope
 from gapforge.bundle.provenance import (
     PAYLOAD_TYPE,
@@ -40,9 +39,10 @@ from gapforge.bundle.source import (
     BundleSource,
 )
 from gapforge.bundle.sums import bundle_files, render_sums
-from gapforge.bundle.verify import verify_bundle
 from gapforge.bundle.write import write_bundle
 from gapforge.errors import BundleError
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.verify import verify_bundle
 from tests.bundles import EPOCH, REF, make_source, pinned, signing_key
 from tests.bundles import evidence as _evidence  # noqa: F401 (test_delta imports it from here)
 
@@ -371,7 +371,7 @@ def test_verify_checks_the_provenance_signature_with_the_bundle_key(
 def test_inspect_shows_the_provenance_from_its_envelope(bundle: Path) -> None:
     from rich.console import Console
 
-    from gapforge.bundle.inspect import bundle_table, describe_bundle
+    from gapforge.operator.inspect import bundle_table, describe_bundle
 
     facts = describe_bundle(bundle)
     assert facts["provenance"]["predicate_type"] == PREDICATE_TYPE
@@ -388,8 +388,8 @@ def test_no_trust_anchor_is_exit_2_with_the_way_to_get_one(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from gapforge.bundle.anchor import NoTrustAnchor, choose_anchor
     from gapforge.cli import main
+    from gapforge.operator.anchor import NoTrustAnchor, choose_anchor
 
     monkeypatch.setenv("GAPFORGE_TRUST_DIR", str(tmp_path / "empty-trust"))
     with pytest.raises(NoTrustAnchor, match="trust init"):

@@ -11,7 +11,8 @@ import pytest
 
 from gapforge import cli
 from gapforge.cache import Cache
-from gapforge.commands import build_engineer
+from gapforge.commands import cache as build_engineer
+from gapforge.commands import validate as validate_command
 
 DAY = 86400.0
 
@@ -100,7 +101,7 @@ def test_a_full_disk_is_one_paragraph_and_exit_2(
             errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "image.tar.partial")
         )
 
-    monkeypatch.setattr(build_engineer, "cmd_validate", full)
+    monkeypatch.setattr(validate_command, "cmd_validate", full)
     assert cli.main(["validate", "x.yaml"]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "image.tar.partial" in err

@@ -15,26 +15,20 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle import IMAGE_TAR
-from gapforge.bundle.anchor import Anchor
+from gapforge.bundle.archivemap import BlobRef, Inline, map_archive, parse_map
 from gapforge.bundle.source import BundleSource, ImageInfo, Layer
-from gapforge.bundle.verify import verify_bundle
+from gapforge.bundle.transfer import DELTA_BLOBS, TransferError, is_delta
 from gapforge.bundle.write import write_bundle
+from gapforge.commands.delta import cmd_delta, delta_arguments
+from gapforge.commands.inventory import cmd_inventory, inventory_arguments
 from gapforge.oci.image import ImageSpec, build_manifest, write_archive
 from gapforge.oci.image import Layer as OciLayer
 from gapforge.oci.tar import Entry, write_tar_file
-from gapforge.transfer import DELTA_BLOBS, TransferError, is_delta
-from gapforge.transfer.archivemap import BlobRef, Inline, map_archive, parse_map
-from gapforge.transfer.delta import against_bundle, against_inventory, make_delta
-from gapforge.transfer.delta_cli import (
-    cmd_delta,
-    cmd_inventory,
-    cmd_rebuild,
-    delta_arguments,
-    inventory_arguments,
-    rebuild_arguments,
-)
-from gapforge.transfer.inventory import make_inventory, read_inventory, write_inventory
-from gapforge.transfer.rebuild import rebuild_bundle
+from gapforge.operator.anchor import Anchor
+from gapforge.operator.inventory import make_inventory, read_inventory, write_inventory
+from gapforge.operator.rebuild import rebuild_bundle
+from gapforge.operator.verify import verify_bundle
+from gapforge.release_manager.delta import against_bundle, against_inventory, make_delta
 from tests.unit.test_bundle import EPOCH, REF, _evidence, _key, _pinned, source  # noqa: F401 (fixture)
 
 BASE = bytes(range(256)) * 2000  # 512 KB, shared by both bundles
@@ -322,18 +316,8 @@ def test_commands_end_to_end(
     ]
     assert run(delta_arguments, cmd_delta, argv) == 0
     delta = tmp_path / "out" / "unit-desk-2.0.0.delta"
-    release_pub = tmp_path / "release.pub.pem"
-    release_pub.write_bytes(_key(tmp_path).public_pem)
-    argv = [
-        str(delta),
-        "--from",
-        str(old),
-        "--out",
-        str(tmp_path / "inside"),
-        "--key",
-        str(release_pub),
-    ]
-    assert run(rebuild_arguments, cmd_rebuild, argv) == 0
+    # Inside, `gapforge join` rebuilds it (commands/join.py); the rebuild itself, pinned to the key.
+    rebuild_bundle(delta, [old], tmp_path / "inside", _pinned(tmp_path))
     assert _sha256(tmp_path / "inside" / "unit-desk-2.0.0" / IMAGE_TAR) == _sha256(new / IMAGE_TAR)
 
 

@@ -18,14 +18,20 @@ from typing import Any
 
 import pytest
 
-from gapforge.bundle.anchor import NoTrustAnchor
-from gapforge.bundle.gate import NotVerified
 from gapforge.bundle.source import BundleSource
 from gapforge.bundle.write import write_bundle
-from gapforge.commands.release_manager import cmd_diff, diff_arguments
-from gapforge.diff import compare_bundles, diff_json, render_markdown, render_text, tensor_digests
-from gapforge.diff.read import parse_debian_lock, parse_pip_lock
+from gapforge.commands.diff import cmd_diff, diff_arguments
 from gapforge.errors import BundleError
+from gapforge.operator.anchor import NoTrustAnchor
+from gapforge.operator.gate import NotVerified
+from gapforge.release_manager.diff import (
+    compare_bundles,
+    diff_json,
+    render_markdown,
+    render_text,
+    tensor_digests,
+)
+from gapforge.release_manager.diff.read import parse_debian_lock, parse_pip_lock
 from tests.unit.test_bundle import _key, source  # noqa: F401 (fixture)
 
 PYTHON = {"numpy": "2.4.6", "peft": "0.21.2", "torch": "2.13.0"}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from gapforge.bundle import PRETEST
-from gapforge.bundle.preflight import _pretest_output_bytes
-from gapforge.bundle.run import Target
 from gapforge.bundle.sums import parse_sums
 from gapforge.errors import BundleError
+from gapforge.operator.preflight import _pretest_output_bytes
+from gapforge.operator.run import Target
 from tests.bundles import write_signed_bundle
 
 

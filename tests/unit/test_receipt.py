@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
 
-from gapforge.bundle import receipt as receipts
-from gapforge.bundle.receipt import (
+from gapforge.bundle.sign import SigningKey, load_public_key, public_path, write_key_pair
+from gapforge.operator import receipt as receipts
+from gapforge.operator.receipt import (
     BY_IMAGE,
     OPERATOR_KEY_ENV,
     RECEIPT_TYPE,
@@ -24,7 +25,6 @@ from gapforge.bundle.receipt import (
     verify_receipt,
     write_receipt,
 )
-from gapforge.bundle.sign import SigningKey, load_public_key, public_path, write_key_pair
 
 IMAGE_ID = "sha256:" + "c" * 64
 ANCHOR = "key:sha256:" + "d" * 64

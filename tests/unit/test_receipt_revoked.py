@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gapforge.bundle.anchor import root_identity
-from gapforge.bundle.receipt import make_receipt, operator_key, write_receipt
-from gapforge.bundle.run import RevokedRelease, _receipt_check
+from gapforge.operator.anchor import root_identity
+from gapforge.operator.receipt import make_receipt, operator_key, write_receipt
+from gapforge.operator.run import RevokedRelease, _receipt_check
+from gapforge.operator.tuf_client import revocation_on_record, trust_update
 from gapforge.release import ReleaseError
-from gapforge.release.client import revocation_on_record, trust_update
-from gapforge.release.releases import revoke
-from gapforge.release.repository import Repository
+from gapforge.release_manager.releases import revoke
+from gapforge.release_manager.repository import Repository
 from tests.bundles import release_world
 
 IMAGE_ID = "sha256:" + "c" * 64

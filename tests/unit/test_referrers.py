@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from gapforge.commands.inspect_registry import parse_image_reference
 from gapforge.errors import BundleError, GapforgeError
 from gapforge.registry import EMPTY_DATA, EMPTY_DIGEST, EMPTY_MEDIA_TYPE, OCI_INDEX, OCI_MANIFEST
 from gapforge.registry.client import RegistryClient, sha256_digest, stored_credentials
@@ -36,7 +37,6 @@ from gapforge.registry.referrers import (
     make_artifacts,
     merge_index,
 )
-from gapforge.registry.registry_cli import parse_image_reference
 
 SUBJECT = Descriptor(OCI_MANIFEST, "sha256:" + "ab" * 32, 512)
 ENVELOPE = json.dumps({

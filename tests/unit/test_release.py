@@ -17,12 +17,14 @@ from gapforge.bundle.sign import load_private_key, signature_valid, write_key_pa
 from gapforge.bundle.sign import sign as sign_bytes
 from gapforge.bundle.sums import render_sums
 from gapforge.cli import main
+from gapforge.operator.tuf_client import check_release, trust_init, trust_state, trust_update
 from gapforge.release import ReleaseError
-from gapforge.release.client import check_release, trust_init, trust_state, trust_update
 from gapforge.release.keys import KeyRing, public_tuf_key, signer
-from gapforge.release.maintenance import export, rotate, status
-from gapforge.release.releases import add_bundle, promote, releases, revoke
-from gapforge.release.repository import Repository, init_repository, metadata_bytes
+from gapforge.release.metadata import metadata_bytes
+from gapforge.release_manager.create import init_repository
+from gapforge.release_manager.maintenance import export, rotate, status
+from gapforge.release_manager.releases import add_bundle, promote, releases, revoke
+from gapforge.release_manager.repository import Repository
 
 
 def make_bundle(

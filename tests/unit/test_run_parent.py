@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gapforge.bundle.run import PARENT_DIR, parent_mount
 from gapforge.errors import BundleError
+from gapforge.operator.run import PARENT_DIR, parent_mount
 
 
 def test_parent_is_a_finished_run_folder_and_not_the_new_out(tmp_path: Path) -> None:
@@ -22,8 +22,8 @@ def test_parent_is_a_finished_run_folder_and_not_the_new_out(tmp_path: Path) -> 
 
 
 def test_the_runtime_is_told_its_image_and_bundle(tmp_path: Path) -> None:
-    from gapforge.bundle.run import Target, sealed_identity
     from gapforge.hashing import sha256_file
+    from gapforge.operator.run import Target, sealed_identity
 
     digest = "sha256:" + "0" * 64
     assert sealed_identity(Target("ref", digest, "cpu")) == {"GAPFORGE_IMAGE_DIGEST": digest}

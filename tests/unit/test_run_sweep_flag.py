@@ -18,7 +18,7 @@ def test_sweep_flags_pass_through_to_the_runtime(tmp_path: Path, monkeypatch: py
         seen.update(target=target, extra=extra)
         return 0
 
-    monkeypatch.setattr("gapforge.bundle.run.run_image", fake_run_image)
+    monkeypatch.setattr("gapforge.operator.run.run_image", fake_run_image)
     args = ["run", "img:1", "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o"), "--insecure"]
     assert cli.main([*args, "--sweep", "--trials", "4", "--parallel", "2"]) == 0
     assert seen["extra"] == ["--sweep", "--trials", "4", "--parallel", "2"]

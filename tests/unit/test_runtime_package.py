@@ -84,8 +84,9 @@ def test_operator_commands_work_without_the_runtime_package() -> None:
     """Operators install gapforge from the bundle's wheels, without gapforge_runtime."""
     code = BLOCK_RUNTIME + (
         "import gapforge.cli\n"
-        "for name in ('verify', 'load', 'run', 'inspect', 'sign'):\n"
-        "    importlib.import_module('gapforge.bundle.' + name)\n"
+        "for name in ('operator.verify', 'operator.load', 'operator.run', 'operator.inspect',\n"
+        "             'bundle.sign'):\n"
+        "    importlib.import_module('gapforge.' + name)\n"
         "assert 'gapforge.recipe' not in sys.modules\n"
     )
     result = _python(code)

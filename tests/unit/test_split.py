@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from gapforge.bundle.parity import StripeCoder
 from gapforge.bundle.sign import SigningKey, write_key_pair
+from gapforge.bundle.split_manifest import MANIFEST_NAME, PartsManifest
+from gapforge.commands import split as split_cli
 from gapforge.errors import BundleError
-from gapforge.transfer import split_cli
-from gapforge.transfer.join import STATE_NAME, join_parts
-from gapforge.transfer.parity import StripeCoder
-from gapforge.transfer.split import parse_medium, split_bundle
-from gapforge.transfer.split_manifest import MANIFEST_NAME, PartsManifest
+from gapforge.operator.join import STATE_NAME, join_parts
+from gapforge.release_manager.split import parse_medium, split_bundle
 
 BLOCK = 4096
 MEDIUM = "256KiB"  # tiny media: a 1.2 MB bundle becomes 6 data parts

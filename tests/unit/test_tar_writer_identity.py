@@ -13,6 +13,7 @@ from typing import BinaryIO
 import pytest
 
 from gapforge.oci import tar as tar_module
+from gapforge.oci.sink import CHUNK
 from gapforge.oci.tar import Entry, WrittenTar, _ordered, _tarinfo, write_tar, write_tar_file
 
 EPOCH = 1735689600
@@ -62,11 +63,11 @@ def _opener(data: bytes) -> Callable[[], BinaryIO]:
 
 
 def _varied_entries(tmp_path: Path) -> list[Entry]:
-    big = bytes(range(256)) * (3 * tar_module.CHUNK // 256 + 77)  # several blocks, odd tail
+    big = bytes(range(256)) * (3 * CHUNK // 256 + 77)  # several blocks, odd tail
     (tmp_path / "big.bin").write_bytes(big)
     (tmp_path / "small.txt").write_bytes(b"small\n")
     (tmp_path / "empty").write_bytes(b"")
-    exact = b"x" * tar_module.CHUNK  # exactly one block
+    exact = b"x" * CHUNK  # exactly one block
     (tmp_path / "exact.bin").write_bytes(exact)
     long_dir = "d" * 60 + "/" + "e" * 60  # > 100 characters: ustar prefix or PAX
     longer = "/".join(["segment-" + "s" * 50] * 6)  # > 255 characters: PAX path

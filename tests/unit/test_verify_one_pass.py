@@ -11,13 +11,13 @@ import pytest
 
 from gapforge import engine
 from gapforge.bundle import IMAGE_TAR, SUMS
-from gapforge.bundle import load as load_module
 from gapforge.bundle import sums as sums_module
-from gapforge.bundle import verify as verify_module
 from gapforge.bundle.imagetar import read_archive
-from gapforge.bundle.load import Refused, load_bundle
 from gapforge.bundle.sums import HashJob, _hash_range, hash_jobs, prefetch
-from gapforge.bundle.verify import verify_bundle
+from gapforge.operator import load as load_module
+from gapforge.operator import verify as verify_module
+from gapforge.operator.load import Refused, load_bundle
+from gapforge.operator.verify import verify_bundle
 from tests.unit.test_bundle import _pinned, bundle, source  # noqa: F401 (fixtures)
 
 
