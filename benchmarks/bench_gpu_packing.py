@@ -115,7 +115,6 @@ def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace
     """The model loaded the variant's way, with LoRA adapters, in train mode; and how it was loaded."""
     import torch
     from gapforge_runtime import packing
-    from gapforge_runtime.train import frozen_back_to_bf16
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -137,6 +136,9 @@ def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
         if runtime and variant != "runtime-fp32":
+            # gapforge_runtime.train imports pydantic, which not every GPU machine has: only where used
+            from gapforge_runtime.train import frozen_back_to_bf16
+
             frozen_back_to_bf16(model)  # as the runtime's QLoRA does
     else:
         model = model.to(device)
