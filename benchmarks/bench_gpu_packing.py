@@ -27,7 +27,8 @@ random token ids, every token trained. The same example list feeds every variant
 
 Reported per variant: real (non-padding) tokens/s over the timed steps, MFU counting only real work
 (4·N per token, plus attention 12·L·h·len per token of an example of len tokens; recomputation and
-padding not counted), peak memory, and the token-mean loss of the last timed steps. Before training,
+padding not counted), peak memory, the token-mean loss of the last timed steps, and the GPU memory
+free when the variant's process started (what the parent and earlier variants left it). Before training,
 the runtime variant checks on the GPU that a flattened row gives the padded batch's logits (and that
 the same row without restarting positions does not).
 """
@@ -114,7 +115,6 @@ def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace
     """The model loaded the variant's way, with LoRA adapters, in train mode; and how it was loaded."""
     import torch
     from gapforge_runtime import packing
-    from gapforge_runtime.train import frozen_back_to_bf16
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -136,6 +136,9 @@ def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
         if runtime and variant != "runtime-fp32":
+            # gapforge_runtime.train imports pydantic, which not every GPU machine has: only where used
+            from gapforge_runtime.train import frozen_back_to_bf16
+
             frozen_back_to_bf16(model)  # as the runtime's QLoRA does
     else:
         model = model.to(device)
@@ -193,7 +196,9 @@ def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespac
     if device == "cuda" and args.gpu_memory_gib:  # a smaller card on a larger one (allocator cap, not speed)
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib * 2**30 / total))
+    free_at_start = torch.cuda.mem_get_info()[0] if device == "cuda" else None  # what the parent left free
     model, result = load_model(folder, method, variant, args, device)
+    result["gpu_free_at_start_gib"] = round(free_at_start / 2**30, 2) if free_at_start is not None else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = runtime and device == "cuda"
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True) if fused else torch.optim.AdamW(trainable, lr=1e-4)

@@ -5,6 +5,8 @@ nox session does (a subprocess, the runtime on PYTHONPATH) with `--shape tiny --
 is written by a child process, every variant runs in a fresh process, the plain baseline is kept at
 padded batches of 4 (nothing runs out of memory on a CPU), and the printed table carries the ratio
 against it. The packed row's logits must equal the padded batch's (the runtime's check, fp32 here).
+It runs with pydantic made unimportable, as on the device machine (which has none): LoRA's rows
+must not need it (the runtime's config does; only QLoRA's runtime rows import that module).
 """
 
 from __future__ import annotations
@@ -18,15 +20,26 @@ from pathlib import Path
 from tests.requirements import require_module
 
 ROOT = Path(__file__).resolve().parents[2]
+NO_PYDANTIC = """import sys
+class _NoPydantic:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pydantic", "pydantic_core"):
+            raise ImportError("pydantic is not on this machine (the bench test's blocker)")
+sys.meta_path.insert(0, _NoPydantic())
+"""
 
 
 def test_tiny_bench_prints_the_table_with_ratios(tmp_path: Path) -> None:
     require_module("torch")
     require_module("peft")
-    work, out = tmp_path / "work", tmp_path / "figures.json"
+    work, out, blocker = tmp_path / "work", tmp_path / "figures.json", tmp_path / "no-pydantic"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_PYDANTIC)
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join(
+            [str(blocker), str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]
+        ),
     )
     argv = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--shape", "tiny", "--device", "cpu",
             "--work", str(work), "--keep-work", "--no-fixed", "--no-gptq", "--cmp-methods", "lora",
