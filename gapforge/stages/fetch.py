@@ -4,10 +4,11 @@ into wheels offline), the runtime wheel, the model, the operator's wheels for th
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from gapforge_runtime.features import BASE
 
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.cache import Cache
@@ -53,12 +54,12 @@ def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
 def runtime_toolchain(
     cache: Cache, locks: Locks, wheels: dict[str, Path]
 ) -> tuple[str, Callable[[], Path]]:
-    """A venv of the image's locked wheels (no sdist builds), for build steps that need ML
-    libraries; made (or verified) only when a step asks for it. Named by the lock and the wheels
-    taken from it (images of other feature sets hold other wheels)."""
-    chosen = hashlib.sha256("\n".join(sorted(wheels)).encode()).hexdigest()
-    name = f"runtime-{locks.python.sha256[:16]}-{chosen[:8]}"
-    return name, lambda: make_venv(cache, name, list(wheels.values()))
+    """A venv of the image's locked base wheels (no sdist builds), for build steps that need ML
+    libraries (torch, transformers, gguf: all base); made (or verified) only when a step asks for
+    it. The base set alone, so images of other feature sets share it."""
+    base = {name: wheels[name] for name in locks.features.groups[BASE] if name in wheels}
+    name = f"runtime-{locks.python.sha256[:16]}-{BASE}"
+    return name, lambda: make_venv(cache, name, list(base.values()))
 
 
 @dataclass(frozen=True)
