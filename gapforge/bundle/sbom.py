@@ -25,10 +25,10 @@ from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
-from gapforge_runtime.features import FEATURES_LABEL
 from packageurl import PackageURL
 
 from gapforge.bundle.source import BundleSource, FileDigest, ModelInfo, PythonPackage
+from gapforge.engine import FEATURES_LABEL
 
 PROPERTY_CONFIG = "gapforge:image:config_digest"
 PROPERTY_MANIFEST = "gapforge:image:manifest_digest"

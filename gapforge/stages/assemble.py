@@ -9,10 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gapforge_runtime.features import FEATURES_LABEL
-
 from gapforge import __version__
-from gapforge.engine import PROFILE_LABEL
+from gapforge.engine import FEATURES_LABEL, PROFILE_LABEL
 from gapforge.errors import BuildError
 from gapforge.fetch.rootfs import IMAGE_USER
 from gapforge.fetch.triton import plan_launcher

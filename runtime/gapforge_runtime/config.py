@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.features import require_image_features
 from gapforge_runtime.recipe_schema import Recipe, SweepSpec, schema_problems
 
 RECIPE_ENV = "GAPFORGE_RECIPE"
@@ -274,7 +273,6 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
         raise RuntimeFailure(f"recipe {path}: not a gapforge recipe (no 'data'/'train' sections).")
     spec = validate_recipe(raw, str(path))
     check_method_format(spec.train.method, spec.data.format, str(path))
-    require_image_features(spec, str(path))  # before any work: the image holds what the recipe uses
     gates = spec.evaluate.gates
     return RecipeSettings(
         path=path.resolve(),

@@ -41,8 +41,6 @@ FEATURES_ENV = "GAPFORGE_FEATURES"
 """Set in every image to the record below; unset in a plain venv or on a GPU machine."""
 FEATURES_FILE = "/opt/gapforge/features.json"
 """The image's record of its feature sets and their wheels, written by the builder."""
-FEATURES_LABEL = "io.gapforge.features"
-"""The image label (and SBOM property) listing its feature sets: `base,preference`."""
 
 
 def recipe_features(recipe: Recipe) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import Built, build_tiny
+from .conftest import Built, build_tiny, gapforge
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
@@ -43,6 +43,16 @@ def test_the_tiny_image_holds_the_base_set_alone(built: Built) -> None:
     assert seen["found"] == {"torch": True, "peft": True, "trl": False, "optuna": False, "lm_eval": False,
                              "spacy": False, "presidio_analyzer": False, "datasets": False}  # fmt: skip
     assert [g for g in built.report["features"]["wheels"]] == ["base"]
+
+
+def test_inspect_and_the_sbom_list_the_feature_sets_and_their_wheels(built: Built) -> None:
+    facts = json.loads(gapforge("inspect", str(built.bundle), "--key", str(built.public_key), "--json", check=True).stdout)
+    recorded = built.report["features"]["wheels"]["base"]
+    assert facts["features"]["sets"] == ["base"] and list(facts["features"]["wheels"]) == ["base"]
+    assert sorted(facts["features"]["wheels"]["base"]) == sorted(recorded)  # the SBOM, signed
+    assert not any(w.startswith(("trl==", "optuna==", "lm-eval==", "spacy==")) for w in recorded)
+    table = gapforge("inspect", str(built.bundle), "--key", str(built.public_key), check=True)
+    assert "features" in table.stdout and f"base {len(recorded)}" in table.stdout
 
 
 def test_a_dpo_recipe_in_the_base_image_stops_with_exit_2_naming_the_field(built: Built, tmp_path: Path) -> None:
