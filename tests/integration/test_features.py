@@ -52,7 +52,8 @@ def test_inspect_and_the_sbom_list_the_feature_sets_and_their_wheels(built: Buil
     assert sorted(facts["features"]["wheels"]["base"]) == sorted(recorded)  # the SBOM, signed
     assert not any(w.startswith(("trl==", "optuna==", "lm-eval==", "spacy==")) for w in recorded)
     table = gapforge("inspect", str(built.bundle), "--key", str(built.public_key), check=True)
-    assert "features" in table.stdout and f"base {len(recorded)}" in table.stdout
+    shown = table.stdout + table.stderr  # the table goes where the progress lines go
+    assert "features" in shown and f"base {len(recorded)}" in shown
 
 
 def test_a_dpo_recipe_in_the_base_image_stops_with_exit_2_naming_the_field(built: Built, tmp_path: Path) -> None:
