@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gapforge_runtime.features import BASE, FEATURES_ENV, FEATURES_FILE
 from installer import install
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
@@ -146,14 +147,21 @@ def plan_base(profile: Profile, rootfs_tar: Path, debian_lock_sha: str) -> Layer
     )
 
 
-def plan_wheel_layers(profile: Profile, wheels: dict[str, Path]) -> list[LayerPlan]:
-    """Big wheels one layer each (they change rarely and are huge), the rest together."""
+def plan_wheel_layers(
+    profile: Profile, wheels: dict[str, Path], groups: dict[str, str] | None = None
+) -> list[LayerPlan]:
+    """Big wheels one layer each (they change rarely and are huge), the rest by feature group.
+
+    `groups` maps a wheel to its group (gapforge.lock.features): `base` (layer `wheels`) or the
+    features whose closure holds it (layer `wheels[distill+preference]`). A layer's key is only its
+    own wheels, so every image that holds a group shares its layer, whatever else it holds."""
     big: list[tuple[str, Path]] = []
-    rest: list[tuple[str, Path]] = []
+    rest: dict[str, list[Path]] = {BASE: []}
     for name, path in sorted(wheels.items()):
-        (big if wheel_installed_size(path) >= profile.own_layer_min_bytes else rest).append(
-            (name, path)
-        )
+        if wheel_installed_size(path) >= profile.own_layer_min_bytes:
+            big.append((name, path))
+        else:
+            rest.setdefault((groups or {}).get(name, BASE), []).append(path)
     plans = []
     for name, path in big:
         plans.append(LayerPlan(
@@ -161,12 +169,16 @@ def plan_wheel_layers(profile: Profile, wheels: dict[str, Path]) -> list[LayerPl
             lambda stage, path=path: install_wheels([path], profile, stage),  # type: ignore[misc]
             created_by=f"gapforge: install {path.name}",
         ))  # fmt: skip
-    rest_paths = [p for _, p in rest]
-    plans.append(LayerPlan(
-        "wheels", [*(p.parent.name for p in rest_paths), profile.python],
-        lambda stage: install_wheels(rest_paths, profile, stage),
-        created_by=f"gapforge: install {len(rest_paths)} locked wheels",
-    ))  # fmt: skip
+    for group, paths in sorted(rest.items(), key=lambda item: (item[0] != BASE, item[0])):
+        if not paths and group != BASE:
+            continue
+        plans.append(LayerPlan(
+            "wheels" if group == BASE else f"wheels[{group}]",
+            [*(p.parent.name for p in paths), profile.python],
+            lambda stage, paths=paths: install_wheels(paths, profile, stage),  # type: ignore[misc]
+            created_by=f"gapforge: install {len(paths)} locked wheels"
+            + ("" if group == BASE else f" of the feature(s) {group}"),
+        ))  # fmt: skip
     return plans
 
 
@@ -201,13 +213,18 @@ def plan_runtime(runtime_wheel: Path, llama_sdist: Path, profile: Profile) -> La
                      created_by="gapforge: runtime and llama.cpp conversion scripts")  # fmt: skip
 
 
-def plan_recipe(files: dict[str, bytes]) -> LayerPlan:
-    """The recipe, its normalized JSON, its sample data and its locks: tiny, changes most."""
+def plan_recipe(files: dict[str, bytes], features: bytes) -> LayerPlan:
+    """The recipe, its normalized JSON, its sample data and its locks, and the image's feature
+    record (FEATURES_FILE, derived from the recipe): tiny, changes most."""
     parts = [f"{k}={hashlib.sha256(v).hexdigest()}" for k, v in sorted(files.items())]
+    parts.append(f"{FEATURES_FILE}={hashlib.sha256(features).hexdigest()}")
 
     def entries(_stage: Path) -> list[Entry]:
         return with_parents(
-            Entry(f"{RECIPE_DIR}/{k}", "file", 0o644, data=v) for k, v in files.items()
+            [
+                *(Entry(f"{RECIPE_DIR}/{k}", "file", 0o644, data=v) for k, v in files.items()),
+                Entry(FEATURES_FILE.lstrip("/"), "file", 0o644, data=features),
+            ]
         )
 
     return LayerPlan("recipe", parts, entries, created_by="gapforge: recipe, sample data and locks")
@@ -308,4 +325,5 @@ def image_env(profile: Profile) -> dict[str, str]:
         "GAPFORGE_LLAMA_CPP": f"/{LLAMA_CPP_DIR}",
         "GAPFORGE_OUT": "/outputs",
         "GAPFORGE_PROFILE": profile.name,
+        FEATURES_ENV: FEATURES_FILE,
     }

@@ -56,6 +56,8 @@ class Profile:
     triton_launcher: bool = False
     """`[triton] prebuilt_launcher`: compile Triton's CUDA driver module in the build root and ship
     it, so Triton's kernels (flex attention, Liger) run in an image without a C compiler."""
+    features: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """`[features]`: each named feature set → its root requirements (gapforge.lock.features)."""
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -140,6 +142,10 @@ def load_profile(name: str, images_dir: Path | None = None) -> Profile:
             lock_isolated=bool(raw.get("lock", {}).get("isolated", False)),
             env={str(k): str(v) for k, v in raw.get("env", {}).items()},
             triton_launcher=triton_launcher,
+            features={
+                str(name): tuple(str(r) for r in roots)
+                for name, roots in raw.get("features", {}).items()
+            },
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -101,6 +101,7 @@ class _Values:
         directory: Path,
     ) -> None:
         self.raw = raw
+        self.recipe = recipe
         self.data = recipe.model_dump() if recipe is not None else raw
         self.rejected = rejected
         self.directory = directory
@@ -134,12 +135,28 @@ def _semantic_problems(problems: _Problems, values: _Values) -> None:
         _check_lm_eval,
         _check_models,
         _check_distill,
+        _check_features,
     )
     for check in checks:
         try:
             check(problems, values)
         except _Rejected:
             continue
+
+
+def _check_features(problems: _Problems, get: _Values) -> None:
+    """Every feature set the recipe's fields ask for must be one its profile's lock offers."""
+    from gapforge.lock.features import lacking_features
+    from gapforge.profile import load_profile
+
+    if get.recipe is None:
+        return
+    profile = load_profile(get.recipe.profile)
+    for feature, field in lacking_features(get.recipe, profile.features):
+        problems.add(tuple(field.split(":")[0].split(".")),
+                     f"needs the feature set '{feature}', which images/{profile.name}/profile.toml "
+                     "[features] does not offer", show=False,
+                     fix=f"remove the field, or add '{feature}' to that table and run 'nox -s lock'")  # fmt: skip
 
 
 def _check_steps(problems: _Problems, get: _Values) -> None:

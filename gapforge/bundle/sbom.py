@@ -28,6 +28,7 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 from gapforge.bundle.source import BundleSource, FileDigest, ModelInfo, PythonPackage
+from gapforge.engine import FEATURES_LABEL
 
 PROPERTY_CONFIG = "gapforge:image:config_digest"
 PROPERTY_MANIFEST = "gapforge:image:manifest_digest"
@@ -40,6 +41,8 @@ def _sha256(hexdigest: str) -> HashType:
 
 def _python_component(package: PythonPackage) -> Component:
     properties = [Property(name="gapforge:wheel", value=package.file.name)]
+    if package.feature:
+        properties.append(Property(name="gapforge:feature", value=package.feature))
     if package.sdist is not None:
         properties += [
             Property(name="gapforge:built_from_sdist", value=package.sdist.name),
@@ -167,6 +170,7 @@ def build_bom(source: BundleSource) -> Bom:
             Property(name=PROPERTY_MANIFEST, value=image.manifest_digest),
             Property(name=PROPERTY_CONFIG, value=image.config_digest),
             Property(name="gapforge:profile", value=image.profile),
+            Property(name="gapforge:features", value=image.labels.get(FEATURES_LABEL, "base")),
             *(
                 Property(name=f"gapforge:lock:{k}", value=v)
                 for k, v in sorted(source.locks.items())
@@ -230,3 +234,21 @@ def summary(sbom: dict[str, Any]) -> dict[str, int]:
         kind = ref.split(":", 1)[0] if ":" in ref else component.get("type", "other")
         counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def feature_wheels(sbom: dict[str, Any]) -> dict[str, Any]:
+    """The image's feature sets and its Python wheels by feature group (for `inspect`)."""
+    subject = sbom.get("metadata", {}).get("component", {})
+    sets = next(
+        (str(p.get("value", "")) for p in subject.get("properties", [])
+         if p.get("name") == "gapforge:features"),
+        "",
+    )  # fmt: skip
+    wheels: dict[str, list[str]] = {}
+    for component in sbom.get("components", []):
+        if not str(component.get("bom-ref", "")).startswith("pypi:"):
+            continue
+        props = {p.get("name"): p.get("value") for p in component.get("properties", [])}
+        group = str(props.get("gapforge:feature") or "base")
+        wheels.setdefault(group, []).append(f"{component.get('name')}=={component.get('version')}")
+    return {"sets": [s for s in sets.split(",") if s], "wheels": dict(sorted(wheels.items()))}

@@ -28,6 +28,8 @@ class PythonPackage:
     """The wheel installed into the image (for an sdist, the wheel built from it)."""
     sdist: FileDigest | None = None
     """The locked sdist the wheel was built from, if any."""
+    feature: str = ""
+    """The feature group that put it into the image (`base`, `preference`, ...; gapforge.lock.features)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from gapforge.bundle.documents import (
 from gapforge.bundle.dsse import envelope_payload_unverified
 from gapforge.bundle.provenance import subject_digest
 from gapforge.bundle.runbook import human_size
-from gapforge.bundle.sbom import summary
+from gapforge.bundle.sbom import feature_wheels, summary
 from gapforge.errors import BundleError
 
 RECIPE_FIELDS: Schema = {
@@ -108,7 +108,8 @@ def describe_bundle(
             "quantize": recipe.get("quantize", []),
             "gates": recipe.get("evaluate", {}).get("gates", {}),
         },
-        "packages": summary(_read(files, SBOM, SBOM_FIELDS)),
+        "packages": summary(sbom := _read(files, SBOM, SBOM_FIELDS)),
+        "features": feature_wheels(sbom),
         "locks": index.get("locks", {}),
         "pretest": {
             "verdict": evidence.get("verdict"),
@@ -171,6 +172,11 @@ def bundle_table(facts: dict[str, Any]) -> Table:
             f"{recipe['method']} on {recipe['data_format']} data → {', '.join(recipe['quantize'])}",
         ),
         ("packages", ", ".join(f"{v} {k}" for k, v in sorted(packages.items()))),
+        (
+            "features",
+            f"{','.join(facts['features']['sets']) or '(not recorded)'}; wheels: "
+            + ", ".join(f"{g} {len(w)}" for g, w in facts["features"]["wheels"].items()),
+        ),
         ("locks", "\n".join(f"{k} {v[:16]}…" for k, v in sorted(facts["locks"].items()))),
         ("pretest", f"{pretest['verdict']} in {pretest['seconds']} s (network cut, sample data)"),
         *(

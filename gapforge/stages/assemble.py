@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gapforge import __version__
-from gapforge.engine import PROFILE_LABEL
+from gapforge.engine import FEATURES_LABEL, PROFILE_LABEL
 from gapforge.errors import BuildError
 from gapforge.fetch.rootfs import IMAGE_USER
 from gapforge.fetch.triton import plan_launcher
@@ -82,6 +82,12 @@ def lm_eval_task_files(loaded: LoadedRecipe) -> dict[str, bytes]:
     }
 
 
+def wheel_groups(locks: Locks) -> dict[str, str]:
+    """Each wheel of the image → its feature group, which names its layer."""
+    groups = locks.features.groups.items()
+    return {name: group for group, names in groups for name in names}
+
+
 def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict[str, str]:
     recipe = plan.loaded.recipe
     return {
@@ -99,7 +105,14 @@ def image_labels(plan: BuildPlan, locks: Locks, files: dict[str, bytes]) -> dict
         "io.gapforge.lock.debian.sha256": locks.debian_sha256,
         "io.gapforge.lock.model.sha256": locks.model.sha256,
         "io.gapforge.model.id": recipe.model.id,
+        FEATURES_LABEL: locks.features.label,
     }
+
+
+def features_record(locks: Locks) -> bytes:
+    """/opt/gapforge/features.json: the feature sets, the fields that asked for them, the wheels."""
+    record = {"profile_lock": locks.python.path.name, **locks.features.record(locks.python)}
+    return json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
 
 
 MARGIN = 64 * 10**6
@@ -124,7 +137,7 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
     files = recipe_files(plan, locks)
     plans = [
         plan_base(profile, inputs.rootfs_tar, locks.debian_sha256),
-        *plan_wheel_layers(profile, inputs.wheels),
+        *plan_wheel_layers(profile, inputs.wheels, wheel_groups(locks)),
         *([plan_launcher(inputs.triton_launcher)] if inputs.triton_launcher else []),
         plan_model(plan.loaded.recipe.model.id, inputs.model_files),
         *(
@@ -132,7 +145,7 @@ def assemble(plan: BuildPlan, locks: Locks, inputs: Inputs) -> BuiltImage:
             for name, files in sorted(inputs.extra_models.items())
         ),
         plan_runtime(inputs.runtime_wheel, inputs.llama_sdist, profile),
-        plan_recipe(files),
+        plan_recipe(files, features_record(locks)),
     ]
     written = write_layers(plan.cache, plans, profile.source_date_epoch)
     spec = ImageSpec(

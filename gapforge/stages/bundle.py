@@ -20,7 +20,7 @@ from gapforge.hashing import sha256_file
 from gapforge.lock.debian import read_debian_lock
 from gapforge.pretest import PretestResult
 from gapforge.progress import note, step
-from gapforge.stages.assemble import BuiltImage, recipe_files
+from gapforge.stages.assemble import BuiltImage, recipe_files, wheel_groups
 from gapforge.stages.fetch import Inputs
 from gapforge.stages.locks import Locks
 from gapforge.stages.plan import BuildPlan
@@ -65,8 +65,11 @@ def bundle_source(
     """Everything the bundle writer needs, as plain data."""
     recipe = plan.loaded.recipe
     sdists = {name: _file_digest(path) for name, path in inputs.sdists.items()}
+    groups = wheel_groups(locks)
     python = tuple(
-        PythonPackage(r.name, r.version, _file_digest(inputs.wheels[r.key]), sdists.get(r.key))
+        PythonPackage(
+            r.name, r.version, _file_digest(inputs.wheels[r.key]), sdists.get(r.key), groups[r.key]
+        )
         for r in locks.python.requirements
         if r.key in inputs.wheels
     )

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gapforge_runtime.features import BASE
+
 from gapforge.bundle.wheels import fetch_operator_wheels
 from gapforge.cache import Cache
 from gapforge.errors import FetchError
@@ -52,10 +54,12 @@ def build_runtime_wheel(cache: Cache, epoch: int) -> Path:
 def runtime_toolchain(
     cache: Cache, locks: Locks, wheels: dict[str, Path]
 ) -> tuple[str, Callable[[], Path]]:
-    """A venv of the image's locked wheels (no sdist builds), for build steps that need ML
-    libraries; made (or verified) only when a step asks for it."""
-    name = f"runtime-{locks.python.sha256[:16]}"
-    return name, lambda: make_venv(cache, name, list(wheels.values()))
+    """A venv of the image's locked base wheels (no sdist builds), for build steps that need ML
+    libraries (torch, transformers, gguf: all base); made (or verified) only when a step asks for
+    it. The base set alone, so images of other feature sets share it."""
+    base = {name: wheels[name] for name in locks.features.groups[BASE] if name in wheels}
+    name = f"runtime-{locks.python.sha256[:16]}-{BASE}"
+    return name, lambda: make_venv(cache, name, list(base.values()))
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,17 @@ class PythonInputs:
 
 
 def fetch_python(
-    cache: Cache, profile: Profile, python: PythonLock, build: PythonLock, debian: DebianInputs
+    cache: Cache,
+    profile: Profile,
+    python: PythonLock,
+    build: PythonLock,
+    debian: DebianInputs,
+    only: set[str] | None = None,
 ) -> PythonInputs:
-    """The locked Python packages: binary wheels, wheels built offline from sdists, and the sdists."""
-    sdist_names = set(profile.sdist_builds)
-    all_names = {r.key for r in python.requirements}
+    """The locked Python packages (`only` those, when given: an image's feature sets): binary
+    wheels, wheels built offline from sdists, and the sdists."""
+    all_names = {r.key for r in python.requirements} if only is None else set(only)
+    sdist_names = set(profile.sdist_builds) & all_names
     wheels = fetch_locked_files(cache, python, profile, binary=True, only=all_names - sdist_names)
     sdists = fetch_locked_files(cache, python, profile, binary=False, only=sdist_names)
     with SdistBuilder(cache, profile, build, debian) as builder:
@@ -103,7 +113,9 @@ def fetch(plan: BuildPlan, locks: Locks) -> tuple[Inputs, Locks]:
     # Debian first: with --frozen, a lock the archive moved away from stops the build at once.
     debian = DebianInputs(cache, profile, plan.options.lock_dir, frozen=plan.options.frozen)
     rootfs_tar = debian.rootfs_tar()
-    python = fetch_python(cache, profile, locks.python, locks.build, debian)
+    python = fetch_python(
+        cache, profile, locks.python, locks.build, debian, only=locks.features.packages
+    )
     locks = replace(locks, debian_sha256=sha256_file(locks.debian_path))
     wheels, built, sdists = python.wheels, python.built, python.sdists
     toolchain = None

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gapforge_runtime.features import recipe_features
+
 from gapforge.errors import LockError
 from gapforge.hashing import sha256_file
 from gapforge.lock.debian import debian_inputs_sha256, debian_lock_path, read_debian_lock
+from gapforge.lock.features import FeatureSelection, select_features
 from gapforge.lock.model import ModelLock, read_model_lock
 from gapforge.lock.python import PythonLock, check_fresh, inputs_sha256, parse_python_lock
 from gapforge.profile import Profile
@@ -22,6 +25,8 @@ class Locks:
     debian_path: Path
     debian_sha256: str
     model: ModelLock
+    features: FeatureSelection
+    """The feature sets the recipe uses and the locked wheels of each: what the image holds."""
     build_debian_path: Path | None = None
     """The sdist build root's Debian lock (profiles that build sdists)."""
     extra_models: tuple[tuple[str, ModelLock], ...] = ()
@@ -91,7 +96,11 @@ def check_locks(plan: BuildPlan) -> Locks:
         raise LockError(
             f"{python_path} does not pin {', '.join(missing_builds)}, which the profile builds from sdist: run 'nox -s lock'"
         )
+    where = str(profile.directory / "profile.toml")
+    features = select_features(profile.features, python, recipe_features(plan.loaded.recipe), where)
     note(
-        f"{python_path.name}: {len(python.requirements)} packages; {debian_path.name}; models/{model.path.name}"
+        f"{python_path.name}: {len(features.packages)} of {len(python.requirements)} packages "
+        f"(features {features.label}); {debian_path.name}; models/{model.path.name}"
     )
-    return Locks(python, build, debian_path, sha256_file(debian_path), model, build_debian, extra)
+    return Locks(python, build, debian_path, sha256_file(debian_path), model, features, build_debian,
+                 extra)  # fmt: skip

@@ -73,6 +73,7 @@ def write_report(
         "layers_reused": image.layers.reused,
         "layers_written": image.layers.written,
         "locks": locks.digests(),
+        "features": locks.features.record(locks.python),
         "frozen": plan.options.frozen,
         "debian_refresh": [r.to_json() for r in inputs.debian_refreshes],
         "reproduce": reproduce_section(plan, locks, inputs),
@@ -89,7 +90,12 @@ def write_report(
             "evidence": str(pretest.folder / "evidence.json"),
         }
     if bundle is not None:
-        report["bundle"] = {"path": str(bundle.path), "signing_key": bundle.signing_key}
+        size = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())
+        report["bundle"] = {
+            "path": str(bundle.path),
+            "signing_key": bundle.signing_key,
+            "size": size,
+        }
     tmp = image.report_path.with_suffix(".json.partial")
     tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, image.report_path)

@@ -101,10 +101,12 @@ def _context(args: argparse.Namespace) -> RunContext:
         OUT_ENV,
         load_recipe_settings,
     )
+    from gapforge_runtime.features import require_image_features
     from gapforge_runtime.outputs import Layout
     from gapforge_runtime.pipeline import RunContext
 
     recipe = load_recipe_settings(args.recipe)
+    require_image_features(recipe.spec, str(recipe.path))  # before any work: run, a step, a sweep
     out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
     base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
     parent = None

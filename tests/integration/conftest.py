@@ -242,11 +242,12 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = root / "recipes" / "tiny" / "data"
     data.mkdir()
     (data / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(40)))
-    # Sized so the sealed pretest runs the whole chain in well under a minute and its gates pass.
+    # Sized so the sealed pretest runs the whole chain in well under a minute and its gates pass;
+    # presidio off, so the image holds the base feature set alone (the test image profile).
     recipe = {
         "name": "tiny-desk", "version": "0.0.1", "profile": "cpu",
         "model": {"id": "tiny-llama", "source": {"type": "local", "path": "model"}},
-        "data": {"format": "chat", "sample": "data/sample.jsonl"},
+        "data": {"format": "chat", "sample": "data/sample.jsonl", "pii": {"presidio": False}},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"max_steps": 6, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 64,
                   "eval_every": 3, "seed": 7},
