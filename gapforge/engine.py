@@ -217,8 +217,6 @@ def engine_version(client: Any) -> str:
 
 
 PROFILE_LABEL = "io.gapforge.profile"
-FEATURES_LABEL = "io.gapforge.features"
-"""The image's feature sets, `base,preference` (gapforge_runtime/features.py decides them)."""
 """Every sealed image carries it (its profile's name): how gapforge finds its own images."""
 
 

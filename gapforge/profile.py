@@ -189,6 +189,10 @@ def cuda_min_driver(version: str) -> str:
     )
 
 
+FEATURES_LABEL = "io.gapforge.features"
+"""The image's feature sets, `base,preference` (gapforge_runtime/features.py decides them)."""
+
+
 # --- llama.cpp: the x86 features its library needs of the host CPU -----------------------------------
 
 LLAMA_CPP_PACKAGE = "llama-cpp-python"

@@ -28,7 +28,7 @@ from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
 from gapforge.bundle.source import BundleSource, FileDigest, ModelInfo, PythonPackage
-from gapforge.engine import FEATURES_LABEL
+from gapforge.profile import FEATURES_LABEL
 
 PROPERTY_CONFIG = "gapforge:image:config_digest"
 PROPERTY_MANIFEST = "gapforge:image:manifest_digest"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gapforge import __version__
-from gapforge.engine import FEATURES_LABEL, PROFILE_LABEL
+from gapforge.engine import PROFILE_LABEL
 from gapforge.errors import BuildError
 from gapforge.fetch.rootfs import IMAGE_USER
 from gapforge.fetch.triton import plan_launcher
@@ -26,7 +26,7 @@ from gapforge.image import (
 )
 from gapforge.names import UnsafeName, links_out_of
 from gapforge.oci.image import ImageManifest, ImageSpec, build_manifest, write_archive
-from gapforge.profile import profile_env, profile_labels
+from gapforge.profile import FEATURES_LABEL, profile_env, profile_labels
 from gapforge.progress import byte_progress, note, step
 from gapforge.recipe import LoadedRecipe, recipe_json
 from gapforge.stages.fetch import Inputs
