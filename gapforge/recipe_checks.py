@@ -341,7 +341,7 @@ def _gguf_files(get: _Values, source: dict[str, Any]) -> int:
 
 def _check_lm_eval(problems: _Problems, get: _Values) -> None:
     """evaluate.lm_eval: a task folder inside the recipe's that runs offline, targets it builds."""
-    from gapforge_runtime.lmeval import check_task_folder
+    from gapforge_runtime.evaluation.lmeval import check_task_folder
 
     lm_eval = get("evaluate", "lm_eval")
     gates = get("evaluate", "gates", "max_lm_eval_drop_pts")

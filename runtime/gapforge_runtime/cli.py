@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from gapforge_runtime import __version__
 from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
-from gapforge_runtime.gguf_import import DTYPES
-from gapforge_runtime.nodes import DEFAULT_PORT, nodes_from_args
+from gapforge_runtime.export.gguf_import import DTYPES
+from gapforge_runtime.launch.nodes import DEFAULT_PORT, nodes_from_args
 from gapforge_runtime.offline import force_offline
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_import_gguf(args: argparse.Namespace) -> int:
     """Dequantize a GGUF model into a Hugging Face folder with safetensors."""
-    from gapforge_runtime.gguf_import import import_gguf
+    from gapforge_runtime.export.gguf_import import import_gguf
 
     import_gguf(Path(args.gguf), Path(args.out), force=args.force, dtype=args.dtype)
     return 0
@@ -109,7 +109,7 @@ def _context(args: argparse.Namespace) -> RunContext:
     base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
     parent = None
     if getattr(args, "parent", None):
-        from gapforge_runtime.continual import load_parent
+        from gapforge_runtime.methods.continual import load_parent
 
         parent = load_parent(Path(args.parent).resolve())
     llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
@@ -140,8 +140,8 @@ def _context(args: argparse.Namespace) -> RunContext:
 def cmd_step(args: argparse.Namespace) -> int:
     """Run one step (or all of them, for `run`), then rewrite the manifest and the report."""
     from gapforge_runtime import pipeline
-    from gapforge_runtime.manifest import write_manifest_and_report
     from gapforge_runtime.preflight import check_hardware
+    from gapforge_runtime.report.manifest import write_manifest_and_report
 
     if getattr(args, "sweep", False):
         return cmd_sweep(args)
@@ -172,11 +172,11 @@ def cmd_step(args: argparse.Namespace) -> int:
         steps = [pipeline.step_train]
     elif args.command == "run":
         # Fail before hours of training, not after: the converter must be there for quantize.
-        from gapforge_runtime.quantize import check_llama_cpp
+        from gapforge_runtime.export.quantize import check_llama_cpp
 
         check_llama_cpp(ctx.llama_cpp)
     if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
-        from gapforge_runtime.distill import step_train_distilled
+        from gapforge_runtime.methods.distill import step_train_distilled
 
         steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
     with pipeline.observed_run(
@@ -209,10 +209,10 @@ def _verdict(passed: bool | None, gated: bool = True) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The recipe's sweep (trials in their own processes), then the best trial merged, quantized, evaluated."""
     from gapforge_runtime import pipeline
-    from gapforge_runtime.manifest import write_manifest_and_report
+    from gapforge_runtime.export.quantize import check_llama_cpp
+    from gapforge_runtime.launch.sweep import check_recipe, run_sweep
     from gapforge_runtime.preflight import check_hardware, check_targets
-    from gapforge_runtime.quantize import check_llama_cpp
-    from gapforge_runtime.sweep import check_recipe, run_sweep
+    from gapforge_runtime.report.manifest import write_manifest_and_report
 
     ctx = _context(args)
     check_recipe(ctx.recipe)
@@ -330,7 +330,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_node_options(parser: argparse.ArgumentParser) -> None:
-    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.nodes)."""
+    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.launch.nodes)."""
     group = parser.add_argument_group(
         "across nodes (every node runs the same command, its own --out)"
     )

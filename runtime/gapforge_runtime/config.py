@@ -85,7 +85,7 @@ class TrainSettings:
     nproc: int = 1
     """Processes (one per GPU) for data-parallel training; the CLI's --nproc overrides it."""
     nnodes: int = 1
-    """Nodes the training spans; the CLI's --nnodes overrides it (gapforge_runtime.nodes)."""
+    """Nodes the training spans; the CLI's --nnodes overrides it (gapforge_runtime.launch.nodes)."""
     distributed: str = "auto"
     """auto | ddp | fsdp (with nproc > 1)."""
     packing: bool = True

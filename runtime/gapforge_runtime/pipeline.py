@@ -18,13 +18,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gapforge_runtime import data as data_mod
 from gapforge_runtime.config import GGUF_TARGETS, HF_TARGETS, RecipeSettings
-from gapforge_runtime.encoding import encode_split, encoded_split, prompt_text, reference_answer
+from gapforge_runtime.data import reading as data_mod
+from gapforge_runtime.data.encoding import (
+    encode_split,
+    encoded_split,
+    prompt_text,
+    reference_answer,
+)
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.evaluation.judge import question_text
 from gapforge_runtime.files import describe_path, sha256_file, write_json_atomic
-from gapforge_runtime.judge import question_text
-from gapforge_runtime.nodes import Nodes
+from gapforge_runtime.launch.nodes import Nodes
 from gapforge_runtime.outputs import Layout, StepRecord, claim_output, load_record, run_step
 from gapforge_runtime.preflight import (
     check_cpu_features,
@@ -53,7 +58,7 @@ class RunContext:
     nproc: int = 1
     """Training processes (torchrun); 1 trains in this process."""
     nodes: Nodes = field(default_factory=Nodes)
-    """This node's place in a job across nodes (gapforge_runtime.nodes); one node by default."""
+    """This node's place in a job across nodes (gapforge_runtime.launch.nodes); one node by default."""
     observers: list[Any] = field(default_factory=list)
     """TrainingObservers (MLflow, Prometheus) that see every logging step of training."""
     parent: Any = None
@@ -101,7 +106,7 @@ def prepare(ctx: RunContext) -> None:
 
 def _check_parent(ctx: RunContext) -> None:
     """A continual run: the parent was trained on this base, and its data can be replayed."""
-    from gapforge_runtime.continual import check_replay, check_same_base
+    from gapforge_runtime.methods.continual import check_replay, check_same_base
 
     check_replay(ctx.parent, ctx.recipe.replay_ratio, ctx.recipe.data_format)
     if ctx.parent is not None and ctx.base_dir is not None:
@@ -114,11 +119,11 @@ def _check_parent(ctx: RunContext) -> None:
 def step_data(ctx: RunContext) -> StepRecord:
     """Validate the data (every bad line listed), dedupe, split, clean it (PII, near-duplicates,
     test-into-training leaks), and measure its encoding."""
-    from gapforge_runtime.hygiene import apply_hygiene
-    from gapforge_runtime.hygiene import summary as hygiene_summary
-    from gapforge_runtime.hygiene.lengths import measure_lengths
+    from gapforge_runtime.data.hygiene import apply_hygiene
+    from gapforge_runtime.data.hygiene import summary as hygiene_summary
+    from gapforge_runtime.data.hygiene.lengths import measure_lengths
+    from gapforge_runtime.methods.sft import summarize_encoding
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import summarize_encoding
 
     recipe = ctx.recipe
     inputs = {
@@ -201,7 +206,7 @@ def step_data(ctx: RunContext) -> StepRecord:
 
 def _replay(ctx: RunContext, split: data_mod.DataSplit) -> int:
     """Mix the parent's training examples into the training split (already cleaned in its run)."""
-    from gapforge_runtime.continual import replay_records
+    from gapforge_runtime.methods.continual import replay_records
 
     if ctx.parent is None or ctx.recipe.replay_ratio <= 0:
         return 0
@@ -223,8 +228,8 @@ def _encoded(ctx: RunContext, tokenizer: Any, split: str) -> list[Any]:
 
 def step_train(ctx: RunContext) -> StepRecord:
     """Train the LoRA adapter (resumable), after checking the method's hardware and the free disk."""
+    from gapforge_runtime.methods.sft import TrainResult, train_adapter, training_items
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import TrainResult, train_adapter, training_items
 
     check_method(ctx.recipe.train.adapter_method)
     check_targets(ctx.recipe.quantize)
@@ -246,7 +251,7 @@ def step_train(ctx: RunContext) -> StepRecord:
         if not ctx.resume:
             ctx.out.train_log.unlink(missing_ok=True)
         if ctx.nproc > 1 or ctx.nodes.multi:
-            from gapforge_runtime.distributed import launch_training
+            from gapforge_runtime.launch.torchrun import launch_training
 
             spec = {
                 "recipe": str(ctx.recipe.path), "model_dir": str(ctx.model_dir), "data_dir": str(ctx.out.data),
@@ -356,7 +361,7 @@ def _require(path: Path, what: str, command: str) -> None:
 
 def step_merge(ctx: RunContext) -> StepRecord:
     """Merge the adapter into the base model (full precision) and save safetensors + tokenizer."""
-    from gapforge_runtime.merge import merge_adapter
+    from gapforge_runtime.export.merge import merge_adapter
 
     _require(ctx.out.adapter / "adapter_config.json", "the trained adapter", "train")
     inputs = {
@@ -389,7 +394,7 @@ def hf_targets(recipe: RecipeSettings) -> list[str]:
 
 def _quantize_hf(ctx: RunContext, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """One GPTQ / bitsandbytes checkpoint from the merged model; calibration from the train split."""
-    from gapforge_runtime import quantize_hf
+    from gapforge_runtime.export import quantize_hf
     from gapforge_runtime.modelio import load_tokenizer
 
     folder = ctx.out.quantized_dir(target)
@@ -427,8 +432,7 @@ def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
 
 def step_quantize(ctx: RunContext) -> StepRecord:
     """merged → GGUF f16 → each quantization, the adapter as GGUF, and a Modelfile beside each."""
-    from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.quantize import (
+    from gapforge_runtime.export.quantize import (
         check_llama_cpp,
         convert_adapter,
         convert_to_f16,
@@ -436,6 +440,7 @@ def step_quantize(ctx: RunContext) -> StepRecord:
         quantize_gguf,
         write_modelfile,
     )
+    from gapforge_runtime.modelio import load_tokenizer
 
     check_targets(ctx.recipe.quantize)
     check_cpu_features()  # before quantize_gguf imports llama_cpp
@@ -489,7 +494,7 @@ def step_quantize(ctx: RunContext) -> StepRecord:
 
 def step_eval(ctx: RunContext) -> StepRecord:
     """Loss/perplexity of base, merged and every GGUF on the test split; sample answers; gates."""
-    from gapforge_runtime import evaluate as ev
+    from gapforge_runtime.evaluation import metrics as ev
     from gapforge_runtime.modelio import load_causal_lm, load_tokenizer
 
     _require(ctx.out.merged / "config.json", "the merged model", "merge")
@@ -553,7 +558,7 @@ def step_eval(ctx: RunContext) -> StepRecord:
         ):
             print(f"[eval] scoring {label} ({len(items)} test examples)", flush=True)
             if label in quantized:
-                from gapforge_runtime.quantize_hf import load_quantized
+                from gapforge_runtime.export.quantize_hf import load_quantized
 
                 model = load_quantized(folder, label)
             else:
@@ -600,8 +605,8 @@ def step_eval(ctx: RunContext) -> StepRecord:
             settings.min_win_rate_vs_base, settings.max_task_f1_drop_pts, judged, task
         )
         gates += ev.decide_lm_eval_gates(settings.max_lm_eval_drop_pts, harness)
-        from gapforge_runtime.continual import forgetting_gate
-        from gapforge_runtime.preference import preference_gate
+        from gapforge_runtime.methods.continual import forgetting_gate
+        from gapforge_runtime.methods.preference import preference_gate
 
         preference = _preference_summary(ctx, pair_scores)
         gates += preference_gate(preference, settings.min_preference_accuracy)
@@ -660,7 +665,7 @@ def _continual_summary(
     ctx: RunContext, scores: dict[str, Any], old_losses: dict[str, float], examples: int
 ) -> dict[str, Any] | None:
     """Loss on the parent's test set and on the new one, before (the parent) and after."""
-    from gapforge_runtime.continual import forgetting
+    from gapforge_runtime.methods.continual import forgetting
 
     if ctx.parent is None or "base" not in old_losses or "merged" not in old_losses:
         return None
@@ -687,7 +692,7 @@ def _preference_pairs(ctx: RunContext) -> list[dict[str, Any]]:
 def _score_pairs(
     ctx: RunContext, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], label: str
 ) -> list[tuple[float, float]]:
-    from gapforge_runtime.preference import score_pairs
+    from gapforge_runtime.methods.preference import score_pairs
 
     print(f"[eval] preference: {label} on {len(pairs)} held-out pairs", flush=True)
     return score_pairs(model, tokenizer, pairs, ctx.recipe.train.max_seq_length)
@@ -697,7 +702,7 @@ def _preference_summary(
     ctx: RunContext, pair_scores: dict[str, list[tuple[float, float]]]
 ) -> dict[str, Any] | None:
     """Preference accuracy and margins, before (the starting model) and after training."""
-    from gapforge_runtime.preference import summarize
+    from gapforge_runtime.methods.preference import summarize
 
     if "base" not in pair_scores or "merged" not in pair_scores:
         return None
@@ -754,7 +759,7 @@ def lm_eval_targets(ctx: RunContext) -> list[str]:
 
 def _lm_eval(ctx: RunContext, tasks: Path | None, ggufs: dict[str, Path]) -> dict[str, Any] | None:
     """lm-evaluation-harness over the recipe's custom tasks (None when the recipe has none)."""
-    from gapforge_runtime.lmeval import run_lm_eval
+    from gapforge_runtime.evaluation.lmeval import run_lm_eval
 
     spec = ctx.recipe.evaluate.lm_eval
     if spec is None or tasks is None:
@@ -782,7 +787,7 @@ def _task_metrics(
     enabled: bool, answers: dict[str, list[str]], references: list[str]
 ) -> dict[str, Any]:
     """Exact match, token F1 and ROUGE-L per model, or why they were skipped."""
-    from gapforge_runtime.taskmetrics import score_models
+    from gapforge_runtime.evaluation.taskmetrics import score_models
 
     if not enabled:
         print("[eval] task metrics skipped (evaluate.task_metrics: false)", flush=True)
@@ -805,7 +810,7 @@ def _judge(
     outputs: dict[str, Any],
 ) -> dict[str, Any]:
     """Every model judged pairwise against the base (quantized ones also against merged)."""
-    from gapforge_runtime import judge as jd
+    from gapforge_runtime.evaluation import judge as jd
 
     spec = ctx.recipe.evaluate.judge
     if not spec.enabled:
@@ -817,7 +822,7 @@ def _judge(
         return {"enabled": False, "note": f"skipped: {weak}"}
     started = time.monotonic()
     if judge_file is None:  # `base`: the base model's own GGUF f16, made here once per evaluation
-        from gapforge_runtime.quantize import check_llama_cpp, convert_to_f16
+        from gapforge_runtime.export.quantize import check_llama_cpp, convert_to_f16
 
         judge_file = ctx.out.gguf / f"{ctx.recipe.name}-base-f16.gguf"
         print(f"[eval] judge: base model → {judge_file.name}", flush=True)

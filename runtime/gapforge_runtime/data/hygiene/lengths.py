@@ -37,12 +37,12 @@ def token_counter(tokenizer: Any, data_format: str) -> tuple[Callable[[dict[str,
     if tokenizer is None:
 
         def words(record: dict[str, Any]) -> int:
-            from gapforge_runtime.hygiene import record_texts
+            from gapforge_runtime.data.hygiene import record_texts
 
             return sum(len(text.split()) for _, text in record_texts(record))
 
         return words, "whitespace words (no tokenizer in the data step)"
-    from gapforge_runtime.encoding import encode_record
+    from gapforge_runtime.data.encoding import encode_record
 
     def tokens(record: dict[str, Any]) -> int:
         # A limit no example reaches: the full length, before truncation.

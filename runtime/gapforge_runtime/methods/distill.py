@@ -185,7 +185,7 @@ def teacher_answers(
     student_dir: Path,
 ) -> dict[str, Any]:
     """The teacher's answers to `records`' prompts, filtered, written as JSONL; returns the summary."""
-    from gapforge_runtime.encoding import prompt_text
+    from gapforge_runtime.data.encoding import prompt_text
     from gapforge_runtime.modelio import load_tokenizer
 
     if recipe.data_format == "completion":
@@ -236,7 +236,7 @@ def teacher_answers(
 
 
 def _messages(data_format: str, record: dict[str, Any]) -> list[dict[str, str]]:
-    from gapforge_runtime.encoding import alpaca_messages
+    from gapforge_runtime.data.encoding import alpaca_messages
 
     return alpaca_messages(record) if data_format == "alpaca" else list(record["messages"])
 
@@ -256,9 +256,9 @@ def train_gkd(
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from gapforge_runtime.data import read_split_file
-    from gapforge_runtime.encoding import encode_split
-    from gapforge_runtime.evaluate import score_transformers
+    from gapforge_runtime.data.encoding import encode_split
+    from gapforge_runtime.data.reading import read_split_file
+    from gapforge_runtime.evaluation.metrics import score_transformers
     from gapforge_runtime.files import atomic_dir
     from gapforge_runtime.modelio import device_and_dtype, load_causal_lm, load_tokenizer
 
@@ -332,11 +332,11 @@ def train_gkd(
 def step_train_distilled(ctx: Any) -> Any:
     """The train step of `method: distill`: the data step, the teacher's answers, the student's adapter."""
     from gapforge_runtime import pipeline
-    from gapforge_runtime.data import read_split_file
-    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.data.encoding import encode_split
+    from gapforge_runtime.data.reading import read_split_file
+    from gapforge_runtime.methods.sft import train_adapter
     from gapforge_runtime.modelio import load_tokenizer
     from gapforge_runtime.outputs import run_step
-    from gapforge_runtime.train import train_adapter
 
     recipe = ctx.recipe
     spec = settings(recipe)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gapforge_runtime.config import RecipeSettings
-from gapforge_runtime.encoding import IGNORE_INDEX, Encoded, EncodingStats
+from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded, EncodingStats
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import atomic_dir, write_text_atomic
 from gapforge_runtime.modelio import device_and_dtype, load_causal_lm
@@ -88,7 +88,7 @@ def sft_batching(
     With `train.packing` every batch is one padding-free row (packing.py); with `train.pack_tokens`
     too, a training batch is a group of examples under that token budget (Trainer takes 1 a batch).
     """
-    from gapforge_runtime import packing
+    from gapforge_runtime.data import packing
 
     settings = recipe.train
     if not packs(recipe):
@@ -326,7 +326,7 @@ def train_adapter(
     from transformers import set_seed
 
     set_seed(settings.seed)
-    from gapforge_runtime.packing import apply_liger
+    from gapforge_runtime.data.packing import apply_liger
 
     # Liger patches the architecture's classes, so it comes before the model is loaded
     liger = apply_liger(settings.liger if settings.method != "dpo" else False, model_dir, device)
@@ -335,7 +335,7 @@ def train_adapter(
     model = _lora_model(recipe, model_dir, device, dtype)
     if packs(recipe):
         model.config.use_cache = False  # with a KV cache transformers builds no per-example mask
-        from gapforge_runtime.packing import packed_attention
+        from gapforge_runtime.data.packing import packed_attention
 
         attention = packed_attention(settings.packed_attention, device)
         if attention:
@@ -384,7 +384,7 @@ def train_adapter(
         # packed batches hold no padding (and no attention mask to count it by)
         include_num_input_tokens_seen="all" if packs(recipe) else "non_padding",
         optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
-        # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.nodes).
+        # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.launch.nodes).
         save_on_each_node=nnodes > 1,
         **_distributed_args(recipe, device),
         **method_args,
@@ -447,7 +447,7 @@ def train_adapter(
     for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
         trainer.remove_callback(printer)
     if packs(recipe) and not uses_fsdp(recipe):
-        from gapforge_runtime.packing import check_packing
+        from gapforge_runtime.data.packing import check_packing
 
         # on the model as it will train (its device, dtype, attention, kernels), before step 1
         leak = check_packing(trainer.model, train_set, exact=device == "cpu")
@@ -457,7 +457,7 @@ def train_adapter(
                 flush=True,
             )
     if nnodes > 1:
-        from gapforge_runtime.nodes import agree_on_checkpoint
+        from gapforge_runtime.launch.nodes import agree_on_checkpoint
 
         previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
         resumed_from = _checkpoint_step(previous) if previous is not None else None
@@ -548,10 +548,10 @@ def _utilization(
 def training_items(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split: str) -> list[Any]:
     """A split as its trainer takes it: encoded examples, or (DPO) the pair records themselves."""
     if recipe.train.method == "dpo":
-        from gapforge_runtime.data import read_split_file
+        from gapforge_runtime.data.reading import read_split_file
 
         return read_split_file(data_dir / f"{split}.jsonl")
-    from gapforge_runtime.encoding import encoded_split
+    from gapforge_runtime.data.encoding import encoded_split
 
     return encoded_split(recipe, tokenizer, data_dir, split)
 
@@ -561,7 +561,7 @@ def _method_arguments(recipe: RecipeSettings, default: type) -> tuple[type, dict
     if recipe.train.method == "dpo":
         from trl import DPOConfig
 
-        from gapforge_runtime.preference import dpo_arguments
+        from gapforge_runtime.methods.preference import dpo_arguments
 
         return DPOConfig, dpo_arguments(recipe)
     return default, {}
@@ -572,7 +572,7 @@ def _trainer_type(recipe: RecipeSettings, default: Any, tokenizer: Any) -> Any:
     tokenizes the pairs itself and brings its own collator)."""
     if recipe.train.method != "dpo":
         return default
-    from gapforge_runtime.preference import dpo_trainer
+    from gapforge_runtime.methods.preference import dpo_trainer
 
     def make(*, model: Any, args: Any, train_dataset: ListDataset, eval_dataset: ListDataset,
              callbacks: list[Any], **_ignored: Any) -> Any:  # fmt: skip

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gapforge_runtime.data.preference import check_messages, check_preference, form_of
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.preference_data import check_messages, check_preference, form_of
 
 FORMATS = ("alpaca", "chat", "completion", "preference")
 SMALL_DATASET = 10_000

@@ -164,7 +164,9 @@ def replay_count(new: int, ratio: float, available: int) -> int:
 
 def replay_records(parent: Parent, new: int, ratio: float, seed: int) -> list[dict[str, Any]]:
     """A seeded sample of the parent's training split, `ratio` of the final training set."""
-    from gapforge_runtime.data import read_split_file  # split at \n only, like every data reader
+    from gapforge_runtime.data.reading import (
+        read_split_file,  # split at \n only, like every data reader
+    )
 
     records = read_split_file(parent.train_split)
     count = replay_count(new, ratio, len(records))
@@ -178,7 +180,7 @@ def forgetting(old_start: float, old_trained: float) -> float:
 
 def forgetting_gate(summary: dict[str, Any] | None, limit: float | None) -> list[Any]:
     """`max_forgetting_pct`: loss on the parent's test set may rise at most `limit` %."""
-    from gapforge_runtime.evaluate import Gate
+    from gapforge_runtime.evaluation.metrics import Gate
 
     if limit is None:
         return []

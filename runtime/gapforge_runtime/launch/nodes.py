@@ -123,7 +123,13 @@ def torchrun_command(nproc: int, spec: Path, nodes: Nodes) -> list[str]:
         ]
     else:
         launcher.append("--standalone")
-    return [*launcher, f"--nproc-per-node={nproc}", "-m", "gapforge_runtime.distributed", str(spec)]
+    return [
+        *launcher,
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "gapforge_runtime.launch.torchrun",
+        str(spec),
+    ]
 
 
 def failure_message(status: int, nproc: int, nodes: Nodes) -> str:

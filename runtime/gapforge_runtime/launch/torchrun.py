@@ -2,7 +2,7 @@
 
 The parent process keeps everything else (data step, step records, merge, quantize, eval). It writes a
 small JSON spec, runs `python -m torch.distributed.run --standalone --nproc_per_node N -m
-gapforge_runtime.distributed SPEC` (or one node of a c10d job across nodes: gapforge_runtime.nodes),
+gapforge_runtime.launch.torchrun SPEC` (or one node of a c10d job across nodes: gapforge_runtime.launch.nodes),
 and reads the result that the node's first rank writes. Every rank trains through
 transformers' Trainer, which sets up DDP (NCCL on GPUs, gloo on CPU) or FSDP from the torchrun
 environment; checkpoints and --resume are the same as in one process.
@@ -20,7 +20,7 @@ from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import write_json_atomic
-from gapforge_runtime.nodes import Nodes, failure_message, torchrun_command
+from gapforge_runtime.launch.nodes import Nodes, failure_message, torchrun_command
 
 # Variables every rank must see (the offline guarantee, and NVLink multicast off on shared hosts).
 CHILD_ENV = {
@@ -73,8 +73,8 @@ def worker(spec_path: Path) -> int:
 
 def _train_rank(spec: dict[str, Any]) -> int:
     from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.methods.sft import train_adapter, training_items, world
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import train_adapter, training_items, world
 
     recipe = load_recipe_settings(spec["recipe"])
     model_dir = Path(spec["model_dir"])

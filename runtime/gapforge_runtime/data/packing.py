@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gapforge_runtime.encoding import IGNORE_INDEX, Encoded
+from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded
 from gapforge_runtime.errors import RuntimeFailure
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gapforge_runtime.config import DedupeSettings, PiiSettings
-from gapforge_runtime.data import DataSplit, Example
+from gapforge_runtime.data.hygiene.dedupe import find_near_duplicates
+from gapforge_runtime.data.hygiene.pii import PLACEHOLDERS, PiiDetector, redact
+from gapforge_runtime.data.reading import DataSplit, Example
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.hygiene.dedupe import find_near_duplicates
-from gapforge_runtime.hygiene.pii import PLACEHOLDERS, PiiDetector, redact
 from gapforge_runtime.recipe_schema import PiiSpec
 
 SPLITS = ("train", "validation", "test")
@@ -28,7 +28,7 @@ ACTIONS = {"redact": "redacted", "drop": "dropped", "fail": "failed"}
 def record_texts(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(field, text) for every text field of a canonical record, in any of the three formats."""
     if "chosen" in record:
-        from gapforge_runtime.preference_data import texts
+        from gapforge_runtime.data.preference import texts
 
         return texts(record)
     if "messages" in record:
@@ -40,7 +40,7 @@ def record_texts(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _replace_texts(record: dict[str, Any], new: dict[str, str]) -> dict[str, Any]:
     if "chosen" in record:
-        from gapforge_runtime.preference_data import replace_texts
+        from gapforge_runtime.data.preference import replace_texts
 
         return replace_texts(record, new)
     if "messages" in record:

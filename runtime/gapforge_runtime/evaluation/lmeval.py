@@ -349,7 +349,7 @@ def run_lm_eval(
     GGUF models tokenize with `tokenizer_dir`'s tokenizer (the one they were converted from), so
     they see the same token ids as the transformers models and differences are the weights' own.
     """
-    from gapforge_runtime.lmeval_gguf import GapforgeGGUFLM
+    from gapforge_runtime.evaluation.lmeval_gguf import GapforgeGGUFLM
 
     started = time.monotonic()
     force_datasets_offline()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gapforge_runtime.preference_data import completion_tokens
+from gapforge_runtime.data.preference import completion_tokens
 
 # --- scoring pairs ------------------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ def summarize(
 
 def preference_gate(summary: dict[str, Any] | None, limit: float | None) -> list[Any]:
     """`min_preference_accuracy`: the trained model's implicit-reward accuracy must reach it."""
-    from gapforge_runtime.evaluate import Gate
+    from gapforge_runtime.evaluation.metrics import Gate
 
     if limit is None:
         return []

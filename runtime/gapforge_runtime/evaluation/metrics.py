@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gapforge_runtime.encoding import IGNORE_INDEX, Encoded
+from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded
 
 
 @dataclass
@@ -288,7 +288,7 @@ def decide_lm_eval_gates(
 ) -> list[Gate]:
     """Per GGUF target: no lm-eval task metric (higher is better) may lose more than the limit in
     points against the merged model; a gate whose measure was not taken fails, saying why."""
-    from gapforge_runtime.lmeval import worst_drop_pts
+    from gapforge_runtime.evaluation.lmeval import worst_drop_pts
 
     gates = []
     for target, limit in sorted(max_drop_pts.items()):

@@ -3,7 +3,7 @@
 The study lives in a journal file in the output folder (`OUT/sweep/journal.log`), so a killed sweep
 continues where it stopped: finished trials are kept, a trial whose process died is marked FAIL and
 its settings are tried again. Each trial trains the recipe's adapter with its settings in a child
-process (`python -m gapforge_runtime.sweep SPEC.json`), which reports every validation loss to the
+process (`python -m gapforge_runtime.launch.sweep SPEC.json`), which reports every validation loss to the
 study and stops when the median pruner says so; the process exits, so its memory (GPU included) is
 returned before the next trial starts. The best trial's adapter is then merged, quantized and
 evaluated like a normal run's.
@@ -297,7 +297,7 @@ def _launch(
         env["CUDA_VISIBLE_DEVICES"] = gpu
     log = (folder / "trial.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gapforge_runtime.sweep", str(folder / "spec.json")],
+        [sys.executable, "-m", "gapforge_runtime.launch.sweep", str(folder / "spec.json")],
         stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
     )  # fmt: skip
     where = f" on GPU {gpu}" if gpu is not None else ""
@@ -547,10 +547,10 @@ def run_trial(spec: dict[str, Any]) -> int:
     """Train one trial's adapter, report its validation losses to the study, tell the outcome."""
     import optuna
 
-    from gapforge_runtime.encoding import encoded_split
-    from gapforge_runtime.evaluate import score_transformers
+    from gapforge_runtime.data.encoding import encoded_split
+    from gapforge_runtime.evaluation.metrics import score_transformers
+    from gapforge_runtime.methods.sft import train_adapter
     from gapforge_runtime.modelio import load_causal_lm, load_tokenizer
-    from gapforge_runtime.train import train_adapter
 
     recipe = load_recipe_settings(spec["recipe"])
     assert recipe.sweep is not None
@@ -611,7 +611,7 @@ def run_trial(spec: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m gapforge_runtime.sweep SPEC.json`: one trial (started by the sweep, not by hand)."""
+    """`python -m gapforge_runtime.launch.sweep SPEC.json`: one trial (started by the sweep, not by hand)."""
     from gapforge_runtime.offline import force_offline
 
     force_offline()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gapforge_runtime.data import read_split_file
+from gapforge_runtime.data.reading import read_split_file
 
 if TYPE_CHECKING:
     from gapforge_runtime.config import RecipeSettings
@@ -81,7 +81,7 @@ def chat_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, lis
 def prompt_text(tokenizer: Any, data_format: str, record: dict[str, Any]) -> str:
     """The prompt of a test example (everything before its last answer), for sample answers."""
     if data_format == "preference":
-        from gapforge_runtime.preference_data import prompt_of
+        from gapforge_runtime.data.preference import prompt_of
 
         return prompt_of(tokenizer, record)
     if data_format == "completion":
@@ -97,7 +97,7 @@ def prompt_text(tokenizer: Any, data_format: str, record: dict[str, Any]) -> str
 def reference_answer(data_format: str, record: dict[str, Any]) -> str:
     """The expected answer of a test example."""
     if data_format == "preference":
-        from gapforge_runtime.preference_data import chosen_answer
+        from gapforge_runtime.data.preference import chosen_answer
 
         return chosen_answer(record)
     if data_format == "completion":
@@ -112,7 +112,7 @@ def encode_record(
 ) -> Encoded:
     """Token ids and labels for one record, truncated to `max_length`."""
     if data_format == "preference":  # the prompt and its chosen answer; labels on the answer
-        from gapforge_runtime.preference_data import completion_tokens
+        from gapforge_runtime.data.preference import completion_tokens
 
         ids, start = completion_tokens(tokenizer, record, "chosen")
         labels = [IGNORE_INDEX] * start + ids[start:]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gapforge_runtime.encoding import alpaca_messages
+from gapforge_runtime.data.encoding import alpaca_messages
 
 JUDGE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
@@ -43,7 +43,7 @@ _POINTS: dict[Outcome, float] = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 def question_text(data_format: str, record: dict[str, Any]) -> str:
     """What the user asked in a test record, without any chat-template markup."""
     if data_format == "preference":
-        from gapforge_runtime.preference_data import question_of
+        from gapforge_runtime.data.preference import question_of
 
         return question_of(record)
     if data_format == "completion":
