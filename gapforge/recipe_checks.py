@@ -10,14 +10,8 @@ from typing import Any
 
 import yaml
 from gapforge_runtime.bounded_yaml import BoundedSafeLoader
-from gapforge_runtime.recipe_schema import (
-    GPU_ONLY_TARGETS,
-    LineMap,
-    Problem,
-    Recipe,
-    problem,
-    schema_problems,
-)
+from gapforge_runtime.recipe_problems import LineMap, Problem, problem, schema_problems
+from gapforge_runtime.recipe_schema import GPU_ONLY_TARGETS, Recipe
 from pydantic import BaseModel, ValidationError
 
 from gapforge.names import links_out_of

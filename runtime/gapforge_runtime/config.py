@@ -17,30 +17,16 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.recipe_schema import Recipe, SweepSpec, schema_problems
-
-RECIPE_ENV = "GAPFORGE_RECIPE"
-DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
-MODEL_ENV = "GAPFORGE_MODEL_DIR"
-DEFAULT_MODEL = "/opt/gapforge/model"
-MODELS_ENV = "GAPFORGE_MODELS_DIR"
-DEFAULT_MODELS = "/opt/gapforge/models"
-"""The recipe's `models:` entries (a judge, a teacher), one folder per name."""
+from gapforge_runtime.image_contract import MODELS_DIR, MODELS_ENV, RECIPE_ENV, RECIPE_FILE
+from gapforge_runtime.recipe_problems import schema_problems
+from gapforge_runtime.recipe_schema import Recipe
+from gapforge_runtime.recipe_sweep import SweepSpec
 
 
 def shipped_model_dir(name: str) -> Path:
     """Where the image holds the recipe's `models:` entry `name`."""
-    return Path(os.environ.get(MODELS_ENV) or DEFAULT_MODELS) / name
+    return Path(os.environ.get(MODELS_ENV) or MODELS_DIR) / name
 
-
-OUT_ENV = "GAPFORGE_OUT"
-LLAMA_CPP_ENV = "GAPFORGE_LLAMA_CPP"
-DEFAULT_LLAMA_CPP = "/opt/gapforge/llama.cpp"
-CPU_BASELINE_ENV = "GAPFORGE_LLAMA_CPP_CPU_BASELINE"
-"""The x86 features the image's llama.cpp was built for (`AVX,AVX2,F16C,FMA`), set by the builder."""
-GGUF_TARGETS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m")
-HF_TARGETS = ("gptq:int4", "bnb:nf4", "bnb:int8")
-"""Quantized transformers checkpoints: they need CUDA (GPTQModel's and bitsandbytes' kernels)."""
 
 _T = TypeVar("_T")
 
@@ -257,7 +243,7 @@ def check_method_format(method: str, data_format: str, shown: str) -> None:
 
 def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
     """Read the recipe JSON (from --recipe, $GAPFORGE_RECIPE or the image's default)."""
-    path = Path(path_arg or os.environ.get(RECIPE_ENV) or DEFAULT_RECIPE)
+    path = Path(path_arg or os.environ.get(RECIPE_ENV) or RECIPE_FILE)
     if not path.is_file():
         raise RuntimeFailure(
             f"recipe {path}: no such file. Pass --recipe PATH (the recipe JSON the builder wrote), "

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from gapforge_runtime import pipeline, preflight
-from gapforge_runtime.config import CPU_BASELINE_ENV, load_recipe_settings
+from gapforge_runtime.config import load_recipe_settings
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.image_contract import CPU_BASELINE_ENV
 from gapforge_runtime.outputs import Layout
 from gapforge_runtime.preflight import check_cpu_features, host_cpu_flags, llama_cpp_cpu_features
 

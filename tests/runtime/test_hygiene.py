@@ -13,7 +13,8 @@ from conftest import chat_examples, recipe_dict, write_jsonl
 from gapforge_runtime.cli import main
 from gapforge_runtime.data.hygiene.dedupe import find_near_duplicates
 from gapforge_runtime.data.hygiene.lengths import length_stats
-from gapforge_runtime.data.hygiene.pii import PiiDetector, iban_valid, luhn_valid
+from gapforge_runtime.data.hygiene.patterns import iban_valid, luhn_valid
+from gapforge_runtime.data.hygiene.pii import PiiDetector
 
 from tests.requirements import require_module
 
@@ -259,7 +260,7 @@ def test_opting_out_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     ],
 )
 def test_national_ids_follow_the_issuing_rules(text: str, found: bool) -> None:
-    from gapforge_runtime.data.hygiene.pii import find_patterns, resolve_overlaps
+    from gapforge_runtime.data.hygiene.patterns import find_patterns, resolve_overlaps
 
     hits = resolve_overlaps(find_patterns(text))
     assert any(h.type == "national_id" for h in hits) == found, hits

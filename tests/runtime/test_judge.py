@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from gapforge_runtime.evaluation import judge as jd
-from gapforge_runtime.evaluation.metrics import decide_comparison_gates
+from gapforge_runtime.evaluation.gates import decide_comparison_gates
 from gapforge_runtime.evaluation.taskmetrics import (
     exact_match,
     normalize_answer,

@@ -172,3 +172,13 @@ def encoded_split(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split:
     records = read_split_file(data_dir / f"{split}.jsonl")
     items, _ = encode_split(tokenizer, recipe.data_format, records, recipe.train.max_seq_length)
     return items
+
+
+def summarize_encoding(name: str, stats: EncodingStats, max_length: int) -> str:
+    """One line about a split's encoding, with truncation counts the operator must know about."""
+    line = f"[data] {name}: {stats.examples} examples, {stats.tokens} tokens ({stats.trained_tokens} trained)"
+    if stats.truncated:
+        line += f"; {stats.truncated} longer than max_seq_length {max_length} were truncated"
+    if stats.no_target_left:
+        line += f"; {stats.no_target_left} dropped (their answer lies beyond max_seq_length)"
+    return line

@@ -6,7 +6,7 @@ This one scores with the logits llama.cpp keeps for every position (`logits_all=
 scores a whole text in disjoint windows (lm-eval's own windowing), `generate_until` decodes greedily
 until a stop string. With `tokenizer` (the transformers folder the GGUF was converted from) the
 token ids are exactly those lm-eval's `hf` model sees, so the two agree up to the weights' format.
-Importing this module imports lm_eval: only `lmeval.run_lm_eval` does, when a recipe asks for it.
+Importing this module imports lm_eval: only `lmeval_run.run_lm_eval` does, when a recipe asks for it.
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded
+
+if TYPE_CHECKING:
+    from gapforge_runtime.evaluation.gates import Gate
 
 
 @dataclass
@@ -25,17 +28,6 @@ class ModelScore:
     perplexity: float
     tokens: int
     size_bytes: int
-
-
-@dataclass
-class Gate:
-    """One pass/fail rule and its outcome."""
-
-    name: str
-    passed: bool
-    value: float
-    limit: float
-    detail: str
 
 
 def _log_softmax_nll(logits: Any, targets: list[int]) -> float:
@@ -162,48 +154,6 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def decide_gates(
-    scores: dict[str, ModelScore], require_improvement: bool, max_delta_pct: dict[str, float]
-) -> list[Gate]:
-    """The recipe's gates, evaluated on the scores."""
-    gates = []
-    base, merged = scores.get("base"), scores.get("merged")
-    if require_improvement and base and merged:
-        gates.append(
-            Gate(
-                name="require_improvement",
-                passed=merged.loss < base.loss,
-                value=merged.loss,
-                limit=base.loss,
-                detail=f"merged test loss {merged.loss:.4f} must be below base {base.loss:.4f}",
-            )
-        )
-    for target, limit in sorted(max_delta_pct.items()):
-        score = scores.get(target)
-        if score is None or merged is None:
-            gates.append(
-                Gate(
-                    name=f"max_perplexity_delta_pct[{target}]",
-                    passed=False,
-                    value=float("nan"),
-                    limit=limit,
-                    detail=f"{target} was not built or not evaluated",
-                )
-            )
-            continue
-        delta = delta_pct(score.perplexity, merged.perplexity)
-        gates.append(
-            Gate(
-                name=f"max_perplexity_delta_pct[{target}]",
-                passed=delta <= limit,
-                value=delta,
-                limit=limit,
-                detail=f"{target} perplexity {score.perplexity:.3f} is {delta:+.2f}% vs merged (limit {limit}%)",
-            )
-        )
-    return gates
-
-
 def delta_pct(value: float, reference: float) -> float:
     """Relative change of `value` over `reference`, in percent."""
     return (value - reference) / reference * 100.0 if reference else float("inf")
@@ -222,94 +172,3 @@ def as_json(scores: dict[str, ModelScore], gates: list[Gate]) -> dict[str, Any]:
         "gates": [asdict(g) for g in gates],
         "passed": all(g.passed for g in gates),
     }
-
-
-def _comparison(
-    judge: dict[str, Any] | None, candidate: str, reference: str
-) -> dict[str, Any] | None:
-    for c in (judge or {}).get("comparisons", []):
-        if c["candidate"] == candidate and c["reference"] == reference:
-            return dict(c)
-    return None
-
-
-def decide_comparison_gates(
-    min_win_rate_vs_base: float | None,
-    max_task_f1_drop_pts: dict[str, float],
-    judge: dict[str, Any] | None,
-    task_metrics: dict[str, Any] | None,
-) -> list[Gate]:
-    """The judge's and the task metrics' gates; a gate whose measure was not taken fails, saying why."""
-    gates = []
-    if min_win_rate_vs_base is not None:
-        name = "min_win_rate_vs_base"
-        found = _comparison(judge, "merged", "base")
-        if found is None or found["n"] == 0:
-            why = (judge or {}).get("note") or "the judge did not run"
-            gates.append(
-                Gate(name, False, float("nan"), min_win_rate_vs_base, f"not judged: {why}")
-            )
-        else:
-            rate = float(found["win_rate"])
-            gates.append(
-                Gate(
-                    name,
-                    rate >= min_win_rate_vs_base,
-                    rate,
-                    min_win_rate_vs_base,
-                    f"fine-tune's win rate vs base {rate:.3f} (95% CI {found['ci_low']:.3f}-"
-                    f"{found['ci_high']:.3f}, n={found['n']}) must reach {min_win_rate_vs_base}",
-                )
-            )
-    models = (task_metrics or {}).get("models", {})
-    for target, limit in sorted(max_task_f1_drop_pts.items()):
-        name = f"max_task_f1_drop_pts[{target}]"
-        if target not in models or "merged" not in models:
-            why = (task_metrics or {}).get("note") or f"{target} was not built or not evaluated"
-            gates.append(Gate(name, False, float("nan"), limit, f"no task F1: {why}"))
-            continue
-        merged_f1, f1 = models["merged"]["token_f1"], models[target]["token_f1"]
-        drop = merged_f1 - f1
-        gates.append(
-            Gate(
-                name,
-                drop <= limit,
-                drop,
-                limit,
-                f"{target} token F1 {f1:.1f} vs merged {merged_f1:.1f}: {drop:+.1f} points lost "
-                f"(limit {limit})",
-            )
-        )
-    return gates
-
-
-def decide_lm_eval_gates(
-    max_drop_pts: dict[str, float], lm_eval: dict[str, Any] | None
-) -> list[Gate]:
-    """Per GGUF target: no lm-eval task metric (higher is better) may lose more than the limit in
-    points against the merged model; a gate whose measure was not taken fails, saying why."""
-    from gapforge_runtime.evaluation.lmeval import worst_drop_pts
-
-    gates = []
-    for target, limit in sorted(max_drop_pts.items()):
-        name = f"max_lm_eval_drop_pts[{target}]"
-        drop, where = worst_drop_pts(lm_eval or {}, target)
-        if not where:
-            why = (
-                "evaluate.lm_eval is not set"
-                if lm_eval is None
-                else f"lm-eval did not score both merged and {target}"
-            )
-            gates.append(Gate(name, False, float("nan"), limit, f"no lm-eval scores: {why}"))
-            continue
-        gates.append(
-            Gate(
-                name,
-                drop <= limit,
-                drop,
-                limit,
-                f"{target} loses {drop:+.1f} points against merged at worst ({where}; "
-                f"limit {limit})",
-            )
-        )
-    return gates

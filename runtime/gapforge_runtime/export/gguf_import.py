@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import atomic_dir, sha256_file
@@ -53,10 +54,8 @@ def gguf_storage_dtype(gguf_file: Path) -> tuple[str, str]:
     return "float16", f"its weight matrices are {', '.join(types)}"
 
 
-def import_gguf(
-    gguf_file: Path, out_dir: Path, *, force: bool = False, dtype: str = "auto"
-) -> ImportResult:
-    """Dequantize `gguf_file` into `out_dir` (config.json, tokenizer files, model.safetensors)."""
+def _check_inputs(gguf_file: Path, out_dir: Path, force: bool) -> None:
+    """A GGUF file to read and a folder free to write, before anything heavy is imported."""
     if not gguf_file.is_file():
         raise RuntimeFailure(
             f"--gguf {gguf_file}: no such file. Pass the path of a .gguf model file."
@@ -73,6 +72,30 @@ def import_gguf(
             f"--out {out_dir}: the folder exists and is not empty. Choose a new folder, or pass "
             "--force to replace it."
         )
+
+
+def _stored(state: dict[str, Any], dtype: str, gguf_file: Path) -> tuple[Any, dict[str, Any]]:
+    """The dtype to store (`auto`: the GGUF's own; float32 where float16 would overflow) and the
+    state dict in it."""
+    import torch
+
+    if dtype == "auto":
+        dtype, why = gguf_storage_dtype(gguf_file)
+        _progress(f"storing {dtype}: {why}")
+    if dtype == "float16":
+        too_big = [k for k, v in state.items() if v.is_floating_point() and v.abs().max() > F16_MAX]
+        if too_big:
+            _progress(f"{too_big[0]} holds values beyond float16's range: storing float32 instead")
+            dtype = "float32"
+    target = getattr(torch, dtype)
+    return target, {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def import_gguf(
+    gguf_file: Path, out_dir: Path, *, force: bool = False, dtype: str = "auto"
+) -> ImportResult:
+    """Dequantize `gguf_file` into `out_dir` (config.json, tokenizer files, model.safetensors)."""
+    _check_inputs(gguf_file, out_dir, force)
 
     import torch
     import transformers
@@ -91,16 +114,7 @@ def import_gguf(
     del loaded
     _progress(f"dequantized {len(state)} tensors in {time.monotonic() - started:.1f}s")
 
-    if dtype == "auto":
-        dtype, why = gguf_storage_dtype(gguf_file)
-        _progress(f"storing {dtype}: {why}")
-    if dtype == "float16":
-        too_big = [k for k, v in state.items() if v.is_floating_point() and v.abs().max() > F16_MAX]
-        if too_big:
-            _progress(f"{too_big[0]} holds values beyond float16's range: storing float32 instead")
-            dtype = "float32"
-    target = getattr(torch, dtype)
-    state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+    target, state = _stored(state, dtype, gguf_file)
 
     # A config without quantization_config describes a plain model that save_pretrained accepts.
     if hasattr(config, "quantization_config"):

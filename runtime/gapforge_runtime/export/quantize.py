@@ -18,6 +18,7 @@ from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import temp_path_for, write_text_atomic
+from gapforge_runtime.image_contract import LLAMA_CPP_DIR, LLAMA_CPP_ENV
 
 FTYPES = {"gguf:q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "gguf:q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 MARKERS = {"system": "\x01SYSTEM\x01", "user": "\x01PROMPT\x01", "assistant": "\x01RESPONSE\x01"}
@@ -29,7 +30,7 @@ def check_llama_cpp(folder: Path | None) -> Path:
         raise RuntimeFailure(
             f"--llama-cpp {folder}: llama.cpp's conversion scripts are not there (convert_hf_to_gguf.py "
             "is missing). Pass --llama-cpp DIR (a llama.cpp source tree matching llama-cpp-python), "
-            "or set $GAPFORGE_LLAMA_CPP; in the image it is /opt/gapforge/llama.cpp."
+            f"or set ${LLAMA_CPP_ENV}; in the image it is {LLAMA_CPP_DIR}."
         )
     return folder
 

@@ -3,7 +3,7 @@
 The study lives in a journal file in the output folder (`OUT/sweep/journal.log`), so a killed sweep
 continues where it stopped: finished trials are kept, a trial whose process died is marked FAIL and
 its settings are tried again. Each trial trains the recipe's adapter with its settings in a child
-process (`python -m gapforge_runtime.launch.sweep SPEC.json`), which reports every validation loss to the
+process (`python -m gapforge_runtime.launch.trial SPEC.json`), which reports every validation loss to the
 study and stops when the median pruner says so; the process exits, so its memory (GPU included) is
 returned before the next trial starts. The best trial's adapter is then merged, quantized and
 evaluated like a normal run's.
@@ -12,10 +12,7 @@ evaluated like a normal run's.
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -23,207 +20,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import ValidationError
-
 from gapforge_runtime.config import RecipeSettings, load_recipe_settings
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import atomic_dir, describe_path, sha256_file, write_json_atomic
-from gapforge_runtime.recipe_schema import (
-    INTEGER_SETTINGS,
-    Recipe,
-    SweepRange,
-    SweepSpec,
-    schema_problems,
+from gapforge_runtime.launch.study import (
+    STUDY,
+    SWEEP_DIR,
+    SweepLayout,
+    apply_settings,
+    check_space,
+    open_study,
+    recover_dead_trials,
+    space_digest,
+    suggest,
+    sweep_lock,
 )
+from gapforge_runtime.recipe_sweep import SweepSpec
 
-STUDY = "gapforge-sweep"
-SWEEP_DIR = "sweep"
-JOURNAL = "journal.log"
-SUMMARY = "sweep.json"
-BEST_RECIPE = "best-recipe.json"
 MAX_FAILURES_IN_A_ROW = 3
 """A sweep whose trials keep failing stops instead of burning the GPUs on the same error."""
 
 
-@dataclass(frozen=True)
-class SweepLayout:
-    """Where a sweep keeps its study and its trials inside the output folder."""
-
-    root: Path
-
-    @property
-    def journal(self) -> Path:
-        return self.root / JOURNAL
-
-    @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-    @property
-    def best_recipe(self) -> Path:
-        return self.root / BEST_RECIPE
-
-    def trial_dir(self, number: int) -> Path:
-        return self.root / "trials" / f"trial-{number:04d}"
-
-
-# --- the search space ---------------------------------------------------------------------------
-
-
-def apply_settings(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The recipe JSON with a trial's settings in place (`train.epochs` replaces `max_steps` and back)."""
-    recipe = copy.deepcopy(raw)
-    for name, value in params.items():
-        section, key = name.split(".", 1)
-        if name in INTEGER_SETTINGS and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        recipe[section][key] = value
-        if name == "train.epochs":
-            recipe["train"]["max_steps"] = None
-        elif name == "train.max_steps":
-            recipe["train"]["epochs"] = None
-    return recipe
-
-
-def _candidates(name: str, spec: SweepRange) -> list[Any]:
-    if spec.choices is not None:
-        return list(spec.choices)
-    return [spec.low, spec.high]
-
-
-def check_space(recipe: RecipeSettings, sweep: SweepSpec) -> None:
-    """Every end of every range and every choice makes a valid recipe; else one error listing them."""
-    problems: list[str] = []
-    for name, spec in sweep.space.items():
-        where = f"sweep.space.{name}"
-        if name == "train.scheduler" and spec.choices is None:
-            problems.append(
-                f"{where}: the scheduler takes choices, not a range: give choices: [...]"
-            )
-            continue
-        if name in INTEGER_SETTINGS and spec.choices is None:
-            ends = (spec.low, spec.high)
-            if any(v is not None and not float(v).is_integer() for v in ends):
-                problems.append(f"{where}: an integer setting needs whole low/high (got {ends})")
-                continue
-        for value in _candidates(name, spec):
-            try:
-                Recipe.model_validate(apply_settings(recipe.raw, {name: value}))
-            except ValidationError as exc:  # worded as the schema words it
-                detail = "; ".join(p.text for p in schema_problems(exc))
-                problems.append(f"{where}: the value {value!r} makes an invalid recipe ({detail})")
-    if problems:
-        raise RuntimeFailure(
-            f"recipe {recipe.path}: the sweep's search space has values the recipe cannot take. "
-            "Narrow the ranges or fix the choices in sweep.space, then build or run again.",
-            problems,
-        )
-
-
-def space_digest(sweep: SweepSpec) -> str:
-    """What must not change under a resumed study: the space, the metric and the sampler's seed."""
-    fixed = {
-        "space": sweep.model_dump(mode="json")["space"],
-        "metric": sweep.metric,
-        "seed": sweep.seed,
-    }
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
-
-
-def suggest(trial: Any, space: Mapping[Any, SweepRange]) -> dict[str, Any]:
-    """The trial's settings, drawn by the study's sampler (or taken from an enqueued retry)."""
-    params: dict[str, Any] = {}
-    for name in sorted(space):
-        spec = space[name]
-        if spec.choices is not None:
-            params[name] = trial.suggest_categorical(name, spec.choices)
-        elif name in INTEGER_SETTINGS:
-            assert spec.low is not None and spec.high is not None
-            params[name] = trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
-        else:
-            assert spec.low is not None and spec.high is not None
-            params[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
-    return params
-
-
-# --- the study ----------------------------------------------------------------------------------
-
-
-def _pruner(sweep: SweepSpec) -> Any:
-    import optuna
-
-    if not sweep.pruning:
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=sweep.prune_startup_trials, n_warmup_steps=sweep.prune_warmup_steps
-    )
-
-
-def _storage(journal: Path) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(journal)))
-
-
-def open_study(layout: SweepLayout, sweep: SweepSpec) -> Any:
-    """The study in the journal file, created on the first call and loaded on the next ones."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=STUDY,
-        storage=_storage(layout.journal),
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=sweep.seed),
-        pruner=_pruner(sweep),
-        load_if_exists=True,
-    )
-    # A resumed sweep must not draw the first run's random settings again: its sampler's seed moves
-    # on by the trials already in the study (still repeatable: the same history, the same draws).
-    study.sampler = optuna.samplers.TPESampler(
-        seed=sweep.seed + len(study.get_trials(deepcopy=False))
-    )
-    return study
-
-
-def recover_dead_trials(study: Any) -> list[int]:
-    """Trials left RUNNING by a killed sweep: marked FAIL, and their settings queued to run again.
-
-    Only the process holding the sweep's lock runs trials, so any RUNNING trial found on taking it
-    belongs to a process that is gone (Optuna's heartbeat is not offered by journal storage).
-    """
-    from optuna.trial import TrialState
-
-    retried = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, "failure", "its process died (sweep killed)")
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        retried.append(trial.number)
-    return retried
-
-
-@contextlib.contextmanager
-def sweep_lock(layout: SweepLayout) -> Iterator[None]:
-    """One sweep at a time on an output folder (released by the kernel if the process dies)."""
-    layout.root.mkdir(parents=True, exist_ok=True)
-    with (layout.root / ".lock").open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeFailure(
-                f"{layout.root}: another sweep is running on this output folder. Wait for it to "
-                "finish (or stop it), or give this one another --out folder."
-            ) from None
-        yield
+# --- the trials' processes ----------------------------------------------------------------------
 
 
 def _die_with_parent() -> None:
@@ -297,7 +119,7 @@ def _launch(
         env["CUDA_VISIBLE_DEVICES"] = gpu
     log = (folder / "trial.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gapforge_runtime.launch.sweep", str(folder / "spec.json")],
+        [sys.executable, "-m", "gapforge_runtime.launch.trial", str(folder / "spec.json")],
         stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
     )  # fmt: skip
     where = f" on GPU {gpu}" if gpu is not None else ""
@@ -454,7 +276,7 @@ def install_best(ctx: Any, study: Any, layout: SweepLayout) -> RecipeSettings:
     The shipped model is exactly the adapter the sweep measured, not a retraining of its settings.
     """
     from gapforge_runtime.outputs import StepRecord, save_record
-    from gapforge_runtime.pipeline import _section_digest
+    from gapforge_runtime.steps.train import training_digest
 
     best = study.best_trial
     folder = layout.trial_dir(best.number)
@@ -471,7 +293,7 @@ def install_best(ctx: Any, study: Any, layout: SweepLayout) -> RecipeSettings:
         "model": ctx.digest("model", ctx.model_dir),
         "train": sha256_file(ctx.out.data / "train.jsonl"),
         "validation": sha256_file(ctx.out.data / "validation.jsonl"),
-        "settings": _section_digest(best_recipe.raw.get("lora"), best_recipe.raw.get("train")),
+        "settings": training_digest(best_recipe),
         "sweep_trial": str(best.number),
     }
     details = {**result["train"], "sweep_trial": best.number, "sweep_eval_loss": best.value}
@@ -505,7 +327,7 @@ def run_sweep(ctx: Any, trials: int | None = None, parallel: int | None = None) 
 
     The caller (the CLI) merges, quantizes and evaluates with the returned context.
     """
-    from gapforge_runtime.pipeline import step_data
+    from gapforge_runtime.steps.data import step_data
 
     recipe: RecipeSettings = ctx.recipe
     sweep = check_recipe(recipe)
@@ -533,96 +355,3 @@ def run_sweep(ctx: Any, trials: int | None = None, parallel: int | None = None) 
         write_summary(study, recipe, layout)
         best_recipe = install_best(ctx, study, layout)
     return replace(ctx, recipe=best_recipe, force=False, _digests=dict(ctx._digests))
-
-
-# --- one trial, in its own process --------------------------------------------------------------
-
-
-class TrialPruned(BaseException):
-    """Raised by the pruning observer out of Trainer's loop (BaseException: observers' errors are
-    caught and logged, this one must stop the training)."""
-
-
-def run_trial(spec: dict[str, Any]) -> int:
-    """Train one trial's adapter, report its validation losses to the study, tell the outcome."""
-    import optuna
-
-    from gapforge_runtime.data.encoding import encoded_split
-    from gapforge_runtime.evaluation.metrics import score_transformers
-    from gapforge_runtime.methods.sft import train_adapter
-    from gapforge_runtime.modelio import load_causal_lm, load_tokenizer
-
-    recipe = load_recipe_settings(spec["recipe"])
-    assert recipe.sweep is not None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=STUDY, storage=_storage(Path(spec["journal"])), pruner=_pruner(recipe.sweep)
-    )
-    trial = optuna.trial.Trial(study, spec["trial_id"])
-    folder = Path(spec["trial_dir"])
-    model_dir, data_dir = Path(spec["model_dir"]), Path(spec["data_dir"])
-    tokenizer = load_tokenizer(model_dir)
-    train_set = encoded_split(recipe, tokenizer, data_dir, "train")
-    validation = encoded_split(recipe, tokenizer, data_dir, "validation")
-
-    def report(update: Any) -> None:
-        if "eval_loss" not in update.logs:
-            return
-        trial.report(update.logs["eval_loss"], update.step)
-        if trial.should_prune():
-            raise TrialPruned(update.step)
-
-    try:
-        result = train_adapter(recipe, model_dir, tokenizer, train_set, validation,
-                               folder / "checkpoints", folder / "adapter", folder / "train_log.jsonl",
-                               resume=False, observers=[report])  # fmt: skip
-    except TrialPruned as pruned:
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        write_json_atomic(folder / "result.json", {"state": "PRUNED", "step": pruned.args[0]})
-        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
-        print(f"[trial {trial.number}] pruned at step {pruned.args[0]}", flush=True)
-        return 0
-    shutil.rmtree(
-        folder / "checkpoints", ignore_errors=True
-    )  # the adapter is kept; disk is not free
-    # One definition of the metric for every trial: the token-weighted validation loss of the saved
-    # adapter (Trainer's last evaluation may not fall on the last step).
-    import gc
-
-    import torch
-    from peft import PeftModel
-
-    gc.collect()  # the trained model is gone with train_adapter's frame: return its memory first
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.empty_cache()
-    # As the eval step scores: bf16 on the GPU (an 8B model in float32 on CPU would take hours).
-    placement = (
-        {"dtype": torch.bfloat16, "device_map": {"": 0}} if on_gpu else {"dtype": torch.float32}
-    )
-    model = PeftModel.from_pretrained(load_causal_lm(model_dir, **placement), folder / "adapter")
-    loss, tokens = score_transformers(model, validation)
-    details = {k: v for k, v in result.__dict__.items() if k != "log_history"}
-    write_json_atomic(folder / "result.json", {"state": "COMPLETE", "eval_loss": loss,
-                                               "eval_tokens": tokens, "train": details})  # fmt: skip
-    study.tell(trial.number, loss)
-    print(f"[trial {trial.number}] validation loss {loss:.4f} over {tokens} tokens", flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m gapforge_runtime.launch.sweep SPEC.json`: one trial (started by the sweep, not by hand)."""
-    from gapforge_runtime.offline import force_offline
-
-    force_offline()
-    args = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-    try:
-        return run_trial(spec)
-    except RuntimeFailure as failure:
-        print(failure.render(), file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,7 +73,8 @@ def worker(spec_path: Path) -> int:
 
 def _train_rank(spec: dict[str, Any]) -> int:
     from gapforge_runtime.config import load_recipe_settings
-    from gapforge_runtime.methods.sft import train_adapter, training_items, world
+    from gapforge_runtime.methods.checkpoints import world
+    from gapforge_runtime.methods.sft import train_adapter, training_items
     from gapforge_runtime.modelio import load_tokenizer
 
     recipe = load_recipe_settings(spec["recipe"])

@@ -176,26 +176,3 @@ def replay_records(parent: Parent, new: int, ratio: float, seed: int) -> list[di
 def forgetting(old_start: float, old_trained: float) -> float:
     """How much the loss on the parent's test set rose, in % of the starting model's."""
     return (old_trained - old_start) / old_start * 100 if old_start else 0.0
-
-
-def forgetting_gate(summary: dict[str, Any] | None, limit: float | None) -> list[Any]:
-    """`max_forgetting_pct`: loss on the parent's test set may rise at most `limit` %."""
-    from gapforge_runtime.evaluation.metrics import Gate
-
-    if limit is None:
-        return []
-    name = "max_forgetting_pct"
-    if summary is None:
-        return [Gate(name, False, float("nan"), limit, "not measured: the run has no --parent")]
-    value = float(summary["forgetting_pct"])
-    old = summary["old_test"]
-    return [
-        Gate(
-            name,
-            value <= limit,
-            value,
-            limit,
-            f"loss on the parent's test set {old['start']:.4f} -> {old['trained']:.4f} "
-            f"({value:+.2f}%) may rise at most {limit}%",
-        )
-    ]

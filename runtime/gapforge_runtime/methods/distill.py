@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -248,18 +247,16 @@ def train_gkd(
     next-token distributions on the training split (and, for a `gkd_lmbda` share of batches, on its
     own sampled answers). The validation loss of the adapter is measured as for any run."""
     import os
-    import shutil
 
     from peft import LoraConfig
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # known: GKD lives in trl.experimental
     from datasets import Dataset
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    from trl.experimental.gkd import GKDTrainer
 
     from gapforge_runtime.data.encoding import encode_split
     from gapforge_runtime.data.reading import read_split_file
     from gapforge_runtime.evaluation.metrics import score_transformers
-    from gapforge_runtime.files import atomic_dir
     from gapforge_runtime.modelio import device_and_dtype, load_causal_lm, load_tokenizer
 
     recipe = ctx.recipe
@@ -276,18 +273,7 @@ def train_gkd(
     lora = recipe.lora
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
-    args = GKDConfig(
-        output_dir=str(ctx.out.checkpoints), per_device_train_batch_size=settings_.batch_size,
-        gradient_accumulation_steps=settings_.gradient_accumulation,
-        learning_rate=settings_.learning_rate, lr_scheduler_type=settings_.scheduler,
-        warmup_steps=settings_.warmup_steps, num_train_epochs=settings_.epochs or 1.0,
-        max_steps=settings_.max_steps or -1, seed=settings_.seed, data_seed=settings_.seed,
-        max_length=settings_.max_seq_length, max_new_tokens=spec.max_new_tokens,
-        lmbda=spec.gkd_lmbda, beta=spec.gkd_beta, logging_steps=1, report_to="none",
-        save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
-        bf16=device == "cuda" and str(dtype) == "torch.bfloat16", dataloader_pin_memory=False,
-        gradient_checkpointing=settings_.uses_gradient_checkpointing,
-    )  # fmt: skip
+    args = _gkd_arguments(ctx, spec, device, dtype)
     from transformers import set_seed
 
     set_seed(settings_.seed)
@@ -300,16 +286,7 @@ def train_gkd(
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
-    with atomic_dir(ctx.out.adapter) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    history = list(trainer.state.log_history)
-    write_text_atomic(
-        ctx.out.train_log,
-        "".join(json.dumps({"step": h.get("step", 0), **h}) + "\n" for h in history),
-    )
-    write_text_atomic(ctx.out.root / "train_history.json", json.dumps(history, indent=1) + "\n")
-    shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
+    _save_gkd(ctx, trainer, tokenizer)
     validation, _ = encode_split(tokenizer, recipe.data_format,
                                  read_split_file(ctx.out.data / "validation.jsonl"), settings_.max_seq_length)  # fmt: skip
     loss, _ = score_transformers(trainer.model, validation)
@@ -329,58 +306,38 @@ def train_gkd(
     return {"adapter": describe_path(ctx.out.adapter)}, details
 
 
-def step_train_distilled(ctx: Any) -> Any:
-    """The train step of `method: distill`: the data step, the teacher's answers, the student's adapter."""
-    from gapforge_runtime import pipeline
-    from gapforge_runtime.data.encoding import encode_split
-    from gapforge_runtime.data.reading import read_split_file
-    from gapforge_runtime.methods.sft import train_adapter
-    from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.outputs import run_step
+def _gkd_arguments(ctx: Any, spec: DistillSpec, device: str, dtype: Any) -> Any:
+    """GKDConfig from the recipe's train settings and its distill section."""
+    from trl.experimental.gkd import GKDConfig
 
-    recipe = ctx.recipe
-    spec = settings(recipe)
-    teacher = teacher_path(recipe, spec)
-    if spec.mode == "gkd":
-        check_vocabularies(ctx.model_dir, teacher)
-    pipeline.step_data(ctx)
-    out = ctx.out.root / DISTILL_DIR
-    inputs = {
-        "model": ctx.digest("model", ctx.model_dir),
-        "teacher": ctx.digest("teacher", teacher),
-        "train": sha256_file(ctx.out.data / "train.jsonl"),
-        "validation": sha256_file(ctx.out.data / "validation.jsonl"),
-        "settings": pipeline._section_digest(recipe.raw.get("lora"), recipe.raw.get("train")),
-    }
+    settings_ = ctx.recipe.train
+    return GKDConfig(
+        output_dir=str(ctx.out.checkpoints), per_device_train_batch_size=settings_.batch_size,
+        gradient_accumulation_steps=settings_.gradient_accumulation,
+        learning_rate=settings_.learning_rate, lr_scheduler_type=settings_.scheduler,
+        warmup_steps=settings_.warmup_steps, num_train_epochs=settings_.epochs or 1.0,
+        max_steps=settings_.max_steps or -1, seed=settings_.seed, data_seed=settings_.seed,
+        max_length=settings_.max_seq_length, max_new_tokens=spec.max_new_tokens,
+        lmbda=spec.gkd_lmbda, beta=spec.gkd_beta, logging_steps=1, report_to="none",
+        save_strategy="no", eval_strategy="no", disable_tqdm=True, use_cpu=device == "cpu",
+        bf16=device == "cuda" and str(dtype) == "torch.bfloat16", dataloader_pin_memory=False,
+        gradient_checkpointing=settings_.uses_gradient_checkpointing,
+    )  # fmt: skip
 
-    def body() -> tuple[dict[str, Any], dict[str, Any]]:
-        if spec.mode == "gkd":
-            return train_gkd(ctx, spec, teacher, out)
-        records = read_split_file(ctx.out.data / "train.jsonl")
-        summary = teacher_answers(recipe, spec, teacher, records, out, ctx.model_dir)
-        tokenizer = load_tokenizer(ctx.model_dir)
-        fmt, length = recipe.data_format, recipe.train.max_seq_length
-        train_set, _ = encode_split(tokenizer, fmt, read_split_file(out / TEACHER_DATA), length)
-        validation, _ = encode_split(
-            tokenizer, fmt, read_split_file(ctx.out.data / "validation.jsonl"), length
-        )
-        if ctx.force:
-            import shutil
 
-            shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)
-        ctx.out.train_log.unlink(missing_ok=True)
-        result = train_adapter(recipe, ctx.model_dir, tokenizer, train_set, validation,
-                               ctx.out.checkpoints, ctx.out.adapter, ctx.out.train_log,
-                               ctx.resume, ctx.observers)  # fmt: skip
-        details = {k: v for k, v in asdict(result).items() if k != "log_history"}
-        details["distill"] = {
-            k: summary[k] for k in ("teacher", "kept", "dropped", "data", "prompts")
-        }
-        outputs = {
-            "adapter": describe_path(ctx.out.adapter),
-            "distill:data": describe_path(out / TEACHER_DATA),
-        }
-        return outputs, details
+def _save_gkd(ctx: Any, trainer: Any, tokenizer: Any) -> None:
+    """The student's adapter with the tokenizer, and the training's log and history."""
+    import shutil
 
-    record, _ = run_step(ctx.out, "train", inputs, ctx.force, body)
-    return record
+    from gapforge_runtime.files import atomic_dir
+
+    with atomic_dir(ctx.out.adapter) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    history = list(trainer.state.log_history)
+    write_text_atomic(
+        ctx.out.train_log,
+        "".join(json.dumps({"step": h.get("step", 0), **h}) + "\n" for h in history),
+    )
+    write_text_atomic(ctx.out.root / "train_history.json", json.dumps(history, indent=1) + "\n")
+    shutil.rmtree(ctx.out.checkpoints, ignore_errors=True)

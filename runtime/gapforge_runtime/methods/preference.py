@@ -9,7 +9,6 @@ beta * (log pi(y|x) - log ref(y|x)), of the trained model against the starting m
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from gapforge_runtime.data.preference import completion_tokens
@@ -78,30 +77,6 @@ def summarize(
         "reward_accuracy": {"start": 0.5 if rewards else float("nan"), "trained": _accuracy(rewards)},
         "reward_margin": {"start": 0.0 if rewards else float("nan"), "trained": _mean(rewards)},
     }  # fmt: skip
-
-
-def preference_gate(summary: dict[str, Any] | None, limit: float | None) -> list[Any]:
-    """`min_preference_accuracy`: the trained model's implicit-reward accuracy must reach it."""
-    from gapforge_runtime.evaluation.metrics import Gate
-
-    if limit is None:
-        return []
-    name = "min_preference_accuracy"
-    if summary is None or not summary.get("pairs"):
-        return [Gate(name, False, float("nan"), limit, "not measured: no preference test pairs")]
-    value = float(summary["reward_accuracy"]["trained"])
-    ok = not math.isnan(value) and value >= limit
-    return [
-        Gate(
-            name,
-            ok,
-            value,
-            limit,
-            f"preference accuracy (implicit reward, chosen above rejected) {value:.3f} on "
-            f"{summary['pairs']} test pairs must reach {limit} (start: 0.5; log-prob accuracy "
-            f"{summary['logp_accuracy']['start']:.3f} -> {summary['logp_accuracy']['trained']:.3f})",
-        )
-    ]
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from gapforge_runtime.config import RecipeSettings
-from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded, EncodingStats
-from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.data.encoding import IGNORE_INDEX, Encoded
 from gapforge_runtime.files import atomic_dir, write_text_atomic
+from gapforge_runtime.methods.arguments import packs, training_arguments, uses_fsdp
+from gapforge_runtime.methods.checkpoints import checkpoint_step, resume_point, world
 from gapforge_runtime.modelio import device_and_dtype, load_causal_lm
-from gapforge_runtime.monitoring import ProgressLine, TrainingObserver, TrainingUpdate
+from gapforge_runtime.monitoring import TrainingObserver
 
 
 @dataclass
@@ -75,11 +75,6 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     }
 
 
-def packs(recipe: RecipeSettings) -> bool:
-    """Packed batches: SFT with train.packing (DPO's trainer brings its own pair batches)."""
-    return recipe.train.packing and recipe.train.method != "dpo"
-
-
 def sft_batching(
     recipe: RecipeSettings, train_set: list[Any], validation_set: list[Any], pad_id: int
 ) -> tuple[Any, Any, Any, int]:
@@ -103,17 +98,6 @@ def sft_batching(
         packing.flatten_batch,
         settings.batch_size,
     )
-
-
-def world() -> tuple[int, int]:
-    """(local rank, world size) of this process: (0, 1) unless started by torchrun."""
-    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def uses_fsdp(recipe: RecipeSettings) -> bool:
-    """FSDP shards the model over the processes: asked for, or QLoRA of a model too big for one GPU."""
-    _, size = world()
-    return size > 1 and recipe.train.distributed == "fsdp"
 
 
 def _lora_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any) -> Any:
@@ -179,104 +163,6 @@ def frozen_back_to_bf16(model: Any) -> int:
     return moved
 
 
-def _distributed_args(recipe: RecipeSettings, device: str) -> dict[str, Any]:
-    """TrainingArguments for torchrun: DDP (gloo on CPU, NCCL on GPUs), or FSDP for QLoRA/big models."""
-    _, size = world()
-    if size == 1:
-        return {}
-    args: dict[str, Any] = {
-        "ddp_backend": "nccl" if device == "cuda" else "gloo",
-        "ddp_find_unused_parameters": False,
-    }
-    if uses_fsdp(recipe):
-        args["fsdp"] = "full_shard auto_wrap"
-        args["fsdp_config"] = {
-            "backward_prefetch": "backward_pre",
-            "forward_prefetch": False,
-            "use_orig_params": True,
-            "cpu_ram_efficient_loading": True,
-            "sync_module_states": True,
-            "activation_checkpointing": False,
-        }
-    return args
-
-
-COMPLETE_MARKER = ".complete"
-"""Written into a checkpoint folder once Trainer has saved all of it. A process killed while saving
-leaves a folder without it (model saved, optimizer or trainer_state.json missing or cut short)."""
-
-
-def _checkpoint_folders(folder: Path) -> list[Path]:
-    """checkpoint-N folders in `folder`, oldest step first."""
-    if not folder.is_dir():
-        return []
-    found = [
-        p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def checkpoints_found(folder: Path) -> tuple[Path | None, list[Path]]:
-    """The newest complete checkpoint in `folder` (one whose save finished), and the folders whose
-    save was cut short: resuming must neither use nor keep those."""
-    complete: list[Path] = []
-    unfinished: list[Path] = []
-    for checkpoint in _checkpoint_folders(folder):
-        (complete if (checkpoint / COMPLETE_MARKER).is_file() else unfinished).append(checkpoint)
-    return (complete[-1] if complete else None), unfinished
-
-
-def _mark_checkpoint_complete(checkpoints: Path, step: int) -> None:
-    """Called on every process after Trainer saved checkpoint-`step`; rank 0 writes the marker."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # every rank's shards are on disk before the checkpoint is called complete
-    if world()[0] == 0:
-        write_text_atomic(checkpoints / f"checkpoint-{step}" / COMPLETE_MARKER, f"{step}\n")
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    return int(state["global_step"])
-
-
-class UpdateMaker:
-    """Turns Trainer's log entries into TrainingUpdates: pace, tokens/s and GPU memory added."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.started = time.monotonic()
-        self.first_step = 0
-        self.last: tuple[float, int] | None = None
-        """(monotonic time, tokens seen) at the previous training entry."""
-
-    def begin(self, step: int, tokens: int) -> None:
-        """Training (re)starts at `step` with `tokens` already seen (a resumed run)."""
-        self.started = time.monotonic()
-        self.first_step = step
-        self.last = (self.started, tokens)
-
-    def update(self, step: int, total: int, tokens: int, logs: dict[str, Any]) -> TrainingUpdate:
-        """The update of one log entry (numbers only: Trainer's entries hold a few strings)."""
-        now = time.monotonic()
-        numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
-        done = step - self.first_step
-        pace = (now - self.started) / done if done > 0 else None
-        rate = None
-        if "loss" in numbers and self.last is not None and now > self.last[0]:
-            rate = (tokens - self.last[1]) / (now - self.last[0])
-            self.last = (now, tokens)
-        allocated = reserved = None
-        if self.device == "cuda":
-            import torch
-
-            allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-        return TrainingUpdate(step=step, total_steps=total, logs=numbers, seconds_per_step=pace,
-                              tokens_per_second=rate, gpu_memory_allocated=allocated,
-                              gpu_memory_reserved=reserved)  # fmt: skip
-
-
 def train_adapter(
     recipe: RecipeSettings,
     model_dir: Path,
@@ -294,40 +180,55 @@ def train_adapter(
 
     Rank 0 shows one progress line and hands each logging step to `observers` (MLflow, Prometheus).
     """
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    settings = recipe.train
-    device, dtype = device_and_dtype()
-    previous, unfinished = checkpoints_found(checkpoints)
-    if (previous is not None or unfinished) and not resume:
-        last = f"last complete: {previous.name}" if previous else "none complete"
-        raise RuntimeFailure(
-            f"{checkpoints}: checkpoints of an interrupted training exist ({last}). "
-            "Pass --resume to continue from the last complete one, or --force to start training over."
-        )
-    rank, size = world()
-    if resume and unfinished and rank == 0:
-        for (
-            partial
-        ) in unfinished:  # killed while saving: its files are a mix of two steps or cut short
-            print(
-                f"[train] --resume: removing {partial.name}, whose save did not finish", flush=True
-            )
-            shutil.rmtree(partial)
-    resumed_from = _checkpoint_step(previous) if previous is not None else None
-    if resume and previous is None:
-        print("[train] --resume: no checkpoint found, starting from step 0", flush=True)
-    elif resumed_from is not None:
-        print(f"[train] resuming from {previous} (step {resumed_from})", flush=True)
+    from gapforge_runtime.methods.callbacks import training_callbacks
 
-    # Seed before the adapter exists: LoRA's A matrices are drawn at random when peft wraps the
-    # model, before Trainer would seed, so without this two runs of one recipe differ.
+    device, dtype = device_and_dtype()
+    previous, resumed_from = resume_point(checkpoints, resume)
+    rank = world()[0]
+    model = _prepared_model(recipe, model_dir, device, dtype)
+    train_data, eval_data, collator, per_batch = sft_batching(
+        recipe, train_set, validation_set, tokenizer.pad_token_id
+    )
+    trainer = _trainer_type(recipe, Trainer, tokenizer)(
+        model=model,
+        args=training_arguments(recipe, checkpoints, device, dtype, per_batch, nnodes),
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=collator,
+        callbacks=training_callbacks(
+            log_file, checkpoints, device, observers, nnodes, recipe.train.early_stopping_patience
+        ),
+    )
+    for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
+        trainer.remove_callback(printer)
+    if packs(recipe) and not uses_fsdp(recipe):
+        _check_packing(trainer, train_set, device)
+    if nnodes > 1:
+        from gapforge_runtime.launch.nodes import agree_on_checkpoint
+
+        previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
+        resumed_from = checkpoint_step(previous) if previous is not None else None
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
+    seconds = time.monotonic() - started
+    _save_adapter(trainer, tokenizer, checkpoints, adapter_dir, nnodes)
+    return _result(recipe, trainer, output, seconds, resumed_from, (model_dir, train_set, device))
+
+
+def _prepared_model(recipe: RecipeSettings, model_dir: Path, device: str, dtype: Any) -> Any:
+    """The seeded LoRA model, with Liger's kernels and packed attention where they apply."""
     from transformers import set_seed
 
-    set_seed(settings.seed)
     from gapforge_runtime.data.packing import apply_liger
 
+    settings = recipe.train
+    rank, _ = world()
+    # Seed before the adapter exists: LoRA's A matrices are drawn at random when peft wraps the
+    # model, before Trainer would seed, so without this two runs of one recipe differ.
+    set_seed(settings.seed)
     # Liger patches the architecture's classes, so it comes before the model is loaded
     liger = apply_liger(settings.liger if settings.method != "dpo" else False, model_dir, device)
     if liger and rank == 0:
@@ -348,126 +249,28 @@ def train_adapter(
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    return model
 
-    early = settings.early_stopping_patience > 0
-    train_data, eval_data, collator, per_batch = sft_batching(
-        recipe, train_set, validation_set, tokenizer.pad_token_id
-    )
-    arguments_type, method_args = _method_arguments(recipe, TrainingArguments)
-    args = arguments_type(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=per_batch,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.scheduler,
-        warmup_steps=settings.warmup_steps,
-        num_train_epochs=settings.epochs or 1.0,
-        max_steps=settings.max_steps or -1,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        eval_strategy="steps",
-        eval_steps=settings.eval_every,
-        save_strategy="steps",
-        save_steps=settings.eval_every,
-        save_total_limit=2,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,  # our own progress line (Observe), not tqdm bars or raw dicts
-        use_cpu=device == "cpu",
-        bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        # packed batches hold no padding (and no attention mask to count it by)
-        include_num_input_tokens_seen="all" if packs(recipe) else "non_padding",
-        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
-        # Across nodes every node keeps its own checkpoints and adapter (gapforge_runtime.launch.nodes).
-        save_on_each_node=nnodes > 1,
-        **_distributed_args(recipe, device),
-        **method_args,
-    )
 
-    class LogToFile(TrainerCallback):  # type: ignore[misc]
-        """Append every log entry to the training log as one JSON line."""
+def _check_packing(trainer: Any, train_set: list[Any], device: str) -> None:
+    """An example packed with others must score as it does alone: checked before step 1."""
+    from gapforge_runtime.data.packing import check_packing
 
-        def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
-            if not (state.is_local_process_zero if nnodes > 1 else state.is_world_process_zero):
-                return
-            entry = {"step": state.global_step, "time": round(time.time(), 3), **(logs or {})}
-            with log_file.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
-
-    class MarkComplete(TrainerCallback):  # type: ignore[misc]
-        """Mark each checkpoint complete once saved, so --resume never picks a half-written one."""
-
-        def on_save(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
-            _mark_checkpoint_complete(checkpoints, state.global_step)
-
-    progress = ProgressLine()
-    maker = UpdateMaker(device)
-
-    class Observe(TrainerCallback):  # type: ignore[misc]
-        """The progress line and the observers, on rank 0, at every log entry."""
-
-        def on_train_begin(self, _args: Any, state: Any, _control: Any, **_: Any) -> None:
-            maker.begin(state.global_step, int(getattr(state, "num_input_tokens_seen", 0) or 0))
-
-        def on_log(self, _args: Any, state: Any, _control: Any, logs: Any = None, **_: Any) -> None:
-            logs = logs or {}
-            if not state.is_world_process_zero or not ({"loss", "eval_loss"} & set(logs)):
-                return  # the end-of-training summary (train_runtime...) goes to the log file only
-            tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            update = maker.update(state.global_step, state.max_steps, tokens, logs)
-            progress(update)
-            for observer in observers:
-                try:
-                    observer(update)
-                except Exception as exc:  # monitoring never stops a training
-                    print(f"[train] {type(observer).__name__} failed at step {update.step}: {exc}", flush=True)  # fmt: skip
-
-        def on_train_end(self, _args: Any, _state: Any, _control: Any, **_: Any) -> None:
-            progress.finish()
-
-    callbacks: list[Any] = [LogToFile(), MarkComplete(), Observe()]
-    if early:
-        callbacks.append(
-            EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)
+    # on the model as it will train (its device, dtype, attention, kernels), before step 1
+    leak = check_packing(trainer.model, train_set, exact=device == "cpu")
+    if world()[0] == 0 and leak is not None:
+        print(
+            f"[train] packed batches checked: an example packed vs alone differs by {leak:.2g}",
+            flush=True,
         )
-    trainer = _trainer_type(recipe, Trainer, tokenizer)(
-        model=model,
-        args=args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        data_collator=collator,
-        callbacks=callbacks,
-    )
-    for printer in (PrinterCallback, ProgressCallback):  # they print the raw metric dictionaries
-        trainer.remove_callback(printer)
-    if packs(recipe) and not uses_fsdp(recipe):
-        from gapforge_runtime.data.packing import check_packing
 
-        # on the model as it will train (its device, dtype, attention, kernels), before step 1
-        leak = check_packing(trainer.model, train_set, exact=device == "cpu")
-        if rank == 0 and leak is not None:
-            print(
-                f"[train] packed batches checked: an example packed vs alone differs by {leak:.2g}",
-                flush=True,
-            )
-    if nnodes > 1:
-        from gapforge_runtime.launch.nodes import agree_on_checkpoint
 
-        previous = agree_on_checkpoint(checkpoints, previous, rank == 0)
-        resumed_from = _checkpoint_step(previous) if previous is not None else None
-    started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=str(previous) if previous else None)
-    seconds = time.monotonic() - started
-    state = trainer.state
-    planned = state.max_steps
-    stopped_early = early and state.global_step < planned
-
+def _save_adapter(
+    trainer: Any, tokenizer: Any, checkpoints: Path, adapter_dir: Path, nnodes: int
+) -> None:
+    """The trained adapter and the tokenizer into `adapter_dir` (one writer per node), and the
+    training's history beside it; FSDP's shards gathered first."""
+    _, size = world()
     if trainer.is_fsdp_enabled:
         # gather the sharded adapter weights into a full state dict on rank 0
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -483,8 +286,23 @@ def train_adapter(
             tokenizer.save_pretrained(tmp)
         write_text_atomic(
             adapter_dir.parent / "train_history.json",
-            json.dumps(state.log_history, indent=1) + "\n",
+            json.dumps(trainer.state.log_history, indent=1) + "\n",
         )
+
+
+def _result(
+    recipe: RecipeSettings,
+    trainer: Any,
+    output: Any,
+    seconds: float,
+    resumed_from: int | None,
+    run: tuple[Path, list[Any], str],
+) -> TrainResult:
+    """What the training did: steps, early stop, tokens and their rate, memory, MFU."""
+    model_dir, train_set, device = run
+    _, size = world()
+    state = trainer.state
+    stopped_early = recipe.train.early_stopping_patience > 0 and state.global_step < state.max_steps
     peak = None
     if device == "cuda":
         import torch
@@ -556,17 +374,6 @@ def training_items(recipe: RecipeSettings, tokenizer: Any, data_dir: Path, split
     return encoded_split(recipe, tokenizer, data_dir, split)
 
 
-def _method_arguments(recipe: RecipeSettings, default: type) -> tuple[type, dict[str, Any]]:
-    """The arguments class of the recipe's method and its own settings (DPO: TRL's DPOConfig)."""
-    if recipe.train.method == "dpo":
-        from trl import DPOConfig
-
-        from gapforge_runtime.methods.preference import dpo_arguments
-
-        return DPOConfig, dpo_arguments(recipe)
-    return default, {}
-
-
 def _trainer_type(recipe: RecipeSettings, default: Any, tokenizer: Any) -> Any:
     """The trainer of the recipe's method, called as Trainer is (DPO: TRL's DPOTrainer, which
     tokenizes the pairs itself and brings its own collator)."""
@@ -581,13 +388,3 @@ def _trainer_type(recipe: RecipeSettings, default: Any, tokenizer: Any) -> Any:
         )
 
     return make
-
-
-def summarize_encoding(name: str, stats: EncodingStats, max_length: int) -> str:
-    """One line about a split's encoding, with truncation counts the operator must know about."""
-    line = f"[data] {name}: {stats.examples} examples, {stats.tokens} tokens ({stats.trained_tokens} trained)"
-    if stats.truncated:
-        line += f"; {stats.truncated} longer than max_seq_length {max_length} were truncated"
-    if stats.no_target_left:
-        line += f"; {stats.no_target_left} dropped (their answer lies beyond max_seq_length)"
-    return line

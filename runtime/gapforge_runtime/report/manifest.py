@@ -11,8 +11,10 @@ from typing import Any
 
 from gapforge_runtime import __version__
 from gapforge_runtime.files import describe_path, write_json_atomic
+from gapforge_runtime.image_contract import BUNDLE_SUMS_ENV, IMAGE_DIGEST_ENV
 from gapforge_runtime.outputs import load_record
-from gapforge_runtime.pipeline import RunContext, gguf_targets
+from gapforge_runtime.steps.context import RunContext
+from gapforge_runtime.steps.quantize import gguf_targets
 
 SCHEMA = "gapforge-runtime/manifest/v1"
 LIBRARIES = (
@@ -51,10 +53,8 @@ def _entry(described: dict[str, Any], root: Path | None = None) -> dict[str, Any
     return entry
 
 
-def build_manifest(ctx: RunContext) -> dict[str, Any]:
-    """The manifest of what the output folder holds now, assembled from the step records."""
-    root = ctx.out.root.resolve()
-    records = {name: load_record(ctx.out, name) for name in STEPS}
+def _inputs(ctx: RunContext) -> dict[str, Any]:
+    """The run's inputs: recipe, model, data (and a continual run's parent and base model)."""
     inputs: dict[str, Any] = {
         "recipe": _entry(describe_path(ctx.recipe.path)),
         "model": _entry(ctx.describe("model", ctx.model_dir)),
@@ -63,6 +63,16 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
     for label, path in (("validation", ctx.validation_file), ("test", ctx.test_file)):
         if path is not None:
             inputs[label] = _entry(describe_path(path))
+    if ctx.parent is not None:
+        parent = ctx.parent.lineage()
+        inputs["parent"] = {"path": parent["path"], "sha256": parent["manifest_sha256"]}
+        if ctx.base_dir is not None:  # the image's base model, which a continual chain shares
+            inputs["base_model"] = _entry(ctx.describe("base", ctx.base_dir))
+    return inputs
+
+
+def _outputs(ctx: RunContext, records: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Every output the step records name that is still there, and the training log."""
     outputs: dict[str, Any] = {}
     for record in records.values():
         if record is None:
@@ -74,36 +84,38 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
                 )
     if ctx.out.train_log.is_file():
         outputs["train_log"] = _entry(describe_path(ctx.out.train_log), root)
-    lineage = [{"id": "base", "parents": [], "sha256": inputs["model"]["sha256"]}]
+    return outputs
+
+
+def _lineage(ctx: RunContext, model_sha256: str, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each model artefact with the ones it was made from, by digest."""
+    lineage = [{"id": "base", "parents": [], "sha256": model_sha256}]
     if ctx.parent is not None:  # a continual run: its starting model is the parent's merged model
         parent = ctx.parent.lineage()
         lineage = [
             {"id": "parent", "parents": [], "sha256": parent["manifest_sha256"], **parent},
-            {"id": "base", "parents": ["parent"], "sha256": inputs["model"]["sha256"]},
+            {"id": "base", "parents": ["parent"], "sha256": model_sha256},
         ]
-        inputs["parent"] = {"path": parent["path"], "sha256": parent["manifest_sha256"]}
-        if ctx.base_dir is not None:  # the image's base model, which a continual chain shares
-            inputs["base_model"] = _entry(ctx.describe("base", ctx.base_dir))
-    if "adapter" in outputs:
-        lineage.append(
-            {"id": "adapter", "parents": ["base"], "sha256": outputs["adapter"]["sha256"]}
-        )
-    if "merged" in outputs:
-        lineage.append(
-            {"id": "merged", "parents": ["base", "adapter"], "sha256": outputs["merged"]["sha256"]}
-        )
-    for target in gguf_targets(ctx.recipe):
-        if target in outputs:
-            parent = "merged" if target == "gguf:f16" else "gguf:f16"
-            lineage.append({"id": target, "parents": [parent], "sha256": outputs[target]["sha256"]})
-    if "adapter:gguf" in outputs:
-        lineage.append(
-            {
-                "id": "adapter:gguf",
-                "parents": ["adapter"],
-                "sha256": outputs["adapter:gguf"]["sha256"],
-            }
-        )
+    made_from = {"adapter": ["base"], "merged": ["base", "adapter"]}
+    made_from.update(
+        {t: ["merged" if t == "gguf:f16" else "gguf:f16"] for t in gguf_targets(ctx.recipe)}
+    )
+    made_from["adapter:gguf"] = ["adapter"]
+    for artefact, parents in made_from.items():
+        if artefact in outputs:
+            lineage.append(
+                {"id": artefact, "parents": parents, "sha256": outputs[artefact]["sha256"]}
+            )
+    return lineage
+
+
+def build_manifest(ctx: RunContext) -> dict[str, Any]:
+    """The manifest of what the output folder holds now, assembled from the step records."""
+    root = ctx.out.root.resolve()
+    records = {name: load_record(ctx.out, name) for name in STEPS}
+    inputs = _inputs(ctx)
+    outputs = _outputs(ctx, records, root)
+    lineage = _lineage(ctx, inputs["model"]["sha256"], outputs)
     evaluation = None
     if ctx.out.evaluation.is_file():
         evaluation = json.loads(ctx.out.evaluation.read_text(encoding="utf-8"))
@@ -141,8 +153,8 @@ def sealed_image() -> dict[str, str]:
     """The image this run ran in and the bundle it came from, as `gapforge run` tells the runtime
     (empty when the runtime was started another way)."""
     found = {
-        "config_digest": os.environ.get("GAPFORGE_IMAGE_DIGEST", ""),
-        "bundle_sha256sums": os.environ.get("GAPFORGE_BUNDLE_SHA256SUMS", ""),
+        "config_digest": os.environ.get(IMAGE_DIGEST_ENV, ""),
+        "bundle_sha256sums": os.environ.get(BUNDLE_SUMS_ENV, ""),
     }
     return {k: v for k, v in found.items() if v}
 

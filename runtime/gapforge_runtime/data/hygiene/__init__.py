@@ -14,7 +14,8 @@ from typing import Any
 
 from gapforge_runtime.config import DedupeSettings, PiiSettings
 from gapforge_runtime.data.hygiene.dedupe import find_near_duplicates
-from gapforge_runtime.data.hygiene.pii import PLACEHOLDERS, PiiDetector, redact
+from gapforge_runtime.data.hygiene.patterns import PLACEHOLDERS, redact
+from gapforge_runtime.data.hygiene.pii import PiiDetector
 from gapforge_runtime.data.reading import DataSplit, Example
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.recipe_schema import PiiSpec
