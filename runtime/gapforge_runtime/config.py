@@ -176,7 +176,7 @@ class EvaluateSettings:
 
 @dataclass(frozen=True)
 class RecipeSettings:
-    """A recipe read from JSON, with the raw dict kept for the manifest."""
+    """A recipe read from JSON: the validated `spec`, and the settings the steps read."""
 
     path: Path
     name: str
@@ -189,7 +189,7 @@ class RecipeSettings:
     quantize: list[str]
     evaluate: EvaluateSettings
     raw: dict[str, Any]
-    """The recipe JSON as read: the manifest records it and the recipe's digest is taken of it."""
+    """The recipe JSON as read, for its digest only (`sha256`): settings are read from `spec`."""
     spec: Recipe
     """The recipe as the schema validated it: every field, defaults filled in."""
     gptq: GptqSettings = field(default_factory=GptqSettings)
@@ -200,6 +200,11 @@ class RecipeSettings:
     """`sweep:` as validated (None: the recipe defines no sweep)."""
     replay_ratio: float = 0.0
     """`data.replay_ratio`: the parent run's share of the training set (continual runs)."""
+
+    def document(self) -> dict[str, Any]:
+        """The recipe as JSON data, as validated, with only the fields it sets: the manifest
+        records it, and a sweep trial's recipe is made from it."""
+        return self.spec.model_dump(mode="json", exclude_unset=True)
 
     @property
     def sha256(self) -> str:
@@ -216,10 +221,10 @@ def _settings(cls: type[_T], section: BaseModel) -> _T:
     return cls(**section.model_dump())
 
 
-def validate_recipe(raw: dict[str, Any], shown: str) -> Recipe:
+def validate_recipe(data: dict[str, Any], shown: str) -> Recipe:
     """The recipe JSON validated with the builder's schema; RuntimeFailure lists every problem."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(data)
     except ValidationError as exc:
         problems = schema_problems(exc)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
@@ -250,14 +255,14 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             f"or set ${RECIPE_ENV}."
         )
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RuntimeFailure(
             f"recipe {path}: not valid JSON ({exc}). Pass the recipe JSON the builder wrote."
         ) from None
-    if not isinstance(raw, dict) or "data" not in raw or "train" not in raw:
+    if not isinstance(data, dict) or "data" not in data or "train" not in data:
         raise RuntimeFailure(f"recipe {path}: not a gapforge recipe (no 'data'/'train' sections).")
-    spec = validate_recipe(raw, str(path))
+    spec = validate_recipe(data, str(path))
     check_method_format(spec.train.method, spec.data.format, str(path))
     gates = spec.evaluate.gates
     return RecipeSettings(
@@ -285,7 +290,7 @@ def load_recipe_settings(path_arg: str | None) -> RecipeSettings:
             else None,
             max_lm_eval_drop_pts={t: pts for t, pts in gates.max_lm_eval_drop_pts.items()},
         ),
-        raw=raw,
+        raw=data,
         spec=spec,
         gptq=_settings(GptqSettings, spec.gptq),
         profile=spec.profile,

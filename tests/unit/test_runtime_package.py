@@ -137,3 +137,19 @@ def test_the_images_lock_the_schema_dependencies_at_the_builders_versions() -> N
         builder = _pinned(locks / "builder.txt", name)
         for profile in ("cpu", "cuda"):
             assert _pinned(locks / f"{profile}.txt", name) == builder, (profile, name)
+
+
+def test_no_runtime_module_over_400_lines_and_no_function_over_80() -> None:
+    """The house's limits, kept for the runtime (issue 24): a module or function past them is named."""
+    too_long = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{_module(path)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 80:
+                    too_long.append(f"{_module(path)}.{node.name}: {lines} lines")
+    assert len(MODULES) > 40, "the runtime's modules were not found"
+    assert not too_long, too_long

@@ -53,9 +53,9 @@ class SweepLayout:
         return self.root / "trials" / f"trial-{number:04d}"
 
 
-def apply_settings(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def apply_settings(document: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The recipe JSON with a trial's settings in place (`train.epochs` replaces `max_steps` and back)."""
-    recipe = copy.deepcopy(raw)
+    recipe = copy.deepcopy(document)
     for name, value in params.items():
         section, key = name.split(".", 1)
         if name in INTEGER_SETTINGS and isinstance(value, float) and value.is_integer():
@@ -91,7 +91,7 @@ def check_space(recipe: RecipeSettings, sweep: SweepSpec) -> None:
                 continue
         for value in _candidates(name, spec):
             try:
-                Recipe.model_validate(apply_settings(recipe.raw, {name: value}))
+                Recipe.model_validate(apply_settings(recipe.document(), {name: value}))
             except ValidationError as exc:  # worded as the schema words it
                 detail = "; ".join(p.text for p in schema_problems(exc))
                 problems.append(f"{where}: the value {value!r} makes an invalid recipe ({detail})")

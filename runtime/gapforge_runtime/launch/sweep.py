@@ -104,7 +104,7 @@ def _launch(
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     trial_recipe = folder / "recipe.json"
-    write_json_atomic(trial_recipe, apply_settings(recipe.raw, params))
+    write_json_atomic(trial_recipe, apply_settings(recipe.document(), params))
     spec = {
         "recipe": str(trial_recipe), "model_dir": str(model_dir), "data_dir": str(data_dir),
         "trial_dir": str(folder), "journal": str(layout.journal), "trial_id": trial._trial_id,

@@ -127,7 +127,7 @@ def build_manifest(ctx: RunContext) -> dict[str, Any]:
             "machine": platform.machine(),
         },
         "libraries": library_versions(),
-        "recipe": ctx.recipe.raw,
+        "recipe": ctx.recipe.document(),
         "recipe_sha256": ctx.recipe.sha256,
         "inputs": inputs,
         "outputs": outputs,
