@@ -48,16 +48,12 @@ sys.path.insert(0, str(REPO / "runtime"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def lognormal_lengths(
-    count: int, seed: int, median: float = 300.0, sigma: float = 0.8, cap: int = 2048
-) -> list[int]:
+def lognormal_lengths(count: int, seed: int, median: float = 300.0, sigma: float = 0.8, cap: int = 2048) -> list[int]:
     """Seeded example lengths: log-normal with this median, between 16 and `cap` tokens."""
     import random
 
     rng = random.Random(seed)
-    return [
-        max(16, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(count)
-    ]
+    return [max(16, min(cap, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(count)]
 
 
 def make_examples(lengths: list[int], vocab: int, seed: int) -> list[dict[str, list[int]]]:
@@ -79,9 +75,7 @@ def model_flops(lengths: list[int], params: int, shape: dict[str, int]) -> float
     return flops.model_flops(lengths, params, shape["num_hidden_layers"], shape["hidden_size"])
 
 
-def batches(
-    variant: str, examples: list[dict[str, list[int]]], budget: int, plain_batch: int = 4
-) -> list[list[int]]:
+def batches(variant: str, examples: list[dict[str, list[int]]], budget: int, plain_batch: int = 4) -> list[list[int]]:
     """Indices of the examples of each step, in the examples' order: padded batches of `plain_batch`
     (plain-b8: 8) for the plain variants, whole examples under `budget` tokens for the runtime's."""
     if variant.startswith("plain"):
@@ -116,9 +110,7 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     return runtime_pad_batch(features, pad_id)  # type: ignore[no-any-return]
 
 
-def load_model(
-    folder: Path, method: str, variant: str, args: argparse.Namespace, device: str
-) -> tuple[Any, dict[str, Any]]:
+def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace, device: str) -> tuple[Any, dict[str, Any]]:
     """The model loaded the variant's way, with LoRA adapters, in train mode; and how it was loaded."""
     import torch
     from gapforge_runtime.data import packing
@@ -128,14 +120,9 @@ def load_model(
 
     runtime, cuda = variant.startswith("runtime"), device == "cuda"
     liger = packing.apply_liger(True, folder, device) if runtime and args.liger and cuda else None
-    kwargs: dict[str, Any] = {
-        "dtype": torch.bfloat16 if cuda else torch.float32,
-        "attn_implementation": "sdpa",
-    }
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32, "attn_implementation": "sdpa"}
     if runtime:
-        kwargs["attn_implementation"] = (
-            "flex_attention" if variant.startswith("runtime-flex") else args.attn
-        )
+        kwargs["attn_implementation"] = "flex_attention" if variant.startswith("runtime-flex") else args.attn
     if method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -146,18 +133,14 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kwargs)
     if method == "qlora":
         model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=True,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
         if runtime and variant != "runtime-fp32":
             frozen_back_to_bf16(model)  # as the runtime's QLoRA does
     else:
         model = model.to(device)
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     model.train()
     compiled = compile_layers(model) if variant.endswith("-compiled") else None
@@ -189,18 +172,9 @@ def packed_check(model: Any, examples: list[dict[str, list[int]]], device: str) 
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         padded = pad_batch(chosen, 0)
         flat = packing.flatten_batch(chosen)
-        ref = model(
-            input_ids=padded["input_ids"].to(device),
-            attention_mask=padded["attention_mask"].to(device),
-        ).logits
+        ref = model(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)).logits
         ref = torch.cat([ref[i, : len(e["input_ids"])] for i, e in enumerate(chosen)]).float()
-        got = (
-            model(
-                input_ids=flat["input_ids"].to(device), position_ids=flat["position_ids"].to(device)
-            )
-            .logits[0]
-            .float()
-        )
+        got = model(input_ids=flat["input_ids"].to(device), position_ids=flat["position_ids"].to(device)).logits[0].float()
         leak = model(input_ids=flat["input_ids"].to(device)).logits[0].float()
         norm = float(ref.norm())
         lp = model(**{k: v.to(device) for k, v in padded.items()}).loss
@@ -210,44 +184,27 @@ def packed_check(model: Any, examples: list[dict[str, list[int]]], device: str) 
                 "check_loss_padded": float(lp), "check_loss_packed": float(lf)}  # fmt: skip
 
 
-def run_variant(
-    folder: Path,
-    method: str,
-    variant: str,
-    args: argparse.Namespace,
-    shape: dict[str, int],
-    params: int,
-) -> dict[str, Any]:
+def run_variant(folder: Path, method: str, variant: str, args: argparse.Namespace, shape: dict[str, int], params: int) -> dict[str, Any]:
     """Load the model the variant's way, check the packed path, time the steps."""
     import torch
 
     runtime = variant.startswith("runtime")
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a logic check with --shape tiny
-    if (
-        device == "cuda" and args.gpu_memory_gib
-    ):  # a smaller card on a larger one (allocator cap, not speed)
+    if device == "cuda" and args.gpu_memory_gib:  # a smaller card on a larger one (allocator cap, not speed)
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib * 2**30 / total))
     model, result = load_model(folder, method, variant, args, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = runtime and device == "cuda"
-    optimizer = (
-        torch.optim.AdamW(trainable, lr=1e-4, fused=True)
-        if fused
-        else torch.optim.AdamW(trainable, lr=1e-4)
-    )
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True) if fused else torch.optim.AdamW(trainable, lr=1e-4)
     lengths = lognormal_lengths(args.examples, args.seed, cap=args.cap)
     examples = make_examples(lengths, shape["vocab_size"], args.seed)
     budget = args.qlora_budget if method == "qlora" else args.lora_budget
     result["token_budget"] = budget if runtime else None
     result["plain_batch"] = args.plain_batch if variant == "plain" else None
-    if runtime and not variant.endswith(
-        "-compiled"
-    ):  # compiled: its first loss is checked against the row's uncompiled run
+    if runtime and not variant.endswith("-compiled"):  # compiled: its first loss is checked against the row's uncompiled run
         result.update(packed_check(model, examples, device))
-    steps = [
-        [examples[i] for i in step] for step in batches(variant, examples, budget, args.plain_batch)
-    ]
+    steps = [[examples[i] for i in step] for step in batches(variant, examples, budget, args.plain_batch)]
     result.update(timed_steps(model, optimizer, steps, not runtime, device, args, shape, params))
     del model, optimizer
     gc.collect()
@@ -314,16 +271,12 @@ def main() -> int:
     from bench_gpu import SHAPES, log, write_model_in_child
     from bench_gpu_compare import add_arguments, compare, fitting_lora_budget
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gapforge-bench-gpu"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--plain-batch", type=int, default=4, help=argparse.SUPPRESS
-    )  # set by compare's fallback
+    parser.add_argument("--plain-batch", type=int, default=4, help=argparse.SUPPRESS)  # set by compare's fallback
     add_arguments(parser)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
@@ -333,16 +286,12 @@ def main() -> int:
         method, variant = args.only.split(":")
         args.warmup, args.steps = args.cmp_warmup, args.cmp_steps
         params = json.loads((args.work / "params.json").read_text())["params"]
-        args.json.write_text(
-            json.dumps(run_variant(args.work / "model", method, variant, args, shape, params))
-        )
+        args.json.write_text(json.dumps(run_variant(args.work / "model", method, variant, args, shape, params)))
         return 0
     if (args.work / "params.json").is_file():
         params = json.loads((args.work / "params.json").read_text())["params"]
     else:  # in a child process, which gives the GPU back when it ends
-        params = write_model_in_child(
-            args.work, args.shape, "cuda" if __import__("torch").cuda.is_available() else "cpu"
-        )
+        params = write_model_in_child(args.work, args.shape, "cuda" if __import__("torch").cuda.is_available() else "cpu")
     figures = compare(args, args.work / "model", shape, params, log)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

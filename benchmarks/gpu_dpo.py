@@ -30,9 +30,7 @@ def _text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def _pairs(
-    n: int, rng: random.Random, prompt_words: int, answer_words: int
-) -> list[dict[str, str]]:
+def _pairs(n: int, rng: random.Random, prompt_words: int, answer_words: int) -> list[dict[str, str]]:
     return [
         {"prompt": "Question: " + _text(rng, prompt_words) + "\nAnswer:",
          "chosen": " Steps: " + _text(rng, answer_words) + ". Done.",
@@ -80,9 +78,7 @@ def main() -> int:
     data.mkdir()
     words = (20, 10) if tiny else (300, 200)  # ~450 and ~300 tokens a side on the 8B run
     for split, n in (("train", 48), ("validation", 8)):
-        (data / f"{split}.jsonl").write_text(
-            "".join(json.dumps(p) + "\n" for p in _pairs(n, rng, *words))
-        )
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs(n, rng, *words)))
     (data / "prefs.jsonl").write_text((data / "train.jsonl").read_text())
     recipe["data"]["sample"] = "data/prefs.jsonl"
     (work / "recipe.json").write_text(json.dumps(recipe))
@@ -114,9 +110,7 @@ def main() -> int:
         "model_made_seconds": round(made, 1),
         "losses": losses,
         "evals": evals,
-        "versions": {
-            m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "trl")
-        },
+        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "trl")},
     }
     (out / "gpu_dpo.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

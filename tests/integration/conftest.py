@@ -26,9 +26,7 @@ from tests.requirements import missing, require_module
 from tests.tiny_tokenizer import CHATML_TEMPLATE, train_llama_tokenizer
 
 
-def gapforge(
-    *args: str, check: bool = False, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def gapforge(*args: str, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in a child process, as an operator or release manager runs it."""
     result = subprocess.run([sys.executable, "-m", "gapforge.cli", *args], capture_output=True, text=True,
                             check=False, env=None if env is None else {**os.environ, **env})  # fmt: skip
@@ -37,9 +35,7 @@ def gapforge(
     return result
 
 
-def verify_json(
-    bundle: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any]]:
+def verify_json(bundle: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     result = gapforge("verify", str(bundle), "--json", *args, env=env)
     assert result.stdout, result.stderr[-3000:]
     return result.returncode, json.loads(result.stdout)
@@ -59,9 +55,7 @@ class Built:
         return str(self.report["image"]["ref"])
 
 
-def build_tiny(
-    project: Path, root: Path, key: Path, *extra: str, recipe: str = "recipes/tiny/tiny.yaml"
-) -> subprocess.CompletedProcess[str]:
+def build_tiny(project: Path, root: Path, key: Path, *extra: str, recipe: str = "recipes/tiny/tiny.yaml") -> subprocess.CompletedProcess[str]:
     return gapforge("build", str(project / recipe), "--lock-dir", str(project / "lockfiles"),
                     "--out", str(root / "build"), "--dist", str(root / "dist"), "--key", str(key), *extra)  # fmt: skip
 
@@ -81,9 +75,7 @@ def trust_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def built(
-    docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Built:
+def built(docker_engine: None, tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     """One bundle of the tiny recipe for the whole session, signed with a release key made by
     `gapforge keygen`: the stand-in for the default recipe's bundle. Also the image that
     test_build_image inspects and rebuilds byte for byte (--frozen: never a lock rewritten)."""
@@ -93,14 +85,8 @@ def built(
     assert result.returncode == 0, result.stderr[-5000:]
     report = json.loads((root / "build/tiny-desk-0.0.1/build.json").read_text())
     bundle = root / "dist/tiny-desk-0.0.1"
-    return Built(
-        bundle,
-        report,
-        root / "release.pub.pem",
-        json.loads((bundle / "bundle.json").read_text()),
-        root / "release.key",
-        tiny_project,
-    )
+    return Built(bundle, report, root / "release.pub.pem", json.loads((bundle / "bundle.json").read_text()),
+                 root / "release.key", tiny_project)
 
 
 def bump_locked(lock: Path, other: Path, name: str) -> tuple[str, str]:
@@ -108,11 +94,7 @@ def bump_locked(lock: Path, other: Path, name: str) -> tuple[str, str]:
     lock): a one-package bump with real hashes, no resolver. Returns (old, new) versions."""
 
     def block(text: str) -> re.Match[str]:
-        found = re.search(
-            rf"^{re.escape(name)}==(\S+) \\\n(?:    --hash=sha256:[0-9a-f]{{64}}(?: \\)?\n)+",
-            text,
-            re.M,
-        )
+        found = re.search(rf"^{re.escape(name)}==(\S+) \\\n(?:    --hash=sha256:[0-9a-f]{{64}}(?: \\)?\n)+", text, re.M)
         assert found is not None, f"{name} is not pinned in the lock"
         return found
 
@@ -122,9 +104,7 @@ def bump_locked(lock: Path, other: Path, name: str) -> tuple[str, str]:
     return current.group(1), source.group(1)
 
 
-def _rebuild(
-    built: Built, root: Path, version: str, learning_rate: float, bump: str | None = None
-) -> Built:
+def _rebuild(built: Built, root: Path, version: str, learning_rate: float, bump: str | None = None) -> Built:
     """The tiny project copied, its recipe given `version` and `learning_rate` (and, with `bump`, that
     locked package moved to the version the builder's own lock pins), then built and bundled."""
     project = root / "project"
@@ -132,10 +112,7 @@ def _rebuild(
     path = project / "recipes/tiny/tiny.yaml"
     recipe = yaml.safe_load(path.read_text())
     recipe["version"], recipe["train"]["learning_rate"] = version, learning_rate
-    path.write_text(
-        "# Build: nox -s build -- recipes/tiny/tiny.yaml\n"
-        + yaml.safe_dump(recipe, sort_keys=False)
-    )
+    path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
     if bump is not None:
         bump_locked(project / "lockfiles/cpu.txt", REPO_ROOT / "lockfiles/builder.txt", bump)
     result = build_tiny(project, root, built.key)
@@ -153,23 +130,15 @@ def built_changed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Bui
 
 
 @pytest.fixture(scope="session")
-def built_bumped(
-    built: Built, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Built, dict[str, Any]]:
+def built_bumped(built: Built, tmp_path_factory: pytest.TempPathFactory) -> tuple[Built, dict[str, Any]]:
     """A release with another learning rate (version 0.0.3) and one locked package bumped (filelock,
     to the version the builder's own lock pins, real hashes). Returns it and what was changed."""
     old, new = (
-        re.search(r"^filelock==(\S+) ", (REPO_ROOT / f"lockfiles/{name}").read_text(), re.M).group(
-            1
-        )  # type: ignore[union-attr]
+        re.search(r"^filelock==(\S+) ", (REPO_ROOT / f"lockfiles/{name}").read_text(), re.M).group(1)  # type: ignore[union-attr]
         for name in ("cpu.txt", "builder.txt")
     )
     bumped = _rebuild(built, tmp_path_factory.mktemp("bumped"), "0.0.3", 5e-3, bump="filelock")
-    return bumped, {
-        "learning_rate": (1e-2, 5e-3),
-        "version": ("0.0.1", "0.0.3"),
-        "filelock": (old, new),
-    }
+    return bumped, {"learning_rate": (1e-2, 5e-3), "version": ("0.0.1", "0.0.3"), "filelock": (old, new)}
 
 
 def _docker_answers() -> bool:
@@ -199,9 +168,7 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
     np = require_module("numpy")
     safetensors_numpy = require_module("safetensors.numpy")
     folder.mkdir(parents=True, exist_ok=True)
-    texts = [m["content"] for row in chat_rows(40) for m in row["messages"]] + [
-        "user assistant system"
-    ] * 5
+    texts = [m["content"] for row in chat_rows(40) for m in row["messages"]] + ["user assistant system"] * 5
     require_module("tokenizers")
     tokenizer = train_llama_tokenizer(texts, 400)
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -220,10 +187,7 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
         "unk_token": "<unk>", "pad_token": "</s>", "chat_template": CHATML_TEMPLATE,
     }))  # fmt: skip
     rng = np.random.default_rng(seed)
-    tensors = {
-        "model.embed_tokens.weight": rng.normal(0, 0.02, (vocab, hidden)),
-        "model.norm.weight": np.ones(hidden),
-    }
+    tensors = {"model.embed_tokens.weight": rng.normal(0, 0.02, (vocab, hidden)), "model.norm.weight": np.ones(hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
         for name, shape in (("self_attn.q_proj", (hidden, hidden)), ("self_attn.k_proj", (hidden, hidden)),
@@ -233,9 +197,7 @@ def make_tiny_model(folder: Path, seed: int = 0) -> Path:
             tensors[p + name + ".weight"] = rng.normal(0, 0.02, shape)
         tensors[p + "input_layernorm.weight"] = np.ones(hidden)
         tensors[p + "post_attention_layernorm.weight"] = np.ones(hidden)
-    safetensors_numpy.save_file(
-        {k: v.astype("float32") for k, v in tensors.items()}, str(folder / "model.safetensors")
-    )
+    safetensors_numpy.save_file({k: v.astype("float32") for k, v in tensors.items()}, str(folder / "model.safetensors"))
     return folder
 
 
@@ -276,9 +238,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     (root / "recipes/tiny/judge").mkdir()
     llama_cpp = check_llama_cpp(Path(os.environ.get("GAPFORGE_LLAMA_CPP", "/nonexistent")))
-    convert_to_f16(
-        llama_cpp, root / "recipes/tiny/model", root / "recipes/tiny/judge/tiny-judge-f16.gguf"
-    )
+    convert_to_f16(llama_cpp, root / "recipes/tiny/model", root / "recipes/tiny/judge/tiny-judge-f16.gguf")
     data = root / "recipes" / "tiny" / "data"
     data.mkdir()
     (data / "sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(40)))
@@ -297,10 +257,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                "max_perplexity_delta_pct": {"gguf:q8_0": 5.0, "gguf:q4_k_m": 60.0}}},
     }  # fmt: skip
     path = root / "recipes" / "tiny" / "tiny.yaml"
-    path.write_text(
-        "# Build: nox -s build -- recipes/tiny/tiny.yaml\n"
-        + yaml.safe_dump(recipe, sort_keys=False)
-    )
+    path.write_text("# Build: nox -s build -- recipes/tiny/tiny.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
     locks = root / "lockfiles"
     locks.mkdir()
     for name in ("cpu.txt", "cpu.build.txt", "cpu.debian.lock", "cpu.build.debian.lock"):
@@ -317,9 +274,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's docker-registry (a local registry v2, plain HTTP) on a free loopback port: HOST:PORT."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).is_file():
-        missing(
-            "docker-registry", "apt-get install docker-registry (or run 'bash scripts/setup.sh')"
-        )
+        missing("docker-registry", "apt-get install docker-registry (or run 'bash scripts/setup.sh')")
     root = tmp_path_factory.mktemp("registry")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -331,9 +286,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }  # fmt: skip
     (root / "config.yml").write_text(yaml.safe_dump(config))
     with open(root / "registry.log", "wb") as log:
-        process = subprocess.Popen(
-            [binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
     try:
         deadline = time.monotonic() + 30
@@ -344,9 +297,7 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}"
-                    )
+                    pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}")
                 time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:

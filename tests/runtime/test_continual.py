@@ -17,13 +17,7 @@ from gapforge_runtime.cli import main
 from gapforge_runtime.files import sha256_file
 from test_run import runtime_command
 
-NEW_TOPICS = [
-    "rotate the key",
-    "mount the disc",
-    "renew the licence",
-    "print the label",
-    "archive the logs",
-]
+NEW_TOPICS = ["rotate the key", "mount the disc", "renew the licence", "print the label", "archive the logs"]
 
 
 def new_examples(count: int) -> list[dict[str, Any]]:
@@ -56,23 +50,11 @@ PARENT_IMAGE = {"config_digest": "sha256:" + "ab" * 32, "bundle_sha256sums": "cd
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, **(env or {})}
-    return subprocess.run(
-        runtime_command(*args),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-        env=environment,
-    )
+    return subprocess.run(runtime_command(*args), capture_output=True, text=True, check=False, timeout=600, env=environment)
 
 
 @pytest.fixture(scope="module")
-def parent_run(
-    tiny_model: Path,
-    llama_cpp_dir: Path,
-    llama_cpp_binding: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
+def parent_run(tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A first, ordinary run: the parent."""
     root = tmp_path_factory.mktemp("parent")
     recipe = write_run_recipe(root / "recipe", chat_examples(60))
@@ -99,9 +81,7 @@ def test_continual_run_scores_old_and_new_test_sets_and_names_its_parent(
     # Replay: 36 new training examples (40 less 2 + 2 held out) and 12 of the parent's = 25 %.
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["train_examples"] == 48 and manifest["data"]["replay_examples"] == 12
-    parent_train = {
-        line for line in (parent_run / "data/train.jsonl").read_text().splitlines() if line
-    }
+    parent_train = {line for line in (parent_run / "data/train.jsonl").read_text().splitlines() if line}
     train = [line for line in (out / "data/train.jsonl").read_text().splitlines() if line]
     assert len(train) == 48 and sum(line in parent_train for line in train) == 12
 
@@ -109,17 +89,9 @@ def test_continual_run_scores_old_and_new_test_sets_and_names_its_parent(
     continual = json.loads((out / "evaluation.json").read_text())["continual"]
     parent_eval = json.loads((parent_run / "evaluation.json").read_text())
     assert continual["old_test"]["examples"] == 3
-    assert continual["old_test"]["start"] == pytest.approx(
-        parent_eval["models"]["merged"]["loss"], rel=1e-4
-    )
-    assert continual["new_test"]["start"] > continual["new_test"]["trained"], (
-        "the new data was learned"
-    )
-    pct = (
-        (continual["old_test"]["trained"] - continual["old_test"]["start"])
-        / continual["old_test"]["start"]
-        * 100
-    )
+    assert continual["old_test"]["start"] == pytest.approx(parent_eval["models"]["merged"]["loss"], rel=1e-4)
+    assert continual["new_test"]["start"] > continual["new_test"]["trained"], "the new data was learned"
+    pct = (continual["old_test"]["trained"] - continual["old_test"]["start"]) / continual["old_test"]["start"] * 100
     assert continual["forgetting_pct"] == pytest.approx(pct)
     gate = next(g for g in manifest["evaluation"]["gates"] if g["name"] == "max_forgetting_pct")
     assert gate["limit"] == 50.0 and gate["passed"] == (pct <= 50.0)
@@ -130,18 +102,10 @@ def test_continual_run_scores_old_and_new_test_sets_and_names_its_parent(
     assert node["id"] == "parent" and node["sha256"] == sha256_file(parent_run / "manifest.json")
     assert node["adapter_sha256"] == parent_manifest["outputs"]["adapter"]["sha256"]
     assert node["merged_sha256"] == parent_manifest["outputs"]["merged"]["sha256"]
-    assert node["image"] == PARENT_IMAGE == parent_manifest["image"], (
-        "the parent's image and bundle"
-    )
+    assert node["image"] == PARENT_IMAGE == parent_manifest["image"], "the parent's image and bundle"
     assert "image" not in manifest, "this run was not started by `gapforge run`"
-    assert manifest["lineage"][1] == {
-        "id": "base",
-        "parents": ["parent"],
-        "sha256": node["merged_sha256"],
-    }
-    assert (
-        manifest["inputs"]["base_model"]["sha256"] == parent_manifest["inputs"]["model"]["sha256"]
-    )
+    assert manifest["lineage"][1] == {"id": "base", "parents": ["parent"], "sha256": node["merged_sha256"]}
+    assert manifest["inputs"]["base_model"]["sha256"] == parent_manifest["inputs"]["model"]["sha256"]
     assert "## Continual learning" in (out / "report.md").read_text()
     assert (out / "gguf/tiny-desk-q8_0.gguf").is_file()
 
@@ -197,10 +161,7 @@ def test_dpo_from_an_sft_run_uses_it_as_start_and_reference(
     assert evaluation["preference"]["reward_accuracy"]["trained"] > 0.5, evaluation["preference"]
     assert evaluation["continual"]["old_test"]["examples"] == 3
     assert "replay_examples" not in json.loads((out / "manifest.json").read_text())["data"]
-    assert {g["name"] for g in evaluation["gates"]} >= {
-        "min_preference_accuracy",
-        "max_forgetting_pct",
-    }
+    assert {g["name"] for g in evaluation["gates"]} >= {"min_preference_accuracy", "max_forgetting_pct"}
 
 
 def test_replay_share_and_forgetting_gate() -> None:

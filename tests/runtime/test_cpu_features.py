@@ -28,9 +28,7 @@ HASWELL_FLAGS = OLD_CPU_FLAGS + " f16c fma avx2 bmi2"
 
 def fake_cpuinfo(folder: Path, flags: str) -> Path:
     path = folder / "cpuinfo"
-    path.write_text(
-        f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
-    )
+    path.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     return path
 
 
@@ -132,22 +130,16 @@ def test_the_step_modules_do_not_import_llama_cpp_when_imported() -> None:
         "gapforge_runtime.evaluation.metrics, gapforge_runtime.preflight; print('llama_cpp' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
-    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert result.stdout.strip() == "False"
 
 
-def test_llama_cpp_is_built_for_the_profile_baseline_not_plain_sse2(
-    llama_cpp_binding: object,
-) -> None:
+def test_llama_cpp_is_built_for_the_profile_baseline_not_plain_sse2(llama_cpp_binding: object) -> None:
     # images/cpu/profile.toml builds llama.cpp for x86-64-v3; without those flags it is ~10x slower.
     assert {"AVX", "AVX2", "FMA", "F16C"} <= llama_cpp_cpu_features()
 
 
-def test_this_host_runs_the_built_library(
-    llama_cpp_binding: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_this_host_runs_the_built_library(llama_cpp_binding: object, monkeypatch: pytest.MonkeyPatch) -> None:
     if host_cpu_flags() is None:
         pytest.skip("no /proc/cpuinfo flags here")
     monkeypatch.delenv(CPU_BASELINE_ENV, raising=False)  # ask the library itself

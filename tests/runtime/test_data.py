@@ -13,25 +13,8 @@ from gapforge_runtime.modelio import load_tokenizer
 
 
 def test_each_format_reads(tmp_path: Path) -> None:
-    alpaca = write_jsonl(
-        tmp_path / "a.jsonl",
-        [
-            {"instruction": "Say hi", "input": "", "output": "hi"},
-            {"instruction": "Add", "input": "1+1", "output": "2"},
-        ],
-    )
-    chat = write_jsonl(
-        tmp_path / "c.jsonl",
-        [
-            {
-                "conversations": [
-                    {"role": "user", "content": "q"},
-                    {"role": "assistant", "content": "a"},
-                ]
-            },
-            *chat_examples(2),
-        ],
-    )
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Say hi", "input": "", "output": "hi"}, {"instruction": "Add", "input": "1+1", "output": "2"}])
+    chat = write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, *chat_examples(2)])
     completion = write_jsonl(tmp_path / "t.jsonl", [{"text": "some text"}])
     assert [e.record["output"] for e in read_examples(alpaca, "alpaca")] == ["hi", "2"]
     assert [len(e.record["messages"]) for e in read_examples(chat, "chat")] == [2, 3, 3]
@@ -113,9 +96,7 @@ def test_chat_loss_only_on_assistant_tokens(tiny_model: Path) -> None:
     tokenizer = load_tokenizer(tiny_model)
     record = chat_examples(1)[0]
     item = encode_record(tokenizer, "chat", record, max_length=512)
-    trained = [
-        t for t, label in zip(item.input_ids, item.labels, strict=True) if label != IGNORE_INDEX
-    ]
+    trained = [t for t, label in zip(item.input_ids, item.labels, strict=True) if label != IGNORE_INDEX]
     text = tokenizer.decode(trained)
     assert text.startswith("Desk answer") and "<|im_end|>" in text
     assert "How do I" not in text and "system" not in text
@@ -125,12 +106,8 @@ def test_chat_loss_only_on_assistant_tokens(tiny_model: Path) -> None:
 
 def test_alpaca_and_completion_encoding(tiny_model: Path) -> None:
     tokenizer = load_tokenizer(tiny_model)
-    alpaca = encode_record(
-        tokenizer, "alpaca", {"instruction": "Say hi", "input": "", "output": "hi there"}, 512
-    )
-    trained = [
-        t for t, label in zip(alpaca.input_ids, alpaca.labels, strict=True) if label != IGNORE_INDEX
-    ]
+    alpaca = encode_record(tokenizer, "alpaca", {"instruction": "Say hi", "input": "", "output": "hi there"}, 512)
+    trained = [t for t, label in zip(alpaca.input_ids, alpaca.labels, strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained).strip().startswith("hi there")
     completion = encode_record(tokenizer, "completion", {"text": "the desk answers"}, 512)
     assert completion.labels == completion.input_ids
@@ -140,12 +117,7 @@ def test_over_length_is_truncated_and_counted(tiny_model: Path) -> None:
     from gapforge_runtime.data.encoding import encode_split
 
     tokenizer = load_tokenizer(tiny_model)
-    long = {
-        "messages": [
-            {"role": "user", "content": "word " * 200},
-            {"role": "assistant", "content": "answer"},
-        ]
-    }
+    long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "answer"}]}
     items, stats = encode_split(tokenizer, "chat", [chat_examples(1)[0], long], max_length=80)
     assert stats.truncated == 1 and stats.no_target_left == 1 and len(items) == 1
     assert all(len(i.input_ids) <= 80 for i in items)

@@ -20,12 +20,7 @@ from gapforge_runtime.recipe_schema import DistillSpec
 def distill_recipe(folder: Path, teacher: Path, **distill: Any) -> Path:
     recipe = recipe_dict(max_steps=2, eval_every=2)
     recipe["train"]["method"] = "distill"
-    recipe["train"]["distill"] = {
-        "teacher": str(teacher),
-        "max_new_tokens": 8,
-        "batch_size": 4,
-        **distill,
-    }
+    recipe["train"]["distill"] = {"teacher": str(teacher), "max_new_tokens": 8, "batch_size": 4, **distill}
     folder.mkdir(parents=True, exist_ok=True)
     write_jsonl(folder / "data" / "sample.jsonl", chat_examples(24))
     path = folder / "recipe.json"
@@ -41,32 +36,16 @@ def test_answers_are_filtered_empty_truncated_repeated() -> None:
     loop = "go to the desk " * 4
     assert most_repeated_ngram(loop) == 4 and drop_reason(loop, False, spec) == "repeated"
     assert drop_reason("go to the desk and then go to the desk", False, spec) is None
-    record = {
-        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "old"}]
-    }
-    assert with_answer("chat", record, "new")["messages"][-1] == {
-        "role": "assistant",
-        "content": "new",
-    }
+    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "old"}]}
+    assert with_answer("chat", record, "new")["messages"][-1] == {"role": "assistant", "content": "new"}
     assert record["messages"][-1]["content"] == "old", "the split's record is not changed"
     assert with_answer("alpaca", {"instruction": "q", "output": "old"}, "new")["output"] == "new"
 
 
 def test_a_tiny_teacher_distils_into_the_student(tmp_path: Path, tiny_model: Path) -> None:
-    recipe = distill_recipe(
-        tmp_path / "recipe", tiny_model, keep_truncated=True, max_ngram_repeats=2
-    )
+    recipe = distill_recipe(tmp_path / "recipe", tiny_model, keep_truncated=True, max_ngram_repeats=2)
     out = tmp_path / "out"
-    args = [
-        "train",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(out),
-        "--no-tracking",
-    ]
+    args = ["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
     assert main(args) == 0
     summary = json.loads((out / "distill" / "distill.json").read_text())
     train_rows = (out / "data" / "train.jsonl").read_text().splitlines()
@@ -92,40 +71,19 @@ def test_a_tiny_teacher_distils_into_the_student(tmp_path: Path, tiny_model: Pat
     assert "teacher_data" in lineage["adapter"]["parents"]
 
 
-def test_default_filters_drop_a_random_teachers_cut_off_answers(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_default_filters_drop_a_random_teachers_cut_off_answers(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # A random tiny teacher never ends an answer within 8 tokens: every answer is cut off, and the
     # run says so instead of training on nothing.
     recipe = distill_recipe(tmp_path / "recipe", tiny_model)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                str(recipe),
-                "--model",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--no-tracking",
-            ]
-        )
-        == 2
-    )
+    assert main(["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 2
     err = capsys.readouterr().err
     assert "gave no usable answer" in err and "keep_truncated" in err
     summary = json.loads((out / "distill" / "distill.json").read_text())
-    assert (
-        summary["kept"] == 0
-        and summary["dropped"]["truncated"] + summary["dropped"]["repeated"] == summary["prompts"]
-    )
+    assert summary["kept"] == 0 and summary["dropped"]["truncated"] + summary["dropped"]["repeated"] == summary["prompts"]
 
 
-def test_gkd_across_vocabularies_is_refused_naming_both_models(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gkd_across_vocabularies_is_refused_naming_both_models(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from transformers import AutoTokenizer
 
     teacher = tmp_path / "teacher"
@@ -134,16 +92,7 @@ def test_gkd_across_vocabularies_is_refused_naming_both_models(
     tokenizer.add_tokens(["<teacher-only>"])
     tokenizer.save_pretrained(teacher)
     recipe = distill_recipe(tmp_path / "recipe", teacher, mode="gkd")
-    args = [
-        "train",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-tracking",
-    ]
+    args = ["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(tmp_path / "out"), "--no-tracking"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "do not share a vocabulary" in err and str(teacher) in err and str(tiny_model) in err
@@ -151,60 +100,24 @@ def test_gkd_across_vocabularies_is_refused_naming_both_models(
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def test_missing_teacher_is_a_clear_error(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_missing_teacher_is_a_clear_error(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = distill_recipe(tmp_path / "recipe", tmp_path / "nowhere")
-    args = [
-        "train",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(tmp_path / "out"),
-        "--no-tracking",
-    ]
+    args = ["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(tmp_path / "out"), "--no-tracking"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "train.distill.teacher" in err and "nowhere" in err and str(recipe) in err
 
 
-def test_a_gguf_teacher_answers_through_llama_cpp(
-    tmp_path: Path, tiny_model: Path, tiny_gguf: Path, llama_cpp_binding: Any
-) -> None:
-    recipe = distill_recipe(
-        tmp_path / "recipe", tiny_gguf, keep_truncated=True, max_ngram_repeats=100
-    )
+def test_a_gguf_teacher_answers_through_llama_cpp(tmp_path: Path, tiny_model: Path, tiny_gguf: Path, llama_cpp_binding: Any) -> None:
+    recipe = distill_recipe(tmp_path / "recipe", tiny_gguf, keep_truncated=True, max_ngram_repeats=100)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                str(recipe),
-                "--model",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--no-tracking",
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 0
     summary = json.loads((out / "distill" / "distill.json").read_text())
-    assert summary["teacher"]["kind"] == "gguf" and summary["teacher"]["sha256"] == sha256_file(
-        tiny_gguf
-    )
-    assert (
-        summary["kept"] + sum(summary["dropped"].values()) == summary["prompts"]
-        and summary["kept"] > 0
-    )
+    assert summary["teacher"]["kind"] == "gguf" and summary["teacher"]["sha256"] == sha256_file(tiny_gguf)
+    assert summary["kept"] + sum(summary["dropped"].values()) == summary["prompts"] and summary["kept"] > 0
 
 
-def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(
-    tmp_path: Path, tiny_model: Path
-) -> None:
+def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(tmp_path: Path, tiny_model: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -218,24 +131,12 @@ def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(
     model.save_pretrained(teacher)
     recipe = distill_recipe(tmp_path / "recipe", teacher, mode="gkd")
     out = tmp_path / "out"
-    args = [
-        "train",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(out),
-        "--no-tracking",
-    ]
+    args = ["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
     assert main(args) == 0
     summary = json.loads((out / "distill" / "distill.json").read_text())
     assert summary["mode"] == "gkd" and summary["data"] is None
     record = json.loads((out / "steps" / "train.json").read_text())
-    assert (
-        record["details"]["global_step"] == 2
-        and record["inputs"]["teacher"] == summary["teacher"]["sha256"]
-    )
+    assert record["details"]["global_step"] == 2 and record["inputs"]["teacher"] == summary["teacher"]["sha256"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     history = json.loads((out / "train_history.json").read_text())
     assert any("loss" in h for h in history), "GKD's divergence was logged at each step"
@@ -243,36 +144,16 @@ def test_gkd_with_a_shared_vocabulary_trains_the_student_on_the_teachers_logits(
     assert "teacher" in lineage["adapter"]["parents"] and "teacher_data" not in lineage
 
 
-def test_the_teacher_is_a_models_entry_shipped_in_the_image(
-    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_teacher_is_a_models_entry_shipped_in_the_image(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = tmp_path / "models"
     shutil.copytree(tiny_model, shipped / "teacher")
     monkeypatch.setenv("GAPFORGE_MODELS_DIR", str(shipped))
-    recipe = distill_recipe(
-        tmp_path / "recipe", Path("unused"), keep_truncated=True, max_ngram_repeats=100
-    )
+    recipe = distill_recipe(tmp_path / "recipe", Path("unused"), keep_truncated=True, max_ngram_repeats=100)
     raw = json.loads(recipe.read_text())
     raw["train"]["distill"]["teacher"] = "teacher"
-    raw["models"] = {
-        "teacher": {"id": "tiny-teacher", "source": {"type": "local", "path": "model"}}
-    }
+    raw["models"] = {"teacher": {"id": "tiny-teacher", "source": {"type": "local", "path": "model"}}}
     recipe.write_text(json.dumps(raw))
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "train",
-                "--recipe",
-                str(recipe),
-                "--model",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--no-tracking",
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 0
     summary = json.loads((out / "distill" / "distill.json").read_text())
     assert summary["teacher"]["path"] == str(shipped / "teacher") and summary["kept"] > 0

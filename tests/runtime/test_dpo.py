@@ -43,20 +43,10 @@ def preference_pairs(count: int, form: str = "conversational") -> list[dict[str,
 
 
 def test_both_forms_read_in_canonical_shape(tmp_path: Path) -> None:
-    conversational = read_examples(
-        write_jsonl(tmp_path / "c.jsonl", preference_pairs(3)), "preference"
-    )
+    conversational = read_examples(write_jsonl(tmp_path / "c.jsonl", preference_pairs(3)), "preference")
     assert [e.line for e in conversational] == [1, 2, 3]
-    assert conversational[0].record["chosen"] == [
-        {
-            "role": "assistant",
-            "content": f"Desk answer: to choose a quantization, follow step 0. {CHOSEN_END}",
-        }
-    ]
-    plain = read_examples(
-        write_jsonl(tmp_path / "s.jsonl", [{**preference_pairs(1, "string")[0], "score": 3}]),
-        "preference",
-    )
+    assert conversational[0].record["chosen"] == [{"role": "assistant", "content": f"Desk answer: to choose a quantization, follow step 0. {CHOSEN_END}"}]
+    plain = read_examples(write_jsonl(tmp_path / "s.jsonl", [{**preference_pairs(1, "string")[0], "score": 3}]), "preference")
     assert set(plain[0].record) == {"prompt", "chosen", "rejected"}, "extra fields are dropped"
 
 
@@ -122,20 +112,8 @@ def test_dpo_run_raises_preference_accuracy_over_the_starting_model(
 ) -> None:
     recipe = dpo_recipe(tmp_path / "recipe", preference_pairs(120, form))
     out = tmp_path / "out"
-    args = [
-        "run",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(out),
-        "--llama-cpp",
-        str(llama_cpp_dir),
-    ]
-    result = subprocess.run(
-        runtime_command(*args), capture_output=True, text=True, check=False, timeout=600
-    )
+    args = ["run", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--llama-cpp", str(llama_cpp_dir)]
+    result = subprocess.run(runtime_command(*args), capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     evaluation = json.loads((out / "evaluation.json").read_text())
     preference = evaluation["preference"]
@@ -145,29 +123,20 @@ def test_dpo_run_raises_preference_accuracy_over_the_starting_model(
     assert preference["reward_accuracy"]["trained"] >= 0.8, preference
     assert preference["reward_margin"]["trained"] > 0, preference
     assert preference["logp_margin"]["trained"] > preference["logp_margin"]["start"], preference
-    assert preference["logp_accuracy"]["start"] == 0.0, (
-        "the data set is built for the start to be wrong"
-    )
+    assert preference["logp_accuracy"]["start"] == 0.0, "the data set is built for the start to be wrong"
     assert preference["logp_accuracy"]["trained"] >= 0.8, preference
     gate = next(g for g in evaluation["gates"] if g["name"] == "min_preference_accuracy")
     assert gate["passed"] and gate["value"] == preference["reward_accuracy"]["trained"]
     # The rest of the pipeline did not care which method trained the adapter.
-    for name in (
-        "adapter/adapter_model.safetensors",
-        "merged/model.safetensors",
-        "gguf/tiny-desk-q8_0.gguf",
-        "gguf/tiny-desk-adapter-f16.gguf",
-        "manifest.json",
-    ):
+    for name in ("adapter/adapter_model.safetensors", "merged/model.safetensors", "gguf/tiny-desk-q8_0.gguf",
+                 "gguf/tiny-desk-adapter-f16.gguf", "manifest.json"):
         assert (out / name).is_file(), name
     assert not (out / "adapter" / "ref").exists(), "DPO's frozen reference adapter is not shipped"
     assert "gguf:q8_0" in evaluation["models"]
     report = (out / "report.md").read_text()
     assert "## Preference accuracy" in report and "min_preference_accuracy" in report
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert any("rewards/accuracies" in entry for entry in log), (
-        "TRL's DPO metrics reach the training log"
-    )
+    assert any("rewards/accuracies" in entry for entry in log), "TRL's DPO metrics reach the training log"
 
 
 def test_shipped_pairs_read_and_method_needs_its_format(tmp_path: Path) -> None:
@@ -181,14 +150,10 @@ def test_shipped_pairs_read_and_method_needs_its_format(tmp_path: Path) -> None:
     path.write_text(json.dumps(spec))
     with pytest.raises(RuntimeFailure) as caught:
         load_recipe_settings(str(path))
-    assert "train.method 'dpo' with data.format 'chat': DPO trains on preference pairs" in str(
-        caught.value
-    )
+    assert "train.method 'dpo' with data.format 'chat': DPO trains on preference pairs" in str(caught.value)
 
 
-def test_dpo_training_resumes_from_a_checkpoint_to_the_same_adapter(
-    tiny_model: Path, tmp_path: Path
-) -> None:
+def test_dpo_training_resumes_from_a_checkpoint_to_the_same_adapter(tiny_model: Path, tmp_path: Path) -> None:
     """DPO's checkpoints (TRL keeps a frozen 'ref' copy of the adapter beside it) resume like SFT's."""
     import shutil
     import sys
@@ -223,16 +188,12 @@ def test_dpo_training_resumes_from_a_checkpoint_to_the_same_adapter(
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def test_memory_plan_of_a_qlora_dpo_run(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_memory_plan_of_a_qlora_dpo_run(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DPO with dpo.qlora is planned as QLoRA (a 4-bit base), with chosen and rejected in each batch."""
     from gapforge_runtime import memplan
     from gapforge_runtime.config import load_recipe_settings
 
-    monkeypatch.setattr(
-        memplan, "gpu_memory_bytes", lambda: 24 * memplan.GiB
-    )  # no GPU needed to plan
+    monkeypatch.setattr(memplan, "gpu_memory_bytes", lambda: 24 * memplan.GiB)  # no GPU needed to plan
     recipe = dpo_recipe(tmp_path / "dpo", preference_pairs(3), qlora=True)
     spec = json.loads(recipe.read_text())
     spec["profile"] = "cuda"

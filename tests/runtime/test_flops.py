@@ -25,9 +25,7 @@ def test_the_run_figure_equals_the_per_example_sum_when_each_example_is_seen_onc
     assert used is not None
     assert used.model_tflops_per_second == pytest.approx(exact, abs=0.05)
     assert used.mfu_pct == pytest.approx(100 * exact / 989.0, abs=0.05)
-    two = utilization(
-        sum(lengths), seconds, mean_square_length(lengths), params, layers, hidden, 2, 989.0
-    )
+    two = utilization(sum(lengths), seconds, mean_square_length(lengths), params, layers, hidden, 2, 989.0)
     assert two is not None and two.mfu_pct == pytest.approx(used.mfu_pct / 2, abs=0.06)
     assert two.gpu_hours == pytest.approx(2 * seconds / 3600, abs=1e-4)
 
@@ -50,7 +48,4 @@ def test_the_train_step_computes_it_for_sft_examples_not_for_pairs(tmp_path: Pat
     items = [SimpleNamespace(input_ids=list(range(n))) for n in (10, 20, 30)]
     used = _utilization(tmp_path, items, tokens=60, seconds=0.5, device="cpu", gpus=1)
     assert used is not None and used.mfu_pct is None and used.model_tflops_per_second >= 0
-    assert (
-        _utilization(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}], 60, 0.5, "cpu", 1)
-        is None
-    )
+    assert _utilization(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}], 60, 0.5, "cpu", 1) is None

@@ -46,32 +46,11 @@ LONG = (
     "each quantized model, and then files the signed receipt with the {word} change request."
 )
 FILLER = 20
-WORDS = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-]
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo"]
 
 
 def chat(user: str, answer: str = "Noted, thank you.") -> dict[str, Any]:
-    return {
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    }
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 
 
 def training_rows() -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -90,9 +69,7 @@ def training_rows() -> tuple[list[dict[str, Any]], dict[str, int]]:
     return rows, lines
 
 
-def _run_data(
-    tmp_path: Path, model: Path, rows: list[Any], policy: dict[str, str]
-) -> tuple[int, Path]:
+def _run_data(tmp_path: Path, model: Path, rows: list[Any], policy: dict[str, str]) -> tuple[int, Path]:
     recipe = recipe_dict()
     recipe["data"]["pii"] = {"policy": policy}
     (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
@@ -103,10 +80,7 @@ def _run_data(
     )
     test = write_jsonl(
         tmp_path / "in" / "test.jsonl",
-        [
-            chat(LONG.replace("operator", "engineer").format(word="annual")),
-            *chat_examples(30)[25:28],
-        ],
+        [chat(LONG.replace("operator", "engineer").format(word="annual")), *chat_examples(30)[25:28]],
     )
     out = tmp_path / "out"
     status = main([
@@ -130,12 +104,7 @@ def hygiene_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     capture.write_text(buffer.getvalue(), encoding="utf-8")
     assert status == 0, buffer.getvalue()
     record = json.loads((out / "steps" / "data.json").read_text(encoding="utf-8"))
-    return {
-        "out": out,
-        "lines": lines,
-        "report": record["details"]["hygiene"],
-        "log": buffer.getvalue(),
-    }
+    return {"out": out, "lines": lines, "report": record["details"]["hygiene"], "log": buffer.getvalue()}
 
 
 def test_every_planted_item_is_found_with_its_type_and_line(hygiene_run: dict[str, Any]) -> None:
@@ -171,19 +140,12 @@ def test_no_planted_value_is_anywhere_in_the_outputs_or_logs(hygiene_run: dict[s
     assert all(v in train for v in NOT_PII)  # invalid look-alikes are left alone
 
 
-def test_near_duplicates_and_the_leak_are_removed_from_training(
-    hygiene_run: dict[str, Any],
-) -> None:
+def test_near_duplicates_and_the_leak_are_removed_from_training(hygiene_run: dict[str, Any]) -> None:
     dedupe, lines = hygiene_run["report"]["dedupe"], hygiene_run["lines"]
     assert dedupe["groups"] == [
-        {
-            "kept_line": lines["near_a"],
-            "dropped": [{"line": lines["near_b"], "jaccard": pytest.approx(0.9, abs=0.1)}],
-        }
+        {"kept_line": lines["near_a"], "dropped": [{"line": lines["near_b"], "jaccard": pytest.approx(0.9, abs=0.1)}]}
     ]
-    assert [(k["split"], k["held_out_line"], k["train_line"]) for k in dedupe["leaks"]] == [
-        ("test", 1, lines["leaked"])
-    ]
+    assert [(k["split"], k["held_out_line"], k["train_line"]) for k in dedupe["leaks"]] == [("test", 1, lines["leaked"])]
     train = (hygiene_run["out"] / "data" / "train.jsonl").read_text(encoding="utf-8")
     assert train.count("weekly change request") == 1 and "monthly change" not in train
     assert "yearly" not in train
@@ -191,9 +153,7 @@ def test_near_duplicates_and_the_leak_are_removed_from_training(
     test = (hygiene_run["out"] / "data" / "test.jsonl").read_text(encoding="utf-8")
     assert "annual change request" in test  # held-out sets stay as they are
     lengths = hygiene_run["report"]["lengths"]
-    assert (
-        lengths["unit"].startswith("tokens") and lengths["train"]["max"] >= lengths["train"]["p95"]
-    )
+    assert lengths["unit"].startswith("tokens") and lengths["train"]["max"] >= lengths["train"]["p95"]
     assert lengths["train"]["cut_examples"] >= 1  # the long rows exceed max_seq_length 96
     report_md = (hygiene_run["out"] / "report.md").read_text(encoding="utf-8")
     assert "## Data hygiene" in report_md
@@ -217,22 +177,7 @@ def test_opting_out_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     recipe["data"]["dedupe"] = {"enabled": False}
     (tmp_path / "recipe.json").write_text(json.dumps(recipe), encoding="utf-8")
     data = write_jsonl(tmp_path / "d.jsonl", chat_examples(12))
-    assert (
-        main(
-            [
-                "data",
-                "--recipe",
-                str(tmp_path / "recipe.json"),
-                "--model",
-                str(tiny_model),
-                "--data",
-                str(data),
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
+    assert main(["data", "--recipe", str(tmp_path / "recipe.json"), "--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 0
     hygiene = json.loads((tmp_path / "o" / "steps" / "data.json").read_text())["details"]["hygiene"]
     assert hygiene["pii"] == {"status": "not checked (the recipe opts out)"}
     assert hygiene["dedupe"] == {"status": "not checked (the recipe opts out)"}
@@ -266,12 +211,7 @@ def test_national_ids_follow_the_issuing_rules(text: str, found: bool) -> None:
     assert any(h.type == "national_id" for h in hits) == found, hits
     if found:  # the whole id is the span, and it wins over a phone reading of the same digits
         (hit,) = [h for h in hits if h.type == "national_id"]
-        assert text[hit.start : hit.end] in (
-            "536-22-1845",
-            "536 22 1845",
-            "JG 10 37 59 A",
-            "JG103759A",
-        )
+        assert text[hit.start : hit.end] in ("536-22-1845", "536 22 1845", "JG 10 37 59 A", "JG103759A")
 
 
 def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,9 +231,7 @@ def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) 
     text = " ".join(f"{v} and" for v in PLANTED) + " mail bob@example.net"
     found = {f.type for f in detector.find(text)}
     assert found == {"email", "phone", "card", "iban", "ip", "secret", "national_id"}
-    assert (
-        detector.find("case 1641, step 2024, version 1.2.3, at 12:30:45") == []
-    )  # no false positives
+    assert detector.find("case 1641, step 2024, version 1.2.3, at 12:30:45") == []  # no false positives
     assert find_near_duplicates([LONG.format(word="a"), LONG.format(word="b")], {}).groups
 
 
@@ -301,15 +239,7 @@ def test_checksums_and_length_stats() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("DE89370400440532013000") and not iban_valid("DE89370400440532013001")
     stats = length_stats([10, 20, 30, 200], 96)
-    assert stats == {
-        "examples": 4,
-        "min": 10,
-        "median": 20,
-        "p95": 200,
-        "max": 200,
-        "cut_examples": 1,
-        "cut_tokens": 104,
-    }
+    assert stats == {"examples": 4, "min": 10, "median": 20, "p95": 200, "max": 200, "cut_examples": 1, "cut_tokens": 104}
 
 
 def make_ner_pipeline(folder: Path) -> Path:
@@ -355,17 +285,9 @@ def test_the_ner_model_finds_names_and_places_and_they_never_reach_outputs_or_lo
         (15, "messages[0].content", "location", "dropped"),
     }
     assert not any("NER" in note for note in pii["not_checked"])
-    written = "".join(
-        p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.is_file()
-    )
+    written = "".join(p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.is_file())
     for value in ("Alice Marlowe", "Tomasz Wielki", "Reykjavik"):
         assert value not in written and value not in log.out + log.err
-    train = "".join(
-        (out / "data" / name).read_text()
-        for name in ("train.jsonl", "validation.jsonl", "test.jsonl")
-    )
-    assert (
-        "forward the receipt to <PERSON> today" in train
-        and "<PERSON> signs the change request" in train
-    )
+    train = "".join((out / "data" / name).read_text() for name in ("train.jsonl", "validation.jsonl", "test.jsonl"))
+    assert "forward the receipt to <PERSON> today" in train and "<PERSON> signs the change request" in train
     assert "office" not in train  # the location row was dropped by its policy

@@ -55,16 +55,8 @@ def test_score_answers_means_in_points() -> None:
 
 @pytest.mark.parametrize(
     ("text", "verdict"),
-    [
-        ("[[A]]", "A"),
-        ("[[B]] because", "B"),
-        ("[[ C ]]", "C"),
-        ("[[A", None),
-        ("B", None),
-        ("", None),
-        ("[[D]]", None),
-        ("x [[B]] then [[A]]", "B"),
-    ],
+    [("[[A]]", "A"), ("[[B]] because", "B"), ("[[ C ]]", "C"), ("[[A", None), ("B", None), ("", None),
+     ("[[D]]", None), ("x [[B]] then [[A]]", "B")],
 )
 def test_parse_verdict(text: str, verdict: str | None) -> None:
     assert jd.parse_verdict(text) == verdict
@@ -76,10 +68,7 @@ def test_both_orders_tie_rule() -> None:
     assert jd.combine_orders("B", "A") == ("loss", False)
     assert jd.combine_orders("C", "C") == ("tie", False)
     assert jd.combine_orders("A", "A") == ("tie", True)  # position bias: orders disagree
-    assert jd.combine_orders(None, "B") == (
-        "tie",
-        True,
-    )  # unparseable counts as a tie for its order
+    assert jd.combine_orders(None, "B") == ("tie", True)  # unparseable counts as a tie for its order
     assert jd.combine_orders(None, None) == ("tie", False)
 
 
@@ -94,10 +83,7 @@ def test_compare_counts_and_win_rate() -> None:
 def test_bootstrap_interval_seeded_contains_estimate_and_narrows() -> None:
     small = [1.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.5] * 2
     big = small * 16
-    first, again = (
-        jd.bootstrap_interval(small, 1000, seed=3),
-        jd.bootstrap_interval(small, 1000, seed=3),
-    )
+    first, again = jd.bootstrap_interval(small, 1000, seed=3), jd.bootstrap_interval(small, 1000, seed=3)
     assert first == again
     estimate = sum(small) / len(small)
     assert first[0] <= estimate <= first[1]
@@ -108,76 +94,43 @@ def test_bootstrap_interval_seeded_contains_estimate_and_narrows() -> None:
 
 def test_comparisons_for() -> None:
     assert jd.comparisons_for(["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]) == [
-        ("merged", "base"),
-        ("gguf:q8_0", "base"),
-        ("gguf:q4_k_m", "base"),
+        ("merged", "base"), ("gguf:q8_0", "base"), ("gguf:q4_k_m", "base"),
     ]
     assert jd.comparisons_for(["merged", "gguf:q8_0"]) == []
 
 
 def test_question_text() -> None:
-    chat = {
-        "messages": [
-            {"role": "system", "content": "s"},
-            {"role": "user", "content": "Why?"},
-            {"role": "assistant", "content": "Because."},
-        ]
-    }
+    chat = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Why?"},
+                         {"role": "assistant", "content": "Because."}]}
     assert jd.question_text("chat", chat) == "Why?"
-    assert (
-        jd.question_text("alpaca", {"instruction": "Add", "input": "1 2", "output": "3"})
-        == "Add\n\n1 2"
-    )
+    assert jd.question_text("alpaca", {"instruction": "Add", "input": "1 2", "output": "3"}) == "Add\n\n1 2"
 
 
 # --- gates --------------------------------------------------------------------------------------
 
 
 def _judged(rate: float) -> dict[str, Any]:
-    return {
-        "comparisons": [
-            {
-                "candidate": "merged",
-                "reference": "base",
-                "n": 8,
-                "win_rate": rate,
-                "ci_low": rate - 0.1,
-                "ci_high": rate + 0.1,
-            }
-        ]
-    }
+    return {"comparisons": [{"candidate": "merged", "reference": "base", "n": 8, "win_rate": rate,
+                             "ci_low": rate - 0.1, "ci_high": rate + 0.1}]}
 
 
-TASK = {
-    "models": {
-        "merged": {"token_f1": 60.0},
-        "gguf:q8_0": {"token_f1": 59.0},
-        "gguf:q4_k_m": {"token_f1": 50.0},
-    }
-}
+TASK = {"models": {"merged": {"token_f1": 60.0}, "gguf:q8_0": {"token_f1": 59.0}, "gguf:q4_k_m": {"token_f1": 50.0}}}
 
 
 def test_gates_pass_and_fail_naming_the_gate() -> None:
-    gates = decide_comparison_gates(
-        0.6, {"gguf:q8_0": 2.0, "gguf:q4_k_m": 5.0}, _judged(0.55), TASK
-    )
+    gates = decide_comparison_gates(0.6, {"gguf:q8_0": 2.0, "gguf:q4_k_m": 5.0}, _judged(0.55), TASK)
     assert [(g.name, g.passed) for g in gates] == [
-        ("min_win_rate_vs_base", False),
-        ("max_task_f1_drop_pts[gguf:q4_k_m]", False),
+        ("min_win_rate_vs_base", False), ("max_task_f1_drop_pts[gguf:q4_k_m]", False),
         ("max_task_f1_drop_pts[gguf:q8_0]", True),
     ]
     assert gates[1].value == pytest.approx(10.0) and "0.550" in gates[0].detail
-    assert all(
-        g.passed for g in decide_comparison_gates(0.5, {"gguf:q8_0": 1.0}, _judged(0.55), TASK)
-    )
+    assert all(g.passed for g in decide_comparison_gates(0.5, {"gguf:q8_0": 1.0}, _judged(0.55), TASK))
     assert decide_comparison_gates(None, {}, None, None) == []
 
 
 def test_gates_fail_when_not_measured() -> None:
     off = {"enabled": False, "note": "skipped: evaluate.judge.enabled is false"}
-    gates = decide_comparison_gates(
-        0.1, {"gguf:q8_0": 50.0}, off, {"enabled": False, "note": "skipped", "models": {}}
-    )
+    gates = decide_comparison_gates(0.1, {"gguf:q8_0": 50.0}, off, {"enabled": False, "note": "skipped", "models": {}})
     assert [g.passed for g in gates] == [False, False]
     assert "enabled is false" in gates[0].detail and "skipped" in gates[1].detail
 
@@ -187,14 +140,9 @@ def test_gates_fail_when_not_measured() -> None:
 
 def test_llama_judge_end_to_end(tiny_gguf: Path, llama_cpp_binding: Any) -> None:
     questions = ["How do I serve the model? (case 1)", "How do I find the report? (case 2)"]
-    cand = [
-        "Desk answer: to serve the model, follow step 1. Ticket closed.",
-        "Desk answer: step 2.",
-    ]
+    cand = ["Desk answer: to serve the model, follow step 1. Ticket closed.", "Desk answer: step 2."]
     base = ["the the the", "I do not know."]
-    n_ctx, trained = jd.fitted_n_ctx(
-        tiny_gguf, [(q, c, b) for q, c, b in zip(questions, cand, base, strict=True)]
-    )
+    n_ctx, trained = jd.fitted_n_ctx(tiny_gguf, [(q, c, b) for q, c, b in zip(questions, cand, base, strict=True)])
     assert n_ctx % 64 == 0 and trained == 512
     judge = jd.LlamaJudge(tiny_gguf, n_ctx)
     try:

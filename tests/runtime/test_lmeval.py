@@ -66,13 +66,7 @@ generation_kwargs: {until: ["\\n"], max_gen_toks: 6, do_sample: false}
 metric_list:
   - metric: exact_match
 """
-TOPICS = [
-    "check the digest",
-    "merge the adapter",
-    "load the image",
-    "split the data",
-    "serve the model",
-]
+TOPICS = ["check the digest", "merge the adapter", "load the image", "split the data", "serve the model"]
 
 
 def make_task_folder(folder: Path) -> Path:
@@ -84,18 +78,11 @@ def make_task_folder(folder: Path) -> Path:
     (folder / "tiny_gen.yaml").write_text(GEN_TASK)
     (folder / "utils.py").write_text("def keep_all(dataset):\n    return dataset\n")
     rows = [
-        {
-            "topic": t,
-            "choices": [" Desk answer: follow step 1.", " the lazy dog", " Ticket closed."],
-            "answer": i % 3,
-        }
+        {"topic": t, "choices": [" Desk answer: follow step 1.", " the lazy dog", " Ticket closed."], "answer": i % 3}
         for i, t in enumerate(TOPICS)
     ]
     write_jsonl(folder / "data" / "mc.jsonl", rows)
-    write_jsonl(
-        folder / "data" / "text.jsonl",
-        [{"text": f"Desk answer: to {t}, follow step 2. Ticket closed."} for t in TOPICS[:3]],
-    )
+    write_jsonl(folder / "data" / "text.jsonl", [{"text": f"Desk answer: to {t}, follow step 2. Ticket closed."} for t in TOPICS[:3]])
     return folder
 
 
@@ -110,46 +97,28 @@ def test_the_shipped_example_is_offline_ready() -> None:
     assert rows and all(0 <= r["answer"] < len(r["choices"]) for r in rows)
 
 
-def test_a_task_folder_that_would_fetch_is_refused_naming_file_field_and_value(
-    tmp_path: Path,
-) -> None:
+def test_a_task_folder_that_would_fetch_is_refused_naming_file_field_and_value(tmp_path: Path) -> None:
     folder = make_task_folder(tmp_path / "tasks")
     (folder / "remote.yaml").write_text("task: r\ndataset_path: cais/mmlu\ndataset_name: all\n")
-    (folder / "url.yaml").write_text(
-        "task: u\ndataset_path: json\ndataset_kwargs: {data_files: 'https://x.org/a.jsonl'}\n"
-    )
-    (folder / "gone.yaml").write_text(
-        "task: g\ndataset_path: json\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n"
-    )
-    (folder / "out.yaml").write_text(
-        "task: o\ndataset_path: json\ndataset_kwargs: {data_files: ../../secret.jsonl}\n"
-    )
+    (folder / "url.yaml").write_text("task: u\ndataset_path: json\ndataset_kwargs: {data_files: 'https://x.org/a.jsonl'}\n")
+    (folder / "gone.yaml").write_text("task: g\ndataset_path: json\ndataset_kwargs: {data_files: {test: nope.jsonl}}\n")
+    (folder / "out.yaml").write_text("task: o\ndataset_path: json\ndataset_kwargs: {data_files: ../../secret.jsonl}\n")
     (folder / "nodata.yaml").write_text("task: n\ndataset_path: json\n")
     (folder / "_mc_template").write_text("dataset_path: openai/gsm8k\n")  # an included template too
     texts = [p.text(folder) for p in check_task_folder(folder)]
     assert len(texts) == 6, texts
     joined = "\n".join(texts)
-    assert (
-        "remote.yaml: dataset_path: names a data set to download" in joined
-        and "'cais/mmlu'" in joined
-    )
+    assert "remote.yaml: dataset_path: names a data set to download" in joined and "'cais/mmlu'" in joined
     assert "dataset_path: json" in joined  # the fix is named
-    assert (
-        "url.yaml: dataset_kwargs.data_files: must be a file of the task folder, not a URL"
-        in joined
-    )
-    assert (
-        "gone.yaml: dataset_kwargs.data_files: no such file" in joined and "'nope.jsonl'" in joined
-    )
+    assert "url.yaml: dataset_kwargs.data_files: must be a file of the task folder, not a URL" in joined
+    assert "gone.yaml: dataset_kwargs.data_files: no such file" in joined and "'nope.jsonl'" in joined
     assert "out.yaml: dataset_kwargs.data_files: leads out of the task folder" in joined
     assert "nodata.yaml: dataset_kwargs.data_files: must name the task's data files" in joined
     assert "_mc_template: dataset_path: names a data set to download (got 'openai/gsm8k')" in joined
     with pytest.raises(RuntimeFailure) as failure:
         prepare_task_folder(folder, tmp_path / "work")
     assert "evaluate.lm_eval.tasks" in failure.value.message and len(failure.value.details) == 6
-    assert check_task_folder(tmp_path / "missing")[0].message.startswith(
-        "no such folder of lm-eval task YAMLs"
-    )
+    assert check_task_folder(tmp_path / "missing")[0].message.startswith("no such folder of lm-eval task YAMLs")
     (tmp_path / "empty").mkdir()
     assert "holds no task YAML" in check_task_folder(tmp_path / "empty")[0].message
 
@@ -158,23 +127,15 @@ def test_prepare_makes_data_paths_absolute_and_keeps_function_tags(tmp_path: Pat
     folder = make_task_folder(tmp_path / "tasks")
     before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     copy = prepare_task_folder(folder, tmp_path / "work")
-    assert {
-        p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    } == before  # source untouched
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # source untouched
     mc = read_task_yaml(copy / "tiny_mc.yaml")
     template = read_task_yaml(copy / "_mc_template")  # found through tiny_mc's `include:`
-    assert template["dataset_kwargs"]["data_files"] == {
-        "test": str((copy / "data" / "mc.jsonl").resolve())
-    }
+    assert template["dataset_kwargs"]["data_files"] == {"test": str((copy / "data" / "mc.jsonl").resolve())}
     assert template["dataset_kwargs"]["cache_dir"] == str(tmp_path / "work" / "datasets-cache")
     tagged = mc["process_docs"]  # written back under its tag: lm-eval still finds the function
     assert (tagged.tag, tagged.value) == ("!function", "utils.keep_all")
-    assert read_task_yaml(copy / "tiny_rolling.yaml")["dataset_kwargs"]["data_files"] == str(
-        copy / "data" / "text.jsonl"
-    )
-    assert read_task_yaml(copy / "tiny_gen.yaml")["dataset_kwargs"]["data_files"] == {
-        "test": [str(copy / "data" / "mc.jsonl")]
-    }
+    assert read_task_yaml(copy / "tiny_rolling.yaml")["dataset_kwargs"]["data_files"] == str(copy / "data" / "text.jsonl")
+    assert read_task_yaml(copy / "tiny_gen.yaml")["dataset_kwargs"]["data_files"] == {"test": [str(copy / "data" / "mc.jsonl")]}
 
 
 def test_summary_and_worst_drop() -> None:
@@ -229,9 +190,7 @@ def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: P
     from gapforge_runtime.evaluation.lmeval_run import local_hf_lm
     from lm_eval.api.registry import get_model
 
-    assert (
-        get_model("gapforge-gguf") is GapforgeGGUFLM
-    )  # usable by name, as lm-eval's own models are
+    assert get_model("gapforge-gguf") is GapforgeGGUFLM  # usable by name, as lm-eval's own models are
     hf = local_hf_lm(tiny_model)
     gguf = GapforgeGGUFLM(model_path=str(tiny_gguf), tokenizer=str(tiny_model))
     pairs = [("How do I check the digest?", " Desk answer: follow step 1."),
@@ -241,15 +200,9 @@ def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: P
         ll_hf = hf.loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
         ll_gguf = gguf.loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
         texts = [("Desk answer: to load the image, follow step 4. Ticket closed.",)]
-        roll_hf = hf.loglikelihood_rolling(
-            _instances("loglikelihood_rolling", texts), disable_tqdm=True
-        )
-        roll_gguf = gguf.loglikelihood_rolling(
-            _instances("loglikelihood_rolling", texts), disable_tqdm=True
-        )
-        gen_args = [
-            ("How do I serve the model?", {"until": ["\n"], "max_gen_toks": 8, "do_sample": False})
-        ]
+        roll_hf = hf.loglikelihood_rolling(_instances("loglikelihood_rolling", texts), disable_tqdm=True)
+        roll_gguf = gguf.loglikelihood_rolling(_instances("loglikelihood_rolling", texts), disable_tqdm=True)
+        gen_args = [("How do I serve the model?", {"until": ["\n"], "max_gen_toks": 8, "do_sample": False})]
         gen_hf = hf.generate_until(_instances("generate_until", gen_args), disable_tqdm=True)
         gen_gguf = gguf.generate_until(_instances("generate_until", gen_args), disable_tqdm=True)
     finally:
@@ -286,16 +239,11 @@ def test_run_lm_eval_scores_every_target_offline(
     assert guard.attempts == []
     assert result["tasks"] == ["tiny_gen", "tiny_mc", "tiny_rolling"]
     hf, gguf = result["targets"]["merged"], result["targets"]["gguf:f16"]
-    assert (
-        hf["tiny_mc"]["n"] == 4 and hf["tiny_mc"]["n_total"] == 5 and hf["tiny_rolling"]["n"] == 3
-    )
+    assert hf["tiny_mc"]["n"] == 4 and hf["tiny_mc"]["n_total"] == 5 and hf["tiny_rolling"]["n"] == 3
     assert 0.0 <= hf["tiny_mc"]["metrics"]["acc"] <= 1.0
     assert gguf["tiny_mc"]["metrics"]["acc"] == hf["tiny_mc"]["metrics"]["acc"]
     assert gguf["tiny_gen"]["metrics"] == hf["tiny_gen"]["metrics"]
-    ppl_hf, ppl_gguf = (
-        hf["tiny_rolling"]["metrics"]["word_perplexity"],
-        gguf["tiny_rolling"]["metrics"]["word_perplexity"],
-    )
+    ppl_hf, ppl_gguf = hf["tiny_rolling"]["metrics"]["word_perplexity"], gguf["tiny_rolling"]["metrics"]["word_perplexity"]
     assert ppl_hf > 1 and ppl_gguf == pytest.approx(ppl_hf, rel=1e-3)
     assert (tmp_path / "work" / "datasets-cache").is_dir()
     assert not (tmp_path / "home").exists()
@@ -325,22 +273,16 @@ def test_a_run_with_lm_eval_reports_every_target_and_gates_on_it(
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gapforge_runtime.cli", "run", "--recipe", str(recipe), "--model", str(tiny_model),
                "--out", str(out), "--llama-cpp", str(llama_cpp_dir)]  # fmt: skip
-    if (
-        shutil.which("unshare")
-        and subprocess.run(["unshare", "-n", "true"], check=False).returncode == 0
-    ):
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], check=False).returncode == 0:
         command = ["unshare", "-n", *command]
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=400)
     evaluation = json.loads((out / "evaluation.json").read_text())
     harness = evaluation["lm_eval"]
-    assert sorted(harness["targets"]) == ["gguf:q4_k_m", "gguf:q8_0", "merged"], (
-        result.stdout[-3000:] + result.stderr[-3000:]
-    )
+    assert sorted(harness["targets"]) == ["gguf:q4_k_m", "gguf:q8_0", "merged"], result.stdout[-3000:] + result.stderr[-3000:]
     assert harness["tasks"] == ["tiny_gen", "tiny_mc", "tiny_rolling"] and harness["limit"] == 3
     q8, merged = harness["targets"]["gguf:q8_0"], harness["targets"]["merged"]
     assert q8["tiny_rolling"]["metrics"]["word_perplexity"] == pytest.approx(
-        merged["tiny_rolling"]["metrics"]["word_perplexity"], rel=0.05
-    )  # Q8_0 barely moves it
+        merged["tiny_rolling"]["metrics"]["word_perplexity"], rel=0.05)  # Q8_0 barely moves it
     gates = {g["name"]: g for g in evaluation["gates"]}
     assert gates["max_lm_eval_drop_pts[gguf:q8_0]"]["passed"] is True
     # q4_k_m may lose nothing: it passes only if no metric dropped; either way it is decided on numbers

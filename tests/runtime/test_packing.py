@@ -211,6 +211,7 @@ def test_the_memory_plan_of_a_token_budget_is_one_row_of_that_many_tokens(
     )
 
 
+
 def test_the_memory_plan_counts_one_chunk_of_logits_where_liger_fuses_the_loss(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -230,7 +231,6 @@ def test_the_memory_plan_counts_one_chunk_of_logits_where_liger_fuses_the_loss(
     assert whole is not None and fused is not None and unfused is not None
     assert fused.logits < whole.logits == unfused.logits
     assert fused.allocated == whole.allocated - (whole.logits - fused.logits)
-
 
 def test_a_packed_training_with_another_attention_follows_the_padded_curve_too(
     tmp_path: Path, tiny_model: Path
@@ -281,9 +281,7 @@ def test_the_leak_check_passes_the_masked_model_and_refuses_one_that_lets_exampl
         check_packing(model, encoded, exact=True)
 
 
-def test_qlora_frozen_weights_go_back_to_bf16_and_the_adapter_stays_float32(
-    tiny_model: Path,
-) -> None:
+def test_qlora_frozen_weights_go_back_to_bf16_and_the_adapter_stays_float32(tiny_model: Path) -> None:
     """What prepare_model_for_kbit_training upcasts (embeddings, head, norms) returns to bf16."""
     require_module("torch")
     import torch
@@ -295,9 +293,7 @@ def test_qlora_frozen_weights_go_back_to_bf16_and_the_adapter_stays_float32(
     for param in model.parameters():  # what the preparation does to every non-4-bit weight
         param.requires_grad = False
         param.data = param.data.float()
-    model = get_peft_model(
-        model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
-    )
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     adapter = {n for n, p in model.named_parameters() if p.requires_grad}
     moved = frozen_back_to_bf16(model)
     dtypes = {n: p.dtype for n, p in model.named_parameters()}

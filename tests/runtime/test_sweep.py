@@ -70,9 +70,7 @@ def resumed_sweep(tiny_model: Path, llama_cpp_dir: Path, llama_cpp_binding: Any,
     return out, outputs[0].splitlines(), outputs[1].splitlines()
 
 
-def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(
-    resumed_sweep: tuple[Path, list[str], list[str]],
-) -> None:
+def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(resumed_sweep: tuple[Path, list[str], list[str]]) -> None:
     out, _, _ = resumed_sweep
     trials = study_trials(out)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
@@ -86,26 +84,12 @@ def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(
         folder = out / "sweep" / "trials" / f"trial-{t.number:04d}"
         result = json.loads((folder / "result.json").read_text())
         assert result["eval_loss"] == pytest.approx(t.value)
-        assert not (folder / "checkpoints").exists(), (
-            "a trial's checkpoints are removed once it is done"
-        )
+        assert not (folder / "checkpoints").exists(), "a trial's checkpoints are removed once it is done"
         assert t.intermediate_values, "validation losses were reported to the study for pruning"
     # The shipped adapter is the best trial's, byte for byte, and it was merged and quantized.
-    best_adapter = (
-        out
-        / "sweep"
-        / "trials"
-        / f"trial-{best.number:04d}"
-        / "adapter"
-        / "adapter_model.safetensors"
-    )
+    best_adapter = out / "sweep" / "trials" / f"trial-{best.number:04d}" / "adapter" / "adapter_model.safetensors"
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == best_adapter.read_bytes()
-    for name in (
-        "merged/model.safetensors",
-        "gguf/tiny-desk-q8_0.gguf",
-        "evaluation.json",
-        "plots/sweep.png",
-    ):
+    for name in ("merged/model.safetensors", "gguf/tiny-desk-q8_0.gguf", "evaluation.json", "plots/sweep.png"):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sweep"]["best"]["number"] == best.number
@@ -114,9 +98,7 @@ def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(
     adapter_node = next(n for n in manifest["lineage"] if n["id"] == "adapter")
     assert adapter_node["sweep_trial"] == best.number
     # The shipped recipe is the best trial's settings.
-    assert manifest["recipe"]["train"]["learning_rate"] == pytest.approx(
-        best.params["train.learning_rate"]
-    )
+    assert manifest["recipe"]["train"]["learning_rate"] == pytest.approx(best.params["train.learning_rate"])
     assert manifest["recipe"]["lora"]["r"] == best.params["lora.r"]
     report = (out / "report.md").read_text()
     assert "## Sweep" in report and f"| {best.number} (best) |" in report
@@ -125,13 +107,9 @@ def test_sweep_runs_every_trial_in_the_journal_and_ships_the_best(
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
-def test_a_resumed_sweep_runs_only_the_missing_trials(
-    resumed_sweep: tuple[Path, list[str], list[str]],
-) -> None:
+def test_a_resumed_sweep_runs_only_the_missing_trials(resumed_sweep: tuple[Path, list[str], list[str]]) -> None:
     _, first, second = resumed_sweep
-    started_first = [
-        line for line in first if line.startswith("[sweep] trial") and "started" in line
-    ]
+    started_first = [line for line in first if line.startswith("[sweep] trial") and "started" in line]
     assert [line.split(":")[0] for line in started_first] == ["[sweep] trial 0 started on GPU 5",
                                                               "[sweep] trial 1 started on GPU 7"]  # fmt: skip
     started = [line for line in second if line.startswith("[sweep] trial") and "started" in line]
@@ -166,13 +144,7 @@ def test_a_sweep_of_4_killed_during_trial_3_resumes_to_4_and_ships_the_best(
     assert "[sweep] trials [2] were cut off by a killed sweep" in result.stdout
     assert "[sweep] resuming: 2 of 4 trials already finished" in result.stdout
     trials = study_trials(out)
-    assert [t.state.name for t in trials] == [
-        "COMPLETE",
-        "COMPLETE",
-        "FAIL",
-        "COMPLETE",
-        "COMPLETE",
-    ]
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert trials[3].params == trials[2].params and trials[3].user_attrs["retry_of"] == 2
     best = min((t for t in trials if t.value is not None), key=lambda t: t.value)
     assert json.loads((out / "manifest.json").read_text())["training"]["sweep_trial"] == best.number
@@ -190,21 +162,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path: Path, tiny_model: Pat
     out = tmp_path / "out"
     # The data step claims the folder; then two settings are queued the Optuna way: a learning rate
     # that learns, then one too small to move the loss, which the median of the first must stop.
-    assert (
-        main(
-            [
-                "data",
-                "--recipe",
-                str(recipe),
-                "--model",
-                str(tiny_model),
-                "--out",
-                str(out),
-                "--no-tracking",
-            ]
-        )
-        == 0
-    )
+    assert main(["data", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]) == 0
     (out / "sweep").mkdir()
     storage = JournalStorage(JournalFileBackend(str(out / "sweep" / "journal.log")))
     study = optuna.create_study(study_name="gapforge-sweep", storage=storage, direction="minimize")
@@ -215,9 +173,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path: Path, tiny_model: Pat
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     trials = study_trials(out)
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"], result.stdout[-3000:]
-    assert list(trials[1].intermediate_values) == [2], (
-        "stopped at its first evaluation, not at step 4"
-    )
+    assert list(trials[1].intermediate_values) == [2], "stopped at its first evaluation, not at step 4"
     assert trials[1].intermediate_values[2] > trials[0].intermediate_values[2]
     assert "[sweep] trial 1 pruned at step 2" in result.stdout
     summary = json.loads((out / "sweep" / "sweep.json").read_text())
@@ -232,41 +188,19 @@ def _runs_spec(proc: Path, spec: dict[str, Any]) -> bool:
         return False
 
 
-def test_recipe_without_a_sweep_or_with_a_bad_space(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_recipe_without_a_sweep_or_with_a_bad_space(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = sweep_recipe(tmp_path / "r1")
     raw = json.loads(recipe.read_text())
     del raw["sweep"]
     recipe.write_text(json.dumps(raw))
-    args = [
-        "sweep",
-        "--recipe",
-        str(recipe),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(tmp_path / "o1"),
-        "--no-tracking",
-    ]
+    args = ["sweep", "--recipe", str(recipe), "--model", str(tiny_model), "--out", str(tmp_path / "o1"), "--no-tracking"]
     assert main(args) == 2
     assert "no sweep section" in capsys.readouterr().err
-    assert main(["run", "--sweep", *args[1:]]) == 2, (
-        "`run --sweep` is the sweep (gapforge run --sweep)"
-    )
+    assert main(["run", "--sweep", *args[1:]]) == 2, "`run --sweep` is the sweep (gapforge run --sweep)"
     assert "no sweep section" in capsys.readouterr().err
 
     bad = sweep_recipe(tmp_path / "r2", space={"train.learning_rate": {"low": 0.5, "high": 2.0}})
-    args = [
-        "sweep",
-        "--recipe",
-        str(bad),
-        "--model",
-        str(tiny_model),
-        "--out",
-        str(tmp_path / "o2"),
-        "--no-tracking",
-    ]
+    args = ["sweep", "--recipe", str(bad), "--model", str(tiny_model), "--out", str(tmp_path / "o2"), "--no-tracking"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "sweep.space.train.learning_rate: the value 2.0 makes an invalid recipe" in err
@@ -281,9 +215,7 @@ def test_settings_land_in_the_trial_recipe() -> None:
     trial = apply_settings(raw, {"train.epochs": 2.0, "lora.r": 16.0, "train.scheduler": "cosine"})
     assert trial["train"]["epochs"] == 2.0 and trial["train"]["max_steps"] is None
     assert trial["lora"]["r"] == 16 and isinstance(trial["lora"]["r"], int)
-    assert trial["train"]["scheduler"] == "cosine" and raw["train"]["max_steps"] == 4, (
-        "the recipe is not changed"
-    )
+    assert trial["train"]["scheduler"] == "cosine" and raw["train"]["max_steps"] == 4, "the recipe is not changed"
     again = apply_settings(trial, {"train.max_steps": 8})
     assert again["train"]["max_steps"] == 8 and again["train"]["epochs"] is None
 
@@ -319,9 +251,7 @@ def test_trials_that_keep_failing_stop_the_sweep_with_their_log(tmp_path: Path, 
     recipe, out = sweep_recipe(tmp_path / "recipe"), tmp_path / "out"
     base = ["--recipe", str(recipe), "--model", str(tiny_model), "--out", str(out), "--no-tracking"]
     assert main(["data", *base]) == 0
-    (out / "data" / "train.jsonl").write_text(
-        "not json\n"
-    )  # every trial's process fails reading it
+    (out / "data" / "train.jsonl").write_text("not json\n")  # every trial's process fails reading it
     assert main(["sweep", *base, "--llama-cpp", str(llama_cpp_dir)]) == 2
     captured = capsys.readouterr()
     assert "3 trials in a row failed" in captured.err and "trial.log" in captured.err

@@ -34,20 +34,8 @@ from tests.requirements import require_module
 EVALUATION = {
     "models": {
         "base": {"name": "base", "loss": 3.2, "perplexity": 24.5, "tokens": 90, "size_bytes": 10},
-        "merged": {
-            "name": "merged",
-            "loss": 2.1,
-            "perplexity": 8.2,
-            "tokens": 90,
-            "size_bytes": 10,
-        },
-        "gguf:q8_0": {
-            "name": "gguf:q8_0",
-            "loss": 2.11,
-            "perplexity": 8.3,
-            "tokens": 90,
-            "size_bytes": 5,
-        },
+        "merged": {"name": "merged", "loss": 2.1, "perplexity": 8.2, "tokens": 90, "size_bytes": 10},
+        "gguf:q8_0": {"name": "gguf:q8_0", "loss": 2.11, "perplexity": 8.3, "tokens": 90, "size_bytes": 5},
     },
     "delta_vs_merged_pct": {"gguf:q8_0": 1.2},
     "gates": [{"name": "improvement", "passed": True, "detail": "..."}],
@@ -79,9 +67,7 @@ def update(step: int, **logs: float) -> TrainingUpdate:
 def test_offline_variables_turn_every_telemetry_off(offline_env: None) -> None:
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true" and os.environ["DO_NOT_TRACK"] == "1"
     assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1" and os.environ["HF_HUB_OFFLINE"] == "1"
-    assert (
-        os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["WANDB_MODE"] == "disabled"
-    )
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["WANDB_MODE"] == "disabled"
     require_module("mlflow")
     from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY
 
@@ -96,9 +82,7 @@ def test_evaluation_metrics_take_every_score() -> None:
     assert not any(key.startswith(("gates", "samples")) for key in metrics)
 
 
-def test_mlflow_run_in_sqlite_and_resumed(
-    tmp_path: Path, recipe: RecipeSettings, offline_env: None
-) -> None:
+def test_mlflow_run_in_sqlite_and_resumed(tmp_path: Path, recipe: RecipeSettings, offline_env: None) -> None:
     require_module("mlflow")
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -127,10 +111,7 @@ def test_mlflow_run_in_sqlite_and_resumed(
     assert run.data.metrics["eval_loss"] == 1.7 and run.data.metrics["tokens_per_second"] == 1234.5
     assert run.data.metrics["test_perplexity/merged"] == 8.2
     assert run.data.metrics["judge/win_rate_vs_base"] == 0.75
-    assert sorted(a.path for a in client.list_artifacts(tracker.run_id)) == [
-        "evaluation.json",
-        "report.md",
-    ]
+    assert sorted(a.path for a in client.list_artifacts(tracker.run_id)) == ["evaluation.json", "report.md"]
 
     resumed = Tracker(out, recipe, continue_run=True)  # --resume: the same run goes on
     resumed(update(3, loss=0.5))
@@ -162,14 +143,10 @@ def test_textfile_and_http_metrics(tmp_path: Path) -> None:
             assert line in text.splitlines(), line
         assert f"gapforge_train_last_step_timestamp_seconds{labels}" in text
         assert not list(tmp_path.rglob("*.tmp*")), "written atomically: no temporary file left"
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics.port}/metrics", timeout=10
-        ) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10) as reply:
             served = reply.read().decode()
         assert f"gapforge_train_step{labels} 3.0" in served and "gapforge_train_grad_norm" in served
-        with pytest.raises(
-            RuntimeFailure, match=f"--metrics-port {metrics.port}: cannot serve metrics"
-        ):
+        with pytest.raises(RuntimeFailure, match=f"--metrics-port {metrics.port}: cannot serve metrics"):
             TrainingMetrics("tiny-desk", "0.1.0", None, port=metrics.port, host="127.0.0.1")
     finally:
         metrics.close()
@@ -200,10 +177,7 @@ def test_progress_line_rewritten_on_a_terminal() -> None:
     progress.finish()
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
-    assert (
-        text.rstrip("\n").rsplit("\r", 1)[1]
-        == "[train] step  2/10  loss 1.0000  eval 0.9000  1,234 tok/s  eta 16s\x1b[K"
-    )
+    assert text.rstrip("\n").rsplit("\r", 1)[1] == "[train] step  2/10  loss 1.0000  eval 0.9000  1,234 tok/s  eta 16s\x1b[K"
 
 
 class NetworkAttempts:
@@ -273,13 +247,8 @@ def test_no_step_attempts_a_network_connection(
         result = train_adapter(recipe, tiny_model, tokenizer, train_set, validation_set,
                                out / "checkpoints", out / "adapter", out / "train_log.jsonl",
                                resume=False, observers=[metrics, tracker])  # fmt: skip
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics.port}/metrics", timeout=10
-        ) as reply:
-            assert (
-                'gapforge_train_step{recipe="tiny-desk",version="0.1.0"} 4.0'
-                in reply.read().decode()
-            )
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10) as reply:
+            assert 'gapforge_train_step{recipe="tiny-desk",version="0.1.0"} 4.0' in reply.read().decode()
     finally:
         metrics.close()
         (out / "report.md").write_text("# report\n")
@@ -292,10 +261,7 @@ def test_no_step_attempts_a_network_connection(
     assert len(lines) == 6, printed  # 4 steps and 2 evaluations, one plain line each (not a TTY)
     assert lines[0].startswith("[train] step 1/4  loss ") and "tok/s  eta " in lines[0]
     assert "{'loss'" not in printed and "'eval_loss'" not in printed, "no raw metric dictionaries"
-    assert (
-        'gapforge_train_step{recipe="tiny-desk",version="0.1.0"} 4.0'
-        in (out / TEXTFILE).read_text()
-    )
+    assert 'gapforge_train_step{recipe="tiny-desk",version="0.1.0"} 4.0' in (out / TEXTFILE).read_text()
 
     from mlflow.tracking import MlflowClient
 
@@ -343,8 +309,5 @@ def test_torchrun_training_is_replayed_from_the_log(tmp_path: Path) -> None:
     log.write_text("".join(json.dumps(e) + "\n" for e in entries))
     seen: list[TrainingUpdate] = []
     replay_train_log(log, 2, [seen.append])
-    assert [(u.step, u.total_steps, u.is_eval, u.time) for u in seen] == [
-        (1, 2, False, 1.5),
-        (2, 2, True, 2.5),
-    ]
+    assert [(u.step, u.total_steps, u.is_eval, u.time) for u in seen] == [(1, 2, False, 1.5), (2, 2, True, 2.5)]
     assert seen[0].logs["loss"] == 2.0
