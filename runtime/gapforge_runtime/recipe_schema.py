@@ -239,6 +239,17 @@ class TrainSpec(Strict):
             )
         return self
 
+    @property
+    def adapter_method(self) -> str:
+        """How the adapter is trained on the model: `qlora` (a 4-bit base) or `lora`."""
+        quantized = self.method == "qlora" or (self.method == "dpo" and self.dpo.qlora)
+        return "qlora" if quantized else "lora"
+
+    @property
+    def uses_gradient_checkpointing(self) -> bool:
+        """QLoRA always recomputes activations: it is what makes 4-bit training fit."""
+        return self.gradient_checkpointing or self.adapter_method == "qlora"
+
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """DPO's settings (read with `method: dpo` only)."""
 

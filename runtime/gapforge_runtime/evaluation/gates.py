@@ -6,13 +6,14 @@ A gate whose measure was not taken fails and says why (fail closed: `passed` mea
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gapforge_runtime.evaluation.metrics import ModelScore, delta_pct
 
 if TYPE_CHECKING:
-    from gapforge_runtime.config import EvaluateSettings
+    from gapforge_runtime.recipe_schema import EvaluateSpec
 
 
 @dataclass
@@ -202,22 +203,33 @@ def forgetting_gate(summary: dict[str, Any] | None, limit: float | None) -> list
     ]
 
 
+def _by_target(limits: Mapping[Any, float]) -> dict[str, float]:
+    """A gate's limits per target, as the deciders take them."""
+    return {str(target): float(limit) for target, limit in limits.items()}
+
+
 def evaluation_gates(
-    settings: EvaluateSettings,
+    settings: EvaluateSpec,
     scores: dict[str, ModelScore],
     results: dict[str, Any],
 ) -> list[Gate]:
     """Every gate the recipe sets, in the report's order, over the evaluation's results (the
     judge's, the task metrics', lm-eval's, the preference and continual summaries)."""
     return [
-        *decide_gates(scores, settings.require_improvement, settings.max_perplexity_delta_pct),
+        *decide_gates(
+            scores,
+            settings.gates.require_improvement,
+            _by_target(settings.gates.max_perplexity_delta_pct),
+        ),
         *decide_comparison_gates(
-            settings.min_win_rate_vs_base,
-            settings.max_task_f1_drop_pts,
+            settings.gates.min_win_rate_vs_base,
+            _by_target(settings.gates.max_task_f1_drop_pts),
             results.get("judge"),
             results.get("task_metrics"),
         ),
-        *decide_lm_eval_gates(settings.max_lm_eval_drop_pts, results.get("lm_eval")),
-        *preference_gate(results.get("preference"), settings.min_preference_accuracy),
-        *forgetting_gate(results.get("continual"), settings.max_forgetting_pct),
+        *decide_lm_eval_gates(
+            _by_target(settings.gates.max_lm_eval_drop_pts), results.get("lm_eval")
+        ),
+        *preference_gate(results.get("preference"), settings.gates.min_preference_accuracy),
+        *forgetting_gate(results.get("continual"), settings.gates.max_forgetting_pct),
     ]

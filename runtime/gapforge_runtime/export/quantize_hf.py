@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gapforge_runtime.config import GptqSettings
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.files import atomic_dir
+from gapforge_runtime.recipe_schema import GptqSpec
 
 # GPTQModel would otherwise JIT-compile CUDA/C++ kernels on first use, which a sealed image cannot.
+GPTQ_BITS = 4
+"""GPTQ here is always INT4 (the recipe's `gptq:int4` target)."""
 NO_JIT = {"GPTQMODEL_DISABLE_GPTQ_CUDA": "1", "GPTQMODEL_DISABLE_PACK_EXT": "1"}
 GPTQ_BACKEND = "gptq_torch"
 """The GPTQ kernel used after quantization and at reload: plain torch, nothing compiled."""
@@ -51,7 +53,7 @@ def calibration_examples(items: list[Any], count: int) -> list[dict[str, list[in
 
 
 def quantize_gptq(
-    merged_dir: Path, out_dir: Path, settings: GptqSettings, calibration: list[dict[str, list[int]]]
+    merged_dir: Path, out_dir: Path, settings: GptqSpec, calibration: list[dict[str, list[int]]]
 ) -> dict[str, Any]:
     """GPTQ INT4 of the merged model with GPTQModel; saved in the GPTQ format transformers loads."""
     for key, value in NO_JIT.items():
@@ -61,7 +63,7 @@ def quantize_gptq(
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 
     config = QuantizeConfig(
-        bits=settings.bits,
+        bits=GPTQ_BITS,
         group_size=settings.group_size,
         desc_act=settings.desc_act,
         damp_percent=settings.damp_percent,
@@ -76,7 +78,7 @@ def quantize_gptq(
         _copy_extras(merged_dir, tmp)
     del model
     return {
-        "bits": settings.bits,
+        "bits": GPTQ_BITS,
         "group_size": settings.group_size,
         "desc_act": settings.desc_act,
         "damp_percent": settings.damp_percent,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ def _inputs(ctx: RunContext, extra: dict[str, Path | None]) -> dict[str, str]:
             recipe.data_format,
             recipe.train.seed,
             recipe.train.max_seq_length,
-            asdict(recipe.pii),
-            asdict(recipe.dedupe),
+            recipe.pii.model_dump(),
+            recipe.dedupe.model_dump(),
         ),
         "tokenizer": section_digest(
             *(sha256_file(p) for p in sorted(ctx.model_dir.glob("tokenizer*")))

@@ -3,7 +3,7 @@ answers, the comparisons the recipe asks for (steps/comparisons.py), and the gat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def step_eval(ctx: RunContext) -> StepRecord:
         "test": sha256_file(ctx.out.data / "test.jsonl"),
         "model": ctx.digest("model", ctx.model_dir),
         "merged": ctx.digest("merged", ctx.out.merged, refresh=True),
-        "settings": section_digest(asdict(ctx.recipe.evaluate)),
+        "settings": section_digest(ctx.recipe.spec.evaluate.model_dump(mode="json")),
         **{t: sha256_file(p) for t, p in ggufs.items()},
         **{t: ctx.digest(t, p, refresh=True) for t, p in quantized.items()},
     }

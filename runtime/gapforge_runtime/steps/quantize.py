@@ -3,7 +3,6 @@ the quantized transformers checkpoints (GPTQ, bitsandbytes) on a GPU."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from gapforge_runtime.config import RecipeSettings
@@ -63,7 +62,7 @@ def step_quantize(ctx: RunContext) -> StepRecord:
         "converter": sha256_file(llama_cpp / "convert_hf_to_gguf.py"),
     }
     if hf_targets(ctx.recipe):
-        inputs["hf_targets"] = section_digest(hf_targets(ctx.recipe), asdict(ctx.recipe.gptq))
+        inputs["hf_targets"] = section_digest(hf_targets(ctx.recipe), ctx.recipe.gptq.model_dump())
         inputs["train"] = sha256_file(ctx.out.data / "train.jsonl")
 
     def body() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,13 +12,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from gapforge_runtime.config import DedupeSettings, PiiSettings
 from gapforge_runtime.data.hygiene.dedupe import find_near_duplicates
 from gapforge_runtime.data.hygiene.patterns import PLACEHOLDERS, redact
 from gapforge_runtime.data.hygiene.pii import PiiDetector
 from gapforge_runtime.data.reading import DataSplit, Example
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.recipe_schema import PiiSpec
+from gapforge_runtime.recipe_schema import DedupeSpec, PiiSpec
 
 SPLITS = ("train", "validation", "test")
 OPTED_OUT = "not checked (the recipe opts out)"
@@ -70,14 +69,13 @@ class PiiRow:
     action: str
 
 
-def _policy(settings: PiiSettings) -> dict[str, str]:
-    # A settings object made in code may name only some types: the schema's defaults fill the rest.
-    defaults: dict[str, str] = {str(k): str(v) for k, v in PiiSpec().policy.items()}
-    return {**defaults, **settings.policy}
+def _policy(settings: PiiSpec) -> dict[str, str]:
+    # A section that names only some types: the schema's defaults fill the rest.
+    return {str(k): str(v) for k, v in {**PiiSpec().policy, **settings.policy}.items()}
 
 
 def scan_pii(
-    split: DataSplit, sources: dict[str, str], settings: PiiSettings, detector: PiiDetector
+    split: DataSplit, sources: dict[str, str], settings: PiiSpec, detector: PiiDetector
 ) -> dict[str, Any]:
     """Apply the per-type policy to every split in place; the report; RuntimeFailure on `fail`."""
     started = time.monotonic()
@@ -139,9 +137,7 @@ def scan_pii(
     }
 
 
-def dedupe_split(
-    split: DataSplit, sources: dict[str, str], settings: DedupeSettings
-) -> dict[str, Any]:
+def dedupe_split(split: DataSplit, sources: dict[str, str], settings: DedupeSpec) -> dict[str, Any]:
     """Drop near-duplicates and leaks from training in place; the report."""
     started = time.monotonic()
     train = split.train
@@ -191,8 +187,8 @@ def dedupe_split(
 def apply_hygiene(
     split: DataSplit,
     sources: dict[str, str],
-    pii: PiiSettings,
-    dedupe: DedupeSettings,
+    pii: PiiSpec,
+    dedupe: DedupeSpec,
     detector: PiiDetector | None = None,
 ) -> dict[str, Any]:
     """PII policy on every split, then near-duplicates and leaks out of training, in place.
