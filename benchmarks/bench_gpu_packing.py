@@ -98,7 +98,7 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
     """The runtime's padded batches (train.pad_batch), imported where the runtime's config imports
     (pydantic is not on every GPU machine): right padding, attention 0 and label -100 on it."""
     try:
-        from gapforge_runtime.train import pad_batch as runtime_pad_batch
+        from gapforge_runtime.methods.sft import pad_batch as runtime_pad_batch
     except ImportError:
         import torch
 
@@ -114,7 +114,7 @@ def pad_batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, An
 def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace, device: str) -> tuple[Any, dict[str, Any]]:
     """The model loaded the variant's way, with LoRA adapters, in train mode; and how it was loaded."""
     import torch
-    from gapforge_runtime import packing
+    from gapforge_runtime.data import packing
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -137,7 +137,7 @@ def load_model(folder: Path, method: str, variant: str, args: argparse.Namespace
         )
         if runtime and variant != "runtime-fp32":
             # gapforge_runtime.train imports pydantic, which not every GPU machine has: only where used
-            from gapforge_runtime.train import frozen_back_to_bf16
+            from gapforge_runtime.methods.sft import frozen_back_to_bf16
 
             frozen_back_to_bf16(model)  # as the runtime's QLoRA does
     else:
@@ -169,7 +169,7 @@ def packed_check(model: Any, examples: list[dict[str, list[int]]], device: str) 
     """The packed row against the padded batch of the same 4 examples (logits of every real token),
     and the same row without restarting positions (which must differ: the negative control)."""
     import torch
-    from gapforge_runtime import packing
+    from gapforge_runtime.data import packing
 
     chosen = examples[:4]
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -224,7 +224,7 @@ def timed_steps(model: Any, optimizer: Any, steps: list[list[dict[str, list[int]
     MFU, peak memory, loss; or, where it ran out of memory, the step and the peak."""
     import torch
     from bench_gpu import peak_tflops
-    from gapforge_runtime import packing
+    from gapforge_runtime.data import packing
 
     cuda = device == "cuda"
     if cuda:

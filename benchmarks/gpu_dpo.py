@@ -84,8 +84,8 @@ def main() -> int:
     (work / "recipe.json").write_text(json.dumps(recipe))
 
     from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.methods.sft import train_adapter, training_items
     from gapforge_runtime.offline import force_offline
-    from gapforge_runtime.train import train_adapter, training_items
 
     force_offline()
     settings = load_recipe_settings(str(work / "recipe.json"))

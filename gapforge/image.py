@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gapforge_runtime.features import BASE, FEATURES_ENV, FEATURES_FILE
+from gapforge_runtime.features import BASE
+from gapforge_runtime.image_contract import FEATURES_ENV, FEATURES_FILE
 from installer import install
 from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile

@@ -1,4 +1,4 @@
-"""`gapforge run` as one node of a training job across nodes (the runtime's gapforge_runtime.nodes).
+"""`gapforge run` as one node of a training job across nodes (the runtime's gapforge_runtime.launch.nodes).
 
 Each node's container joins an *internal* Docker network (`docker network create --internal`):
 the nodes reach each other by name and nothing else, so the sealed run's promise (no way out)

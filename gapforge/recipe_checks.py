@@ -10,14 +10,8 @@ from typing import Any
 
 import yaml
 from gapforge_runtime.bounded_yaml import BoundedSafeLoader
-from gapforge_runtime.recipe_schema import (
-    GPU_ONLY_TARGETS,
-    LineMap,
-    Problem,
-    Recipe,
-    problem,
-    schema_problems,
-)
+from gapforge_runtime.recipe_problems import LineMap, Problem, problem, schema_problems
+from gapforge_runtime.recipe_schema import GPU_ONLY_TARGETS, Recipe
 from pydantic import BaseModel, ValidationError
 
 from gapforge.names import links_out_of
@@ -358,7 +352,7 @@ def _gguf_files(get: _Values, source: dict[str, Any]) -> int:
 
 def _check_lm_eval(problems: _Problems, get: _Values) -> None:
     """evaluate.lm_eval: a task folder inside the recipe's that runs offline, targets it builds."""
-    from gapforge_runtime.lmeval import check_task_folder
+    from gapforge_runtime.evaluation.lmeval import check_task_folder
 
     lm_eval = get("evaluate", "lm_eval")
     gates = get("evaluate", "gates", "max_lm_eval_drop_pts")

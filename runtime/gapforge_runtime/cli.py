@@ -3,84 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import os
-import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from gapforge_runtime import __version__
+from gapforge_runtime.commands import add_tool_commands
 from gapforge_runtime.errors import EXIT_GATE_FAILED, EXIT_USAGE, RuntimeFailure
-from gapforge_runtime.gguf_import import DTYPES
-from gapforge_runtime.nodes import DEFAULT_PORT, nodes_from_args
+from gapforge_runtime.image_contract import (
+    LLAMA_CPP_DIR,
+    LLAMA_CPP_ENV,
+    MODEL_DIR,
+    MODEL_ENV,
+    OUT_ENV,
+)
+from gapforge_runtime.launch.nodes import DEFAULT_PORT, nodes_from_args
 from gapforge_runtime.offline import force_offline
 
 if TYPE_CHECKING:
-    from gapforge_runtime.pipeline import RunContext
-
-RECIPE_ENV = "GAPFORGE_RECIPE"
-DEFAULT_RECIPE = "/opt/gapforge/recipe/recipe.json"
-REPORTED_PACKAGES = (
-    "torch", "transformers", "peft", "accelerate", "llama_cpp_python", "gguf", "bitsandbytes", "gptqmodel",
-)  # fmt: skip
-
-
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def load_recipe(path: str | None = None) -> dict[str, object] | None:
-    """Read the recipe the image was built for (JSON written by the builder), if any."""
-    recipe_path = Path(path or os.environ.get(RECIPE_ENV, DEFAULT_RECIPE))
-    if not recipe_path.is_file():
-        return None
-    data: dict[str, object] = json.loads(recipe_path.read_text(encoding="utf-8"))
-    return data
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    """Print the versions of python and the ML stack, how Triton gets its launcher, and the recipe
-    this image was built for."""
-    from gapforge_runtime.triton_launcher import how_triton_builds
-
-    recipe = load_recipe(args.recipe)
-    info: dict[str, object] = {
-        "runtime": __version__,
-        "python": platform.python_version(),
-        "packages": {name: _package_version(name) for name in REPORTED_PACKAGES},
-        "recipe": None
-        if recipe is None
-        else {"name": recipe.get("name"), "version": recipe.get("version")},
-        "offline": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
-        "triton_launcher": how_triton_builds(),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-        return 0
-    print(f"gapforge-runtime {__version__}")
-    print(f"python        {info['python']}")
-    for name, version in info["packages"].items():  # type: ignore[attr-defined]
-        print(f"{name:<13} {version}")
-    print(f"triton        {info['triton_launcher'] or 'no launcher: no flex attention, no Liger'}")
-    if recipe is None:
-        print("recipe        (none: not running inside a sealed image)")
-    else:
-        print(f"recipe        {recipe.get('name')} {recipe.get('version')}")
-    return 0
-
-
-def cmd_import_gguf(args: argparse.Namespace) -> int:
-    """Dequantize a GGUF model into a Hugging Face folder with safetensors."""
-    from gapforge_runtime.gguf_import import import_gguf
-
-    import_gguf(Path(args.gguf), Path(args.out), force=args.force, dtype=args.dtype)
-    return 0
-
+    from gapforge_runtime.steps.context import RunContext
 
 STEP_HELP = {
     "run": "the whole recipe: validate data, train, merge, quantize, evaluate, report",
@@ -93,28 +34,21 @@ STEP_HELP = {
 
 
 def _context(args: argparse.Namespace) -> RunContext:
-    from gapforge_runtime.config import (
-        DEFAULT_LLAMA_CPP,
-        DEFAULT_MODEL,
-        LLAMA_CPP_ENV,
-        MODEL_ENV,
-        OUT_ENV,
-        load_recipe_settings,
-    )
+    from gapforge_runtime.config import load_recipe_settings
     from gapforge_runtime.features import require_image_features
     from gapforge_runtime.outputs import Layout
-    from gapforge_runtime.pipeline import RunContext
+    from gapforge_runtime.steps.context import RunContext
 
     recipe = load_recipe_settings(args.recipe)
     require_image_features(recipe.spec, str(recipe.path))  # before any work: run, a step, a sweep
     out = Path(args.out or os.environ.get(OUT_ENV) or "outputs").resolve()
-    base = Path(args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).resolve()
+    base = Path(args.model or os.environ.get(MODEL_ENV) or MODEL_DIR).resolve()
     parent = None
     if getattr(args, "parent", None):
-        from gapforge_runtime.continual import load_parent
+        from gapforge_runtime.methods.continual import load_parent
 
         parent = load_parent(Path(args.parent).resolve())
-    llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or DEFAULT_LLAMA_CPP
+    llama_cpp = args.llama_cpp or os.environ.get(LLAMA_CPP_ENV) or LLAMA_CPP_DIR
     return RunContext(
         recipe=recipe,
         model_dir=parent.merged if parent is not None else base,
@@ -142,8 +76,9 @@ def _context(args: argparse.Namespace) -> RunContext:
 def cmd_step(args: argparse.Namespace) -> int:
     """Run one step (or all of them, for `run`), then rewrite the manifest and the report."""
     from gapforge_runtime import pipeline
-    from gapforge_runtime.manifest import write_manifest_and_report
     from gapforge_runtime.preflight import check_hardware
+    from gapforge_runtime.report.manifest import write_manifest_and_report
+    from gapforge_runtime.steps.context import observed_run, prepare
 
     if getattr(args, "sweep", False):
         return cmd_sweep(args)
@@ -154,34 +89,14 @@ def cmd_step(args: argparse.Namespace) -> int:
         args.command, (args.command,)
     )
     check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, checked, ctx.nproc)
-    pipeline.prepare(ctx)
-    steps = {
-        "data": [pipeline.step_data],
-        "train": [pipeline.step_train],
-        "merge": [pipeline.step_merge],
-        "quantize": [pipeline.step_quantize],
-        "eval": [pipeline.step_eval],
-        # train runs (or confirms) the data step itself.
-        "run": [
-            pipeline.step_train,
-            pipeline.step_merge,
-            pipeline.step_quantize,
-            pipeline.step_eval,
-        ],
-    }[args.command]
-    if ctx.nodes.multi and not ctx.nodes.lead and args.command in ("run", "train"):
-        # Every node trains; node 0 finishes the run (merge, quantize, evaluate, report).
-        steps = [pipeline.step_train]
-    elif args.command == "run":
+    prepare(ctx)
+    steps = pipeline.steps_for(args.command, ctx)
+    if args.command == "run" and ctx.nodes.lead:
         # Fail before hours of training, not after: the converter must be there for quantize.
-        from gapforge_runtime.quantize import check_llama_cpp
+        from gapforge_runtime.export.quantize import check_llama_cpp
 
         check_llama_cpp(ctx.llama_cpp)
-    if ctx.recipe.train.method == "distill":  # the teacher's answers, then the student's adapter
-        from gapforge_runtime.distill import step_train_distilled
-
-        steps = [step_train_distilled if s is pipeline.step_train else s for s in steps]
-    with pipeline.observed_run(
+    with observed_run(
         ctx, tracking=not args.no_tracking, metrics_port=getattr(args, "metrics_port", None)
     ):
         for step in steps:
@@ -210,21 +125,22 @@ def _verdict(passed: bool | None, gated: bool = True) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """The recipe's sweep (trials in their own processes), then the best trial merged, quantized, evaluated."""
-    from gapforge_runtime import pipeline
-    from gapforge_runtime.manifest import write_manifest_and_report
+    from gapforge_runtime.export.quantize import check_llama_cpp
+    from gapforge_runtime.launch.sweep import check_recipe, run_sweep
+    from gapforge_runtime.pipeline import AFTER_TRAINING
     from gapforge_runtime.preflight import check_hardware, check_targets
-    from gapforge_runtime.quantize import check_llama_cpp
-    from gapforge_runtime.sweep import check_recipe, run_sweep
+    from gapforge_runtime.report.manifest import write_manifest_and_report
+    from gapforge_runtime.steps.context import observed_run, prepare
 
     ctx = _context(args)
     check_recipe(ctx.recipe)
     check_hardware(ctx.recipe.train.adapter_method, ctx.recipe.quantize, ("train", "quantize"), 1)
     check_targets(ctx.recipe.quantize)
-    pipeline.prepare(ctx)
+    prepare(ctx)
     check_llama_cpp(ctx.llama_cpp)  # before hours of trials, not after
     best = run_sweep(ctx, args.trials, args.parallel)
-    with pipeline.observed_run(best, tracking=not args.no_tracking):
-        for step in (pipeline.step_merge, pipeline.step_quantize, pipeline.step_eval):
+    with observed_run(best, tracking=not args.no_tracking):
+        for step in AFTER_TRAINING:
             step(best)
         manifest = write_manifest_and_report(best)
     print(f"outputs in {best.out.root} (manifest.json, report.md, report.html, sweep/sweep.json)")
@@ -241,70 +157,11 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Estimate peak GPU memory of training before any weight is loaded, and whether it fits."""
-    from gapforge_runtime import memplan
-    from gapforge_runtime.config import DEFAULT_MODEL, MODEL_ENV, load_recipe_settings
-
-    recipe = (
-        load_recipe_settings(args.recipe)
-        if (args.recipe or os.environ.get("GAPFORGE_RECIPE"))
-        else None
-    )
-    source = Path(args.config or args.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
-    try:
-        shape = memplan.ModelShape.from_config(memplan.read_config(source))
-    except (OSError, KeyError, ValueError) as exc:
-        raise RuntimeFailure(
-            f"--model/--config {source}: cannot read the model's shape from config.json ({exc}). Pass a "
-            "model folder or a config.json with vocab_size, hidden_size, num_hidden_layers, num_attention_heads."
-        ) from None
-    train = recipe.train if recipe else None
-    training = memplan.TrainingShape(
-        method=args.method or (train.adapter_method if train else "lora"),
-        batch=args.batch or (train.batch_size if train else 1),
-        seq=args.seq or (train.max_seq_length if train else 2048),
-        rank=args.rank or (recipe.lora.r if recipe else 16),
-        targets=recipe.lora.target_modules if recipe else "all-linear",
-        gradient_checkpointing=args.gradient_checkpointing
-        or bool(train and train.gradient_checkpointing),
-        nproc=(args.nproc or (train.nproc if train else 1))
-        * (args.nnodes or (train.nnodes if train else 1)),
-        distributed=args.distributed
-        or ("fsdp" if train and train.distributed == "fsdp" else "ddp"),
-        fused_loss=args.fused_loss,
-    )
-    memory = (
-        int(args.gpu_memory_gib * memplan.GiB)
-        if args.gpu_memory_gib
-        else memplan.gpu_memory_bytes()
-    )
-    plan = memplan.estimate(shape, training, memory)
-    per_node = args.gpus_per_node or 8
-    needed = memplan.nodes_needed(shape, training, memory, per_node) if memory else None
-    if args.json:
-        facts = plan.as_json()
-        if memory:
-            facts["nodes_needed"] = (
-                {"nodes": needed[0], "gpus_per_node": per_node, "distributed": needed[1]}
-                if needed
-                else None
-            )
-        print(json.dumps(facts, indent=2, sort_keys=True))
-    else:
-        print(memplan.describe(plan))
-        if memory:
-            print(memplan.describe_nodes(needed, per_node, memory))
-        if memory is None:
-            print("[plan] no GPU visible: pass --gpu-memory-gib to check the fit for a given GPU")
-    return 0 if plan.fits is not False else EXIT_GATE_FAILED
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
     parser.add_argument(
         "--model",
-        help="base model folder, HF layout (default: $GAPFORGE_MODEL_DIR or /opt/gapforge/model)",
+        help=f"base model folder, HF layout (default: ${MODEL_ENV} or {MODEL_DIR})",
     )
     parser.add_argument("--data", help="JSONL data (default: the recipe's sample data)")
     parser.add_argument("--validation", help="your own validation split (JSONL, same format)")
@@ -312,7 +169,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: $GAPFORGE_OUT or ./outputs)")
     parser.add_argument(
         "--llama-cpp",
-        help="llama.cpp scripts folder (default: $GAPFORGE_LLAMA_CPP or /opt/gapforge/llama.cpp)",
+        help=f"llama.cpp scripts folder (default: ${LLAMA_CPP_ENV} or {LLAMA_CPP_DIR})",
     )
     parser.add_argument(
         "--force", action="store_true", help="redo finished steps; replace another run's outputs"
@@ -332,7 +189,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_node_options(parser: argparse.ArgumentParser) -> None:
-    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.nodes)."""
+    """Training across nodes through torchrun's c10d rendezvous (gapforge_runtime.launch.nodes)."""
     group = parser.add_argument_group(
         "across nodes (every node runs the same command, its own --out)"
     )
@@ -357,63 +214,13 @@ def _add_node_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapforge-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print versions and the recipe this image was built for")
-    info.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE or the image's)")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.set_defaults(func=cmd_info)
+    add_tool_commands(sub)
+    _add_step_commands(sub)
+    return parser
 
-    imp = sub.add_parser(
-        "import-gguf", help="dequantize a GGUF model into an HF safetensors folder"
-    )
-    imp.add_argument("--gguf", required=True, help="the .gguf model file")
-    imp.add_argument(
-        "--out", required=True, help="the folder to write (config, tokenizer, weights)"
-    )
-    imp.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    imp.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="stored dtype (auto: float32 for F32 GGUFs, bfloat16 for BF16, else float16)",
-    )
-    imp.set_defaults(func=cmd_import_gguf)
 
-    plan = sub.add_parser("plan", help="estimate peak GPU memory of training and whether it fits")
-    plan.add_argument("--recipe", help="recipe JSON (default: $GAPFORGE_RECIPE)")
-    plan.add_argument(
-        "--model", help="model folder with config.json (default: $GAPFORGE_MODEL_DIR)"
-    )
-    plan.add_argument("--config", help="a config.json instead of a model folder")
-    plan.add_argument(
-        "--method", choices=["full", "lora", "qlora"], help="override the recipe's train.method"
-    )
-    plan.add_argument("--batch", type=int, help="micro-batch size per GPU")
-    plan.add_argument("--seq", type=int, help="sequence length")
-    plan.add_argument("--rank", type=int, help="LoRA rank")
-    plan.add_argument(
-        "--gradient-checkpointing", action="store_true", help="assume activation recomputation"
-    )
-    plan.add_argument(
-        "--fused-loss",
-        action="store_true",
-        help="assume Liger's fused linear cross-entropy (the train step's default on CUDA)",
-    )
-    plan.add_argument("--nproc", type=int, help="GPUs per node the run is spread over")
-    plan.add_argument(
-        "--nnodes", type=int, help="nodes the run is spread over (GPUs: nnodes x nproc)"
-    )
-    plan.add_argument(
-        "--gpus-per-node",
-        type=int,
-        help="GPUs of one node, to say how many nodes are needed (default 8)",
-    )
-    plan.add_argument("--distributed", choices=["ddp", "fsdp"], help="how the GPUs share the model")
-    plan.add_argument(
-        "--gpu-memory-gib", type=float, help="memory of one GPU (default: the visible GPU's)"
-    )
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.set_defaults(func=cmd_plan)
-
+def _add_step_commands(sub: Any) -> None:
+    """`sweep` and the run's steps (run, data, train, merge, quantize, eval), with their options."""
     sweep = sub.add_parser(
         "sweep",
         help="the recipe's hyper-parameter sweep, then the best trial merged, quantized, evaluated",
@@ -450,7 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
             _add_sweep_options(step)
         step.set_defaults(func=cmd_step)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

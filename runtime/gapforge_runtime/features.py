@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.image_contract import FEATURES_ENV
 from gapforge_runtime.recipe_schema import Recipe
 
 BASE = "base"
@@ -36,11 +37,6 @@ FEATURE_MODULES: dict[str, tuple[str, ...]] = {
     "ner": ("presidio_analyzer", "spacy"),
 }
 """The modules each feature's code imports: how a plain venv (no image record) is checked."""
-
-FEATURES_ENV = "GAPFORGE_FEATURES"
-"""Set in every image to the record below; unset in a plain venv or on a GPU machine."""
-FEATURES_FILE = "/opt/gapforge/features.json"
-"""The image's record of its feature sets and their wheels, written by the builder."""
 
 
 def recipe_features(recipe: Recipe) -> dict[str, str]:

@@ -277,7 +277,7 @@ def plan_for_run(model_dir: Path, recipe: Any, nproc: int = 1) -> MemoryPlan | N
 
 def _liger_applies(model_dir: Path, train: Any) -> bool:
     """Whether training will patch in Liger's fused linear cross-entropy (train.py's apply_liger)."""
-    from gapforge_runtime.packing import liger_blocker
+    from gapforge_runtime.data.packing import liger_blocker
 
     setting = getattr(train, "liger", False)
     if train.method == "dpo" or setting is False or setting == "false":

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gapforge_runtime.config import CPU_BASELINE_ENV
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.image_contract import CPU_BASELINE_ENV
 
 UNSAFE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

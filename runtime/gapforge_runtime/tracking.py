@@ -25,7 +25,6 @@ import logging
 import re
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,10 @@ def recipe_params(recipe: RecipeSettings) -> dict[str, str]:
     and the image's profile."""
     params = {"recipe_sha256": recipe.sha256, "profile": recipe.profile, "recipe": recipe.name,
               "version": recipe.version, "quantize": ",".join(recipe.quantize)}  # fmt: skip
-    for section, values in (("train", asdict(recipe.train)), ("lora", asdict(recipe.lora))):
+    for section, values in (
+        ("train", recipe.train.model_dump()),
+        ("lora", recipe.lora.model_dump()),
+    ):
         for name, value in values.items():
             shown = ",".join(value) if isinstance(value, list) else value
             params[f"{section}.{name}"] = str(shown)

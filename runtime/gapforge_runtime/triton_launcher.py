@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.image_contract import TRITON_LAUNCHER_ENV
 
-ENV = "GAPFORGE_TRITON_LAUNCHER"
+ENV = TRITON_LAUNCHER_ENV
 
 _installed: str | None = None
 

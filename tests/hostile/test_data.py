@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from gapforge_runtime.data import (
+from gapforge_runtime.data.reading import (
     MAX_DEPTH,
     Example,
     read_examples,

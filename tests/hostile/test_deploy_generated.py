@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.quantize import modelfile_string, write_modelfile
+from gapforge_runtime.export.quantize import modelfile_string, write_modelfile
 
 from gapforge.bundle.runbook import TEMPLATE, TEMPLATES, render_runbook, runbook_context
 from gapforge.bundle.source import BundleSource

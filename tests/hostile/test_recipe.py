@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from gapforge_runtime.bounded_yaml import MAX_BYTES, YamlRefused
-from gapforge_runtime.lmeval import read_task_yaml
+from gapforge_runtime.evaluation.lmeval import read_task_yaml
 
 from tests.hostile.conftest import Hostile
 

@@ -234,7 +234,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-project")
     make_tiny_model(root / "recipes" / "tiny" / "model")
     # A judge shipped beside the base (models: judge): the tiny model's own f16 GGUF, made here
-    from gapforge_runtime.quantize import check_llama_cpp, convert_to_f16
+    from gapforge_runtime.export.quantize import check_llama_cpp, convert_to_f16
 
     (root / "recipes/tiny/judge").mkdir()
     llama_cpp = check_llama_cpp(Path(os.environ.get("GAPFORGE_LLAMA_CPP", "/nonexistent")))

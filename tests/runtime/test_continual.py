@@ -165,7 +165,8 @@ def test_dpo_from_an_sft_run_uses_it_as_start_and_reference(
 
 
 def test_replay_share_and_forgetting_gate() -> None:
-    from gapforge_runtime.continual import forgetting_gate, replay_count
+    from gapforge_runtime.evaluation.gates import forgetting_gate
+    from gapforge_runtime.methods.continual import replay_count
 
     assert replay_count(36, 0.25, 100) == 12  # 12 / 48 = 25 %
     assert replay_count(36, 0.5, 10) == 10  # no more than the parent has

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from gapforge_runtime import pipeline, preflight
-from gapforge_runtime.config import CPU_BASELINE_ENV, load_recipe_settings
+from gapforge_runtime.config import load_recipe_settings
 from gapforge_runtime.errors import RuntimeFailure
+from gapforge_runtime.image_contract import CPU_BASELINE_ENV
 from gapforge_runtime.outputs import Layout
 from gapforge_runtime.preflight import check_cpu_features, host_cpu_flags, llama_cpp_cpu_features
 
@@ -125,8 +126,8 @@ def test_quantize_and_eval_check_the_cpu_before_llama_cpp_is_imported(
 
 def test_the_step_modules_do_not_import_llama_cpp_when_imported() -> None:
     probe = (
-        "import sys, gapforge_runtime.cli, gapforge_runtime.pipeline, gapforge_runtime.quantize, "
-        "gapforge_runtime.evaluate, gapforge_runtime.preflight; print('llama_cpp' in sys.modules)"
+        "import sys, gapforge_runtime.cli, gapforge_runtime.pipeline, gapforge_runtime.export.quantize, "
+        "gapforge_runtime.evaluation.metrics, gapforge_runtime.preflight; print('llama_cpp' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)

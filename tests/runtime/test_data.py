@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from conftest import chat_examples, write_jsonl
-from gapforge_runtime.data import read_examples, split_examples, split_ratios
-from gapforge_runtime.encoding import IGNORE_INDEX, encode_record
+from gapforge_runtime.data.encoding import IGNORE_INDEX, encode_record
+from gapforge_runtime.data.reading import read_examples, split_examples, split_ratios
 from gapforge_runtime.errors import RuntimeFailure
 from gapforge_runtime.modelio import load_tokenizer
 
@@ -114,7 +114,7 @@ def test_alpaca_and_completion_encoding(tiny_model: Path) -> None:
 
 
 def test_over_length_is_truncated_and_counted(tiny_model: Path) -> None:
-    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.data.encoding import encode_split
 
     tokenizer = load_tokenizer(tiny_model)
     long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "answer"}]}

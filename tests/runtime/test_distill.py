@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import chat_examples, recipe_dict, write_jsonl
 from gapforge_runtime.cli import main
-from gapforge_runtime.distill import drop_reason, most_repeated_ngram, with_answer
 from gapforge_runtime.files import sha256_file
+from gapforge_runtime.methods.distill import drop_reason, most_repeated_ngram, with_answer
 from gapforge_runtime.recipe_schema import DistillSpec
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import TOPICS, recipe_dict, write_jsonl
-from gapforge_runtime.data import read_examples
+from gapforge_runtime.data.reading import read_examples
 from gapforge_runtime.errors import RuntimeFailure
 from test_run import runtime_command
 

@@ -40,7 +40,7 @@ def test_unknown_gpus_and_empty_runs_say_so() -> None:
 
 
 def test_the_train_step_computes_it_for_sft_examples_not_for_pairs(tmp_path: Path) -> None:
-    from gapforge_runtime.train import _utilization
+    from gapforge_runtime.methods.sft import _utilization
 
     config = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
               "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}  # fmt: skip

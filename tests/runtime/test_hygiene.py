@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from conftest import chat_examples, recipe_dict, write_jsonl
 from gapforge_runtime.cli import main
-from gapforge_runtime.hygiene.dedupe import find_near_duplicates
-from gapforge_runtime.hygiene.lengths import length_stats
-from gapforge_runtime.hygiene.pii import PiiDetector, iban_valid, luhn_valid
+from gapforge_runtime.data.hygiene.dedupe import find_near_duplicates
+from gapforge_runtime.data.hygiene.lengths import length_stats
+from gapforge_runtime.data.hygiene.patterns import iban_valid, luhn_valid
+from gapforge_runtime.data.hygiene.pii import PiiDetector
 
 from tests.requirements import require_module
 
@@ -204,7 +205,7 @@ def test_opting_out_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     ],
 )
 def test_national_ids_follow_the_issuing_rules(text: str, found: bool) -> None:
-    from gapforge_runtime.hygiene.pii import find_patterns, resolve_overlaps
+    from gapforge_runtime.data.hygiene.patterns import find_patterns, resolve_overlaps
 
     hits = resolve_overlaps(find_patterns(text))
     assert any(h.type == "national_id" for h in hits) == found, hits
@@ -223,7 +224,7 @@ def test_detection_makes_no_network_connection(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    from gapforge_runtime.hygiene import pii
+    from gapforge_runtime.data.hygiene import pii
 
     pii.build_presidio.cache_clear()  # build it here, under the blocked sockets
     detector = PiiDetector(presidio=True)

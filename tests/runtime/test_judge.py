@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gapforge_runtime import judge as jd
-from gapforge_runtime.evaluate import decide_comparison_gates
-from gapforge_runtime.taskmetrics import (
+from gapforge_runtime.evaluation import judge as jd
+from gapforge_runtime.evaluation.gates import decide_comparison_gates
+from gapforge_runtime.evaluation.taskmetrics import (
     exact_match,
     normalize_answer,
     rouge_l,

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 from gapforge_runtime.errors import RuntimeFailure
-from gapforge_runtime.lmeval import (
+from gapforge_runtime.evaluation.lmeval import (
     check_task_folder,
     prepare_task_folder,
     read_task_yaml,
-    summarize_results,
-    worst_drop_pts,
 )
+from gapforge_runtime.evaluation.lmeval_run import summarize_results, worst_drop_pts
 
 from tests.requirements import require_module
 from tests.runtime.conftest import write_jsonl
@@ -187,8 +186,8 @@ def _instances(kind: str, args: list[tuple[Any, ...]]) -> list[Any]:
 
 def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: Path) -> None:
     require_module("lm_eval")
-    from gapforge_runtime.lmeval import local_hf_lm
-    from gapforge_runtime.lmeval_gguf import GapforgeGGUFLM
+    from gapforge_runtime.evaluation.lmeval_gguf import GapforgeGGUFLM
+    from gapforge_runtime.evaluation.lmeval_run import local_hf_lm
     from lm_eval.api.registry import get_model
 
     assert get_model("gapforge-gguf") is GapforgeGGUFLM  # usable by name, as lm-eval's own models are
@@ -218,7 +217,7 @@ def test_gguf_model_agrees_with_lm_evals_hf_model(tiny_model: Path, tiny_gguf: P
 
 def test_the_shipped_example_runs_in_lm_eval(tiny_model: Path, tmp_path: Path) -> None:
     require_module("lm_eval")
-    from gapforge_runtime.lmeval import run_lm_eval
+    from gapforge_runtime.evaluation.lmeval_run import run_lm_eval
 
     result = run_lm_eval(EXAMPLE, tmp_path / "work", {"merged": tiny_model}, tiny_model, limit=2)
     found = result["targets"]["merged"]["desk_qa"]
@@ -230,7 +229,7 @@ def test_run_lm_eval_scores_every_target_offline(
     tiny_model: Path, tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_module("lm_eval")
-    from gapforge_runtime.lmeval import run_lm_eval
+    from gapforge_runtime.evaluation.lmeval_run import run_lm_eval
 
     folder = make_task_folder(tmp_path / "tasks")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nothing may land in $HOME's caches
@@ -335,7 +334,7 @@ def test_a_model_forced_to_the_right_answers_scores_full_marks_as_hf_and_as_gguf
     import sys
 
     require_module("lm_eval")
-    from gapforge_runtime.lmeval import run_lm_eval
+    from gapforge_runtime.evaluation.lmeval_run import run_lm_eval
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)

@@ -24,7 +24,7 @@ def varied_rows(count: int) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def encoded(tiny_model: Path) -> list[Any]:
     require_module("torch")
-    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.data.encoding import encode_split
     from gapforge_runtime.modelio import load_tokenizer
 
     items, _ = encode_split(load_tokenizer(tiny_model), "chat", varied_rows(8), 160)
@@ -56,7 +56,7 @@ def token_losses(logits: Any, labels: Any) -> Any:
 
 
 def test_flattened_row_restarts_positions_and_hides_each_first_label(encoded: list[Any]) -> None:
-    from gapforge_runtime.packing import flatten_batch
+    from gapforge_runtime.data.packing import flatten_batch
 
     features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:3]]
     batch = flatten_batch(features)
@@ -83,7 +83,7 @@ def test_per_example_losses_of_a_packed_row_equal_each_example_alone(
     tiny_model: Path, encoded: list[Any], attn: str
 ) -> None:
     torch = require_module("torch")
-    from gapforge_runtime.packing import flatten_examples
+    from gapforge_runtime.data.packing import flatten_examples
 
     model = load_model(tiny_model, attn)
     examples = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:5]]
@@ -110,8 +110,8 @@ def test_per_example_losses_of_a_packed_row_equal_each_example_alone(
 def test_packed_batch_loss_is_the_padded_batch_loss(tiny_model: Path, encoded: list[Any]) -> None:
     """Same examples: the model's own (token-mean) loss of the flattened row equals the padded one's."""
     torch = require_module("torch")
-    from gapforge_runtime.packing import flatten_batch
-    from gapforge_runtime.train import pad_batch
+    from gapforge_runtime.data.packing import flatten_batch
+    from gapforge_runtime.methods.sft import pad_batch
 
     model = load_model(tiny_model, "sdpa")
     features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded[:4]]
@@ -126,7 +126,7 @@ def test_packed_batch_loss_is_the_padded_batch_loss(tiny_model: Path, encoded: l
 
 
 def test_token_budget_groups_fit_keep_every_example_once_and_are_seeded() -> None:
-    from gapforge_runtime.packing import token_budget_groups
+    from gapforge_runtime.data.packing import token_budget_groups
 
     lengths = [50, 300, 120, 700, 90, 1024, 10, 400, 333, 2000]
     groups = token_budget_groups(lengths, 1024, seed=3)
@@ -139,9 +139,9 @@ def test_token_budget_groups_fit_keep_every_example_once_and_are_seeded() -> Non
 
 def train_losses(tmp_path: Path, tiny_model: Path, name: str, **train: Any) -> list[float]:
     from gapforge_runtime.config import load_recipe_settings
-    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.data.encoding import encode_split
+    from gapforge_runtime.methods.sft import train_adapter
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import train_adapter
 
     recipe = load_recipe_settings(
         str(write_recipe(tmp_path / name / "recipe", max_steps=6, eval_every=3, **train))
@@ -177,8 +177,8 @@ def test_a_token_budget_training_runs_and_learns(tmp_path: Path, tiny_model: Pat
 
 
 def test_liger_required_on_the_cpu_is_a_clear_failure(tiny_model: Path) -> None:
+    from gapforge_runtime.data.packing import apply_liger
     from gapforge_runtime.errors import RuntimeFailure
-    from gapforge_runtime.packing import apply_liger
 
     assert apply_liger("auto", tiny_model, "cpu") is None
     assert apply_liger(False, tiny_model, "cuda") is None
@@ -216,8 +216,9 @@ def test_the_memory_plan_counts_one_chunk_of_logits_where_liger_fuses_the_loss(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The planner asks the same question as apply_liger; with train.liger false it never fuses."""
-    from gapforge_runtime import memplan, packing
+    from gapforge_runtime import memplan
     from gapforge_runtime.config import load_recipe_settings
+    from gapforge_runtime.data import packing
 
     monkeypatch.setattr(memplan, "gpu_memory_bytes", lambda: 80 * memplan.GiB)
     auto = load_recipe_settings(str(write_recipe(tmp_path / "a", pack_tokens=4096)))
@@ -245,8 +246,8 @@ def test_a_packed_training_with_another_attention_follows_the_padded_curve_too(
 def test_triton_kernels_need_a_c_compiler_and_auto_steps_aside_without_one(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gapforge_runtime.data.packing import apply_liger, packed_attention, triton_compiler
     from gapforge_runtime.errors import RuntimeFailure
-    from gapforge_runtime.packing import apply_liger, packed_attention, triton_compiler
 
     assert packed_attention("auto", "cpu") is None and packed_attention("sdpa", "cuda") == "sdpa"
     with pytest.raises(RuntimeFailure, match=r"packed_attention is 'flex_attention'.*CPU"):
@@ -264,8 +265,8 @@ def test_triton_kernels_need_a_c_compiler_and_auto_steps_aside_without_one(
 def test_the_leak_check_passes_the_masked_model_and_refuses_one_that_lets_examples_mix(
     tiny_model: Path, encoded: list[Any]
 ) -> None:
+    from gapforge_runtime.data.packing import check_packing, packing_leak
     from gapforge_runtime.errors import RuntimeFailure
-    from gapforge_runtime.packing import check_packing, packing_leak
 
     model = load_model(tiny_model, "sdpa")
     model.config.use_cache = False  # as packed training sets it
@@ -284,7 +285,7 @@ def test_qlora_frozen_weights_go_back_to_bf16_and_the_adapter_stays_float32(tiny
     """What prepare_model_for_kbit_training upcasts (embeddings, head, norms) returns to bf16."""
     require_module("torch")
     import torch
-    from gapforge_runtime.train import frozen_back_to_bf16
+    from gapforge_runtime.methods.sft import frozen_back_to_bf16
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

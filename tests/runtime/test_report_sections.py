@@ -17,7 +17,7 @@ RUN = Path(__file__).parent / "golden" / "report_run.json"
 
 
 def sweep() -> dict[str, Any]:
-    """sweep.json as gapforge_runtime.sweep.write_summary writes it: a finished, a pruned, a
+    """sweep.json as gapforge_runtime.launch.sweep.write_summary writes it: a finished, a pruned, a
     crashed trial (its note) and the best."""
     space = {"train.learning_rate": {"low": 1e-5, "high": 1e-3}, "lora.r": {"choices": [4, 8]}}
     trials = [
@@ -39,7 +39,7 @@ def sweep() -> dict[str, Any]:
 
 
 def lm_eval() -> dict[str, Any]:
-    """lm-eval's results as gapforge_runtime.lmeval writes them (an `n` lm-eval did not report)."""
+    """lm-eval's results as gapforge_runtime.evaluation.lmeval writes them (an `n` lm-eval did not report)."""
 
     def scores(acc: float) -> dict[str, Any]:
         return {
@@ -63,7 +63,7 @@ def continual() -> dict[str, Any]:
 
 
 def preference() -> dict[str, Any]:
-    """gapforge_runtime.preference.summarize's shape: the log-prob margin of a model that did not
+    """gapforge_runtime.methods.preference.summarize's shape: the log-prob margin of a model that did not
     move is NaN-free, but a reward with no pair is NaN."""
     return {"pairs": 6, "beta": 0.1,
             "logp_accuracy": {"start": 0.0, "trained": 1.0}, "logp_margin": {"start": -2.0, "trained": 3.1},

@@ -183,7 +183,8 @@ def test_disk_too_small(tmp_path: Path, tiny_model: Path, capsys: pytest.Capture
 
 
 def test_gates_decide_pass_and_fail() -> None:
-    from gapforge_runtime.evaluate import ModelScore, decide_gates
+    from gapforge_runtime.evaluation.gates import decide_gates
+    from gapforge_runtime.evaluation.metrics import ModelScore
 
     scores = {
         "base": ModelScore("base", 2.0, 7.39, 10, 1),

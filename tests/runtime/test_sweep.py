@@ -209,7 +209,7 @@ def test_recipe_without_a_sweep_or_with_a_bad_space(tmp_path: Path, tiny_model: 
 
 
 def test_settings_land_in_the_trial_recipe() -> None:
-    from gapforge_runtime.sweep import apply_settings
+    from gapforge_runtime.launch.study import apply_settings
 
     raw = recipe_dict(max_steps=4)
     trial = apply_settings(raw, {"train.epochs": 2.0, "lora.r": 16.0, "train.scheduler": "cosine"})

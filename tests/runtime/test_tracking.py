@@ -230,9 +230,9 @@ def test_no_step_attempts_a_network_connection(
 ) -> None:  # fmt: skip
     """Tracking, the textfile, a metrics server on loopback and a tiny training: no connection out."""
     require_module("mlflow")
-    from gapforge_runtime.encoding import encode_split
+    from gapforge_runtime.data.encoding import encode_split
+    from gapforge_runtime.methods.sft import train_adapter
     from gapforge_runtime.modelio import load_tokenizer
-    from gapforge_runtime.train import train_adapter
 
     network = NetworkAttempts(monkeypatch)
     out = tmp_path / "out"
@@ -300,7 +300,7 @@ def test_dashboard_plots_the_metrics_training_writes() -> None:
 
 def test_torchrun_training_is_replayed_from_the_log(tmp_path: Path) -> None:
     """The ranks of a --nproc training are other processes: their log reaches the observers after."""
-    from gapforge_runtime.pipeline import replay_train_log
+    from gapforge_runtime.steps.train import replay_train_log
 
     log = tmp_path / "train_log.jsonl"
     entries = [{"step": 1, "time": 1.5, "loss": 2.0, "learning_rate": 0.1, "epoch": 0.5},

@@ -2,13 +2,13 @@
 
 The operator CLI runs inside the gap without the runtime package (that is installed in the image
 only), so gapforge.multinode checks the node options itself rather than importing
-gapforge_runtime.nodes; these tests keep the two checks in step.
+gapforge_runtime.launch.nodes; these tests keep the two checks in step.
 """
 
 from __future__ import annotations
 
 import pytest
-from gapforge_runtime.nodes import DEFAULT_PORT, nodes_from_args
+from gapforge_runtime.launch.nodes import DEFAULT_PORT, nodes_from_args
 
 from gapforge.multinode import DEFAULT_PORT as BUILDER_DEFAULT_PORT
 from gapforge.multinode import node_run

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 IDS = [p.relative_to(REPO).as_posix() for p in SHIPPED]
 
 NOT_READ_BY_RUNTIME = {"description", "model", "models"}
-"""Recipe fields the runtime keeps (RecipeSettings.spec, and raw for the manifest) but does not act
+"""Recipe fields the runtime keeps (RecipeSettings.spec; document() for the manifest) but does not act
 on: the builder puts the model into the image, and the runtime takes its folder from --model; the
 `models:` entries lie in the image's models/<name>/, found by the name that names them (a judge)."""
 
@@ -64,29 +63,36 @@ def _mirrored(settings: RecipeSettings) -> dict[str, Any]:
         "quantize": settings.quantize,
         "evaluate.sample_answers": settings.evaluate.sample_answers,
         "evaluate.max_new_tokens": settings.evaluate.max_new_tokens,
-        "evaluate.gates.require_improvement": settings.evaluate.require_improvement,
-        "evaluate.gates.max_perplexity_delta_pct": settings.evaluate.max_perplexity_delta_pct,
-        "evaluate.gates.min_win_rate_vs_base": settings.evaluate.min_win_rate_vs_base,
-        "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.max_task_f1_drop_pts,
+        "evaluate.gates.require_improvement": settings.evaluate.gates.require_improvement,
+        "evaluate.gates.max_perplexity_delta_pct": settings.evaluate.gates.max_perplexity_delta_pct,
+        "evaluate.gates.min_win_rate_vs_base": settings.evaluate.gates.min_win_rate_vs_base,
+        "evaluate.gates.max_task_f1_drop_pts": settings.evaluate.gates.max_task_f1_drop_pts,
         "evaluate.task_metrics": settings.evaluate.task_metrics,
         "sweep": settings.sweep.model_dump() if settings.sweep is not None else None,
-        "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.max_lm_eval_drop_pts,
-        "evaluate.lm_eval": asdict(settings.evaluate.lm_eval) if settings.evaluate.lm_eval else None,
-        "evaluate.gates.min_preference_accuracy": settings.evaluate.min_preference_accuracy,
-        "evaluate.gates.max_forgetting_pct": settings.evaluate.max_forgetting_pct,
+        "evaluate.gates.max_lm_eval_drop_pts": settings.evaluate.gates.max_lm_eval_drop_pts,
+        "evaluate.lm_eval": _fields(settings.evaluate.lm_eval)
+        if settings.evaluate.lm_eval
+        else None,
+        "evaluate.gates.min_preference_accuracy": settings.evaluate.gates.min_preference_accuracy,
+        "evaluate.gates.max_forgetting_pct": settings.evaluate.gates.max_forgetting_pct,
         "data.replay_ratio": settings.replay_ratio,
     }
     for section, value in (("data.pii", settings.pii), ("data.dedupe", settings.dedupe),
                            ("evaluate.judge", settings.evaluate.judge)):  # fmt: skip
-        for key, item in asdict(value).items():
+        for key, item in _fields(value).items():
             values[f"{section}.{key}"] = item
     for section in ("lora", "train", "gptq"):
-        for key, value in asdict(getattr(settings, section)).items():
+        for key, value in _fields(getattr(settings, section)).items():
             values[f"{section}.{key}"] = value
     for key, item in values.pop("train.dpo").items():  # a section inside train
         values[f"train.dpo.{key}"] = item
-    values.pop("gptq.bits")  # the runtime's own constant: GPTQ here is always INT4
     return values
+
+
+def _fields(section: Any) -> dict[str, Any]:
+    """A section's fields as the runtime carries them (the schema's own models)."""
+    fields: dict[str, Any] = section.model_dump()
+    return fields
 
 
 def _at(data: dict[str, Any], dotted: str) -> Any:

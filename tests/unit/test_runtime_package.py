@@ -13,6 +13,15 @@ RUNTIME = REPO / "runtime" / "gapforge_runtime"
 HEAVY = ("torch", "transformers", "peft", "accelerate", "llama_cpp", "numpy", "gguf", "matplotlib")
 
 
+def _module(path: Path) -> str:
+    """`path`'s dotted name inside the package: `steps.train`, `data.hygiene` for its __init__."""
+    parts = path.relative_to(RUNTIME).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module(p) for p in RUNTIME.rglob("*.py")}
+
+
 def _imports(path: Path) -> set[str]:
     """The gapforge_runtime modules `path` imports, at the top or in a function, not for typing."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -28,17 +37,25 @@ def _imports(path: Path) -> set[str]:
             continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif node.module == "gapforge_runtime":
-            names = [f"gapforge_runtime.{alias.name}" for alias in node.names]
         else:
-            names = [node.module or ""]
-        found |= {n.split(".")[1] for n in names if n.startswith("gapforge_runtime.")}
+            # `from gapforge_runtime.data import packing` imports the module data.packing.
+            module = node.module or ""
+            names = [
+                f"{module}.{alias.name}"
+                if f"{module}.{alias.name}".removeprefix("gapforge_runtime.") in MODULES
+                else module
+                for alias in node.names
+            ]
+        found |= {
+            n.removeprefix("gapforge_runtime.") for n in names if n.startswith("gapforge_runtime.")
+        }
         assert not any(n == "gapforge" or n.startswith("gapforge.") for n in names), path
     return found
 
 
 def test_the_runtime_has_no_import_cycle_and_never_imports_the_builder() -> None:
-    graph = {p.stem: _imports(p) for p in RUNTIME.glob("*.py")}
+    graph = {_module(p): _imports(p) for p in RUNTIME.rglob("*.py")}
+    assert "steps" in graph or "methods.sft" in graph, "the runtime's packages were not read"
 
     def reach(start: str) -> set[str]:
         seen: set[str] = set()
@@ -121,3 +138,19 @@ def test_the_images_lock_the_schema_dependencies_at_the_builders_versions() -> N
         builder = _pinned(locks / "builder.txt", name)
         for profile in ("cpu", "cuda"):
             assert _pinned(locks / f"{profile}.txt", name) == builder, (profile, name)
+
+
+def test_no_runtime_module_over_400_lines_and_no_function_over_80() -> None:
+    """The house's limits, kept for the runtime (issue 24): a module or function past them is named."""
+    too_long = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{_module(path)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 80:
+                    too_long.append(f"{_module(path)}.{node.name}: {lines} lines")
+    assert len(MODULES) > 40, "the runtime's modules were not found"
+    assert not too_long, too_long

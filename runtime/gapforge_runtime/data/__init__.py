@@ -1,0 +1,1 @@
+"""Training data: reading and validating it, encoding it for the model, packing, and hygiene."""

@@ -1,0 +1,1 @@
+"""Turning a trained adapter into deployable models: merge, GGUF and transformers quantization."""

@@ -1,0 +1,1 @@
+"""Running training in more processes: torchrun on one machine, nodes, hyperparameter sweeps."""

@@ -1,0 +1,1 @@
+"""The training methods: supervised fine-tuning, preference (DPO), distillation, continual runs."""
