@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gapforge.cache_records import Records, remove_path
 from gapforge.errors import GapforgeError
 from gapforge.hashing import sha256_file
 
@@ -65,6 +66,7 @@ class Cache:
         for sub in ("blobs/sha256", "files/sha256", "index", "tmp", "verified"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self.verify_all = verify_all
+        self.records = Records(root, verify_all)
         """Rehash every entry read, whatever the cache recorded (`--verify-cache`)."""
         self.corrupt: list[Path] = []
         """Entries found corrupted (and removed) during this run, for the build report."""
@@ -153,10 +155,10 @@ class Cache:
         path = self.blob_path(digest)
         if not path.is_file():
             return False
-        if verify and not self._verified(path, _hex(digest)):
+        if verify and not self.records.verified(path, _hex(digest)):
             self._discard(path)
             return False
-        self._hit(path, _hex(digest), verify)
+        self.records.hit(path, _hex(digest), verify)
         return True
 
     def put_blob(
@@ -176,7 +178,7 @@ class Cache:
             raise ValueError(f"{source}: sha256 {actual} does not match expected {_hex(expected)}")
         target = self.blob_path(actual)
         if self._place(source, target, move):
-            self._record(target, actual)
+            self.records.record(target, actual)
         return "sha256:" + actual
 
     # -- named files (wheels, sdists) ---------------------------------------------------------------
@@ -191,10 +193,10 @@ class Cache:
         for candidate in sorted(folder.iterdir()):
             if not candidate.is_file():
                 continue
-            if verify and not self._verified(candidate, _hex(digest)):
+            if verify and not self.records.verified(candidate, _hex(digest)):
                 self._discard(candidate)
                 continue
-            self._hit(candidate, _hex(digest), verify)
+            self.records.hit(candidate, _hex(digest), verify)
             return candidate
         return None
 
@@ -205,7 +207,7 @@ class Cache:
             raise ValueError(f"{source.name}: sha256 {actual} is not one of the locked hashes")
         target = self.file_path(actual, source.name)
         if self._place(source, target, move):
-            self._record(target, actual)
+            self.records.record(target, actual)
         return target
 
     # -- index of derived results -----------------------------------------------------------------
@@ -305,64 +307,9 @@ class Cache:
             result.removed.append(entry)
             result.kept_bytes -= entry.size
             if not dry_run:
-                _remove(entry.path)
-                self._forget(entry.path)
+                remove_path(entry.path)
+                self.records.forget(entry.path)
         return result
-
-    # -- verified records ---------------------------------------------------------------------------
-    def _marker(self, path: Path) -> Path | None:
-        """Where the record that this cache hashed `path` lives (a folder, for a named-file entry)."""
-        relative = path.relative_to(self.root)
-        if relative.parts[:2] == ("blobs", "sha256"):
-            return self.root / "verified" / "blobs" / relative.parts[-1]
-        if relative.parts[:2] == ("files", "sha256"):
-            return self.root / "verified" / "files" / Path(*relative.parts[2:])
-        return None
-
-    def _record(self, path: Path, hexdigest: str) -> None:
-        """Record that `path`, as it is now on disk, holds bytes that hash to `hexdigest`: called
-        only right after this cache hashed them, or moved in bytes hashed as they were written."""
-        marker = self._marker(path)
-        if marker is None:
-            return
-        try:
-            stat = path.stat()
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = marker.with_name(f".{marker.name}.partial-{os.getpid()}")
-            tmp.write_text(json.dumps({"sha256": hexdigest, **_identity(stat)}), encoding="utf-8")
-            os.replace(tmp, marker)
-        except OSError:  # a read-only cache: the entry is simply rehashed next time
-            return
-
-    def _recorded(self, path: Path, hexdigest: str) -> bool:
-        """Whether this cache recorded `path` verified and it is the same file, unchanged since."""
-        marker = self._marker(path)
-        if marker is None:
-            return False
-        try:
-            record = json.loads(marker.read_text(encoding="utf-8"))
-            stat = path.stat()
-        except (OSError, UnicodeDecodeError, ValueError):
-            return False
-        return isinstance(record, dict) and record == {"sha256": hexdigest, **_identity(stat)}
-
-    def _verified(self, path: Path, hexdigest: str) -> bool:
-        """Whether the bytes at `path` hash to `hexdigest`: trusted from this cache's own record
-        when the file is unchanged since (unless `verify_all`), rehashed (and recorded) otherwise."""
-        if not self.verify_all and self._recorded(path, hexdigest):
-            return True
-        if sha256_file(path) != hexdigest:
-            return False
-        self._record(path, hexdigest)
-        return True
-
-    def _hit(self, path: Path, hexdigest: str, verified: bool) -> None:
-        """Mark an entry as used now. Its record follows the new mtime: at once when `verified`
-        (`_verified` just trusted or wrote it), else only if it held before the touch."""
-        recorded = verified or self._recorded(path, hexdigest)
-        _touch(path)
-        if recorded:
-            self._record(path, hexdigest)
 
     # -- internals ----------------------------------------------------------------------------------
     def _place(self, source: Path, target: Path, move: bool) -> bool:
@@ -389,15 +336,7 @@ class Cache:
     def _discard(self, path: Path) -> None:
         self.corrupt.append(path)
         path.unlink(missing_ok=True)
-        self._forget(path)
-
-    def _forget(self, path: Path) -> None:
-        """Remove the record that this cache hashed `path` (a folder of them, for a named-file
-        entry's folder)."""
-        marker = self._marker(path)
-        if marker is not None:
-            with suppress(OSError):
-                _remove(marker)
+        self.records.forget(path)
 
 
 @dataclass(frozen=True)
@@ -423,31 +362,6 @@ def _open_existing(path: Path) -> int | None:
         return os.open(path, os.O_RDWR)
     except FileNotFoundError:
         return None
-
-
-def _identity(stat: os.stat_result) -> dict[str, int]:
-    """What says a file is still the one hashed: any write, truncation or replacement changes it."""
-    return {
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "ctime_ns": stat.st_ctime_ns,  # no utime() can set it back
-        "inode": stat.st_ino,
-        "device": stat.st_dev,
-    }
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, or a folder and what it holds, if there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _touch(path: Path) -> None:
-    """Mark a cache hit (last use) for `prune`; a read-only cache simply keeps its old times."""
-    with suppress(OSError):
-        os.utime(path)
 
 
 def _tree_size(folder: Path) -> int:

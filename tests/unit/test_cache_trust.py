@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gapforge import cache as cache_module
+from gapforge import cache_records
 from gapforge.cache import Cache
 from gapforge.hashing import sha256_file
 
@@ -23,6 +24,7 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         return sha256_file(path)
 
     monkeypatch.setattr(cache_module, "sha256_file", counting)
+    monkeypatch.setattr(cache_records, "sha256_file", counting)
     return seen
 
 
@@ -98,7 +100,7 @@ def test_verify_all_rehashes_every_entry_and_catches_rot_the_stat_cannot_show(
     assert hashed[-1] == path and len(hashed) == 2
     # Bytes that rot under an unchanged stat (as a disk can): simulated by re-recording the stat.
     _tamper(path, b"rot! bytes")
-    cache._record(path, digest.removeprefix("sha256:"))
+    cache.records.record(path, digest.removeprefix("sha256:"))
     assert cache.has_blob(digest), "without --verify-cache the cache's record is trusted"
     strict = Cache(tmp_path / "cache", verify_all=True)
     assert not strict.has_blob(digest)
