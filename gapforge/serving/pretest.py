@@ -24,7 +24,8 @@ OUTSIDE = ("192.0.2.1", 80)
 """TEST-NET-1 (RFC 5737): an outside address; with the network cut, connecting must fail."""
 PROMPT = "Say hello in one short sentence."
 
-# Runs in the image's own Python (stdlib only): `python -c CLIENT MODE PORT [MODEL PROMPT MAX]`.
+# Runs in the image's own Python (stdlib only): `python -c CLIENT MODE PORT [ARGS]`; ARGS: chat
+# MODEL PROMPT MAX_TOKENS, outside HOST PORT.
 CLIENT = r"""
 import json, socket, sys, time, urllib.request
 mode, port = sys.argv[1], int(sys.argv[2])
@@ -118,7 +119,7 @@ def pretest_serving(
         status, completion, output = _client(
             container, "chat", str(port), artefact, PROMPT, str(max_tokens)
         )
-        _, outside, _ = _client(container, "outside", *map(str, OUTSIDE))
+        _, outside, _ = _client(container, "outside", str(port), *map(str, OUTSIDE))
     finally:
         container.remove(force=True)
     evidence = {
