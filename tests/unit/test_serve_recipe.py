@@ -18,7 +18,7 @@ CPU_RECIPE = REPO / "recipes/smollm2/lora-q8-q4.yaml"
 def _write(tmp_path: Path, serve: Any) -> Path:
     data = yaml.safe_load(CPU_RECIPE.read_text())
     data["data"]["sample"] = "data/sample.jsonl"
-    data["serve"] = serve
+    data["serve"] = serve  # replaces the default recipe's own serve: section
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "sample.jsonl").write_text(
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
@@ -35,7 +35,8 @@ def _error(tmp_path: Path, serve: Any) -> str:
 
 
 def test_no_serve_section_means_no_serving_image() -> None:
-    assert load_recipe(CPU_RECIPE).recipe.serve is None
+    assert load_recipe(REPO / "recipes/smollm2/dpo.yaml").recipe.serve is None
+    assert load_recipe(CPU_RECIPE).recipe.serve is not None  # the default recipe serves
 
 
 def test_serve_section_gets_its_defaults(tmp_path: Path) -> None:
