@@ -82,8 +82,9 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
             )
             if options.pretest:
                 result = _timed(timings, "pretest", lambda: pretest(plan, client, image))
+    serving = None
     if result is not None and plan.loaded.recipe.serve is not None:
-        _timed(timings, "serve", lambda: serve(plan, client, result))
+        serving = _timed(timings, "serve", lambda: serve(plan, client, result))
     if result is not None and key is not None:
         written = _timed(timings, "bundle", lambda: bundle(plan, locks, inputs, image, result, key))
     else:
@@ -91,6 +92,14 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
                                    ("--no-pretest", options.pretest)) if not on]  # fmt: skip
         note(f"no bundle: {', '.join(skipped)} given, and only a pretested image is bundled")
     report = write_report(
-        plan, locks, image, inputs, timings=timings, smoke=smoke, pretest=result, bundle=written
+        plan,
+        locks,
+        image,
+        inputs,
+        timings=timings,
+        smoke=smoke,
+        pretest=result,
+        bundle=written,
+        serving=serving,
     )
     return image, report

@@ -20,7 +20,7 @@ from gapforge.lock.serve import read_serve_lock
 from gapforge.pretest import PretestResult
 from gapforge.profile import Profile
 from gapforge.serving.image import ServingImage, assemble_serving
-from gapforge.serving.pretest import pretest_serving
+from gapforge.serving.pretest import EVIDENCE, pretest_serving
 from gapforge.stages.fetch import fetch_python
 from gapforge.stages.plan import BuildPlan
 
@@ -29,6 +29,7 @@ from gapforge.stages.plan import BuildPlan
 class ServingResult:
     image: ServingImage
     evidence: dict[str, Any]
+    evidence_path: Path
 
 
 def build_serving(
@@ -74,7 +75,8 @@ def serve(plan: BuildPlan, client: Any, result: PretestResult) -> ServingResult:
     image = build_serving(plan.cache, plan.profile, plan.options.lock_dir, spec,
                           (recipe.name, recipe.version), out, plan.options.frozen)  # fmt: skip
     gguf = pretest_gguf(result.folder / "outputs", recipe.name, spec.artefacts[0])
-    return ServingResult(image, pretest_serving(client, image, gguf, out / "serve-pretest"))
+    folder = out / "serve-pretest"
+    return ServingResult(image, pretest_serving(client, image, gguf, folder), folder / EVIDENCE)
 
 
 def check_serve_lock(plan: BuildPlan) -> None:
