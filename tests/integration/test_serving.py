@@ -55,7 +55,7 @@ def test_serving_image_answers_with_the_network_cut(
     # a random tiny model: its words mean nothing, but they came from the engine, token by token
     assert completion["text"] and 1 <= completion["tokens"] <= 16
     assert 0 < completion["ttft_s"] < completion["seconds"]
-    assert evidence["first_request"]["text"] == completion["text"]  # greedy: the same answer again
+    assert evidence["repeat"]["text"] == completion["text"]  # greedy: the same answer again
     # the client ran in the container's own network namespace and could not get out
     assert evidence["outside"]["reached"] is False
     assert "unreachable" in evidence["outside"]["error"].lower()
