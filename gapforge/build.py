@@ -1,4 +1,5 @@
-"""`gapforge build`: check locks → fetch → assemble → load → smoke → pretest → bundle → report.
+"""`gapforge build`: check locks → fetch → assemble → load → smoke → pretest → (serve) → bundle →
+report; `serve` only for a recipe with a `serve:` section (the llama.cpp serving image).
 
 Each stage is a function in gapforge/stages/ that takes the plan and what the stages before it
 returned, and returns its own result; `build` below is the whole order. Only `fetch` touches the
@@ -22,6 +23,7 @@ from gapforge.stages.locks import check_locks
 from gapforge.stages.plan import BuildOptions, make_plan
 from gapforge.stages.report import write_report
 from gapforge.stages.sealed import ensure_engine_room, pretest
+from gapforge.stages.serve import check_serve_lock, serve
 
 T = TypeVar("T")
 
@@ -61,6 +63,7 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
     step(f"building {plan.ref} from {plan.loaded.path.name} (profile {plan.profile.name})")
     timings: dict[str, float] = {}
     locks = _timed(timings, "check_locks", lambda: check_locks(plan))
+    check_serve_lock(plan)
     key = signing_key(plan) if options.bundle else None
     client = engine.connect() if options.load else None
     inputs, locks = _timed(timings, "fetch", lambda: fetch(plan, locks))
@@ -79,6 +82,9 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
             )
             if options.pretest:
                 result = _timed(timings, "pretest", lambda: pretest(plan, client, image))
+    serving = None
+    if result is not None and plan.loaded.recipe.serve is not None:
+        serving = _timed(timings, "serve", lambda: serve(plan, client, result))
     if result is not None and key is not None:
         written = _timed(timings, "bundle", lambda: bundle(plan, locks, inputs, image, result, key))
     else:
@@ -86,6 +92,14 @@ def build(options: BuildOptions) -> tuple[BuiltImage, dict[str, Any]]:
                                    ("--no-pretest", options.pretest)) if not on]  # fmt: skip
         note(f"no bundle: {', '.join(skipped)} given, and only a pretested image is bundled")
     report = write_report(
-        plan, locks, image, inputs, timings=timings, smoke=smoke, pretest=result, bundle=written
+        plan,
+        locks,
+        image,
+        inputs,
+        timings=timings,
+        smoke=smoke,
+        pretest=result,
+        bundle=written,
+        serving=serving,
     )
     return image, report

@@ -170,11 +170,8 @@ class SealedRun:
         }
 
 
-def run_sealed(
-    client: Any, run: SealedRun, on_output: Callable[[bytes], None], timeout: float | None = None
-) -> int:
-    """Run the image to the end, streaming its output; return its exit status. The container is
-    removed afterwards, also when interrupted; after `timeout` seconds it is killed (status 137)."""
+def start_sealed(client: Any, run: SealedRun) -> Any:
+    """Start the image detached, sealed as `SealedRun` says; the caller removes the container."""
     import docker.types
 
     volumes = {host: {"bind": inside, "mode": "rw"} for host, inside in run.mounts.items()}
@@ -190,11 +187,19 @@ def run_sealed(
         network = {"network": run.network, "networking_config": {run.network: endpoint}}
         if run.hostname:
             network["hostname"] = run.hostname
-    container = client.containers.run(
+    return client.containers.run(
         run.image, run.command, detach=True, read_only=True, user=run.user,
         tmpfs=run.tmpfs, volumes=volumes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
         device_requests=requests, environment=run.environment, **network,
     )  # fmt: skip
+
+
+def run_sealed(
+    client: Any, run: SealedRun, on_output: Callable[[bytes], None], timeout: float | None = None
+) -> int:
+    """Run the image to the end, streaming its output; return its exit status. The container is
+    removed afterwards, also when interrupted; after `timeout` seconds it is killed (status 137)."""
+    container = start_sealed(client, run)
     timer = threading.Timer(timeout, container.kill) if timeout else None
     try:
         if timer is not None:

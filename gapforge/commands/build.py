@@ -126,6 +126,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     if "pretest" in report:
         console.print(f"  pretest       PASS in {report['pretest']['seconds']} s (network cut)")
+    if "serving" in report:
+        serving = report["serving"]
+        console.print(f"  serving       {serving['ref']} PASS (network cut): first token "
+                      f"{serving['ttft_s']} s, {serving['tokens_per_s']} tokens/s; not in the bundle yet")  # fmt: skip
     if "bundle" in report:
         console.print(f"  bundle        {report['bundle']['path']}")
         console.print(f"  signed by     {report['bundle']['signing_key']}")

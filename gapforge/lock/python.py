@@ -159,11 +159,16 @@ def isolated_pip_env() -> dict[str, str]:
 
 
 def compile_python_lock(
-    requirements_in: Path, output: Path, header: str, isolated: bool = False
+    requirements_in: Path,
+    output: Path,
+    header: str,
+    isolated: bool = False,
+    inputs: tuple[Path, ...] = (),
 ) -> PythonLock:
     """Run pip-compile --generate-hashes on `requirements_in`, then write `output` atomically.
 
-    `isolated` resolves against the package index alone (see `isolated_pip_env`).
+    `isolated` resolves against the package index alone (see `isolated_pip_env`). `inputs` (default:
+    `requirements_in` alone) are the files whose sha256 the header records for the freshness check.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
@@ -192,7 +197,7 @@ def compile_python_lock(
                 "Fix the requirement it names in that file (or check that the package index is reachable)."
             )
         body = tmp.read_text(encoding="utf-8")
-        digest = inputs_sha256(requirements_in)
+        digest = inputs_sha256(*(inputs or (requirements_in,)))
         text = header + f"{INPUTS_HEADER}{digest}\n" + body
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, output)

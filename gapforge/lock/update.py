@@ -9,6 +9,7 @@ from gapforge.errors import GapforgeError, LockError
 from gapforge.lock.debian import describe_change, lock_debian
 from gapforge.lock.model import lock_model
 from gapforge.lock.python import compile_python_lock
+from gapforge.lock.serve import compile_serve_lock, serve_engines
 from gapforge.profile import load_profile
 from gapforge.progress import note, step
 from gapforge.recipe import load_recipe
@@ -41,6 +42,12 @@ def lock_profile(
             isolated=profile.lock_isolated,
         )
         note(f"{target}: {len(lock.requirements)} packages pinned with hashes")
+    for engine in serve_engines(profile):  # under the profile lock just written
+        what = f"serve-{engine}.in (constrained by lockfiles/{name}.txt)"
+        lock = compile_serve_lock(
+            profile, lock_dir, engine, HEADER.format(profile=name, source=what)
+        )
+        note(f"{lock.path.name}: {len(lock.requirements)} packages pinned with hashes")
     if not debian:
         return
     # The base, and the root that compiles sdists: resolved on the mirror now, every .deb kept in

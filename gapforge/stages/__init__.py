@@ -5,6 +5,7 @@
     assemble.assemble(plan, locks, inputs)            -> BuiltImage (layers + archive, no network)
     sealed: engine.load, engine.smoke_run             -> the smoke run's output
     sealed.pretest(plan, client, image)               -> PretestResult
+    serve.serve(plan, client, result)                 -> ServingResult (recipes with serve: only)
     bundle.bundle(plan, locks, inputs, image, result, key) -> WrittenBundle
     report.write_report(plan, locks, image, inputs, timings=..., smoke=..., pretest=..., bundle=...)
 

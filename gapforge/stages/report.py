@@ -17,6 +17,7 @@ from gapforge.stages.assemble import BuiltImage
 from gapforge.stages.fetch import Inputs
 from gapforge.stages.locks import Locks
 from gapforge.stages.plan import BuildPlan
+from gapforge.stages.serve import ServingResult
 
 if TYPE_CHECKING:
     from gapforge.stages.bundle import WrittenBundle
@@ -49,7 +50,7 @@ def reproduce_section(plan: BuildPlan, locks: Locks, inputs: Inputs) -> dict[str
 def write_report(
     plan: BuildPlan, locks: Locks, image: BuiltImage, inputs: Inputs, *,
     timings: Mapping[str, float], smoke: str = "", pretest: PretestResult | None = None,
-    bundle: WrittenBundle | None = None,
+    bundle: WrittenBundle | None = None, serving: ServingResult | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """build.json beside the archive, from what the stages returned; returned as a dict too."""
     report: dict[str, Any] = {
@@ -88,6 +89,18 @@ def write_report(
             "passed": pretest.passed,
             "seconds": round(pretest.seconds, 2),
             "evidence": str(pretest.folder / "evidence.json"),
+        }
+    if serving is not None:
+        completion = serving.evidence["completion"]
+        report["serving"] = {
+            "ref": serving.image.ref,
+            "tar": str(serving.image.tar_path),
+            "manifest_digest": serving.image.manifest.manifest_digest,
+            "config_digest": serving.image.manifest.config_digest,
+            "passed": serving.evidence["passed"],
+            "ttft_s": round(completion["ttft_s"], 3),
+            "tokens_per_s": round(completion["tokens_per_s"] or 0.0, 1),
+            "evidence": str(serving.evidence_path),
         }
     if bundle is not None:
         size = sum(f.stat().st_size for f in bundle.path.rglob("*") if f.is_file())

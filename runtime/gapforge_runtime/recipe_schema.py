@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from gapforge_runtime.recipe_serve import ServeSpec, unbuilt_artefacts
 from gapforge_runtime.recipe_sweep import Strict, SweepSpec
 
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -369,6 +370,17 @@ class Recipe(Strict):
     """More models shipped in the image beside the base, each locked like it (`lockfiles/models/<id>.json`)
     and in a layer of its own at `/opt/gapforge/models/<name>/`: a judge (`evaluate.judge.model:
     <name>`, a GGUF source, shipped as the file itself), a teacher for distillation. The key is the name."""
+    serve: ServeSpec | None = None
+    """A serving image built beside the training image (llama.cpp's server); absent: none."""
+
+    @field_validator("serve")
+    @classmethod
+    def _serves_what_is_built(
+        cls, serve: ServeSpec | None, info: ValidationInfo
+    ) -> ServeSpec | None:
+        if serve and "quantize" in info.data and unbuilt_artefacts(serve, info.data["quantize"]):
+            raise ValueError(unbuilt_artefacts(serve, info.data["quantize"]))
+        return serve
 
 
 def json_schema() -> dict[str, Any]:

@@ -33,7 +33,10 @@ def _lock(tmp_path: Path, body: str, inputs: str = "c" * 64) -> Path:
 
 
 def test_parse_hash_locked_requirements(tmp_path: Path) -> None:
-    path = _lock(tmp_path, f"torch==2.13.0+cpu \\\n    --hash=sha256:{H1}\n    # via -r x.in\nsix==1.16.0 --hash=sha256:{H1} --hash=sha256:{H2}\n")
+    path = _lock(
+        tmp_path,
+        f"torch==2.13.0+cpu \\\n    --hash=sha256:{H1}\n    # via -r x.in\nsix==1.16.0 --hash=sha256:{H1} --hash=sha256:{H2}\n",
+    )
     lock = parse_python_lock(path)
     assert [(r.name, r.version, r.hashes) for r in lock.requirements] == [
         ("torch", "2.13.0+cpu", (H1,)),
@@ -65,7 +68,9 @@ def test_hand_edited_lock_without_header_is_refused(tmp_path: Path) -> None:
 def test_stale_lock_is_detected(tmp_path: Path) -> None:
     source = tmp_path / "requirements.in"
     source.write_text("six\n")
-    lock = parse_python_lock(_lock(tmp_path, f"six==1.16.0 --hash=sha256:{H1}\n", inputs_sha256(source)))
+    lock = parse_python_lock(
+        _lock(tmp_path, f"six==1.16.0 --hash=sha256:{H1}\n", inputs_sha256(source))
+    )
     check_fresh(lock, inputs_sha256(source), str(source))
     source.write_text("six\nrequests\n")
     with pytest.raises(LockError, match=r"is stale: .*requirements.in changed.*nox -s lock"):
@@ -79,7 +84,9 @@ def test_committed_locks_are_fresh() -> None:
     names = lock.by_name()
     assert names["torch"].version == "2.13.0+cpu"
     assert "llama-cpp-python" in names and "transformers" in names and "peft" in names
-    assert not [n for n in names if n.startswith("nvidia-")], "the cpu profile must not pull CUDA wheels"
+    assert not [n for n in names if n.startswith("nvidia-")], (
+        "the cpu profile must not pull CUDA wheels"
+    )
 
 
 def test_debian_lock_round_trip_and_compare(tmp_path: Path) -> None:
@@ -102,8 +109,12 @@ def test_debian_locks_of_the_older_four_field_form_still_read(tmp_path: Path) ->
     path = tmp_path / "cpu.debian.lock"
     path.write_text(f"# old\n{INPUTS_HEADER}{H1}\nbash 5.2.15-2+b13 amd64 {H2}\n")
     lock = read_debian_lock(path)
-    assert lock.snapshot == "" and lock.packages == (DebianPackage("bash", "5.2.15-2+b13", "amd64", H2),)
-    path.write_text(f"{INPUTS_HEADER}{H1}\nbash 5.2.15-2+b13 amd64 {H2} notasize debian/pool/x.deb\n")
+    assert lock.snapshot == "" and lock.packages == (
+        DebianPackage("bash", "5.2.15-2+b13", "amd64", H2),
+    )
+    path.write_text(
+        f"{INPUTS_HEADER}{H1}\nbash 5.2.15-2+b13 amd64 {H2} notasize debian/pool/x.deb\n"
+    )
     with pytest.raises(LockError, match=r"cpu.debian.lock:2: expected"):
         read_debian_lock(path)
 
@@ -117,11 +128,22 @@ def test_committed_debian_locks_are_fresh_and_name_where_each_deb_lives() -> Non
             lock = read_debian_lock(debian_lock_path(REPO_ROOT / "lockfiles", name, kind))
             assert lock.inputs_sha256 == debian_inputs_sha256(profile, kind), lock.path
             assert len(lock.snapshot) == 16 and lock.snapshot.endswith("Z")
-            assert all(p.filename.split("/")[0] in ("debian", "debian-security") for p in lock.packages)
-            assert all(p.size > 0 and p.filename.rsplit("/", 1)[1].startswith(p.name + "_") for p in lock.packages)
+            assert all(
+                p.filename.split("/")[0] in ("debian", "debian-security") for p in lock.packages
+            )
+            assert all(
+                p.size > 0 and p.filename.rsplit("/", 1)[1].startswith(p.name + "_")
+                for p in lock.packages
+            )
             if kind == "build":
                 names = {p.name for p in lock.packages}
-                assert {"gcc-12", "g++-12", "libc6-dev", "python3.11-dev", "python3.11-venv"} <= names
+                assert {
+                    "gcc-12",
+                    "g++-12",
+                    "libc6-dev",
+                    "python3.11-dev",
+                    "python3.11-venv",
+                } <= names
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -136,12 +158,17 @@ def _hf_folder(root: Path, weights: str = "model.safetensors") -> Path:
 
 
 def test_pickle_only_model_is_refused_with_the_fix() -> None:
-    with pytest.raises(ModelSourceError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors"):
+    with pytest.raises(
+        ModelSourceError, match=r"only pickle weights \(pytorch_model.bin\).*safetensors"
+    ):
         select_model_files(["config.json", "tokenizer.json", "pytorch_model.bin"], "org/model@abc")
 
 
 def test_pickles_beside_safetensors_are_left_out() -> None:
-    chosen = select_model_files(["config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin", "README.md"], "x")
+    chosen = select_model_files(
+        ["config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin", "README.md"],
+        "x",
+    )
     assert chosen == ["config.json", "model.safetensors", "tokenizer.json"]
 
 
@@ -149,9 +176,13 @@ def test_local_model_lock_and_staleness(tmp_path: Path) -> None:
     folder = _hf_folder(tmp_path / "model")
     spec = ModelSpec.model_validate({"id": "tiny", "source": {"type": "local", "path": "model"}})
     lock = lock_local(spec, tmp_path / "locks", folder)
-    assert {f.path: f.sha256 for f in lock.files}["model.safetensors"] == sha256_file(folder / "model.safetensors")
+    assert {f.path: f.sha256 for f in lock.files}["model.safetensors"] == sha256_file(
+        folder / "model.safetensors"
+    )
     assert read_model_lock(tmp_path / "locks", spec).files == lock.files
-    moved = ModelSpec.model_validate({"id": "tiny", "source": {"type": "local", "path": "elsewhere"}})
+    moved = ModelSpec.model_validate(
+        {"id": "tiny", "source": {"type": "local", "path": "elsewhere"}}
+    )
     with pytest.raises(LockError, match="is stale"):
         read_model_lock(tmp_path / "locks", moved)
 
@@ -177,18 +208,26 @@ def test_hf_lock_takes_only_safe_files_at_the_pinned_commit(tmp_path: Path) -> N
     repo = _hf_folder(tmp_path / "repo")
     (repo / "pytorch_model.bin").write_bytes(b"pickle")
     (repo / "README.md").write_text("card")
-    spec = ModelSpec.model_validate({"id": "org-model", "source": {"type": "hf", "repo": "org/model", "revision": "0" * 40}})
+    spec = ModelSpec.model_validate(
+        {"id": "org-model", "source": {"type": "hf", "repo": "org/model", "revision": "0" * 40}}
+    )
     hub = FakeHub(repo)
     lock = lock_hf(spec, tmp_path / "locks", Cache(tmp_path / "cache"), hub)
     assert sorted(hub.downloads) == ["config.json", "model.safetensors", "tokenizer.json"]
     data = json.loads(lock.path.read_text())
     assert data["source"]["revision"] == "0" * 40
-    assert [f["path"] for f in data["files"]] == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert [f["path"] for f in data["files"]] == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
 
 
 def test_hf_source_needs_a_full_commit() -> None:
     with pytest.raises(ValueError, match="pattern"):
-        ModelSpec.model_validate({"id": "m", "source": {"type": "hf", "repo": "org/m", "revision": "main"}})
+        ModelSpec.model_validate(
+            {"id": "m", "source": {"type": "hf", "repo": "org/m", "revision": "main"}}
+        )
 
 
 # --- the cache ------------------------------------------------------------------------------------
@@ -244,7 +283,41 @@ def test_one_unlockable_model_does_not_stop_the_others(tmp_path: Path) -> None:
         )
         (folder / "data.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(LockError) as caught:
-        lock_recipe_models([bad / "r.yaml", good / "r.yaml"], tmp_path / "locks", Cache(tmp_path / "cache"))
+        lock_recipe_models(
+            [bad / "r.yaml", good / "r.yaml"], tmp_path / "locks", Cache(tmp_path / "cache")
+        )
     assert "1 of 2 model locks" in str(caught.value) and str(bad / "r.yaml") in str(caught.value)
     assert (tmp_path / "locks/models/good-model.json").is_file()
     assert not (tmp_path / "locks/models/bad-model.json").exists()
+
+
+def test_committed_serve_lock_is_fresh_and_in_step_with_the_profile() -> None:
+    from gapforge.lock.serve import read_serve_lock
+
+    profile = load_profile("cpu")
+    lock = read_serve_lock(profile, REPO_ROOT / "lockfiles", "llama.cpp")
+    names = lock.by_name()
+    cpu = parse_python_lock(REPO_ROOT / "lockfiles/cpu.txt").by_name()
+    # the same pin (and so the same sdist, and the same wheel built from it) as the training image
+    assert names["llama-cpp-python"] == cpu["llama-cpp-python"]
+    assert {"fastapi", "uvicorn", "sse-starlette", "starlette-context", "pydantic-settings"} <= set(
+        names
+    )
+    assert "torch" not in names
+
+
+def test_serve_lock_goes_stale_when_the_profile_lock_changes(tmp_path: Path) -> None:
+    import shutil
+
+    from gapforge.lock.serve import read_serve_lock
+
+    profile = load_profile("cpu")
+    shutil.copy(REPO_ROOT / "lockfiles/cpu.serve-llama.cpp.txt", tmp_path)
+    text = (REPO_ROOT / "lockfiles/cpu.txt").read_text()
+    (tmp_path / "cpu.txt").write_text(
+        text.replace("llama-cpp-python==0.3.36", "llama-cpp-python==0.3.35")
+    )
+    with pytest.raises(
+        LockError, match=r"cpu.serve-llama.cpp.txt is stale: .*cpu.txt changed.*nox -s lock"
+    ):
+        read_serve_lock(profile, tmp_path, "llama.cpp")

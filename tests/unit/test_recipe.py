@@ -21,7 +21,9 @@ def test_every_shipped_recipe_validates_and_opens_with_its_build_command(path: P
     loaded = load_recipe(path)
     assert loaded.sample_data.is_file()
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# Build: nox -s build -- ") and first.endswith(path.relative_to(REPO).as_posix())
+    assert first.startswith("# Build: nox -s build -- ") and first.endswith(
+        path.relative_to(REPO).as_posix()
+    )
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -64,6 +66,7 @@ def test_semantic_problems_are_collected_too(tmp_path: Path) -> None:
     data["train"]["epochs"] = 1  # with max_steps too
     data["train"]["method"] = "qlora"  # on cpu
     data["quantize"] = ["gguf:q8_0", "gptq:int4"]  # gptq on cpu
+    del data["serve"]  # it serves gguf:q4_k_m, which this quantize drops: not the point here
     data["data"]["sample"] = "data/missing.jsonl"
     path = _write(tmp_path, data)
     with pytest.raises(RecipeError) as caught:
@@ -91,7 +94,9 @@ def test_schema_and_semantic_problems_come_in_one_error(tmp_path: Path) -> None:
     r_line = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("r: 0"))
     method_line = next(i for i, line in enumerate(lines, 1) if "method: qlora" in line)
     assert f"line {r_line}: lora.r: input should be greater than 0 (got 0)" in problems
-    assert any(p.startswith(f"line {method_line}: train.method: QLoRA needs a CUDA GPU") for p in problems)
+    assert any(
+        p.startswith(f"line {method_line}: train.method: QLoRA needs a CUDA GPU") for p in problems
+    )
     assert any("data.sample: must stay inside the recipe's folder" in p for p in problems)
 
 
@@ -172,7 +177,9 @@ def test_local_model_outside_the_recipe_folder_is_refused(tmp_path: Path, model_
     with pytest.raises(RecipeError) as caught:
         load_recipe(path)
     (problem,) = caught.value.problems
-    assert problem.startswith(f"line {_line_of(path, 'path:')}: model.source.path: must stay inside the recipe's folder")
+    assert problem.startswith(
+        f"line {_line_of(path, 'path:')}: model.source.path: must stay inside the recipe's folder"
+    )
     assert f"(got {model_path!r})" in problem
 
 
@@ -181,7 +188,11 @@ def test_cli_refuses_a_path_out_of_the_folder_with_exit_2(tmp_path: Path, comman
     data = _good()
     data["data"]["sample"] = "../../../../../../etc/passwd"
     path = _write(tmp_path / "recipe", data)
-    extra = ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")] if command == "build" else []
+    extra = (
+        ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+        if command == "build"
+        else []
+    )
     result = subprocess.run(
         [sys.executable, "-m", "gapforge.cli", command, str(path), *extra],
         capture_output=True,
@@ -200,7 +211,10 @@ def test_cli_reports_a_bad_recipe_with_exit_2_and_no_traceback(tmp_path: Path) -
     data["version"] = "one"
     path = _write(tmp_path, data)
     result = subprocess.run(
-        [sys.executable, "-m", "gapforge.cli", "validate", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "gapforge.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -246,13 +260,19 @@ def test_an_lm_eval_task_folder_is_validated_and_shipped_with_the_recipe(tmp_pat
         "data/lm_eval/desk.jsonl": (tmp_path / "data/lm_eval/desk.jsonl").read_bytes(),
         "data/lm_eval/desk.yaml": LM_EVAL_TASK.encode(),
     }
-    assert lm_eval_task_files(load_recipe(REPO / "recipes/smollm2/lora-q8-q4.yaml")) == {}  # off: nothing
+    assert (
+        lm_eval_task_files(load_recipe(REPO / "recipes/smollm2/lora-q8-q4.yaml")) == {}
+    )  # off: nothing
 
 
-def test_an_lm_eval_task_that_would_download_is_refused_with_file_field_value_and_fix(tmp_path: Path) -> None:
+def test_an_lm_eval_task_that_would_download_is_refused_with_file_field_value_and_fix(
+    tmp_path: Path,
+) -> None:
     path = _lm_eval_recipe(tmp_path)
     (tmp_path / "data/lm_eval/mmlu.yaml").write_text("task: m\ndataset_path: cais/mmlu\n")
-    (tmp_path / "data/lm_eval/desk.yaml").write_text(LM_EVAL_TASK.replace("desk.jsonl", "gone.jsonl"))
+    (tmp_path / "data/lm_eval/desk.yaml").write_text(
+        LM_EVAL_TASK.replace("desk.jsonl", "gone.jsonl")
+    )
     data = yaml.safe_load(path.read_text())
     data["evaluate"]["lm_eval"]["targets"] = ["merged", "gguf:f16"]
     data["evaluate"]["gates"]["max_lm_eval_drop_pts"] = {"gguf:f16": 5}  # not a quantize target
@@ -266,7 +286,10 @@ def test_an_lm_eval_task_that_would_download_is_refused_with_file_field_value_an
         f"line {line}: evaluate.lm_eval.tasks: data/lm_eval/mmlu.yaml: dataset_path: names a data set "
         "to download (got 'cais/mmlu'): the image runs offline: ship the data as JSONL" in text
     )
-    assert "data/lm_eval/desk.yaml: dataset_kwargs.data_files: no such file" in text and "(got 'gone.jsonl')" in text
+    assert (
+        "data/lm_eval/desk.yaml: dataset_kwargs.data_files: no such file" in text
+        and "(got 'gone.jsonl')" in text
+    )
     assert (
         "evaluate.gates.max_lm_eval_drop_pts.gguf:f16: lm-eval gates are for the GGUF targets this "
         "recipe builds (got 'gguf:f16'): add it to quantize or drop the gate" in text
@@ -279,7 +302,10 @@ def test_a_missing_lm_eval_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RecipeError) as caught:
         load_recipe(_write(tmp_path, data))
     (problem,) = caught.value.problems
-    assert "evaluate.lm_eval.tasks: data/nope: no such folder of lm-eval task YAMLs: create it" in problem
+    assert (
+        "evaluate.lm_eval.tasks: data/nope: no such folder of lm-eval task YAMLs: create it"
+        in problem
+    )
 
 
 def test_an_lm_eval_target_the_recipe_does_not_build_is_refused(tmp_path: Path) -> None:
@@ -287,6 +313,7 @@ def test_an_lm_eval_target_the_recipe_does_not_build_is_refused(tmp_path: Path) 
     data = yaml.safe_load(path.read_text())
     data["quantize"] = ["gguf:q4_k_m"]
     data["evaluate"]["gates"]["max_perplexity_delta_pct"] = {"gguf:q4_k_m": 20.0}
+    data.pop("serve", None)  # the default recipe serves gguf:q8_0 too, which this quantize drops
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(RecipeError) as caught:
         load_recipe(path)
@@ -316,9 +343,16 @@ def test_dpo_needs_preference_data_and_a_gpu_for_qlora(tmp_path: Path) -> None:
         load_recipe(path)
     problems = caught.value.problems
     assert len(problems) == 2, problems
-    assert any(f"line {_line_of(path, 'format: completion')}: data.format: DPO trains on preference pairs" in p
-               and "(got 'completion')" in p for p in problems), problems
-    assert any(f"line {_line_of(path, 'qlora: true')}: train.dpo.qlora: QLoRA needs a CUDA GPU" in p for p in problems)
+    assert any(
+        f"line {_line_of(path, 'format: completion')}: data.format: DPO trains on preference pairs"
+        in p
+        and "(got 'completion')" in p
+        for p in problems
+    ), problems
+    assert any(
+        f"line {_line_of(path, 'qlora: true')}: train.dpo.qlora: QLoRA needs a CUDA GPU" in p
+        for p in problems
+    )
     data = _good()
     data["data"]["format"] = "preference"  # with method lora
     with pytest.raises(RecipeError) as caught:

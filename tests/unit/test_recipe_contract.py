@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((REPO / "recipes").glob("*/*.yaml"))
 IDS = [p.relative_to(REPO).as_posix() for p in SHIPPED]
 
-NOT_READ_BY_RUNTIME = {"description", "model", "models"}
+NOT_READ_BY_RUNTIME = {"description", "model", "models", "serve"}
 """Recipe fields the runtime keeps (RecipeSettings.spec; document() for the manifest) but does not act
 on: the builder puts the model into the image, and the runtime takes its folder from --model; the
-`models:` entries lie in the image's models/<name>/, found by the name that names them (a judge)."""
+`models:` entries lie in the image's models/<name>/, found by the name that names them (a judge);
+`serve:` is the builder's serving image (gapforge/serving/), which the training runtime never runs."""
 
 
 def _image_recipe(loaded: LoadedRecipe, folder: Path) -> Path:
