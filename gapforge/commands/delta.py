@@ -51,13 +51,11 @@ def delta_arguments(parser: argparse.ArgumentParser) -> None:
 def _against(args: argparse.Namespace) -> Against:
     from gapforge.bundle.transfer import TransferError
     from gapforge.errors import BundleError
-    from gapforge.release_manager.delta import against_bundle, against_site_inventory
+    from gapforge.release_manager.delta import against_bundle, against_spec
 
     spec = Path(args.against)
-    if spec.is_file():
-        return against_site_inventory(spec, args.inventory_key, args.insecure_inventory)
-    if spec.is_dir():
-        return against_bundle(spec)
+    if spec.is_file() or spec.is_dir():  # the site's inventory, or the last bundle delivered
+        return against_spec(spec, args.inventory_key, args.insecure_inventory, "--against")
     from gapforge.release_manager.releases import resolve
     from gapforge.release_manager.repository import Repository, default_repository
 
